@@ -1,0 +1,23 @@
+//! `echo`: every message goes back unchanged (text stays text, binary stays binary). It is the
+//! conformance endpoint the Autobahn suite runs against.
+
+use super::{App, Message};
+use crate::pubsub::ChannelHandle;
+
+/// The echo app.
+#[derive(Debug, Default)]
+pub struct Echo;
+
+impl App for Echo {
+    fn on_message(&self, channel: &ChannelHandle, message: Message) {
+        // A full queue is handled by the channel's slow-consumer policy; nothing more to do here.
+        let _ = match message {
+            Message::Text(text) => channel.send_frame(text_frame(&text)),
+            Message::Binary(data) => channel.send_binary(&data),
+        };
+    }
+}
+
+fn text_frame(text: &[u8]) -> bytes::Bytes {
+    crate::ws::codec::server_frame(crate::ws::codec::OpCode::Text, text)
+}

@@ -1,0 +1,613 @@
+//! Cross-field rules that types alone cannot express (DESIGN §2, §3, §5).
+//!
+//! Pure: takes the tree, returns every problem found (not just the first), each with the
+//! dotted key path it belongs to. `load` turns paths into sources (file line, env var).
+//! No file is read here; whether certificates or log files are readable is checked by the
+//! parts that open them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use super::{is_loopback, AppConfig, AppKind, BrokerKind, Config};
+
+/// One validation problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Dotted key path, array elements by index: `apps.echo.urls.0`, `listen.1.addr`.
+    pub path: String,
+    /// What is wrong, for operators.
+    pub message: String,
+}
+
+impl Issue {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Issue {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Settings every app kind accepts.
+const COMMON_APP_KEYS: &[&str] = &[
+    "kind",
+    "urls",
+    "allow",
+    "allowed_origins",
+    "auth",
+    "subprotocols",
+];
+
+/// The keys an app of `kind` accepts besides the common ones.
+pub fn kind_specific_keys(kind: AppKind) -> &'static [&'static str] {
+    match kind {
+        AppKind::Echo => &[],
+        AppKind::Chat => &["history"],
+        AppKind::LogView => &["files", "refresh", "backlog_lines"],
+        AppKind::Backend => &["callback", "callback_timeout"],
+    }
+}
+
+/// Whether `key` is a setting of an app of `kind`.
+pub fn is_app_key(kind: AppKind, key: &str) -> bool {
+    COMMON_APP_KEYS.contains(&key) || kind_specific_keys(kind).contains(&key)
+}
+
+/// The message for a setting written on an app of another kind.
+pub fn foreign_key_message(kind: AppKind) -> String {
+    format!("not a setting of a `{kind}` app")
+}
+
+/// Checks every rule and returns all problems; empty means valid.
+pub fn validate(config: &Config) -> Vec<Issue> {
+    let mut out = Vec::new();
+    upstream(config, &mut out);
+    listeners(config, &mut out);
+    admin(config, &mut out);
+    limits(config, &mut out);
+    broker(config, &mut out);
+    if config.log.level.trim().is_empty() {
+        out.push(Issue::new("log.level", "must not be empty (e.g. \"info\")"));
+    }
+    origins(
+        "websocket.allowed_origins",
+        &config.websocket.allowed_origins,
+        &mut out,
+    );
+    apps(config, &mut out);
+    out
+}
+
+fn upstream(config: &Config, out: &mut Vec<Issue>) {
+    let uri = config.upstream.url.uri();
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        out.push(Issue::new(
+            "upstream.url",
+            format!(
+                "{:?} must be only http://host:port (requests keep their own path and query)",
+                config.upstream.url.as_str()
+            ),
+        ));
+    }
+    if config.upstream.url.as_str().contains('#') {
+        out.push(Issue::new("upstream.url", "must not contain a fragment"));
+    }
+}
+
+fn listeners(config: &Config, out: &mut Vec<Issue>) {
+    if config.listen.is_empty() {
+        out.push(Issue::new("listen", "at least one listener is needed"));
+    }
+    let mut seen = HashMap::new();
+    for (i, l) in config.listen.iter().enumerate() {
+        if let Some(first) = seen.insert(l.addr, i) {
+            out.push(Issue::new(
+                format!("listen.{i}.addr"),
+                format!("{} is already used by listen.{first}", l.addr),
+            ));
+        }
+    }
+    if let Some(admin) = config.admin.addr {
+        if let Some(i) = config.listen.iter().position(|l| l.addr == admin) {
+            out.push(Issue::new(
+                "admin.addr",
+                format!("{admin} is already used by listen.{i}"),
+            ));
+        }
+    }
+}
+
+fn admin(config: &Config, out: &mut Vec<Issue>) {
+    if let Some(addr) = config.admin.addr {
+        if !is_loopback(addr.ip()) && config.admin.token_file.is_none() {
+            out.push(Issue::new(
+                "admin.addr",
+                format!(
+                    "{addr} is not loopback: set admin.token_file so the control API needs a token"
+                ),
+            ));
+        }
+    }
+}
+
+fn limits(config: &Config, out: &mut Vec<Issue>) {
+    let nonzero_sizes = [
+        ("limits.max_connections", config.limits.max_connections),
+        ("limits.max_header_bytes", config.limits.max_header_bytes),
+        (
+            "websocket.max_message_size",
+            config.websocket.max_message_size,
+        ),
+        ("websocket.send_queue", config.websocket.send_queue),
+    ];
+    for (path, v) in nonzero_sizes {
+        if v == 0 {
+            out.push(Issue::new(path, "must be greater than zero"));
+        }
+    }
+    let nonzero_times = [
+        ("upstream.connect_timeout", config.upstream.connect_timeout),
+        (
+            "upstream.response_timeout",
+            config.upstream.response_timeout,
+        ),
+        (
+            "limits.header_read_timeout",
+            config.limits.header_read_timeout,
+        ),
+        ("websocket.ping_interval", config.websocket.ping_interval),
+        ("websocket.idle_timeout", config.websocket.idle_timeout),
+    ];
+    for (path, v) in nonzero_times {
+        if v == Duration::ZERO {
+            out.push(Issue::new(path, "must be greater than zero"));
+        }
+    }
+    let ws = &config.websocket;
+    if ws.ping_interval >= ws.idle_timeout {
+        out.push(Issue::new(
+            "websocket.ping_interval",
+            format!(
+                "must be shorter than websocket.idle_timeout ({}), or healthy idle connections are closed",
+                super::units::format_duration(ws.idle_timeout)
+            ),
+        ));
+    }
+}
+
+fn broker(config: &Config, out: &mut Vec<Issue>) {
+    if config.broker.kind == BrokerKind::Redis {
+        match config.broker.url.as_deref() {
+            None | Some("") => out.push(Issue::new(
+                "broker.url",
+                "required when broker.kind = \"redis\"",
+            )),
+            Some(u)
+                if !(u.starts_with("redis://")
+                    || u.starts_with("rediss://")
+                    || u.starts_with("unix://")) =>
+            {
+                out.push(Issue::new(
+                    "broker.url",
+                    format!("{u:?} is not a Redis URL (redis://host:port, rediss:// or unix://)"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+fn origins(path: &str, list: &[String], out: &mut Vec<Issue>) {
+    for (i, o) in list.iter().enumerate() {
+        let ok =
+            o == "*" || (o.contains("://") && !o.ends_with('/') && o.parse::<http::Uri>().is_ok());
+        if !ok {
+            out.push(Issue::new(
+                format!("{path}.{i}"),
+                format!("{o:?} is not an origin: write scheme://host[:port] (no trailing slash) or \"*\""),
+            ));
+        }
+    }
+}
+
+fn valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `<url>/connect`, the alias under which the seed module served the socket (DESIGN §1).
+fn connect_alias(url: &str) -> String {
+    if url.ends_with('/') {
+        format!("{url}connect")
+    } else {
+        format!("{url}/connect")
+    }
+}
+
+fn apps(config: &Config, out: &mut Vec<Issue>) {
+    // Effective path -> (app, url index, written URL): the URL itself and its alias.
+    let mut served: BTreeMap<String, (&str, usize, &str)> = BTreeMap::new();
+    for (name, app) in &config.apps {
+        let base = format!("apps.{name}");
+        if !valid_app_name(name) {
+            out.push(Issue::new(
+                &base,
+                "app names may only use A-Z, a-z, 0-9, '_' and '-'",
+            ));
+        }
+        foreign_keys(&base, app, out);
+        if let Some(list) = &app.allowed_origins {
+            origins(&format!("{base}.allowed_origins"), list, out);
+        }
+        for (i, url) in app.urls.iter().enumerate() {
+            let path = format!("{base}.urls.{i}");
+            if !url.starts_with('/') {
+                out.push(Issue::new(&path, format!("{url:?} must start with '/'")));
+                continue;
+            }
+            if url.contains('?') || url.contains('#') {
+                out.push(Issue::new(
+                    &path,
+                    format!("{url:?}: a URL path only, no query or fragment"),
+                ));
+                continue;
+            }
+            if url.parse::<http::uri::PathAndQuery>().is_err() {
+                out.push(Issue::new(
+                    &path,
+                    format!("{url:?} is not a valid URL path"),
+                ));
+                continue;
+            }
+            for candidate in [url.clone(), connect_alias(url)] {
+                if let Some((other, j, other_url)) = served.get(&candidate) {
+                    let what = if candidate == *other_url {
+                        ""
+                    } else {
+                        " (counting the /connect alias)"
+                    };
+                    out.push(Issue::new(
+                        &path,
+                        format!("{url:?} overlaps apps.{other}.urls.{j} {other_url:?}{what}"),
+                    ));
+                    break;
+                }
+            }
+            served.entry(url.clone()).or_insert((name, i, url));
+            served.entry(connect_alias(url)).or_insert((name, i, url));
+        }
+        kind_rules(&base, app, out);
+    }
+}
+
+/// Settings written that do not belong to the app's kind. This typed check cannot see an
+/// empty list (`files = []` on an echo app); `load` also checks the keys as written.
+fn foreign_keys(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
+    let present = [
+        ("files", !app.files.is_empty()),
+        ("refresh", app.refresh.is_some()),
+        ("backlog_lines", app.backlog_lines.is_some()),
+        ("history", app.history.is_some()),
+        ("callback", app.callback.is_some()),
+        ("callback_timeout", app.callback_timeout.is_some()),
+    ];
+    for (key, set) in present {
+        if set && !is_app_key(app.kind, key) {
+            out.push(Issue::new(
+                format!("{base}.{key}"),
+                foreign_key_message(app.kind),
+            ));
+        }
+    }
+}
+
+fn kind_rules(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
+    if let Some(auth) = &app.auth {
+        if auth.as_str().contains('#') {
+            out.push(Issue::new(
+                format!("{base}.auth"),
+                "must not contain a fragment",
+            ));
+        }
+    }
+    match app.kind {
+        AppKind::LogView => {
+            if app.files.is_empty() {
+                out.push(Issue::new(
+                    format!("{base}.files"),
+                    "a log-view app needs at least one file",
+                ));
+            }
+            let mut names: HashMap<&std::ffi::OsStr, usize> = HashMap::new();
+            for (i, f) in app.files.iter().enumerate() {
+                let path = format!("{base}.files.{i}");
+                match f.file_name() {
+                    None => out.push(Issue::new(
+                        &path,
+                        format!("{} does not name a file", f.display()),
+                    )),
+                    Some(n) => {
+                        if let Some(j) = names.insert(n, i) {
+                            out.push(Issue::new(
+                                &path,
+                                format!(
+                                    "base name {:?} is also used by files.{j}: clients pick files by base name",
+                                    n.to_string_lossy()
+                                ),
+                            ));
+                        }
+                    }
+                }
+                if !f.is_absolute() {
+                    out.push(Issue::new(
+                        &path,
+                        format!("{} must be an absolute path", f.display()),
+                    ));
+                }
+            }
+            if app.refresh == Some(Duration::ZERO) {
+                out.push(Issue::new(
+                    format!("{base}.refresh"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        AppKind::Backend => {
+            if app.callback.is_none() {
+                out.push(Issue::new(
+                    format!("{base}.callback"),
+                    "a backend app needs callback = \"http://…\"",
+                ));
+            }
+            if app.callback_timeout == Some(Duration::ZERO) {
+                out.push(Issue::new(
+                    format!("{base}.callback_timeout"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        AppKind::Echo | AppKind::Chat => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AdminConfig, BrokerConfig, HttpUrl, ListenConfig};
+    use std::path::PathBuf;
+
+    fn app(kind: AppKind, urls: &[&str]) -> AppConfig {
+        AppConfig {
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+            ..AppConfig::new(kind)
+        }
+    }
+
+    fn with_apps(apps: Vec<(&str, AppConfig)>) -> Config {
+        let mut c = Config::default();
+        for (n, a) in apps {
+            c.apps.insert(n.to_string(), a);
+        }
+        c
+    }
+
+    /// Paths of the issues, for compact assertions.
+    fn paths(c: &Config) -> Vec<String> {
+        validate(c).into_iter().map(|i| i.path).collect()
+    }
+
+    fn one(c: &Config, path: &str, needle: &str) {
+        let issues = validate(c);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].path, path, "{issues:?}");
+        assert!(issues[0].message.contains(needle), "{issues:?}");
+    }
+
+    #[test]
+    fn upstream_url_must_be_bare() {
+        let mut c = Config::default();
+        c.upstream.url = "http://127.0.0.1:8000/app".parse().unwrap();
+        one(&c, "upstream.url", "only http://host:port");
+        c.upstream.url = "http://127.0.0.1:8000/?a=1".parse().unwrap();
+        one(&c, "upstream.url", "only http://host:port");
+        c.upstream.url = "http://127.0.0.1:8000/".parse().unwrap();
+        assert!(validate(&c).is_empty());
+    }
+
+    #[test]
+    fn listeners_non_empty_and_unique() {
+        let mut c = Config::default();
+        c.listen.clear();
+        one(&c, "listen", "at least one");
+        c.listen = vec![ListenConfig::default(), ListenConfig::default()];
+        one(&c, "listen.1.addr", "already used by listen.0");
+        c.listen = vec![ListenConfig {
+            addr: "127.0.0.1:9090".parse().unwrap(),
+            tls: None,
+        }];
+        one(&c, "admin.addr", "already used by listen.0");
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_token() {
+        let mut c = Config {
+            admin: AdminConfig {
+                addr: Some("0.0.0.0:9090".parse().unwrap()),
+                token_file: None,
+            },
+            ..Config::default()
+        };
+        one(&c, "admin.addr", "token_file");
+        c.admin.token_file = Some(PathBuf::from("/etc/wsgate/admin.token"));
+        assert!(validate(&c).is_empty());
+        c.admin = AdminConfig {
+            addr: Some("[::1]:9090".parse().unwrap()),
+            token_file: None,
+        };
+        assert!(validate(&c).is_empty());
+        c.admin.addr = None;
+        assert!(validate(&c).is_empty());
+    }
+
+    #[test]
+    fn redis_needs_url() {
+        let mut c = Config {
+            broker: BrokerConfig {
+                kind: BrokerKind::Redis,
+                url: None,
+            },
+            ..Config::default()
+        };
+        one(&c, "broker.url", "required");
+        c.broker.url = Some("http://x".into());
+        one(&c, "broker.url", "not a Redis URL");
+        c.broker.url = Some("redis://127.0.0.1:6379".into());
+        assert!(validate(&c).is_empty());
+    }
+
+    #[test]
+    fn sizes_and_timers() {
+        let mut c = Config::default();
+        c.websocket.max_message_size = 0;
+        c.websocket.send_queue = 0;
+        c.limits.max_header_bytes = 0;
+        c.limits.max_connections = 0;
+        assert_eq!(
+            paths(&c),
+            [
+                "limits.max_connections",
+                "limits.max_header_bytes",
+                "websocket.max_message_size",
+                "websocket.send_queue"
+            ]
+        );
+        let mut c = Config::default();
+        c.websocket.ping_interval = Duration::from_secs(120);
+        one(
+            &c,
+            "websocket.ping_interval",
+            "shorter than websocket.idle_timeout (2m)",
+        );
+        c.websocket.ping_interval = Duration::ZERO;
+        one(&c, "websocket.ping_interval", "greater than zero");
+    }
+
+    #[test]
+    fn origins_checked() {
+        let mut c = Config::default();
+        c.websocket.allowed_origins = vec![
+            "*".into(),
+            "https://example.com".into(),
+            "example.com".into(),
+        ];
+        one(&c, "websocket.allowed_origins.2", "not an origin");
+    }
+
+    #[test]
+    fn app_urls_shape() {
+        let c = with_apps(vec![(
+            "echo",
+            app(AppKind::Echo, &["ws/echo", "/a?x=1", "/b#f", "/ok"]),
+        )]);
+        assert_eq!(
+            paths(&c),
+            ["apps.echo.urls.0", "apps.echo.urls.1", "apps.echo.urls.2"]
+        );
+        // No URLs = off, and valid.
+        assert!(validate(&with_apps(vec![("echo", app(AppKind::Echo, &[]))])).is_empty());
+    }
+
+    #[test]
+    fn app_urls_overlap() {
+        let c = with_apps(vec![("a", app(AppKind::Echo, &["/x", "/x"]))]);
+        one(&c, "apps.a.urls.1", "overlaps apps.a.urls.0");
+        let c = with_apps(vec![
+            ("a", app(AppKind::Echo, &["/x"])),
+            ("b", app(AppKind::Chat, &["/x/connect"])),
+        ]);
+        one(&c, "apps.b.urls.0", "/connect alias");
+        let c = with_apps(vec![
+            ("a", app(AppKind::Echo, &["/x/connect"])),
+            ("b", app(AppKind::Chat, &["/x"])),
+        ]);
+        one(&c, "apps.b.urls.0", "overlaps apps.a.urls.0");
+        let c = with_apps(vec![
+            ("a", app(AppKind::Echo, &["/x"])),
+            ("b", app(AppKind::Chat, &["/x"])),
+        ]);
+        one(&c, "apps.b.urls.0", "overlaps apps.a.urls.0 \"/x\"");
+        let c = with_apps(vec![
+            ("a", app(AppKind::Echo, &["/x"])),
+            ("b", app(AppKind::Chat, &["/x/y", "/xy"])),
+        ]);
+        assert!(validate(&c).is_empty());
+    }
+
+    #[test]
+    fn app_names() {
+        let c = with_apps(vec![
+            ("bad name", app(AppKind::Echo, &["/e"])),
+            ("ok_Name-2", app(AppKind::Echo, &["/f"])),
+        ]);
+        one(&c, "apps.bad name", "may only use");
+    }
+
+    #[test]
+    fn keys_of_other_kinds() {
+        let mut echo = app(AppKind::Echo, &["/e"]);
+        echo.files = vec!["/var/log/x.log".into()];
+        echo.history = Some(3);
+        let mut chat = app(AppKind::Chat, &["/c"]);
+        chat.callback = Some("http://127.0.0.1:8000/cb".parse().unwrap());
+        chat.history = Some(10);
+        let c = with_apps(vec![("echo", echo), ("chat", chat)]);
+        let issues = validate(&c);
+        let text: Vec<String> = issues
+            .iter()
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "apps.chat.callback: not a setting of a `chat` app",
+                "apps.echo.files: not a setting of a `echo` app",
+                "apps.echo.history: not a setting of a `echo` app",
+            ]
+        );
+    }
+
+    #[test]
+    fn log_view_rules() {
+        let c = with_apps(vec![("lv", app(AppKind::LogView, &["/lv"]))]);
+        one(&c, "apps.lv.files", "at least one file");
+        let mut lv = app(AppKind::LogView, &["/lv"]);
+        lv.files = vec![
+            "/var/log/a/error.log".into(),
+            "/var/log/b/error.log".into(),
+            "rel.log".into(),
+        ];
+        let c = with_apps(vec![("lv", lv)]);
+        assert_eq!(paths(&c), ["apps.lv.files.1", "apps.lv.files.2"]);
+    }
+
+    #[test]
+    fn backend_rules() {
+        let c = with_apps(vec![("b", app(AppKind::Backend, &["/b"]))]);
+        one(&c, "apps.b.callback", "needs callback");
+        let mut b = app(AppKind::Backend, &["/b"]);
+        b.callback = Some("http://127.0.0.1:8000/cb".parse::<HttpUrl>().unwrap());
+        b.callback_timeout = Some(Duration::from_secs(1));
+        b.auth = Some("http://127.0.0.1:8000/auth".parse().unwrap());
+        assert!(validate(&with_apps(vec![("b", b)])).is_empty());
+    }
+
+    #[test]
+    fn collects_everything() {
+        let mut c = with_apps(vec![("b", app(AppKind::Backend, &["nope"]))]);
+        c.listen.clear();
+        c.broker.kind = BrokerKind::Redis;
+        assert_eq!(paths(&c).len(), 4, "{:?}", validate(&c));
+    }
+}

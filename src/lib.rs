@@ -1,0 +1,14 @@
+//! wsgate: a WebSocket gateway that stands in front of an existing web server.
+//!
+//! It terminates WebSockets on the URLs its configuration names (with built-in apps on a
+//! publish/subscribe core) and reverse-proxies every other request to the upstream server.
+//! The binary (`src/main.rs`) is a thin CLI over this library; see `DESIGN.md` for the contracts.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod apps;
+pub mod config;
+pub mod proxy;
+pub mod pubsub;
+pub mod server;
+pub mod ws;

@@ -1,0 +1,178 @@
+//! The `wsgate` command line: `run` and `check`. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use wsgate::config::{self, CliOverrides, Config, ConfigSource};
+
+#[derive(Parser)]
+#[command(name = "wsgate", version, about = "WebSocket gateway and reverse proxy in front of a web server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (with no --config and no /etc/wsgate/wsgate.toml: the embedded demo config).
+    Run(RunArgs),
+    /// Validate a configuration (like `nginx -t`): exit 0 when it is usable, 1 otherwise.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Configuration file (TOML). Environment variables WSGATE_SECTION__KEY override it.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen address, replacing the configured plain listeners (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<std::net::SocketAddr>,
+    /// Upstream URL, e.g. http://127.0.0.1:8000.
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Log level or filter (overrides [log] level), e.g. debug or wsgate=trace.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<(Config, String), config::ConfigError> {
+        let source = match &self.config {
+            Some(path) => ConfigSource::File(path.clone()),
+            None => ConfigSource::Default,
+        };
+        let name = source.describe();
+        let overrides = CliOverrides {
+            listen: self.listen.clone(),
+            upstream: self.upstream.clone(),
+            log_level: self.log_level.clone(),
+        };
+        config::load(source, &overrides).map(|c| (c, name))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Run(args) => run(&args),
+    }
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    let (config, name) = match args.config.load() {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("{error}");
+            eprintln!("wsgate: configuration {} test failed", source_name(&args.config));
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(errors) = wsgate::server::check(&config) {
+        for error in errors {
+            eprintln!("{error}");
+        }
+        eprintln!("wsgate: configuration {name} test failed");
+        return ExitCode::from(1);
+    }
+    eprintln!("wsgate: configuration {name} syntax is ok");
+    eprintln!("wsgate: configuration {name} test is successful");
+    ExitCode::SUCCESS
+}
+
+fn source_name(args: &ConfigArgs) -> String {
+    match &args.config {
+        Some(path) => path.display().to_string(),
+        None => ConfigSource::Default.describe(),
+    }
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let (config, name) = match args.config.load() {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("{error}");
+            eprintln!("wsgate: cannot start: invalid configuration {}", source_name(&args.config));
+            return ExitCode::from(1);
+        }
+    };
+    init_logging(&config);
+    tracing::info!(config = %name, version = env!("CARGO_PKG_VERSION"), "starting");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("wsgate: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let server = match wsgate::server::start(&config).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!("cannot start: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                // Reload lands with the operations work; until then SIGHUP must not kill us.
+                tracing::warn!("SIGHUP: configuration reload is not supported by this version; keeping the running configuration");
+            }
+        }
+    }
+    tracing::info!("shutting down: closing WebSockets (1001) and finishing in-flight requests");
+    if server.shutdown().await {
+        tracing::info!("shutdown complete");
+    } else {
+        tracing::warn!("shutdown timeout reached; exiting with connections still open");
+    }
+    ExitCode::SUCCESS
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

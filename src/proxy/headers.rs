@@ -1,0 +1,531 @@
+//! Header rewriting between the client and the upstream: pure functions over
+//! [`http::HeaderMap`], no I/O (STYLE-ANCHORS §5.1).
+//!
+//! Implements RFC 9110 §7.6.1 (hop-by-hop fields), §7.6.3 (`Via`), §7.8
+//! (`Upgrade`), RFC 7239 (`Forwarded`) and the de-facto `X-Forwarded-*` fields, as
+//! specified in `shared/reference/ecosystem.md` section (g).
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+use ipnet::IpNet;
+
+/// The pseudonym wsgate uses in `Via` (RFC 9110 §7.6.3 allows a pseudonym in
+/// place of the host name; it also serves as our loop marker).
+pub const PSEUDONYM: &str = "wsgate";
+
+/// `X-Forwarded-For` (de facto; not registered with IANA, so `http` has no constant).
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `Proxy-Connection`: never standardised, but sent by old clients; hop-by-hop.
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// `Keep-Alive` (RFC 2068 §19.7.1.1); hop-by-hop.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// What the header rewriting needs to know about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardContext {
+    /// The client's address as seen by wsgate (the TCP peer).
+    pub peer: IpAddr,
+    /// Whether the peer is one of the configured trusted proxies, i.e. whether the
+    /// `X-Forwarded-For` / `Forwarded` values it sent may be kept and appended to.
+    pub trusted: bool,
+    /// Whether the client connection is TLS (gives `https` / `http`).
+    pub tls: bool,
+}
+
+impl ForwardContext {
+    /// Builds the context, deciding trust by matching the peer against `trusted`.
+    ///
+    /// IPv4-mapped IPv6 peers (`::ffff:192.0.2.1`, seen on dual-stack listeners) are
+    /// canonicalised to IPv4 so that IPv4 trust lists and logs work as expected.
+    pub fn new(peer: SocketAddr, tls: bool, trusted: &[IpNet]) -> Self {
+        let peer = peer.ip().to_canonical();
+        let trusted = trusted.iter().any(|net| net.contains(&peer));
+        Self { peer, trusted, tls }
+    }
+
+    /// `https` or `http`, the scheme the client used to reach us.
+    pub fn proto(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// Returns the protocol named in `Upgrade` if the message is an upgrade request:
+/// RFC 9110 §7.8 requires a sender of `Upgrade` to also send the `upgrade`
+/// connection option, so both must be present.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let upgrade = headers.get(header::UPGRADE)?;
+    if upgrade.as_bytes().iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    connection_has_token(headers, "upgrade").then(|| upgrade.clone())
+}
+
+/// Whether any `Connection` field line lists `token` (case-insensitive, RFC 9110 §7.6.1).
+pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// Iterates the comma-separated options of every `Connection` field line.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop fields of RFC 9110 §7.6.1: `Connection` and every field
+/// it names, plus `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding` and
+/// `Upgrade`. Framing is redone by hyper on the next hop.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Names are collected first: the map cannot be mutated while borrowed.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &PROXY_CONNECTION,
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Re-adds `Connection: upgrade` and `Upgrade: <protocol>` after
+/// [`remove_hop_by_hop`], for the byte tunnel of non-app upgrades (the equivalent of
+/// nginx's `proxy_set_header Upgrade/Connection`).
+pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
+/// Whether an incoming `Via` already names our pseudonym: the request has been
+/// through this gateway before, i.e. the upstream points back at us (a loop;
+/// answered with 508 like linkerd's `loop_detected`).
+pub fn via_has_pseudonym(headers: &HeaderMap) -> bool {
+    headers.get_all(header::VIA).iter().any(|v| {
+        via_entries(v.as_bytes()).any(|entry| {
+            via_received_by(entry).is_some_and(|by| by.eq_ignore_ascii_case(PSEUDONYM))
+        })
+    })
+}
+
+/// Splits a `Via` field value into its comma-separated entries, ignoring commas
+/// inside comments (RFC 9110 §5.6.5: comments are parenthesised and may nest).
+fn via_entries(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut depth = 0usize;
+    let mut start = 0usize;
+    let mut out = Vec::new();
+    for (i, &b) in value.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => {
+                out.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&value[start..]);
+    out.into_iter()
+}
+
+/// The `received-by` part of one `Via` entry (`received-protocol RWS received-by [RWS comment]`).
+fn via_received_by(entry: &[u8]) -> Option<&str> {
+    let entry = std::str::from_utf8(entry).ok()?;
+    let mut parts = entry.split_ascii_whitespace();
+    let _protocol = parts.next()?;
+    let by = parts.next()?;
+    // Be lenient with a comment glued to the pseudonym: `wsgate(comment)`.
+    Some(by.split('(').next().unwrap_or(by))
+}
+
+/// The `received-protocol` of RFC 9110 §7.6.3 for a message of `version`: the
+/// protocol name is omitted for HTTP, the version is `major.minor` or `2`/`3`.
+fn via_protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Appends our `Via` entry (`1.1 wsgate` for an HTTP/1.1 message) to the message's
+/// `Via` list; `received` is the version of the message as we received it
+/// (RFC 9110 §7.6.3: a gateway MUST add `Via` to requests and MAY to responses).
+pub fn append_via(headers: &mut HeaderMap, received: Version) {
+    let ours = format!("{} {}", via_protocol(received), PSEUDONYM);
+    append_list(headers, &header::VIA, ours.as_bytes());
+}
+
+/// Appends `item` to a comma-separated list field, merging all existing field lines
+/// into one (some consumers read only the first or last `X-Forwarded-For` line).
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &[u8]) {
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(name) {
+        let value = value.as_bytes().trim_ascii();
+        if value.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(value);
+    }
+    if !joined.is_empty() {
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(item);
+    set_or_replace(headers, name, &joined, item);
+}
+
+/// Inserts `value`, falling back to `fallback` alone should the merged bytes not be a
+/// valid field value (cannot happen for values that were valid already, but a
+/// header from a peer is never worth a panic).
+fn set_or_replace(headers: &mut HeaderMap, name: &HeaderName, value: &[u8], fallback: &[u8]) {
+    let value = HeaderValue::from_bytes(value).or_else(|_| HeaderValue::from_bytes(fallback));
+    match value {
+        Ok(v) => {
+            headers.insert(name.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Sets `name` to `item` alone (dropping what the client sent) or, for trusted
+/// peers, appends it to the client's list.
+fn set_list(headers: &mut HeaderMap, name: &HeaderName, item: &[u8], trusted: bool) {
+    if trusted {
+        append_list(headers, name, item);
+    } else {
+        headers.remove(name);
+        set_or_replace(headers, name, item, item);
+    }
+}
+
+/// Whether `s` is an RFC 9110 §5.6.2 token (may appear unquoted in `Forwarded`).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A `Forwarded` parameter value: a token as is, anything else as a quoted-string
+/// (RFC 7239 §4, RFC 9110 §5.6.4), escaping `"` and `\`.
+fn forwarded_value(s: &str) -> String {
+    if is_token(s) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The `Forwarded` element for this hop: `for=…;proto=…[;host=…]` (RFC 7239 §4-§5).
+/// IPv6 addresses are bracketed and quoted (`for="[2001:db8::17]"`, §6).
+pub fn forwarded_element(ctx: &ForwardContext, host: Option<&HeaderValue>) -> String {
+    let node = match ctx.peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node};proto={}", ctx.proto());
+    // A host that is not visible ASCII cannot be quoted faithfully: leave it out.
+    if let Some(host) = host.and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()) {
+        element.push_str(";host=");
+        element.push_str(&forwarded_value(host));
+    }
+    element
+}
+
+/// Rewrites a request's header section for the upstream (RFC 9110 §7.6):
+///
+/// * hop-by-hop fields and `Proxy-Authorization` (meant for us, not the origin) are
+///   removed; for a tunnelled upgrade, `Upgrade: <protocol>` and `Connection: upgrade`
+///   are put back;
+/// * `host` is the request's authority (the `Host` field, or the HTTP/2
+///   `:authority`): `Host` is set to it and kept unchanged towards the upstream;
+/// * `X-Forwarded-For` gets the peer appended (trusted peers) or replaced (others);
+///   `X-Forwarded-Proto` and `X-Forwarded-Host` are set from the listener and `host`;
+/// * `Forwarded` gets our element appended (trusted) or replaced (others);
+/// * `Via` gets `<version> wsgate` appended, `version` being the client's.
+pub fn to_upstream(
+    headers: &mut HeaderMap,
+    ctx: &ForwardContext,
+    host: Option<HeaderValue>,
+    version: Version,
+    upgrade: Option<HeaderValue>,
+) {
+    remove_hop_by_hop(headers);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    if let Some(protocol) = upgrade {
+        restore_upgrade(headers, protocol);
+    }
+
+    let peer = ctx.peer.to_string();
+    set_list(headers, &X_FORWARDED_FOR, peer.as_bytes(), ctx.trusted);
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(ctx.proto()),
+    );
+    let element = forwarded_element(ctx, host.as_ref());
+    set_list(headers, &header::FORWARDED, element.as_bytes(), ctx.trusted);
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            headers.insert(header::HOST, host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    append_via(headers, version);
+}
+
+/// Rewrites a response's header section for the client: hop-by-hop fields removed,
+/// `Via` appended. For the `101` of a tunnelled upgrade, `upgrade` carries the
+/// protocol the upstream switched to and `Upgrade`/`Connection: upgrade` are kept.
+pub fn to_downstream(headers: &mut HeaderMap, version: Version, upgrade: Option<HeaderValue>) {
+    remove_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        restore_upgrade(headers, protocol);
+    }
+    append_via(headers, version);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn get<'a>(h: &'a HeaderMap, k: &str) -> Option<&'a str> {
+        h.get(k).map(|v| v.to_str().unwrap())
+    }
+
+    fn ctx(peer: &str, trusted: bool, tls: bool) -> ForwardContext {
+        ForwardContext {
+            peer: peer.parse().unwrap(),
+            trusted,
+            tls,
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_fields_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Foo"),
+            ("connection", "x-bar"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "foo"),
+            ("x-keep", "3"),
+            ("proxy-authenticate", "Basic"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["proxy-authenticate", "x-keep"]);
+    }
+
+    #[test]
+    fn bogus_connection_tokens_do_not_panic() {
+        let mut h = map(&[("connection", "close, , bad name, ,"), ("x-a", "1")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(get(&h, "x-a"), Some("1"));
+        assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn upgrade_needs_both_fields() {
+        assert!(upgrade_protocol(&map(&[("upgrade", "foo")])).is_none());
+        assert!(upgrade_protocol(&map(&[("connection", "upgrade")])).is_none());
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+    }
+
+    #[test]
+    fn via_loop_detection() {
+        assert!(!via_has_pseudonym(&map(&[("via", "1.1 nginx, 1.0 fred")])));
+        assert!(via_has_pseudonym(&map(&[("via", "1.1 nginx, 1.1 wsgate")])));
+        assert!(via_has_pseudonym(&map(&[
+            ("via", "1.0 a"),
+            ("via", "2 WSGATE (x, y)")
+        ])));
+        // The pseudonym inside a comment is not a loop.
+        assert!(!via_has_pseudonym(&map(&[(
+            "via",
+            "1.1 proxy (via 1.1 wsgate, x)"
+        )])));
+        assert!(!via_has_pseudonym(&map(&[("via", "wsgate")])));
+        assert!(!via_has_pseudonym(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn via_is_appended_with_the_received_version() {
+        let mut h = map(&[("via", "1.0 fred"), ("via", "1.1 p.example")]);
+        append_via(&mut h, Version::HTTP_11);
+        assert_eq!(get(&h, "via"), Some("1.0 fred, 1.1 p.example, 1.1 wsgate"));
+        let mut h = HeaderMap::new();
+        append_via(&mut h, Version::HTTP_2);
+        assert_eq!(get(&h, "via"), Some("2 wsgate"));
+    }
+
+    #[test]
+    fn untrusted_peer_replaces_forwarding_fields() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("host", "example.org:8080"),
+            ("proxy-authorization", "Basic Zm9v"),
+        ]);
+        let host = h.get("host").cloned();
+        to_upstream(
+            &mut h,
+            &ctx("192.0.2.7", false, false),
+            host,
+            Version::HTTP_11,
+            None,
+        );
+        assert_eq!(get(&h, "x-forwarded-for"), Some("192.0.2.7"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&h, "x-forwarded-host"), Some("example.org:8080"));
+        assert_eq!(get(&h, "host"), Some("example.org:8080"));
+        assert_eq!(
+            get(&h, "forwarded"),
+            Some("for=192.0.2.7;proto=http;host=\"example.org:8080\"")
+        );
+        assert_eq!(get(&h, "via"), Some("1.1 wsgate"));
+        assert!(h.get("proxy-authorization").is_none());
+    }
+
+    #[test]
+    fn trusted_peer_appends_forwarding_fields() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("forwarded", "for=203.0.113.1"),
+            ("host", "example.org"),
+        ]);
+        let host = h.get("host").cloned();
+        to_upstream(
+            &mut h,
+            &ctx("::1", true, true),
+            host,
+            Version::HTTP_11,
+            None,
+        );
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            Some("203.0.113.1, 198.51.100.2, ::1")
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
+        assert_eq!(
+            get(&h, "forwarded"),
+            Some("for=203.0.113.1, for=\"[::1]\";proto=https;host=example.org")
+        );
+    }
+
+    #[test]
+    fn upgrade_is_restored_for_tunnels() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-a"),
+            ("upgrade", "foo/2"),
+            ("x-a", "1"),
+        ]);
+        let proto = upgrade_protocol(&h);
+        to_upstream(
+            &mut h,
+            &ctx("127.0.0.1", false, false),
+            None,
+            Version::HTTP_11,
+            proto,
+        );
+        assert_eq!(get(&h, "upgrade"), Some("foo/2"));
+        assert_eq!(get(&h, "connection"), Some("upgrade"));
+        assert!(h.get("x-a").is_none());
+        assert!(h.get("x-forwarded-host").is_none());
+        assert!(h.get("host").is_none());
+    }
+
+    #[test]
+    fn downstream_strips_and_appends_via() {
+        let mut h = map(&[
+            ("connection", "close, x-a"),
+            ("x-a", "1"),
+            ("via", "1.1 up"),
+        ]);
+        to_downstream(&mut h, Version::HTTP_11, None);
+        assert!(h.get("connection").is_none() && h.get("x-a").is_none());
+        assert_eq!(get(&h, "via"), Some("1.1 up, 1.1 wsgate"));
+    }
+
+    #[test]
+    fn context_canonicalises_and_matches_trust() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let c = ForwardContext::new("[::ffff:10.1.2.3]:5".parse().unwrap(), false, &nets);
+        assert!(c.trusted);
+        assert_eq!(c.peer.to_string(), "10.1.2.3");
+        let c = ForwardContext::new("192.0.2.1:5".parse().unwrap(), true, &nets);
+        assert!(!c.trusted);
+        assert_eq!(c.proto(), "https");
+    }
+
+    #[test]
+    fn forwarded_host_quoting() {
+        let c = ctx("192.0.2.1", false, false);
+        let weird = HeaderValue::from_static("a\"b\\c");
+        assert_eq!(
+            forwarded_element(&c, Some(&weird)),
+            "for=192.0.2.1;proto=http;host=\"a\\\"b\\\\c\""
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! A channel is one WebSocket connection as the rest of wsgate sees it: an id, the app it
+//! belongs to, its peer, and a handle to its bounded outbound queue (drained by the session's
+//! writer task). Frames are queued pre-encoded, so one encoded frame can be shared by many
+//! channels without a copy.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::queue::{ByteBudget, SlowConsumerPolicy};
+use crate::ws::close::code;
+use crate::ws::codec::{server_frame, OpCode};
+
+/// A channel id, unique across nodes: `<node>-<sequence>`, e.g. `n1-000000000042`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(Arc<str>);
+
+impl ChannelId {
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Hands out channel ids for one node.
+#[derive(Debug)]
+pub struct ChannelIdGenerator {
+    node: String,
+    next: AtomicU64,
+}
+
+impl ChannelIdGenerator {
+    /// A generator for ids prefixed with `node`.
+    pub fn new(node: impl Into<String>) -> Self {
+        Self { node: node.into(), next: AtomicU64::new(1) }
+    }
+
+    /// The next unused id.
+    pub fn next_id(&self) -> ChannelId {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        ChannelId(format!("{}-{:012}", self.node, n).into())
+    }
+}
+
+/// What the writer task of a session receives.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A complete, already-encoded frame (possibly shared with other channels).
+    Frame(Bytes),
+    /// Send a Close frame with this code and reason, then stop writing.
+    Close {
+        /// Close code (RFC 6455 §7.4); `None` sends a Close without a body (the answer to a
+        /// peer's Close that carried none).
+        code: Option<u16>,
+        /// Reason text (at most 123 bytes are sent).
+        reason: String,
+    },
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The connection is closed or closing.
+    #[error("channel is closed")]
+    Closed,
+    /// The queue was over budget and the frame was dropped (policy `drop`).
+    #[error("channel's send queue is full; message dropped")]
+    Dropped,
+    /// The queue was over budget and the channel is being closed with 1008 (policy `close`).
+    #[error("channel's send queue is full; channel closed")]
+    SlowConsumerClosed,
+}
+
+struct Inner {
+    id: ChannelId,
+    app: Arc<str>,
+    url: Arc<str>,
+    peer: SocketAddr,
+    tx: mpsc::UnboundedSender<Outbound>,
+    budget: Arc<ByteBudget>,
+    policy: SlowConsumerPolicy,
+    closing: AtomicBool,
+    dropped: AtomicU64,
+}
+
+/// A cheap, clonable handle to one WebSocket connection's outbound side.
+#[derive(Clone)]
+pub struct ChannelHandle(Arc<Inner>);
+
+impl fmt::Debug for ChannelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelHandle").field("id", &self.0.id).field("app", &self.0.app).finish()
+    }
+}
+
+/// The receiving end of a channel's queue, owned by the session's writer.
+pub struct ChannelQueue {
+    /// Frames to write, in order.
+    pub rx: mpsc::UnboundedReceiver<Outbound>,
+    /// The byte budget shared with the handle; the writer releases what it has written.
+    pub budget: Arc<ByteBudget>,
+}
+
+/// Who a new channel is, for [`ChannelHandle::new`].
+#[derive(Debug, Clone)]
+pub struct ChannelInfo {
+    /// Its id.
+    pub id: ChannelId,
+    /// Name of the app it is bound to.
+    pub app: Arc<str>,
+    /// The URL path it connected to.
+    pub url: Arc<str>,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+impl ChannelHandle {
+    /// Creates a channel with a queue of `send_queue` bytes and the given slow-consumer policy.
+    pub fn new(info: ChannelInfo, send_queue: usize, policy: SlowConsumerPolicy) -> (Self, ChannelQueue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(ByteBudget::new(send_queue));
+        let inner = Inner {
+            id: info.id,
+            app: info.app,
+            url: info.url,
+            peer: info.peer,
+            tx,
+            budget: budget.clone(),
+            policy,
+            closing: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        };
+        (Self(Arc::new(inner)), ChannelQueue { rx, budget })
+    }
+
+    /// The channel's id.
+    pub fn id(&self) -> &ChannelId {
+        &self.0.id
+    }
+
+    /// The app the channel is bound to.
+    pub fn app(&self) -> &str {
+        &self.0.app
+    }
+
+    /// The URL path the client connected to.
+    pub fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.0.peer
+    }
+
+    /// Frames dropped under the `drop` policy so far.
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the channel is closing or closed.
+    pub fn is_closing(&self) -> bool {
+        self.0.closing.load(Ordering::Acquire) || self.0.tx.is_closed()
+    }
+
+    /// Queues a complete pre-encoded frame (shared bytes; no copy). Applies the slow-consumer
+    /// policy when the queue is over budget.
+    pub fn send_frame(&self, frame: Bytes) -> Result<(), SendError> {
+        if self.is_closing() {
+            return Err(SendError::Closed);
+        }
+        if !self.0.budget.try_reserve(frame.len()) {
+            return match self.0.policy {
+                SlowConsumerPolicy::Drop => {
+                    self.0.dropped.fetch_add(1, Ordering::Relaxed);
+                    Err(SendError::Dropped)
+                }
+                SlowConsumerPolicy::Close => {
+                    self.close(code::POLICY, "send queue overflow");
+                    Err(SendError::SlowConsumerClosed)
+                }
+            };
+        }
+        let len = frame.len();
+        if self.0.tx.send(Outbound::Frame(frame)).is_err() {
+            self.0.budget.release(len);
+            return Err(SendError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Queues a control frame (ping/pong), which is never subject to the budget policy.
+    pub(crate) fn send_control(&self, frame: Bytes) -> Result<(), SendError> {
+        if self.is_closing() {
+            return Err(SendError::Closed);
+        }
+        let len = frame.len();
+        self.0.budget.force_reserve(len);
+        self.0.tx.send(Outbound::Frame(frame)).map_err(|_| {
+            self.0.budget.release(len);
+            SendError::Closed
+        })
+    }
+
+    /// Encodes and queues one text message.
+    pub fn send_text(&self, text: &str) -> Result<(), SendError> {
+        self.send_frame(server_frame(OpCode::Text, text.as_bytes()))
+    }
+
+    /// Encodes and queues one binary message.
+    pub fn send_binary(&self, data: &[u8]) -> Result<(), SendError> {
+        self.send_frame(server_frame(OpCode::Binary, data))
+    }
+
+    /// Starts the closing handshake with `code` and `reason`; later sends fail with `Closed`.
+    /// Only the first call has an effect.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self.0.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.0.tx.send(Outbound::Close { code: Some(code), reason: reason.to_owned() });
+    }
+
+    /// Answers the peer's Close (RFC 6455 §5.5.1: echo its status code) unless we already sent
+    /// one. Returns whether an answer was queued.
+    pub(crate) fn answer_close(&self, peer_code: Option<u16>) -> bool {
+        if self.0.closing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.0.tx.send(Outbound::Close { code: peer_code, reason: String::new() }).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(queue: usize, policy: SlowConsumerPolicy) -> (ChannelHandle, ChannelQueue) {
+        let info = ChannelInfo {
+            id: ChannelIdGenerator::new("t").next_id(),
+            app: "echo".into(),
+            url: "/e".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        ChannelHandle::new(info, queue, policy)
+    }
+
+    #[test]
+    fn ids_are_prefixed_and_sequential() {
+        let ids = ChannelIdGenerator::new("n1");
+        assert_eq!(ids.next_id().as_str(), "n1-000000000001");
+        assert_eq!(ids.next_id().as_str(), "n1-000000000002");
+    }
+
+    #[test]
+    fn drop_policy_counts_and_keeps_the_channel_open() {
+        let (ch, mut q) = channel(8, SlowConsumerPolicy::Drop);
+        ch.send_frame(Bytes::from_static(b"12345678")).unwrap();
+        assert_eq!(ch.send_frame(Bytes::from_static(b"x")), Err(SendError::Dropped));
+        assert_eq!(ch.dropped(), 1);
+        assert!(!ch.is_closing());
+        assert!(matches!(q.rx.try_recv(), Ok(Outbound::Frame(_))));
+    }
+
+    #[test]
+    fn close_policy_queues_a_1008_close() {
+        let (ch, mut q) = channel(8, SlowConsumerPolicy::Close);
+        ch.send_frame(Bytes::from_static(b"12345678")).unwrap();
+        assert_eq!(ch.send_frame(Bytes::from_static(b"x")), Err(SendError::SlowConsumerClosed));
+        assert!(matches!(q.rx.try_recv(), Ok(Outbound::Frame(_))));
+        assert!(matches!(q.rx.try_recv(), Ok(Outbound::Close { code: Some(1008), .. })));
+        assert_eq!(ch.send_text("late"), Err(SendError::Closed));
+    }
+}

@@ -1,0 +1,159 @@
+//! Listening sockets, the accept loop and the serving of one connection (TLS, protocol
+//! detection, hyper's HTTP/1.1 and HTTP/2 servers, graceful shutdown).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::{handle, ConnectionSlot, State};
+use crate::proxy::ClientInfo;
+
+/// Pending connections the kernel keeps for us.
+const BACKLOG: i32 = 1024;
+/// hyper refuses an HTTP/1 read buffer smaller than this.
+const MIN_H1_BUFFER: usize = 8192;
+
+/// Binds `addr` with `SO_REUSEADDR` (restarts do not wait for TIME_WAIT) and returns the
+/// listener with its actual address.
+pub(super) fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    let listener = TcpListener::from_std(socket.into())?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Accepts connections until shutdown is signalled. One failed accept never ends the loop;
+/// running out of file descriptors backs off instead of spinning.
+pub(super) async fn accept_loop(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let mut drain = state.drain.clone();
+    let local = listener.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            _ = drain.signalled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+                let client = ClientInfo { peer, local, tls: tls.is_some() };
+                tokio::spawn(serve_connection(state.clone(), stream, client, tls.clone()));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(if is_fd_exhaustion(&error) { 1000 } else { 10 })).await;
+            }
+        }
+    }
+    tracing::debug!(addr = ?local, "listener closed");
+}
+
+fn is_fd_exhaustion(error: &std::io::Error) -> bool {
+    // EMFILE (24) / ENFILE (23)
+    matches!(error.raw_os_error(), Some(23) | Some(24))
+}
+
+/// Which HTTP version a connection speaks, when known before hyper sees it.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// Detect from the first bytes (HTTP/1.1, or HTTP/2 prior knowledge).
+    Detect,
+    Http1,
+    Http2,
+}
+
+async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientInfo, tls: Option<TlsAcceptor>) {
+    let slot = ConnectionSlot::acquire(&state).map(Arc::new);
+    if slot.is_none() {
+        tracing::debug!(peer = %client.peer, "max_connections reached; answering 503");
+    }
+    let deadline = state.header_read_timeout;
+    match tls {
+        Some(acceptor) => {
+            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %client.peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %client.peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            serve_io(state, stream, client, slot, protocol).await;
+        }
+        None => {
+            // Wait for the first byte under the header deadline: hyper's own timeout starts only
+            // once HTTP/1 parsing has begun.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            serve_io(state, stream, client, slot, Protocol::Detect).await;
+        }
+    }
+}
+
+async fn serve_io<I>(state: Arc<State>, io: I, client: ClientInfo, slot: Option<Arc<ConnectionSlot>>, protocol: Protocol)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.header_read_timeout)
+        .max_buf_size(state.max_header_bytes.max(MIN_H1_BUFFER))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(state.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = match protocol {
+        Protocol::Detect => builder,
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+    };
+    let service = {
+        let state = state.clone();
+        let client = client.clone();
+        service_fn(move |req| handle(state.clone(), client.clone(), slot.clone(), req))
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut drain = state.drain.clone();
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = drain.signalled() => {
+            // Finish in-flight requests, accept no new ones; the outer deadline bounds this.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        // Peers resetting connections is normal; not worth more than debug.
+        tracing::debug!(peer = %client.peer, %error, "connection ended with an error");
+    }
+}

@@ -1,0 +1,61 @@
+//! TLS for `[[listen]]` entries with `tls`: rustls (ring provider) with ALPN h2 and http/1.1,
+//! certificate chain and key read from PEM files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file could not be read or holds no PEM certificate.
+    #[error("{}: cannot read certificate chain: {reason}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The key file could not be read or holds no PEM private key.
+    #[error("{}: cannot read private key: {reason}", path.display())]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the pair (e.g. the key does not match the certificate).
+    #[error("{}: certificate and key cannot be used together: {reason}", cert.display())]
+    Config {
+        /// The certificate file.
+        cert: PathBuf,
+        /// What rustls said.
+        reason: String,
+    },
+}
+
+/// The single crypto provider wsgate uses (ring), so no process-wide default is needed.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads a server configuration from PEM files, offering ALPN `h2` and `http/1.1`.
+pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certificate { path: cert.to_owned(), reason: e.to_string() })?;
+    if chain.is_empty() {
+        return Err(TlsError::Certificate { path: cert.to_owned(), reason: "no CERTIFICATE block found".into() });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Key { path: key.to_owned(), reason: e.to_string() })?;
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
+        .map_err(|e| TlsError::Config { cert: cert.to_owned(), reason: e.to_string() })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

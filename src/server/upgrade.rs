@@ -1,0 +1,78 @@
+//! Accepting a WebSocket on an app URL: access checks, the RFC 6455 handshake answer, and the
+//! session task started once hyper hands over the connection.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::access::{check_address, check_origin};
+use super::{empty_body, text_response, AppRoute, Body, ConnectionSlot, State};
+use crate::proxy::ClientInfo;
+use crate::pubsub::channel::{ChannelHandle, ChannelInfo};
+use crate::ws::handshake::{accept_key, response_headers, select_protocol, validate_upgrade, HandshakeError};
+use crate::ws::session;
+
+/// Answers the upgrade request on `route` and, when accepted, spawns the session.
+pub(super) fn accept(
+    state: Arc<State>,
+    client: ClientInfo,
+    slot: Arc<ConnectionSlot>,
+    route: Arc<AppRoute>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    if let Err(denied) = check_address(client.peer.ip(), &route.allow) {
+        tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "WebSocket refused");
+        return text_response(StatusCode::FORBIDDEN, "403 Forbidden: client address not allowed\n");
+    }
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    if let Err(denied) = check_origin(req.headers(), authority.as_deref(), &route.allowed_origins) {
+        tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "WebSocket refused");
+        return text_response(StatusCode::FORBIDDEN, "403 Forbidden: origin not allowed\n");
+    }
+    let upgrade = match validate_upgrade(req.method(), req.version(), req.headers()) {
+        Ok(upgrade) => upgrade,
+        Err(error) => return handshake_refused(&route, &client, error),
+    };
+    let protocol = select_protocol(&upgrade.protocols, &route.subprotocols).map(str::to_owned);
+    let accept = accept_key(upgrade.key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+
+    let info = ChannelInfo {
+        id: state.ids.next_id(),
+        app: route.name.clone(),
+        url: req.uri().path().into(),
+        peer: client.peer,
+    };
+    let (channel, queue) = ChannelHandle::new(info, route.send_queue, route.slow_consumer);
+    let session_state = state.clone();
+    tokio::spawn(async move {
+        // The slot and the state (with its drain watch) live as long as the session.
+        let _slot = slot;
+        let shutdown = session_state.drain.receiver();
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), "WebSocket open");
+                let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), route.session.clone(), shutdown).await;
+                tracing::debug!(app = %route.name, channel = %channel.id(), ?end, "WebSocket closed");
+            }
+            Err(error) => tracing::debug!(app = %route.name, %error, "upgrade failed after the handshake"),
+        }
+        drop(session_state);
+    });
+
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = response_headers(&accept, protocol.as_deref());
+    response
+}
+
+fn handshake_refused(route: &AppRoute, client: &ClientInfo, error: HandshakeError) -> Response<Body> {
+    tracing::debug!(app = %route.name, peer = %client.peer, reason = error.reason(), "WebSocket handshake refused");
+    let status = error.status();
+    let mut response = text_response(status, &format!("{} {}: {error}\n", status.as_u16(), status.canonical_reason().unwrap_or("")));
+    // RFC 6455 §4.2.2: a 426 tells the client which version we speak.
+    response.headers_mut().extend(error.response_headers());
+    response
+}

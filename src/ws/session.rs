@@ -1,0 +1,323 @@
+//! The WebSocket session: the only code that reads from and writes to an accepted WebSocket.
+//!
+//! A session runs two halves joined together:
+//! - the **reader** feeds bytes to the sans-io [`Decoder`], answers pings, hands complete
+//!   messages to the app, runs the keepalive ping and idle timeout, and starts or answers the
+//!   closing handshake;
+//! - the **writer** drains the channel's queue of pre-encoded frames (shared with other
+//!   channels when multicast), coalescing ready frames into one vectored write.
+//!
+//! Closing (RFC 6455 §7): after a Close has been written the writer half-closes TCP; after a
+//! protocol error no more input is read (§7.1.7 "fail the connection").
+
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+use super::close::code;
+use super::codec::{close_frame_payload, encode_frame, server_frame, Decoder, DecoderConfig, Incoming, OpCode, Role};
+use crate::apps::{App, Message};
+use crate::pubsub::channel::{ChannelHandle, ChannelQueue, Outbound};
+
+/// Per-session limits and timers.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Largest message accepted from the client; larger ones close with 1009.
+    pub max_message_size: usize,
+    /// A ping is sent when nothing was received for this long.
+    pub ping_interval: Duration,
+    /// The connection is closed (1001) when nothing was received for this long.
+    pub idle_timeout: Duration,
+    /// How long to wait for the peer's Close (and for our last writes) once closing.
+    pub close_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 1 << 20,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a session ended, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The closing handshake completed or was started by the peer; its code, if any.
+    PeerClosed(Option<u16>),
+    /// We closed with this code (protocol error, shutdown, idle, policy).
+    Closed(u16),
+    /// The TCP connection ended without a Close.
+    Dropped,
+}
+
+/// Runs one WebSocket session over `io` until it ends. `shutdown` turning `true` closes the
+/// session with 1001 (going away).
+pub async fn run<S>(
+    io: S,
+    channel: ChannelHandle,
+    queue: ChannelQueue,
+    app: Arc<dyn App>,
+    config: SessionConfig,
+    shutdown: watch::Receiver<bool>,
+) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(io);
+    let (done_tx, done_rx) = watch::channel(false);
+    app.on_open(&channel);
+    let write_half = write_loop(writer, queue, done_rx, config.close_timeout);
+    let read_half = async {
+        let end = read_loop(reader, &channel, &*app, &config, shutdown).await;
+        let _ = done_tx.send(true);
+        end
+    };
+    let (end, ()) = tokio::join!(read_half, write_half);
+    let peer_code = match &end {
+        SessionEnd::PeerClosed(c) => *c,
+        _ => None,
+    };
+    // Make later sends fail fast; the writer is gone.
+    channel.close(code::GOING_AWAY, "");
+    app.on_close(&channel, peer_code);
+    end
+}
+
+async fn read_loop<R>(
+    mut reader: R,
+    channel: &ChannelHandle,
+    app: &dyn App,
+    config: &SessionConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> SessionEnd
+where
+    R: AsyncRead + Unpin,
+{
+    let mut decoder = Decoder::new(DecoderConfig { role: Role::Server, max_message_size: config.max_message_size });
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut last_received = Instant::now();
+    let mut ping_timer = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    ping_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set once we have sent a Close: from then on we only wait for the peer's.
+    let mut closing: Option<(u16, Instant)> = None;
+    let mut shutdown_seen = *shutdown.borrow();
+    if shutdown_seen {
+        channel.close(code::GOING_AWAY, "server shutting down");
+        closing = Some((code::GOING_AWAY, Instant::now() + config.close_timeout));
+    }
+
+    loop {
+        // Handle every complete event already buffered before reading more.
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(event)) => match event {
+                    Incoming::Text(text) => {
+                        if closing.is_none() {
+                            app.on_message(channel, Message::Text(text));
+                        }
+                    }
+                    Incoming::Binary(data) => {
+                        if closing.is_none() {
+                            app.on_message(channel, Message::Binary(data));
+                        }
+                    }
+                    Incoming::Ping(payload) => {
+                        if closing.is_none() {
+                            // §5.5.3: the Pong carries the Ping's payload.
+                            let _ = channel.send_control(server_frame(OpCode::Pong, &payload));
+                        }
+                    }
+                    Incoming::Pong(_) => {}
+                    Incoming::Close(frame) => {
+                        let peer_code = frame.map(|f| f.code);
+                        channel.answer_close(peer_code);
+                        return match closing {
+                            Some((code, _)) => SessionEnd::Closed(code),
+                            None => SessionEnd::PeerClosed(peer_code),
+                        };
+                    }
+                },
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(channel = %channel.id(), %error, "protocol error; failing the connection");
+                    let code = error.close_code();
+                    channel.close(code, close_reason(code));
+                    // §7.1.7: fail the connection; read nothing more.
+                    return SessionEnd::Closed(code);
+                }
+            }
+        }
+
+        let close_deadline = closing.map(|(_, deadline)| deadline);
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    return match closing {
+                        Some((code, _)) => SessionEnd::Closed(code),
+                        None => SessionEnd::Dropped,
+                    };
+                }
+                Ok(_) => last_received = Instant::now(),
+            },
+            changed = shutdown.changed(), if !shutdown_seen => {
+                shutdown_seen = true;
+                if changed.is_err() || *shutdown.borrow() {
+                    if closing.is_none() {
+                        channel.close(code::GOING_AWAY, "server shutting down");
+                        closing = Some((code::GOING_AWAY, Instant::now() + config.close_timeout));
+                    }
+                }
+            }
+            _ = ping_timer.tick(), if closing.is_none() => {
+                let quiet = last_received.elapsed();
+                if quiet >= config.idle_timeout {
+                    channel.close(code::GOING_AWAY, "idle timeout");
+                    closing = Some((code::GOING_AWAY, Instant::now() + config.close_timeout));
+                } else if quiet >= config.ping_interval {
+                    let _ = channel.send_control(server_frame(OpCode::Ping, b""));
+                }
+            }
+            _ = sleep_until(close_deadline.unwrap_or_else(Instant::now)), if close_deadline.is_some() => {
+                return SessionEnd::Closed(closing.map(|(code, _)| code).unwrap_or(code::GOING_AWAY));
+            }
+        }
+        if channel.is_closing() && closing.is_none() {
+            // The app or the slow-consumer policy started the close: wait for the answer.
+            closing = Some((code::POLICY, Instant::now() + config.close_timeout));
+        }
+    }
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        code::INVALID_DATA => "invalid UTF-8",
+        code::TOO_BIG => "message too big",
+        _ => "protocol error",
+    }
+}
+
+/// Frames written per vectored write at most.
+const MAX_BATCH: usize = 64;
+
+async fn write_loop<W>(mut writer: W, mut queue: ChannelQueue, mut done: watch::Receiver<bool>, close_timeout: Duration)
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let first = tokio::select! {
+            biased;
+            item = queue.rx.recv() => item,
+            _ = reader_done(&mut done) => {
+                // The reader has finished: write a pending Close (if any) and leave.
+                while let Ok(item) = queue.rx.try_recv() {
+                    if let Outbound::Close { code, reason } = item {
+                        let frame = encode_close(code, &reason);
+                        let _ = tokio::time::timeout(close_timeout, async {
+                            writer.write_all(&frame).await?;
+                            writer.shutdown().await
+                        }).await;
+                        break;
+                    }
+                }
+                return;
+            }
+        };
+        let mut close = None;
+        match first {
+            None => return,
+            Some(Outbound::Frame(frame)) => batch.push(frame),
+            Some(Outbound::Close { code, reason }) => close = Some(encode_close(code, &reason)),
+        }
+        if close.is_none() {
+            while batch.len() < MAX_BATCH {
+                match queue.rx.try_recv() {
+                    Ok(Outbound::Frame(frame)) => batch.push(frame),
+                    Ok(Outbound::Close { code, reason }) => {
+                        close = Some(encode_close(code, &reason));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let written: usize = batch.iter().map(Bytes::len).sum();
+        let result = {
+            let write = write_all_vectored(&mut writer, &mut batch);
+            tokio::pin!(write);
+            tokio::select! {
+                result = &mut write => result,
+                // The reader has finished (peer gone, or closing): finish this write only if
+                // the peer still reads, so a dead peer cannot hold the session open.
+                _ = reader_done(&mut done) => match tokio::time::timeout(close_timeout, &mut write).await {
+                    Ok(result) => result,
+                    Err(_) => return,
+                },
+            }
+        };
+        queue.budget.release(written);
+        if result.is_err() {
+            return;
+        }
+        if let Some(frame) = close {
+            let _ = tokio::time::timeout(close_timeout, async {
+                writer.write_all(&frame).await?;
+                writer.flush().await?;
+                // §7.1.1: the server closes the TCP connection first; half-close now, the
+                // reader keeps waiting for the peer's Close.
+                writer.shutdown().await
+            })
+            .await;
+            // Nothing else may follow a Close; wait for the reader to finish.
+            reader_done(&mut done).await;
+            return;
+        }
+    }
+}
+
+fn encode_close(code: Option<u16>, reason: &str) -> BytesMut {
+    let payload = match code {
+        Some(code) => close_frame_payload(code, reason),
+        None => Vec::new(),
+    };
+    let mut frame = BytesMut::with_capacity(payload.len() + 2);
+    encode_frame(&mut frame, OpCode::Close, true, false, &payload, None);
+    frame
+}
+
+/// Writes every buffer of `batch` completely, using vectored writes, and empties it.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(writer: &mut W, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let mut start = 0;
+    while start < batch.len() {
+        let slices: Vec<IoSlice<'_>> = batch[start..].iter().map(|b| IoSlice::new(b)).collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while start < batch.len() && written >= batch[start].len() {
+            written -= batch[start].len();
+            start += 1;
+        }
+        if written > 0 {
+            // A partial write inside one buffer: drop the written prefix (cheap, shared bytes).
+            let rest = batch[start].slice(written..);
+            batch[start] = rest;
+        }
+    }
+    batch.clear();
+    writer.flush().await
+}
+
+/// Resolves once the reader has finished (the guard `wait_for` returns is not `Send`).
+async fn reader_done(done: &mut watch::Receiver<bool>) {
+    let _ = done.wait_for(|d| *d).await;
+}

@@ -1,0 +1,335 @@
+//! Test support: wsgate started in-process on 127.0.0.1:0, a real HTTP upstream (hyper) run by
+//! the test, and a raw WebSocket client built on wsgate's own codec in the client role.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wsgate::config::{self, CliOverrides, ConfigSource};
+use wsgate::server::RunningServer;
+use wsgate::ws::codec::{encode_frame, Decoder, DecoderConfig, Incoming as WsIncoming, OpCode, Role};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// wsgate started from a TOML text in which `{UPSTREAM}` is replaced by the upstream URL.
+pub struct Gate {
+    pub server: RunningServer,
+    pub addr: SocketAddr,
+}
+
+pub async fn start_gate(toml: &str, upstream: SocketAddr) -> Gate {
+    let text = toml.replace("{UPSTREAM}", &format!("http://{upstream}"));
+    let config = config::load(ConfigSource::Text { name: "test.toml".into(), text }, &CliOverrides::default())
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let server = wsgate::server::start(&config).await.expect("wsgate starts");
+    let addr = server.listeners()[0].addr;
+    Gate { server, addr }
+}
+
+/// A minimal config: one plain listener on port 0, the echo app at /websocket/echo.
+pub fn basic_config(extra: &str) -> String {
+    format!(
+        r#"
+[upstream]
+url = "{{UPSTREAM}}"
+connect_timeout = "1s"
+response_timeout = "2s"
+
+[[listen]]
+addr = "127.0.0.1:0"
+
+[apps.echo]
+kind = "echo"
+urls = ["/websocket/echo"]
+{extra}
+"#
+    )
+}
+
+/// A real HTTP/1.1 upstream server run by the test. Routes:
+/// - `/echo`: answers 200 with the request body streamed back, and `x-upstream-method`,
+///   `x-upstream-path` (path and query) headers;
+/// - `/headers`: answers with the request headers, one `name: value` per line;
+/// - `/slow`: answers after 5 s;
+/// - `/big?n=BYTES`: answers with BYTES bytes of a repeating pattern, streamed;
+/// - `/upgrade`: accepts `Upgrade: websocket`, then echoes WebSocket messages (server role);
+/// - anything else: 404.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+}
+
+pub async fn start_upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(upstream_service))
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, connections }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let response = match path.as_str() {
+        "/echo" => {
+            let method = req.method().to_string();
+            let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+            Response::builder()
+                .header("x-upstream-method", method)
+                .header("x-upstream-path", pq)
+                .body(req.into_body().boxed())
+                .unwrap()
+        }
+        "/headers" => {
+            let mut text = String::new();
+            for (name, value) in req.headers() {
+                text.push_str(&format!("{}: {}\n", name, value.to_str().unwrap_or("?")));
+            }
+            Response::builder()
+                .header("connection", "x-hop")
+                .header("x-hop", "must not reach the client")
+                .header("keep-alive", "timeout=5")
+                .body(full(text))
+                .unwrap()
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Response::new(full("late"))
+        }
+        "/big" => {
+            let n: usize = req.uri().query().and_then(|q| q.strip_prefix("n=")).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, hyper::Error>::new(4);
+            tokio::spawn(async move {
+                let chunk = Bytes::from((0..65536u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+                let mut left = n;
+                while left > 0 {
+                    let take = left.min(chunk.len());
+                    if tx.send_data(chunk.slice(..take)).await.is_err() {
+                        return;
+                    }
+                    left -= take;
+                }
+            });
+            Response::builder().header("content-length", n).body(body.boxed()).unwrap()
+        }
+        "/upgrade" => {
+            let key = req.headers().get("sec-websocket-key").cloned();
+            let upgrade = req.headers().get("upgrade").map(|v| v.to_str().unwrap_or("").to_ascii_lowercase());
+            if upgrade.as_deref() != Some("websocket") || key.is_none() {
+                return Ok(Response::builder().status(400).body(full("not an upgrade")).unwrap());
+            }
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    upstream_ws_echo(TokioIo::new(upgraded)).await;
+                }
+            });
+            let accept = wsgate::ws::handshake::accept_key(key.unwrap().as_bytes());
+            Response::builder()
+                .status(101)
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-accept", accept)
+                .header("x-upstream", "yes")
+                .body(full(""))
+                .unwrap()
+        }
+        _ => Response::builder().status(404).body(full("no such page")).unwrap(),
+    };
+    Ok(response)
+}
+
+/// The upstream's own WebSocket echo (server role), prefixing text replies with "upstream:".
+async fn upstream_ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut io: S) {
+    let mut decoder = Decoder::new(DecoderConfig { role: Role::Server, max_message_size: 1 << 20 });
+    let mut buf = BytesMut::new();
+    loop {
+        match decoder.decode(&mut buf) {
+            Ok(Some(WsIncoming::Text(t))) => {
+                let mut out = BytesMut::new();
+                let reply = [b"upstream:".as_slice(), &t].concat();
+                encode_frame(&mut out, OpCode::Text, true, false, &reply, None);
+                if io.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(WsIncoming::Close(_))) => {
+                let mut out = BytesMut::new();
+                encode_frame(&mut out, OpCode::Close, true, false, &[0x03, 0xe8], None);
+                let _ = io.write_all(&out).await;
+                return;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if io.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// A raw WebSocket client over TCP using wsgate's codec in the client role.
+pub struct WsClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+/// The status line and headers of an HTTP response read from a raw socket, plus any bytes
+/// already received after the head.
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub rest: BytesMut,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// Sends `request` (raw bytes) and reads the response head.
+pub async fn raw_request(stream: &mut TcpStream, request: &[u8]) -> RawResponse {
+    stream.write_all(request).await.unwrap();
+    read_head(stream).await
+}
+
+pub async fn read_head(stream: &mut TcpStream) -> RawResponse {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let rest = buf.split_off(end + 4);
+            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            return RawResponse { status, head, rest };
+        }
+        let n = tokio::time::timeout(TIMEOUT, stream.read_buf(&mut buf)).await.expect("response in time").unwrap();
+        assert!(n > 0, "connection closed before a response head; got {:?}", String::from_utf8_lossy(&buf));
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+impl WsClient {
+    /// Opens a WebSocket to `path`; panics unless the answer is 101 with the right accept key.
+    pub async fn connect(addr: SocketAddr, path: &str) -> WsClient {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let response = raw_request(&mut stream, upgrade_request(path, "").as_bytes()).await;
+        assert_eq!(response.status, 101, "upgrade refused: {}", response.head);
+        assert_eq!(response.header("sec-websocket-accept").as_deref(), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        WsClient {
+            stream,
+            buf: response.rest,
+            decoder: Decoder::new(DecoderConfig { role: Role::Client, max_message_size: 64 << 20 }),
+        }
+    }
+
+    /// Sends one masked frame.
+    pub async fn send_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
+        let mut out = BytesMut::new();
+        encode_frame(&mut out, opcode, fin, false, payload, Some([1, 2, 3, 4]));
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// Sends raw bytes (for malformed frames).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_frame(OpCode::Text, true, text.as_bytes()).await
+    }
+
+    /// The next event from the server, or `None` on EOF.
+    pub async fn next(&mut self) -> Option<WsIncoming> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(event)) => return Some(event),
+                Ok(None) => {}
+                Err(e) => panic!("server sent an invalid frame: {e}"),
+            }
+            let n = tokio::time::timeout(TIMEOUT, self.stream.read_buf(&mut self.buf)).await.expect("server answered in time").ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until a Close arrives and returns its code (None = empty close); panics on EOF.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.next().await {
+                Some(WsIncoming::Close(frame)) => return frame.map(|f| f.code),
+                Some(_) => continue,
+                None => panic!("connection closed without a Close frame"),
+            }
+        }
+    }
+
+    /// After a Close: the server closes the TCP connection.
+    pub async fn expect_eof(&mut self) {
+        let mut scratch = [0u8; 64];
+        loop {
+            let n = tokio::time::timeout(TIMEOUT, self.stream.read(&mut scratch)).await.expect("server closed TCP in time");
+            match n {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// A hyper HTTP/1.1 client connection to `addr` (one connection, for keep-alive checks).
+pub async fn http_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<UpBody> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+pub fn executor() -> TokioExecutor {
+    TokioExecutor::new()
+}
