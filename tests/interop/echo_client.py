@@ -61,8 +61,8 @@ async def round_trips(url, ssl_ctx, compression):
         check(f"{label} ping answered", latency >= 0)
 
         await ws.close(code=1000, reason="bye")
-        check(f"{label} close handshake: server echoed 1000", ws.close_code == 1000 and ws.close_rcvd is not None,
-              f"(close_code={ws.close_code}, rcvd={ws.close_rcvd})")
+        check(f"{label} close handshake: server echoed 1000", ws.close_code == 1000 and ws.protocol.close_rcvd is not None,
+              f"(close_code={ws.close_code}, rcvd={ws.protocol.close_rcvd})")
 
 
 async def too_big(url, ssl_ctx):

@@ -18,7 +18,10 @@ bad() { failed=$((failed + 1)); echo "  FAIL $1"; }
 self_signed "$TMP"
 NPORT=$(free_port) P1=$(free_port) P2=$(free_port) AP=$(free_port)
 mkdir -p "$TMP/www" "$TMP/nginx"
+# nginx workers run unprivileged: let them read the document root.
+chmod a+rx "$TMP" "$TMP/www"
 head -c $((20 * 1024 * 1024)) /dev/urandom > "$TMP/www/big.bin"
+chmod a+r "$TMP/www/big.bin"
 cat > "$TMP/nginx.conf" <<NGX
 daemon off;
 worker_processes 1;
@@ -76,7 +79,9 @@ want=$(sha256sum < "$TMP/www/big.bin" | cut -d' ' -f1)
 got=$(curl -sS --max-time 30 "http://127.0.0.1:$P1/big.bin" | sha256sum | cut -d' ' -f1)
 [ "$got" = "$want" ] && ok "20 MiB static file byte-exact over http" || bad "20 MiB file over http (sha256 $got)"
 got=$(curl -sS --max-time 30 --cacert "$TMP/cert.pem" "https://localhost:$P2/big.bin" | sha256sum | cut -d' ' -f1)
-[ "$got" = "$want" ] && ok "20 MiB static file byte-exact over https (h2)" || bad "20 MiB file over https (sha256 $got)"
+[ "$got" = "$want" ] && ok "20 MiB static file byte-exact over https" || bad "20 MiB file over https (sha256 $got)"
+v=$(curl -sS -o /dev/null -w '%{http_version}' --max-time 10 --cacert "$TMP/cert.pem" "https://localhost:$P2/headers")
+[ "$v" = 2 ] && ok "HTTP/2 negotiated by ALPN over TLS" || bad "HTTP version over TLS: $v"
 h=$(curl -sS --max-time 10 -H 'Connection: keep-alive, X-Secret' -H 'X-Secret: 1' -H 'Keep-Alive: 5' "http://127.0.0.1:$P1/headers")
 echo "   upstream saw: $h"
 [[ "$h" == *"xff=127.0.0.1|"* ]] && ok "X-Forwarded-For set" || bad "X-Forwarded-For ($h)"
