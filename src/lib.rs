@@ -8,6 +8,7 @@
 
 pub mod apps;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
 pub mod pubsub;
 pub mod server;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::{AppConfig, AppKind};
-use crate::pubsub::ChannelHandle;
+use crate::pubsub::{ChannelHandle, Hub};
 
 /// One complete data message received from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +49,8 @@ pub enum AppError {
     },
 }
 
-/// Builds the app `name` from its configuration.
-pub fn build(name: &str, config: &AppConfig) -> Result<Arc<dyn App>, AppError> {
+/// Builds the app `name` from its configuration; apps that publish get the node's hub.
+pub fn build(name: &str, config: &AppConfig, _hub: &Arc<Hub>) -> Result<Arc<dyn App>, AppError> {
     match config.kind {
         AppKind::Echo => Ok(Arc::new(echo::Echo)),
         other => Err(AppError::Unavailable { name: name.to_owned(), kind: other.as_str() }),

@@ -26,6 +26,12 @@ impl ChannelId {
     }
 }
 
+impl From<&str> for ChannelId {
+    fn from(id: &str) -> Self {
+        ChannelId(id.into())
+    }
+}
+
 impl fmt::Display for ChannelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -1,7 +1,9 @@
-//! The publish/subscribe core. For now: channels (one per WebSocket connection) with their
-//! bounded outbound queues; the `Hub` with subscriptions builds on these.
+//! The publish/subscribe core: channels (one per WebSocket connection) with their bounded
+//! outbound queues, and the [`Hub`] of subscriptions with encode-once multicast.
 
 pub mod channel;
+pub mod hub;
 pub mod queue;
 
 pub use channel::{ChannelHandle, ChannelId, SendError};
+pub use hub::{Delivery, Hub, HubError, ALL};

@@ -24,6 +24,7 @@ use crate::apps::{self, App};
 use crate::config::{Config, SlowConsumerPolicy as ConfigPolicy};
 use crate::proxy::{ClientInfo, Proxy, ProxySettings};
 use crate::pubsub::channel::ChannelIdGenerator;
+use crate::pubsub::Hub;
 use crate::pubsub::queue::SlowConsumerPolicy;
 use crate::ws::session::SessionConfig;
 use router::{Route, Router};
@@ -103,12 +104,14 @@ pub(crate) struct State {
     header_read_timeout: Duration,
     max_header_bytes: usize,
     ids: ChannelIdGenerator,
+    hub: Arc<Hub>,
     drain: DrainWatch,
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     listeners: Vec<BoundListener>,
+    hub: Arc<Hub>,
     drain: Drain,
     shutdown_timeout: Duration,
 }
@@ -117,6 +120,11 @@ impl RunningServer {
     /// The listeners, in configuration order.
     pub fn listeners(&self) -> &[BoundListener] {
         &self.listeners
+    }
+
+    /// The hub of this server's channels and subscriptions.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     /// Stops accepting, closes WebSockets with 1001 and waits for in-flight requests, at most
@@ -128,7 +136,8 @@ impl RunningServer {
 
 /// Builds the apps, loads certificates, binds every listener and starts serving.
 pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
-    let router = build_router(config)?;
+    let hub = Arc::new(Hub::new());
+    let router = build_router(config, &hub)?;
     let mut tls_configs = Vec::with_capacity(config.listen.len());
     for listen in &config.listen {
         let acceptor = match &listen.tls {
@@ -160,6 +169,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         header_read_timeout: config.limits.header_read_timeout,
         max_header_bytes: config.limits.max_header_bytes,
         ids: ChannelIdGenerator::new(node_name()),
+        hub: hub.clone(),
         drain: drain.watch(),
     });
 
@@ -171,7 +181,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         tokio::spawn(listen::accept_loop(state.clone(), listener, acceptor));
     }
     drop(state);
-    Ok(RunningServer { listeners, drain, shutdown_timeout: config.limits.shutdown_timeout })
+    Ok(RunningServer { listeners, hub, drain, shutdown_timeout: config.limits.shutdown_timeout })
 }
 
 /// The node part of channel ids: the process id keeps ids unique between nodes on one host
@@ -180,13 +190,13 @@ fn node_name() -> String {
     format!("n{}", std::process::id())
 }
 
-fn build_router(config: &Config) -> Result<Router<AppRoute>, StartError> {
+fn build_router(config: &Config, hub: &Arc<Hub>) -> Result<Router<AppRoute>, StartError> {
     let mut router = Router::default();
     for (name, app_config) in &config.apps {
         if app_config.urls.is_empty() {
             continue; // an app without URLs is off (seed semantics)
         }
-        let app = apps::build(name, app_config)?;
+        let app = apps::build(name, app_config, hub)?;
         let ws = &config.websocket;
         let route = Arc::new(AppRoute {
             name: name.as_str().into(),
@@ -294,7 +304,7 @@ pub(crate) fn empty_body() -> Body {
 /// certificate and key can be used. Returns every problem found.
 pub fn check(config: &Config) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
-    if let Err(error) = build_router(config) {
+    if let Err(error) = build_router(config, &Arc::new(Hub::new())) {
         problems.push(error.to_string());
     }
     for listen in &config.listen {

@@ -54,7 +54,9 @@ pub(super) fn accept(
         match on_upgrade.await {
             Ok(upgraded) => {
                 tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), "WebSocket open");
+                session_state.hub.register(channel.clone());
                 let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), route.session.clone(), shutdown).await;
+                session_state.hub.unregister(channel.id());
                 tracing::debug!(app = %route.name, channel = %channel.id(), ?end, "WebSocket closed");
             }
             Err(error) => tracing::debug!(app = %route.name, %error, "upgrade failed after the handshake"),

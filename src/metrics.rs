@@ -1,0 +1,199 @@
+//! Prometheus metrics (DESIGN §7), with `prometheus-client`.
+//!
+//! One [`Metrics`] per server, shared through an `Arc`. Counters are registered *without*
+//! `_total`: the OpenMetrics encoder appends it. No label takes a value from a client: app
+//! names come from the configuration, every other label from a fixed set in the code.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// Label: the app name (from the configuration).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabel {
+    /// App name.
+    pub app: String,
+}
+
+/// Label: a short, fixed reason code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Reason code, e.g. `bad_key`, `origin_denied`.
+    pub reason: &'static str,
+}
+
+/// Label: what the slow-consumer policy did.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    /// `close` or `drop`.
+    pub action: &'static str,
+}
+
+/// Label: the class of a proxied response status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusClassLabel {
+    /// `1xx` … `5xx`.
+    pub status_class: &'static str,
+}
+
+/// Label: the kind of an upstream failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// e.g. `connect`, `timeout`, `reset`.
+    pub kind: &'static str,
+}
+
+/// Label: the result of a configuration reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Every metric wsgate exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSockets per app.
+    pub connections_active: Family<AppLabel, Gauge>,
+    /// Accepted WebSockets per app.
+    pub connections_total: Family<AppLabel, Counter>,
+    /// Refused WebSocket handshakes by reason.
+    pub handshake_failures: Family<ReasonLabel, Counter>,
+    /// Messages received from clients per app.
+    pub messages_received: Family<AppLabel, Counter>,
+    /// Messages sent to clients per app.
+    pub messages_sent: Family<AppLabel, Counter>,
+    /// Payload bytes received per app.
+    pub bytes_received: Family<AppLabel, Counter>,
+    /// Bytes written to WebSocket clients per app.
+    pub bytes_sent: Family<AppLabel, Counter>,
+    /// Multicasts performed.
+    pub multicast: Counter,
+    /// Frames queued by multicasts.
+    pub multicast_deliveries: Counter,
+    /// Time to fan one multicast out to every member's queue.
+    pub multicast_duration: Histogram,
+    /// Slow-consumer policy actions.
+    pub slow_consumer_events: Family<ActionLabel, Counter>,
+    /// Subscriptions with at least one member.
+    pub subscriptions_active: Gauge,
+    /// Proxied requests by response status class.
+    pub proxy_requests: Family<StatusClassLabel, Counter>,
+    /// Time from request to response head for proxied requests.
+    pub proxy_request_duration: Histogram,
+    /// Upstream failures by kind.
+    pub upstream_errors: Family<KindLabel, Counter>,
+    /// Lines sent by log-view.
+    pub logview_lines: Counter,
+    /// Configuration reloads by result.
+    pub config_reloads: Family<ResultLabel, Counter>,
+    /// Failed TLS handshakes.
+    pub tls_handshake_failures: Counter,
+    /// Broker (Redis) errors.
+    pub broker_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `wsgate_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wsgate");
+        let m = Metrics {
+            connections_active: Family::default(),
+            connections_total: Family::default(),
+            handshake_failures: Family::default(),
+            messages_received: Family::default(),
+            messages_sent: Family::default(),
+            bytes_received: Family::default(),
+            bytes_sent: Family::default(),
+            multicast: Counter::default(),
+            multicast_deliveries: Counter::default(),
+            multicast_duration: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
+            slow_consumer_events: Family::default(),
+            subscriptions_active: Gauge::default(),
+            proxy_requests: Family::default(),
+            proxy_request_duration: Histogram::new(exponential_buckets(1e-4, 2.5, 14)),
+            upstream_errors: Family::default(),
+            logview_lines: Counter::default(),
+            config_reloads: Family::default(),
+            tls_handshake_failures: Counter::default(),
+            broker_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("connections_active", "Open WebSocket connections", m.connections_active.clone());
+        r.register("connections", "WebSocket connections accepted", m.connections_total.clone());
+        r.register("handshake_failures", "WebSocket handshakes refused", m.handshake_failures.clone());
+        r.register("messages_received", "WebSocket messages received from clients", m.messages_received.clone());
+        r.register("messages_sent", "WebSocket messages sent to clients", m.messages_sent.clone());
+        r.register("bytes_received", "WebSocket payload bytes received from clients", m.bytes_received.clone());
+        r.register("bytes_sent", "Bytes written to WebSocket clients", m.bytes_sent.clone());
+        r.register("multicast", "Multicasts performed", m.multicast.clone());
+        r.register("multicast_deliveries", "Frames queued to members by multicasts", m.multicast_deliveries.clone());
+        r.register("multicast_duration_seconds", "Time to queue one multicast to every member", m.multicast_duration.clone());
+        r.register("slow_consumer_events", "Slow-consumer policy actions", m.slow_consumer_events.clone());
+        r.register("subscriptions_active", "Subscriptions with at least one member", m.subscriptions_active.clone());
+        r.register("proxy_requests", "Requests proxied to the upstream", m.proxy_requests.clone());
+        r.register("proxy_request_duration_seconds", "Time to the upstream's response head", m.proxy_request_duration.clone());
+        r.register("upstream_errors", "Upstream failures", m.upstream_errors.clone());
+        r.register("logview_lines", "Lines sent by log-view", m.logview_lines.clone());
+        r.register("config_reloads", "Configuration reloads", m.config_reloads.clone());
+        r.register("tls_handshake_failures", "Failed TLS handshakes", m.tls_handshake_failures.clone());
+        r.register("broker_errors", "Broker errors (messages that could not be relayed)", m.broker_errors.clone());
+        r.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        Metrics { registry, ..m }
+    }
+
+    /// The metrics in the Prometheus/OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The status-class label of an HTTP status.
+    pub fn status_class(status: http::StatusCode) -> StatusClassLabel {
+        let status_class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        StatusClassLabel { status_class }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_design_section_7() {
+        let m = Metrics::new();
+        m.connections_total.get_or_create(&AppLabel { app: "echo".into() }).inc();
+        m.proxy_requests.get_or_create(&Metrics::status_class(http::StatusCode::BAD_GATEWAY)).inc();
+        m.multicast_duration.observe(0.0001);
+        let text = m.render();
+        for name in [
+            "wsgate_connections_total{app=\"echo\"} 1",
+            "wsgate_proxy_requests_total{status_class=\"5xx\"} 1",
+            "wsgate_multicast_duration_seconds_bucket",
+            "wsgate_build_info{version=\"",
+            "# TYPE wsgate_subscriptions_active gauge",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+    }
+}

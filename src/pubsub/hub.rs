@@ -1,0 +1,398 @@
+//! The `Hub`: channels, named subscriptions, `send` and `multicast` (DESIGN §4).
+//!
+//! - A multicast encodes its frame **once** and queues the same shared bytes to every member
+//!   (a reference-count bump each, no copy of the payload).
+//! - Fan-out on one subscription is serialised by that subscription's own lock, so every
+//!   member sees the subscription's messages in the same order; unrelated subscriptions live
+//!   in different shards and never contend.
+//! - Queues never block: a full queue triggers that channel's slow-consumer policy only.
+//! - Subscribing twice is idempotent; a closed channel leaves every subscription at once.
+//! - The reserved subscription [`ALL`] reaches every open channel of every app.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+
+use super::channel::{ChannelHandle, ChannelId, SendError};
+use crate::apps::Message;
+use crate::ws::codec::{server_frame, OpCode};
+
+/// The reserved subscription that reaches every WebSocket.
+pub const ALL: &str = "all";
+
+const SHARDS: usize = 16;
+
+/// Errors of hub operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// No open channel has this id.
+    #[error("no open channel with id {0}")]
+    UnknownChannel(String),
+    /// The channel exists but could not take the message.
+    #[error("channel {id}: {error}")]
+    Send {
+        /// The channel.
+        id: String,
+        /// Why.
+        error: SendError,
+    },
+    /// `all` is maintained by the hub; channels cannot join or leave it.
+    #[error("`all` is reserved: every channel is always in it")]
+    Reserved,
+}
+
+/// What one multicast did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Members the frame was queued to.
+    pub delivered: usize,
+    /// Members skipped by `exclude`.
+    pub excluded: usize,
+    /// Members whose queue was full (dropped, or closed with 1008).
+    pub overflowed: usize,
+    /// Members that were already closing.
+    pub closed: usize,
+}
+
+/// Summary of one open channel, for the control API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSummary {
+    /// Channel id.
+    pub id: ChannelId,
+    /// App name.
+    pub app: String,
+    /// URL path.
+    pub url: String,
+    /// Client address.
+    pub peer: std::net::SocketAddr,
+    /// Subscriptions it is in (excluding `all`).
+    pub subscriptions: Vec<String>,
+}
+
+struct ChannelEntry {
+    handle: ChannelHandle,
+    subscriptions: BTreeSet<Arc<str>>,
+}
+
+#[derive(Default)]
+struct Subscription {
+    members: Mutex<HashMap<ChannelId, ChannelHandle>>,
+}
+
+/// Channels and subscriptions of one node.
+pub struct Hub {
+    channels: Vec<RwLock<HashMap<ChannelId, ChannelEntry>>>,
+    subscriptions: Vec<RwLock<HashMap<Arc<str>, Arc<Subscription>>>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("channels", &self.channel_count()).finish_non_exhaustive()
+    }
+}
+
+fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() as usize) % SHARDS
+}
+
+/// Encodes a message as one complete server frame (done once per multicast).
+pub fn encode(message: &Message) -> Bytes {
+    match message {
+        Message::Text(text) => server_frame(OpCode::Text, text),
+        Message::Binary(data) => server_frame(OpCode::Binary, data),
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self {
+            channels: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            subscriptions: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn channel_shard(&self, id: &ChannelId) -> &RwLock<HashMap<ChannelId, ChannelEntry>> {
+        &self.channels[shard_of(id)]
+    }
+
+    fn subscription_shard(&self, name: &str) -> &RwLock<HashMap<Arc<str>, Arc<Subscription>>> {
+        &self.subscriptions[shard_of(name)]
+    }
+
+    /// Registers an open channel (it is then in `all`).
+    pub fn register(&self, channel: ChannelHandle) {
+        let entry = ChannelEntry { handle: channel.clone(), subscriptions: BTreeSet::new() };
+        write(self.channel_shard(channel.id())).insert(channel.id().clone(), entry);
+    }
+
+    /// Removes a closed channel from the hub and from every subscription.
+    pub fn unregister(&self, id: &ChannelId) {
+        let Some(entry) = write(self.channel_shard(id)).remove(id) else { return };
+        for name in entry.subscriptions {
+            self.remove_member(&name, id);
+        }
+    }
+
+    /// The handle of an open channel.
+    pub fn channel(&self, id: &str) -> Option<ChannelHandle> {
+        let id = ChannelId::from(id);
+        read(self.channel_shard(&id)).get(&id).map(|e| e.handle.clone())
+    }
+
+    /// Adds channel `id` to subscription `name`; `Ok(false)` when it already was a member.
+    pub fn subscribe(&self, id: &ChannelId, name: &str) -> Result<bool, HubError> {
+        if name == ALL {
+            return Err(HubError::Reserved);
+        }
+        let name: Arc<str> = name.into();
+        let handle = {
+            let mut channels = write(self.channel_shard(id));
+            let entry = channels.get_mut(id).ok_or_else(|| HubError::UnknownChannel(id.to_string()))?;
+            if !entry.subscriptions.insert(name.clone()) {
+                return Ok(false);
+            }
+            entry.handle.clone()
+        };
+        let subscription = {
+            let mut shard = write(self.subscription_shard(&name));
+            shard.entry(name.clone()).or_default().clone()
+        };
+        lock(&subscription.members).insert(id.clone(), handle);
+        // The channel may have closed between the two steps: undo so nothing stale remains.
+        if read(self.channel_shard(id)).get(id).is_none() {
+            self.remove_member(&name, id);
+        }
+        Ok(true)
+    }
+
+    /// Removes channel `id` from subscription `name`; `Ok(false)` when it was not a member.
+    pub fn unsubscribe(&self, id: &ChannelId, name: &str) -> Result<bool, HubError> {
+        if name == ALL {
+            return Err(HubError::Reserved);
+        }
+        let was_member = {
+            let mut channels = write(self.channel_shard(id));
+            let entry = channels.get_mut(id).ok_or_else(|| HubError::UnknownChannel(id.to_string()))?;
+            entry.subscriptions.remove(name)
+        };
+        if was_member {
+            self.remove_member(name, id);
+        }
+        Ok(was_member)
+    }
+
+    fn remove_member(&self, name: &str, id: &ChannelId) {
+        let subscription = read(self.subscription_shard(name)).get(name).cloned();
+        let Some(subscription) = subscription else { return };
+        let now_empty = {
+            let mut members = lock(&subscription.members);
+            members.remove(id);
+            members.is_empty()
+        };
+        if now_empty {
+            let mut shard = write(self.subscription_shard(name));
+            // Re-check under the shard lock: a subscribe may have raced in.
+            if shard.get(name).is_some_and(|s| lock(&s.members).is_empty()) {
+                shard.remove(name);
+            }
+        }
+    }
+
+    /// Sends one message to channel `id`.
+    pub fn send(&self, id: &str, message: &Message) -> Result<(), HubError> {
+        let handle = self.channel(id).ok_or_else(|| HubError::UnknownChannel(id.to_owned()))?;
+        handle
+            .send_frame(encode(message))
+            .map_err(|error| HubError::Send { id: id.to_owned(), error })
+    }
+
+    /// Sends `message` to every member of subscription `name` except the channels in
+    /// `exclude`, encoding it once.
+    pub fn multicast(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Delivery {
+        self.multicast_frame(name, encode(message), exclude)
+    }
+
+    /// Like [`Hub::multicast`] with an already-encoded frame (shared, never copied).
+    pub fn multicast_frame(&self, name: &str, frame: Bytes, exclude: &[ChannelId]) -> Delivery {
+        let mut delivery = Delivery::default();
+        let mut deliver = |id: &ChannelId, handle: &ChannelHandle| {
+            if exclude.contains(id) {
+                delivery.excluded += 1;
+                return;
+            }
+            match handle.send_frame(frame.clone()) {
+                Ok(()) => delivery.delivered += 1,
+                Err(SendError::Closed) => delivery.closed += 1,
+                Err(SendError::Dropped | SendError::SlowConsumerClosed) => delivery.overflowed += 1,
+            }
+        };
+        if name == ALL {
+            for shard in &self.channels {
+                for (id, entry) in read(shard).iter() {
+                    deliver(id, &entry.handle);
+                }
+            }
+            return delivery;
+        }
+        let subscription = read(self.subscription_shard(name)).get(name).cloned();
+        if let Some(subscription) = subscription {
+            for (id, handle) in lock(&subscription.members).iter() {
+                deliver(id, handle);
+            }
+        }
+        delivery
+    }
+
+    /// Subscriptions with their member counts, sorted by name (`all` first).
+    pub fn subscriptions(&self) -> Vec<(String, usize)> {
+        let mut list: Vec<(String, usize)> = self
+            .subscriptions
+            .iter()
+            .flat_map(|shard| read(shard).iter().map(|(n, s)| (n.to_string(), lock(&s.members).len())).collect::<Vec<_>>())
+            .collect();
+        list.sort();
+        list.insert(0, (ALL.to_owned(), self.channel_count()));
+        list
+    }
+
+    /// Members of one subscription.
+    pub fn members(&self, name: &str) -> Vec<ChannelId> {
+        if name == ALL {
+            return self.channel_summaries().into_iter().map(|c| c.id).collect();
+        }
+        let subscription = read(self.subscription_shard(name)).get(name).cloned();
+        let mut ids: Vec<ChannelId> = subscription.map(|s| lock(&s.members).keys().cloned().collect()).unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Number of open channels.
+    pub fn channel_count(&self) -> usize {
+        self.channels.iter().map(|s| read(s).len()).sum()
+    }
+
+    /// Number of subscriptions with at least one member (excluding `all`).
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.iter().map(|s| read(s).len()).sum()
+    }
+
+    /// Every open channel, sorted by id.
+    pub fn channel_summaries(&self) -> Vec<ChannelSummary> {
+        let mut list: Vec<ChannelSummary> = self
+            .channels
+            .iter()
+            .flat_map(|shard| {
+                read(shard)
+                    .values()
+                    .map(|e| ChannelSummary {
+                        id: e.handle.id().clone(),
+                        app: e.handle.app().to_owned(),
+                        url: e.handle.url().to_owned(),
+                        peer: e.handle.peer(),
+                        subscriptions: e.subscriptions.iter().map(|s| s.to_string()).collect(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+}
+
+// Poisoning only follows a panic inside these short critical sections, which hold no
+// invariant a later reader could see broken; keep serving rather than cascade the panic.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::channel::{ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
+    use crate::pubsub::queue::SlowConsumerPolicy;
+
+    fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
+        let info = ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
+        let (handle, queue) = ChannelHandle::new(info, 1 << 20, SlowConsumerPolicy::Close);
+        hub.register(handle.clone());
+        (handle, queue)
+    }
+
+    fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Ok(Outbound::Frame(f)) = queue.rx.try_recv() {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn multicast_with_exclude_reaches_exactly_the_others_with_shared_bytes() {
+        let hub = Hub::new();
+        let ids = ChannelIdGenerator::new("n1");
+        let mut chans: Vec<_> = (0..3).map(|_| open(&hub, &ids)).collect();
+        for (h, _) in &chans {
+            assert_eq!(hub.subscribe(h.id(), "room"), Ok(true));
+        }
+        assert_eq!(hub.subscribe(chans[0].0.id(), "room"), Ok(false), "idempotent");
+        let sender = chans[0].0.id().clone();
+        let d = hub.multicast("room", &Message::Text(Bytes::from_static(b"hi")), &[sender]);
+        assert_eq!(d, Delivery { delivered: 2, excluded: 1, overflowed: 0, closed: 0 });
+        assert!(frames(&mut chans[0].1).is_empty());
+        let a = frames(&mut chans[1].1);
+        let b = frames(&mut chans[2].1);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].as_ptr(), b[0].as_ptr(), "one encoded frame shared by all members");
+    }
+
+    #[test]
+    fn unsubscribe_and_unregister_stop_delivery_and_clean_up() {
+        let hub = Hub::new();
+        let ids = ChannelIdGenerator::new("n1");
+        let (a, mut qa) = open(&hub, &ids);
+        let (b, mut qb) = open(&hub, &ids);
+        hub.subscribe(a.id(), "r").unwrap();
+        hub.subscribe(b.id(), "r").unwrap();
+        assert_eq!(hub.unsubscribe(a.id(), "r"), Ok(true));
+        assert_eq!(hub.multicast("r", &Message::Text("x".into()), &[]).delivered, 1);
+        assert!(frames(&mut qa).is_empty());
+        assert_eq!(frames(&mut qb).len(), 1);
+        hub.unregister(b.id());
+        assert_eq!(hub.subscription_count(), 0, "empty subscriptions are removed");
+        assert_eq!(hub.multicast("r", &Message::Text("x".into()), &[]).delivered, 0);
+        assert_eq!(hub.subscribe(b.id(), "r"), Err(HubError::UnknownChannel(b.id().to_string())));
+    }
+
+    #[test]
+    fn all_reaches_every_channel_and_send_targets_one() {
+        let hub = Hub::new();
+        let ids = ChannelIdGenerator::new("n1");
+        let mut chans: Vec<_> = (0..4).map(|_| open(&hub, &ids)).collect();
+        assert_eq!(hub.multicast(ALL, &Message::Binary(vec![1, 2].into()), &[]).delivered, 4);
+        hub.send(chans[2].0.id().as_str(), &Message::Text("only you".into())).unwrap();
+        let counts: Vec<usize> = chans.iter_mut().map(|(_, q)| frames(q).len()).collect();
+        assert_eq!(counts, vec![1, 1, 2, 1]);
+        assert!(matches!(hub.send("n1-999", &Message::Text("x".into())), Err(HubError::UnknownChannel(_))));
+        assert_eq!(hub.subscribe(chans[0].0.id(), ALL), Err(HubError::Reserved));
+    }
+}
