@@ -426,6 +426,7 @@ mod tests {
         c.listen = vec![ListenConfig {
             addr: "127.0.0.1:9090".parse().unwrap(),
             tls: None,
+            fd_name: None,
         }];
         one(&c, "admin.addr", "already used by listen.0");
     }
