@@ -67,7 +67,8 @@ pub(super) async fn accept_loop(
     shared: Arc<ListenerShared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    state.accept_loops.fetch_add(1, Ordering::AcqRel);
+    // Counted up by the caller before spawning (so the watchdog probe never sees a listener
+    // without its loop); counted down here when the loop ends.
     let _guard = LoopGuard(state.clone());
     let mut drain = state.drain.clone();
     let local = listener.local_addr().ok();

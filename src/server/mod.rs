@@ -197,7 +197,9 @@ impl Monitor {
         let expected = reload::lock(&self.listeners).len();
         let Some(state) = self.state.upgrade() else { return false };
         let _ = state.hub.channel_count();
-        state.accept_loops.load(Ordering::Acquire) == expected
+        // A removed listener's loop may still be winding down (more loops than listeners);
+        // fewer means a loop died.
+        state.accept_loops.load(Ordering::Acquire) >= expected
     }
 }
 

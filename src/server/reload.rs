@@ -238,6 +238,7 @@ impl Listeners {
                     shared.tls.store(p.key.map(|(_, setup)| setup));
                     let (stop, stopped) = watch::channel(false);
                     tracing::info!(%addr, tls = tls_on, "listening");
+                    state.accept_loops.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     tokio::spawn(listen::accept_loop(state.clone(), listener, shared.clone(), stopped));
                     added.push(addr);
                     self.active.push(ActiveListener {

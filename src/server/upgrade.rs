@@ -66,6 +66,11 @@ pub(super) fn accept(
                 metrics.connections_total.get_or_create(&label).inc();
                 metrics.connections_active.get_or_create(&label).inc();
                 session_state.hub.register(channel.clone());
+                if !session_state.runtime.load().apps.contains_key(&*route.name) {
+                    // A reload removed the app while this upgrade was in flight: the reload's
+                    // sweep could not see the channel yet (RFC 6455 §7.4.1, 1001 going away).
+                    channel.close(crate::ws::close::code::GOING_AWAY, "app removed");
+                }
                 let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), route.session.clone(), shutdown).await;
                 session_state.hub.unregister(channel.id());
                 metrics.connections_active.get_or_create(&label).dec();
