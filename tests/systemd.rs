@@ -295,15 +295,10 @@ async fn socket_activation_with_systemd_socket_activate() {
     assert!(gate.wait_exit(Duration::from_secs(10)).success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn socket_activation_fds_passed_by_hand() {
-    // Python binds the socket, puts it at fd 3 and execs wsgate with LISTEN_FDS=1,
-    // LISTEN_PID=<its own pid, kept by exec> and LISTEN_FDNAMES=http, as systemd does.
-    let up = start_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("wsgate.toml");
-    std::fs::write(&config, config_text(up.addr, "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))).unwrap();
+/// Starts wsgate the way systemd does for a socket unit, without systemd: Python binds
+/// 127.0.0.1:`port`, puts the socket at fd 3 and execs wsgate with LISTEN_FDS=1,
+/// LISTEN_PID=<its own pid, kept by exec> and LISTEN_FDNAMES=`name`.
+fn spawn_with_passed_socket(port: u16, name: &str, config: &Path, dir: &Path) -> Gate {
     let script = r#"
 import os, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -312,19 +307,29 @@ s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen(128)
 os.dup2(s.fileno(), 3)
 os.set_inheritable(3, True)
-env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="web")
-os.execve(sys.argv[2], sys.argv[2:], env)
+env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES=sys.argv[2])
+os.execve(sys.argv[3], sys.argv[3:], env)
 "#;
-    let stderr = dir.path().join("wsgate.log");
+    let stderr = dir.join("wsgate.log");
     let child = Command::new("python3")
-        .args(["-c", script, &port.to_string(), BIN, "run", "--config"])
-        .arg(&config)
+        .args(["-c", script, &port.to_string(), name, BIN, "run", "--config"])
+        .arg(config)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
-    let mut gate = Gate { child, stderr };
+    Gate { child, stderr }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_fds_passed_by_hand() {
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("wsgate.toml");
+    std::fs::write(&config, config_text(up.addr, "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))).unwrap();
+    let mut gate = spawn_with_passed_socket(port, "web", &config, dir.path());
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // No fd_name in the config: the passed socket is matched by its address.
     let (status, _) = get_with_retry(addr, "/echo").await;
@@ -333,6 +338,19 @@ os.execve(sys.argv[2], sys.argv[2:], env)
     assert!(log.contains("adopted socket from systemd") && log.contains("fd_name=web"), "{log}");
     gate.signal("-TERM");
     assert!(gate.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn socket_activation_without_the_named_socket_fails_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("wsgate.toml");
+    std::fs::write(&config, config_text("127.0.0.1:9".parse().unwrap(), "fd_name = \"https\"", "")).unwrap();
+    let mut gate = spawn_with_passed_socket(port, "http", &config, dir.path());
+    let status = gate.wait_exit(Duration::from_secs(10));
+    let log = gate.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(r#"fd_name "https": systemd passed no socket of that name (passed: http)"#), "{log}");
 }
 
 fn which(name: &str) -> Result<PathBuf, ()> {
