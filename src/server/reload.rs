@@ -100,6 +100,8 @@ pub(crate) struct Prepared {
     config: ListenConfig,
     /// `Some` for an entry that is new (the socket is open already).
     socket: Option<(TcpListener, SocketAddr)>,
+    /// The name of the systemd socket it adopted, if it did.
+    adopted: Option<String>,
     /// The certificate for a TLS entry.
     key: Option<(Arc<CertifiedKey>, Arc<TlsSetup>)>,
 }
@@ -156,11 +158,11 @@ impl Listeners {
                 }
                 None => None,
             };
-            let socket = if self.active.iter().any(|a| same_entry(&a.config, entry)) {
-                None
+            let (socket, adopted) = if self.active.iter().any(|a| same_entry(&a.config, entry)) {
+                (None, None)
             } else {
                 match self.open(entry) {
-                    Ok(socket) => Some(socket),
+                    Ok((socket, adopted)) => (Some(socket), adopted),
                     Err(error) => {
                         // Give adopted sockets back so a later attempt can take them.
                         self.return_passed(prepared);
@@ -171,6 +173,7 @@ impl Listeners {
             prepared.push(Prepared {
                 config: entry.clone(),
                 socket,
+                adopted,
                 key,
             });
         }
@@ -178,9 +181,9 @@ impl Listeners {
     }
 
     fn return_passed(&mut self, prepared: Vec<Prepared>) {
-        // Sockets that were adopted from systemd cannot be re-obtained; keep them passed.
+        // Sockets adopted from systemd cannot be obtained again: keep them for a later attempt.
         for p in prepared {
-            if let (Some(name), Some((listener, _))) = (p.config.fd_name.clone(), p.socket) {
+            if let (Some(name), Some((listener, _))) = (p.adopted, p.socket) {
                 if let Ok(std) = listener.into_std() {
                     self.passed.push(PassedSocket { name, listener: std });
                 }
@@ -189,7 +192,8 @@ impl Listeners {
     }
 
     /// Adopts a passed socket for `entry` or binds `entry.addr` (rules in the module docs).
-    fn open(&mut self, entry: &ListenConfig) -> Result<(TcpListener, SocketAddr), StartError> {
+    /// Returns the socket and, when adopted, the name systemd passed it under.
+    fn open(&mut self, entry: &ListenConfig) -> Result<((TcpListener, SocketAddr), Option<String>), StartError> {
         let activation = |e: std::io::Error| StartError::Activation(format!("listen {}: {e}", entry.addr));
         let position = match &entry.fd_name {
             Some(name) if self.activated => {
@@ -216,12 +220,14 @@ impl Listeners {
                 let passed = self.passed.remove(index);
                 let opened = listen::adopt(passed.listener).map_err(activation)?;
                 tracing::info!(addr = %opened.1, fd_name = %passed.name, "adopted socket from systemd");
-                Ok(opened)
+                Ok((opened, Some(passed.name)))
             }
-            None => listen::bind(entry.addr).map_err(|source| StartError::Bind {
-                addr: entry.addr,
-                source,
-            }),
+            None => listen::bind(entry.addr)
+                .map(|opened| (opened, None))
+                .map_err(|source| StartError::Bind {
+                    addr: entry.addr,
+                    source,
+                }),
         }
     }
 
