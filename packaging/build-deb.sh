@@ -7,4 +7,5 @@ command -v cargo-deb >/dev/null 2>&1 || { echo "build-deb: cargo-deb missing (sc
 cargo build --release --locked
 mkdir -p target/man
 target/release/wsgate man | gzip -9n > target/man/wsgate.8.gz
-cargo deb --no-build --locked "$@"
+# Stripped binary in the .deb, its debug symbols in wsgate-dbgsym (.ddeb), as Debian does.
+cargo deb --no-build --locked --dbgsym "$@"
