@@ -28,6 +28,19 @@ fn load(text: String) -> Result<wsgate::config::Config, wsgate::config::ConfigEr
     config::load(ConfigSource::Text { name: "reload.toml".into(), text }, &CliOverrides::default())
 }
 
+/// Waits until the server has seen every earlier client connection close (the client side
+/// closing first does not free the server's slot at once).
+async fn idle(server: &wsgate::server::RunningServer) {
+    let monitor = server.monitor();
+    for _ in 0..250 {
+        if monitor.status_line().contains("; 0 connections") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("connections still open: {}", monitor.status_line());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_finish_on_the_old_upstream() {
     let old_up = start_upstream().await;
@@ -50,17 +63,11 @@ async fn in_flight_requests_finish_on_the_old_upstream() {
 
     // New requests go to the new upstream (one connection at a time now; the /slow client's
     // connection frees its slot once the server has seen it close).
-    let mut status = 0;
-    for _ in 0..50 {
-        status = get(addr, "/echo").await.0;
-        if status != 503 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, 200);
+    idle(&gate.server).await;
+    assert_eq!(get(addr, "/echo").await.0, 200);
     assert_eq!(new_up.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(old_up.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    idle(&gate.server).await;
     let mut ws = WsClient::connect(addr, "/websocket/more").await;
     // max_connections = 1 is taken by the WebSocket: a second connection is refused with 503.
     assert_eq!(get(addr, "/echo").await.0, 503);

@@ -72,8 +72,9 @@ pub(super) fn accept(
                     channel.close(crate::ws::close::code::GOING_AWAY, "app removed");
                 }
                 let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), route.session.clone(), shutdown).await;
-                session_state.hub.unregister(channel.id());
+                // Before unregistering: whoever sees the channel gone sees the gauge down.
                 metrics.connections_active.get_or_create(&label).dec();
+                session_state.hub.unregister(channel.id());
                 tracing::debug!(app = %route.name, channel = %channel.id(), ?end, "WebSocket closed");
             }
             Err(error) => tracing::debug!(app = %route.name, %error, "upgrade failed after the handshake"),
