@@ -345,7 +345,7 @@ impl RunningServer {
         let mut websockets_closed = 0;
         if !apps_removed.is_empty() {
             for summary in state.hub.channel_summaries() {
-                if apps_removed.iter().any(|a| *a == summary.app) {
+                if apps_removed.contains(&summary.app) {
                     if let Some(channel) = state.hub.channel(summary.id.as_str()) {
                         // RFC 6455 §7.4.1: 1001 "going away" — the endpoint is gone.
                         channel.close(code::GOING_AWAY, "app removed");
