@@ -14,10 +14,17 @@ use wsgate::ws::codec::Incoming as WsIncoming;
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Bytes) {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let resp = sender
-        .send_request(hyper::Request::get(path).header("host", "t").body(Empty::<Bytes>::new()).unwrap())
+        .send_request(
+            hyper::Request::get(path)
+                .header("host", "t")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = resp.status().as_u16();
@@ -25,7 +32,13 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Bytes) {
 }
 
 fn load(text: String) -> Result<wsgate::config::Config, wsgate::config::ConfigError> {
-    config::load(ConfigSource::Text { name: "reload.toml".into(), text }, &CliOverrides::default())
+    config::load(
+        ConfigSource::Text {
+            name: "reload.toml".into(),
+            text,
+        },
+        &CliOverrides::default(),
+    )
 }
 
 /// Waits until the server has seen every earlier client connection close (the client side
@@ -58,7 +71,11 @@ async fn in_flight_requests_finish_on_the_old_upstream() {
     let summary = gate.server.reload(load(text)).await.expect("reload accepted");
     assert_eq!(summary.apps_added, vec!["more".to_owned()]);
     let (status, body) = slow.await.unwrap();
-    assert_eq!((status, &body[..]), (200, &b"late"[..]), "the in-flight request finished");
+    assert_eq!(
+        (status, &body[..]),
+        (200, &b"late"[..]),
+        "the in-flight request finished"
+    );
     assert_eq!(old_up.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     // New requests go to the new upstream (one connection at a time now; the /slow client's
