@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod pubsub;
 pub mod server;
+pub mod systemd;
 pub mod ws;

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use wsgate::config::{self, CliOverrides, Config, ConfigSource};
+use wsgate::systemd;
 
 #[derive(Parser)]
 #[command(name = "wsgate", version, about = "WebSocket gateway and reverse proxy in front of a web server")]
@@ -19,6 +20,9 @@ enum Command {
     Run(RunArgs),
     /// Validate a configuration (like `nginx -t`): exit 0 when it is usable, 1 otherwise.
     Check(CheckArgs),
+    /// Print the manual page (roff) to stdout; used by packaging.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Args)]
@@ -70,6 +74,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Run(args) => run(&args),
+        Command::Man => man(),
+    }
+}
+
+fn man() -> ExitCode {
+    let page = clap_mangen::Man::new(Cli::command()).section("8");
+    let mut out = std::io::stdout().lock();
+    match page.render(&mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wsgate: cannot write the manual page: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -119,18 +136,16 @@ fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, &args.config))
 }
 
-async fn serve(config: Config) -> ExitCode {
+/// How often `STATUS=` is refreshed when the watchdog does not set a faster pace.
+const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
-    let server = match wsgate::server::start(&config).await {
-        Ok(server) => server,
-        Err(error) => {
-            tracing::error!("cannot start: {error}");
-            return ExitCode::from(1);
-        }
-    };
+    // Handlers first: a SIGHUP (reload) or SIGTERM arriving while we bind must not hit the
+    // default action, which kills the process.
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -142,16 +157,43 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let server = match wsgate::server::start(&config).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!("cannot start: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let monitor = server.monitor();
+    // DESIGN §8: READY=1 only now that every listener is bound or adopted.
+    systemd::ready(&monitor.status_line());
+    let watchdog = systemd::watchdog_interval();
+    if let Some(interval) = watchdog {
+        let probe = monitor.clone();
+        systemd::spawn_watchdog(interval, move || {
+            let probe = probe.clone();
+            async move { probe.probe().await }
+        });
+    }
+    if systemd::notify_enabled() {
+        let status = monitor.clone();
+        systemd::spawn_status(watchdog.unwrap_or(STATUS_INTERVAL).min(STATUS_INTERVAL), move || status.status_line());
+    }
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                // Reload lands with the operations work; until then SIGHUP must not kill us.
-                tracing::warn!("SIGHUP: configuration reload is not supported by this version; keeping the running configuration");
+                systemd::reloading();
+                tracing::info!("SIGHUP: reloading the configuration");
+                // reload() logs and counts the outcome; a rejected config keeps the old one.
+                let _ = server.reload(args.load().map(|(config, _)| config)).await;
+                // READY=1 even after a rejected reload, or systemd stays in "reloading".
+                systemd::ready(&monitor.status_line());
             }
         }
     }
+    systemd::stopping();
     tracing::info!("shutting down: closing WebSockets (1001) and finishing in-flight requests");
     if server.shutdown().await {
         tracing::info!("shutdown complete");

@@ -3,6 +3,10 @@
 //! One [`Metrics`] per server, shared through an `Arc`. Counters are registered *without*
 //! `_total`: the OpenMetrics encoder appends it. No label takes a value from a client: app
 //! names come from the configuration, every other label from a fixed set in the code.
+//! The `process_*` family (no `wsgate_` prefix, as every Prometheus client library names it)
+//! comes from [`process::ProcessCollector`], read from `/proc/self` at scrape time.
+
+pub mod process;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -52,6 +56,19 @@ pub struct KindLabel {
 pub struct ResultLabel {
     /// `ok` or `error`.
     pub result: &'static str,
+}
+
+/// The message and byte counters of one app, handed to its sessions.
+#[derive(Clone, Debug, Default)]
+pub struct AppCounters {
+    /// Complete messages received from clients.
+    pub messages_received: Counter,
+    /// Data messages written to clients.
+    pub messages_sent: Counter,
+    /// Payload bytes of received messages.
+    pub bytes_received: Counter,
+    /// Bytes written to clients (frames, headers included).
+    pub bytes_sent: Counter,
 }
 
 /// Every metric wsgate exports.
@@ -107,7 +124,10 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric under the `wsgate_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("wsgate");
+        // The root registry holds the unprefixed process collector; ours live under `wsgate_`.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector::new()));
+        let registry = root.sub_registry_with_prefix("wsgate");
         let m = Metrics {
             connections_active: Family::default(),
             connections_total: Family::default(),
@@ -130,7 +150,7 @@ impl Metrics {
             broker_errors: Counter::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        let r = registry;
         r.register("connections_active", "Open WebSocket connections", m.connections_active.clone());
         r.register("connections", "WebSocket connections accepted", m.connections_total.clone());
         r.register("handshake_failures", "WebSocket handshakes refused", m.handshake_failures.clone());
@@ -151,7 +171,19 @@ impl Metrics {
         r.register("tls_handshake_failures", "Failed TLS handshakes", m.tls_handshake_failures.clone());
         r.register("broker_errors", "Broker errors (messages that could not be relayed)", m.broker_errors.clone());
         r.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
-        Metrics { registry, ..m }
+        Metrics { registry: root, ..m }
+    }
+
+    /// The per-app counters a WebSocket session updates, resolved once per app (not per
+    /// message): cloning a counter shares its value.
+    pub fn app_counters(&self, app: &str) -> AppCounters {
+        let label = AppLabel { app: app.to_owned() };
+        AppCounters {
+            messages_received: self.messages_received.get_or_create(&label).clone(),
+            messages_sent: self.messages_sent.get_or_create(&label).clone(),
+            bytes_received: self.bytes_received.get_or_create(&label).clone(),
+            bytes_sent: self.bytes_sent.get_or_create(&label).clone(),
+        }
     }
 
     /// The metrics in the Prometheus/OpenMetrics text format.
@@ -192,6 +224,10 @@ mod tests {
             "wsgate_multicast_duration_seconds_bucket",
             "wsgate_build_info{version=\"",
             "# TYPE wsgate_subscriptions_active gauge",
+            "# TYPE process_cpu_seconds counter",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }

@@ -867,7 +867,8 @@ mod tests {
                 c.listen,
                 vec![ListenConfig {
                     addr: "127.0.0.1:8080".parse().unwrap(),
-                    tls: None
+                    tls: None,
+                    fd_name: None,
                 }]
             );
             assert_eq!(c.upstream.url.as_str(), "http://127.0.0.1:8000");

@@ -204,6 +204,11 @@ pub struct ListenConfig {
     /// Present = TLS (wss:// and https://).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Socket activation: adopt the socket systemd passed under this name
+    /// (`FileDescriptorName=` in the `.socket` unit, `LISTEN_FDNAMES`) instead of binding.
+    /// Without it, a passed socket whose local address equals `addr` is adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd_name: Option<String>,
 }
 
 impl Default for ListenConfig {
@@ -211,6 +216,7 @@ impl Default for ListenConfig {
         ListenConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
+            fd_name: None,
         }
     }
 }
@@ -594,7 +600,8 @@ mod tests {
             c.listen,
             vec![ListenConfig {
                 addr: "127.0.0.1:8080".parse().unwrap(),
-                tls: None
+                tls: None,
+                fd_name: None,
             }]
         );
         assert_eq!(c.admin.addr, Some("127.0.0.1:9090".parse().unwrap()));

@@ -107,6 +107,20 @@ fn listeners(config: &Config, out: &mut Vec<Issue>) {
             ));
         }
     }
+    // systemd.socket(5) FileDescriptorName=: at most 255 printable ASCII characters, no ':'
+    // (the LISTEN_FDNAMES separator). One passed socket serves one entry.
+    let mut names = HashMap::new();
+    for (i, l) in config.listen.iter().enumerate() {
+        let Some(name) = &l.fd_name else { continue };
+        if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            out.push(Issue::new(
+                format!("listen.{i}.fd_name"),
+                format!("invalid name {name:?}: 1-255 printable ASCII characters without ':'"),
+            ));
+        } else if let Some(first) = names.insert(name.as_str(), i) {
+            out.push(Issue::new(format!("listen.{i}.fd_name"), format!("\"{name}\" is already used by listen.{first}")));
+        }
+    }
     if let Some(admin) = config.admin.addr {
         if let Some(i) = config.listen.iter().position(|l| l.addr == admin) {
             out.push(Issue::new(
@@ -426,8 +440,27 @@ mod tests {
         c.listen = vec![ListenConfig {
             addr: "127.0.0.1:9090".parse().unwrap(),
             tls: None,
+            fd_name: None,
         }];
         one(&c, "admin.addr", "already used by listen.0");
+    }
+
+    #[test]
+    fn fd_names_valid_and_unique() {
+        let mut c = Config::default();
+        let named = |port: u16, name: &str| ListenConfig {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            tls: None,
+            fd_name: Some(name.to_owned()),
+        };
+        c.listen = vec![named(1, "http"), named(2, "https")];
+        assert!(validate(&c).is_empty());
+        c.listen = vec![named(1, "http"), named(2, "http")];
+        one(&c, "listen.1.fd_name", "already used by listen.0");
+        c.listen = vec![named(1, "a:b")];
+        one(&c, "listen.0.fd_name", "invalid name");
+        c.listen = vec![named(1, "")];
+        one(&c, "listen.0.fd_name", "invalid name");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! detection, hyper's HTTP/1.1 and HTTP/2 servers, graceful shutdown).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +11,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::reload::ListenerShared;
 use super::{handle, ConnectionSlot, State};
 use crate::proxy::ClientInfo;
 
@@ -37,22 +40,51 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr
     Ok((listener, local))
 }
 
-/// Accepts connections until shutdown is signalled. One failed accept never ends the loop;
-/// running out of file descriptors backs off instead of spinning.
-pub(super) async fn accept_loop(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+/// Turns a socket passed by systemd into a tokio listener.
+pub(super) fn adopt(listener: std::net::TcpListener) -> std::io::Result<(TcpListener, SocketAddr)> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Counts a running accept loop for the watchdog probe.
+struct LoopGuard(Arc<State>);
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        self.0.accept_loops.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accepts connections until shutdown is signalled or `stop` turns `true` (the listener was
+/// removed by a reload; its established connections go on). One failed accept never ends the
+/// loop; running out of file descriptors backs off instead of spinning. TLS settings are read
+/// per connection from `shared`, so a reload changes them without closing the socket.
+pub(super) async fn accept_loop(
+    state: Arc<State>,
+    listener: TcpListener,
+    shared: Arc<ListenerShared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Counted up by the caller before spawning (so the watchdog probe never sees a listener
+    // without its loop); counted down here when the loop ends.
+    let _guard = LoopGuard(state.clone());
     let mut drain = state.drain.clone();
     let local = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
             _ = drain.signalled() => break,
+            _ = stop.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+                let tls = shared.acceptor();
                 let client = ClientInfo { peer, local, tls: tls.is_some() };
-                tokio::spawn(serve_connection(state.clone(), stream, client, tls.clone()));
+                tokio::spawn(serve_connection(state.clone(), stream, client, tls));
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -82,16 +114,18 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientIn
     if slot.is_none() {
         tracing::debug!(peer = %client.peer, "max_connections reached; answering 503");
     }
-    let deadline = state.header_read_timeout;
+    let deadline = state.runtime.load().config.limits.header_read_timeout;
     match tls {
         Some(acceptor) => {
             let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
+                    state.metrics.tls_handshake_failures.inc();
                     tracing::debug!(peer = %client.peer, %error, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    state.metrics.tls_handshake_failures.inc();
                     tracing::debug!(peer = %client.peer, "TLS handshake timed out");
                     return;
                 }
@@ -119,17 +153,21 @@ async fn serve_io<I>(state: Arc<State>, io: I, client: ClientInfo, slot: Option<
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (header_read_timeout, max_header_bytes) = {
+        let runtime = state.runtime.load();
+        (runtime.config.limits.header_read_timeout, runtime.config.limits.max_header_bytes)
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.header_read_timeout)
-        .max_buf_size(state.max_header_bytes.max(MIN_H1_BUFFER))
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(max_header_bytes.max(MIN_H1_BUFFER))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(state.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = match protocol {
         Protocol::Detect => builder,

@@ -3,17 +3,20 @@
 
 pub mod access;
 mod listen;
+pub mod reload;
 pub mod router;
 pub mod shutdown;
 pub mod tls;
 mod upgrade;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
@@ -21,8 +24,9 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::apps::{self, App};
-use crate::config::{Config, SlowConsumerPolicy as ConfigPolicy};
-use crate::proxy::{ClientInfo, Proxy, ProxySettings};
+use crate::config::{AppConfig, Config, SlowConsumerPolicy as ConfigPolicy};
+use crate::metrics::{KindLabel, Metrics};
+use crate::proxy::{ClientInfo, Proxy, ProxyFailure, ProxySettings, Side};
 use crate::pubsub::channel::ChannelIdGenerator;
 use crate::pubsub::Hub;
 use crate::pubsub::queue::SlowConsumerPolicy;
@@ -57,6 +61,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The sockets passed by systemd (`LISTEN_FDS`) are unusable or do not match `[[listen]]`.
+    #[error("socket activation: {0}")]
+    Activation(String),
 }
 
 /// Everything the server keeps per app URL.
@@ -97,91 +104,133 @@ pub struct BoundListener {
 /// Shared by every connection of the server. It holds a [`DrainWatch`], so the drain completes
 /// only when the last connection (and session) holding it has ended.
 pub(crate) struct State {
-    router: Router<AppRoute>,
-    proxy: Proxy,
-    max_connections: usize,
+    /// What a reload replaces; each request and connection loads it once.
+    runtime: ArcSwap<Runtime>,
     active_connections: AtomicUsize,
-    header_read_timeout: Duration,
-    max_header_bytes: usize,
+    /// Accept loops running (the watchdog probe compares it with the listener count).
+    accept_loops: AtomicUsize,
     ids: ChannelIdGenerator,
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     drain: DrainWatch,
+}
+
+/// The part of the server built from the configuration and swapped whole on reload: routes,
+/// upstream, limits. In-flight requests keep the `Arc` they loaded, so an old upstream pool
+/// drains with its requests.
+pub(crate) struct Runtime {
+    router: Router<AppRoute>,
+    /// The apps by name with the configuration they were built from (kept across reloads
+    /// when unchanged, so their state survives).
+    apps: BTreeMap<String, (AppConfig, Arc<dyn App>)>,
+    proxy: Proxy,
+    /// The configuration this runtime was built from.
+    config: Config,
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
-    listeners: Vec<BoundListener>,
-    hub: Arc<Hub>,
+    state: Arc<State>,
+    listeners: Arc<Mutex<reload::Listeners>>,
+    reload_lock: tokio::sync::Mutex<()>,
     drain: Drain,
-    shutdown_timeout: Duration,
 }
 
 impl RunningServer {
     /// The listeners, in configuration order.
-    pub fn listeners(&self) -> &[BoundListener] {
-        &self.listeners
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        reload::lock(&self.listeners).bound()
     }
 
     /// The hub of this server's channels and subscriptions.
     pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
+        &self.state.hub
+    }
+
+    /// The server's metrics (rendered by the admin listener's `GET /metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.state.metrics
+    }
+
+    /// A handle for periodic status lines and the watchdog's health probe. It does not keep
+    /// the server alive.
+    pub fn monitor(&self) -> Monitor {
+        Monitor { state: Arc::downgrade(&self.state), listeners: self.listeners.clone() }
     }
 
     /// Stops accepting, closes WebSockets with 1001 and waits for in-flight requests, at most
     /// `shutdown_timeout`. Returns `true` when everything finished in time.
     pub async fn shutdown(self) -> bool {
-        self.drain.drain(self.shutdown_timeout).await
+        let RunningServer { state, listeners, reload_lock, drain } = self;
+        let timeout = state.runtime.load().config.limits.shutdown_timeout;
+        drop((state, listeners, reload_lock));
+        drain.drain(timeout).await
     }
 }
 
-/// Builds the apps, loads certificates, binds every listener and starts serving.
-pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
-    let hub = Arc::new(Hub::new());
-    let router = build_router(config, &hub)?;
-    let mut tls_configs = Vec::with_capacity(config.listen.len());
-    for listen in &config.listen {
-        let acceptor = match &listen.tls {
-            Some(tls) => Some(tokio_rustls::TlsAcceptor::from(
-                tls::load_server_config(&tls.cert, &tls.key)
-                    .map_err(|source| StartError::Tls { addr: listen.addr, source })?,
-            )),
-            None => None,
+/// Status and health of a running server, for systemd (see [`RunningServer::monitor`]).
+#[derive(Clone)]
+pub struct Monitor {
+    state: std::sync::Weak<State>,
+    listeners: Arc<Mutex<reload::Listeners>>,
+}
+
+impl Monitor {
+    /// One line for `STATUS=`: the listeners and the connection counts.
+    pub fn status_line(&self) -> String {
+        let listeners = reload::lock(&self.listeners).bound();
+        let addrs: Vec<String> =
+            listeners.iter().map(|l| if l.tls { format!("{} (tls)", l.addr) } else { l.addr.to_string() }).collect();
+        let (connections, websockets) = match self.state.upgrade() {
+            Some(state) => (state.active_connections.load(Ordering::Relaxed), state.hub.channel_count()),
+            None => (0, 0),
         };
-        tls_configs.push(acceptor);
+        format!("listening on {}; {connections} connections, {websockets} WebSockets", addrs.join(", "))
     }
-    let mut bound = Vec::with_capacity(config.listen.len());
-    for listen in &config.listen {
-        let listener = listen::bind(listen.addr).map_err(|source| StartError::Bind { addr: listen.addr, source })?;
-        bound.push(listener);
+
+    /// Whether the server is alive: the runtime runs a freshly spawned task, every listener's
+    /// accept loop is running, and the hub's locks can be taken.
+    pub async fn probe(&self) -> bool {
+        if tokio::spawn(async {}).await.is_err() {
+            return false;
+        }
+        let expected = reload::lock(&self.listeners).len();
+        let Some(state) = self.state.upgrade() else { return false };
+        let _ = state.hub.channel_count();
+        // A removed listener's loop may still be winding down (more loops than listeners);
+        // fewer means a loop died.
+        state.accept_loops.load(Ordering::Acquire) >= expected
     }
+}
+
+/// Builds the apps, loads certificates, binds every listener (or adopts the sockets systemd
+/// passed, see [`reload::open_listener`]) and starts serving.
+pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
+    let passed = crate::systemd::take_listen_fds().map_err(|e| StartError::Activation(e.to_string()))?;
+    let hub = Arc::new(Hub::new());
+    let metrics = Arc::new(Metrics::new());
+    let runtime = build_runtime(config, &hub, &metrics, None)?;
+    let mut listeners = reload::Listeners::new(passed);
+    let prepared = listeners.prepare(config)?;
 
     let drain = Drain::new();
     let state = Arc::new(State {
-        router,
-        proxy: Proxy::new(ProxySettings {
-            upstream: config.upstream.url.uri().clone(),
-            connect_timeout: config.upstream.connect_timeout,
-            response_timeout: config.upstream.response_timeout,
-            trusted_proxies: config.upstream.trusted_proxies.clone(),
-        }),
-        max_connections: config.limits.max_connections,
+        runtime: ArcSwap::from_pointee(runtime),
         active_connections: AtomicUsize::new(0),
-        header_read_timeout: config.limits.header_read_timeout,
-        max_header_bytes: config.limits.max_header_bytes,
+        accept_loops: AtomicUsize::new(0),
         ids: ChannelIdGenerator::new(node_name()),
-        hub: hub.clone(),
+        hub,
+        metrics,
         drain: drain.watch(),
     });
-
-    let mut listeners = Vec::with_capacity(bound.len());
-    for ((listener, addr), acceptor) in bound.into_iter().zip(tls_configs) {
-        let tls = acceptor.is_some();
-        tracing::info!(%addr, tls, "listening");
-        listeners.push(BoundListener { addr, tls });
-        tokio::spawn(listen::accept_loop(state.clone(), listener, acceptor));
-    }
-    drop(state);
-    Ok(RunningServer { listeners, hub, drain, shutdown_timeout: config.limits.shutdown_timeout })
+    listeners.commit(&state, prepared);
+    listeners.warn_unused_passed();
+    Ok(RunningServer {
+        state,
+        listeners: Arc::new(Mutex::new(listeners)),
+        reload_lock: tokio::sync::Mutex::new(()),
+        drain,
+    })
 }
 
 /// The node part of channel ids: the process id keeps ids unique between nodes on one host
@@ -190,13 +239,29 @@ fn node_name() -> String {
     format!("n{}", std::process::id())
 }
 
-fn build_router(config: &Config, hub: &Arc<Hub>) -> Result<Router<AppRoute>, StartError> {
+/// Builds routes, apps and upstream from `config`. Apps whose configuration is unchanged since
+/// `previous` are reused; an unchanged upstream keeps its connection pool.
+fn build_runtime(
+    config: &Config,
+    hub: &Arc<Hub>,
+    metrics: &Metrics,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, StartError> {
     let mut router = Router::default();
+    let mut built = BTreeMap::new();
     for (name, app_config) in &config.apps {
         if app_config.urls.is_empty() {
             continue; // an app without URLs is off (seed semantics)
         }
-        let app = apps::build(name, app_config, hub)?;
+        let reused = previous
+            .and_then(|p| p.apps.get(name))
+            .filter(|(old, _)| old == app_config)
+            .map(|(_, app)| app.clone());
+        let app = match reused {
+            Some(app) => app,
+            None => apps::build(name, app_config, hub)?,
+        };
+        built.insert(name.clone(), (app_config.clone(), app.clone()));
         let ws = &config.websocket;
         let route = Arc::new(AppRoute {
             name: name.as_str().into(),
@@ -208,6 +273,7 @@ fn build_router(config: &Config, hub: &Arc<Hub>) -> Result<Router<AppRoute>, Sta
                 max_message_size: ws.max_message_size,
                 ping_interval: ws.ping_interval,
                 idle_timeout: ws.idle_timeout,
+                metrics: metrics.app_counters(name),
                 ..SessionConfig::default()
             },
             send_queue: ws.send_queue,
@@ -220,7 +286,16 @@ fn build_router(config: &Config, hub: &Arc<Hub>) -> Result<Router<AppRoute>, Sta
             router.insert(url, route.clone());
         }
     }
-    Ok(router)
+    let proxy = match previous {
+        Some(p) if p.config.upstream == config.upstream => p.proxy.clone(),
+        _ => Proxy::new(ProxySettings {
+            upstream: config.upstream.url.uri().clone(),
+            connect_timeout: config.upstream.connect_timeout,
+            response_timeout: config.upstream.response_timeout,
+            trusted_proxies: config.upstream.trusted_proxies.clone(),
+        }),
+    };
+    Ok(Runtime { router, apps: built, proxy, config: config.clone() })
 }
 
 /// Counts a connection against `max_connections` while it lives.
@@ -229,10 +304,12 @@ pub(crate) struct ConnectionSlot {
 }
 
 impl ConnectionSlot {
-    /// Takes a slot, or `None` when the server is full.
+    /// Takes a slot, or `None` when the server is full (`max_connections` of the current
+    /// runtime: a reload lowering it refuses new connections only).
     fn acquire(state: &Arc<State>) -> Option<Self> {
+        let max = state.runtime.load().config.limits.max_connections;
         let previous = state.active_connections.fetch_add(1, Ordering::AcqRel);
-        if previous >= state.max_connections {
+        if previous >= max {
             state.active_connections.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -258,17 +335,41 @@ async fn handle(
         response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         return Ok(response);
     };
-    let route = state.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |app| app.app.page().is_some());
+    // One load per request: a reload during the request does not change what it sees.
+    let runtime = state.runtime.load_full();
+    let route = runtime.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |app| app.app.page().is_some());
     let response = match route {
         Route::WebSocket(app) => {
             let app = app.clone();
             upgrade::accept(state.clone(), client, slot, app, req)
         }
         Route::Page(app) => page_response(&req, app.app.page().unwrap_or_default()),
-        Route::Tunnel => state.proxy.tunnel(req, &client).await.map(|b| b.map_err(Into::into).boxed()),
-        Route::Proxy => state.proxy.forward(req, &client).await.map(|b| b.map_err(Into::into).boxed()),
+        Route::Tunnel => {
+            let started = Instant::now();
+            let response = runtime.proxy.tunnel(req, &client).await;
+            record_proxied(&state.metrics, &response, started);
+            response.map(|b| b.map_err(Into::into).boxed())
+        }
+        Route::Proxy => {
+            let started = Instant::now();
+            let response = runtime.proxy.forward(req, &client).await;
+            record_proxied(&state.metrics, &response, started);
+            response.map(|b| b.map_err(Into::into).boxed())
+        }
     };
     Ok(response)
+}
+
+/// Counts a proxied request: status class, time to the response head, and the upstream's
+/// failure kind when the proxy answered for it (its [`ProxyFailure`] extension).
+fn record_proxied<B>(metrics: &Metrics, response: &Response<B>, started: Instant) {
+    metrics.proxy_request_duration.observe(started.elapsed().as_secs_f64());
+    metrics.proxy_requests.get_or_create(&Metrics::status_class(response.status())).inc();
+    if let Some(failure) = response.extensions().get::<ProxyFailure>() {
+        if failure.side == Side::Upstream {
+            metrics.upstream_errors.get_or_create(&KindLabel { kind: failure.kind }).inc();
+        }
+    }
 }
 
 fn page_response(req: &Request<Incoming>, html: &'static str) -> Response<Body> {
@@ -304,7 +405,7 @@ pub(crate) fn empty_body() -> Body {
 /// certificate and key can be used. Returns every problem found.
 pub fn check(config: &Config) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
-    if let Err(error) = build_router(config, &Arc::new(Hub::new())) {
+    if let Err(error) = build_runtime(config, &Arc::new(Hub::new()), &Metrics::new(), None) {
         problems.push(error.to_string());
     }
     for listen in &config.listen {

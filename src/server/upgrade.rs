@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 
 use super::access::{check_address, check_origin};
 use super::{empty_body, text_response, AppRoute, Body, ConnectionSlot, State};
+use crate::metrics::{AppLabel, ReasonLabel};
 use crate::proxy::ClientInfo;
 use crate::pubsub::channel::{ChannelHandle, ChannelInfo};
 use crate::ws::handshake::{accept_key, response_headers, select_protocol, validate_upgrade, HandshakeError};
@@ -22,18 +23,24 @@ pub(super) fn accept(
     route: Arc<AppRoute>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let refused = |reason: &'static str| state.metrics.handshake_failures.get_or_create(&ReasonLabel { reason }).inc();
     if let Err(denied) = check_address(client.peer.ip(), &route.allow) {
+        refused(denied.reason());
         tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "WebSocket refused");
         return text_response(StatusCode::FORBIDDEN, "403 Forbidden: client address not allowed\n");
     }
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     if let Err(denied) = check_origin(req.headers(), authority.as_deref(), &route.allowed_origins) {
+        refused(denied.reason());
         tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "WebSocket refused");
         return text_response(StatusCode::FORBIDDEN, "403 Forbidden: origin not allowed\n");
     }
     let upgrade = match validate_upgrade(req.method(), req.version(), req.headers()) {
         Ok(upgrade) => upgrade,
-        Err(error) => return handshake_refused(&route, &client, error),
+        Err(error) => {
+            refused(error.reason());
+            return handshake_refused(&route, &client, error);
+        }
     };
     let protocol = select_protocol(&upgrade.protocols, &route.subprotocols).map(str::to_owned);
     let accept = accept_key(upgrade.key.as_bytes());
@@ -54,8 +61,19 @@ pub(super) fn accept(
         match on_upgrade.await {
             Ok(upgraded) => {
                 tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), "WebSocket open");
+                let label = AppLabel { app: route.name.to_string() };
+                let metrics = &session_state.metrics;
+                metrics.connections_total.get_or_create(&label).inc();
+                metrics.connections_active.get_or_create(&label).inc();
                 session_state.hub.register(channel.clone());
+                if !session_state.runtime.load().apps.contains_key(&*route.name) {
+                    // A reload removed the app while this upgrade was in flight: the reload's
+                    // sweep could not see the channel yet (RFC 6455 §7.4.1, 1001 going away).
+                    channel.close(crate::ws::close::code::GOING_AWAY, "app removed");
+                }
                 let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), route.session.clone(), shutdown).await;
+                // Before unregistering: whoever sees the channel gone sees the gauge down.
+                metrics.connections_active.get_or_create(&label).dec();
                 session_state.hub.unregister(channel.id());
                 tracing::debug!(app = %route.name, channel = %channel.id(), ?end, "WebSocket closed");
             }

@@ -22,6 +22,7 @@ use tokio::time::{sleep_until, Instant};
 use super::close::code;
 use super::codec::{close_frame_payload, encode_frame, server_frame, Decoder, DecoderConfig, Incoming, OpCode, Role};
 use crate::apps::{App, Message};
+use crate::metrics::AppCounters;
 use crate::pubsub::channel::{ChannelHandle, ChannelQueue, Outbound};
 
 /// Per-session limits and timers.
@@ -35,6 +36,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// How long to wait for the peer's Close (and for our last writes) once closing.
     pub close_timeout: Duration,
+    /// The app's message and byte counters (detached counters by default).
+    pub metrics: AppCounters,
 }
 
 impl Default for SessionConfig {
@@ -44,6 +47,7 @@ impl Default for SessionConfig {
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             close_timeout: Duration::from_secs(5),
+            metrics: AppCounters::default(),
         }
     }
 }
@@ -75,7 +79,7 @@ where
     let (reader, writer) = tokio::io::split(io);
     let (done_tx, done_rx) = watch::channel(false);
     app.on_open(&channel);
-    let write_half = write_loop(writer, queue, done_rx, config.close_timeout);
+    let write_half = write_loop(writer, queue, done_rx, config.close_timeout, &config.metrics);
     let read_half = async {
         let end = read_loop(reader, &channel, &*app, &config, shutdown).await;
         let _ = done_tx.send(true);
@@ -121,11 +125,15 @@ where
             match decoder.decode(&mut buf) {
                 Ok(Some(event)) => match event {
                     Incoming::Text(text) => {
+                        config.metrics.messages_received.inc();
+                        config.metrics.bytes_received.inc_by(text.len() as u64);
                         if closing.is_none() {
                             app.on_message(channel, Message::Text(text));
                         }
                     }
                     Incoming::Binary(data) => {
+                        config.metrics.messages_received.inc();
+                        config.metrics.bytes_received.inc_by(data.len() as u64);
                         if closing.is_none() {
                             app.on_message(channel, Message::Binary(data));
                         }
@@ -208,8 +216,19 @@ fn close_reason(code: u16) -> &'static str {
 /// Frames written per vectored write at most.
 const MAX_BATCH: usize = 64;
 
-async fn write_loop<W>(mut writer: W, mut queue: ChannelQueue, mut done: watch::Receiver<bool>, close_timeout: Duration)
-where
+/// Whether a queued frame starts a data message (text or binary opcode, RFC 6455 §5.2), which
+/// is what `messages_sent_total` counts; control frames and continuations are not messages.
+fn starts_message(frame: &Bytes) -> bool {
+    matches!(frame.first().map(|b| b & 0x0F), Some(0x1) | Some(0x2))
+}
+
+async fn write_loop<W>(
+    mut writer: W,
+    mut queue: ChannelQueue,
+    mut done: watch::Receiver<bool>,
+    close_timeout: Duration,
+    metrics: &AppCounters,
+) where
     W: AsyncWrite + Unpin,
 {
     let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
@@ -251,6 +270,7 @@ where
             }
         }
         let written: usize = batch.iter().map(Bytes::len).sum();
+        let messages = batch.iter().filter(|f| starts_message(f)).count() as u64;
         let result = {
             let write = write_all_vectored(&mut writer, &mut batch);
             tokio::pin!(write);
@@ -268,6 +288,8 @@ where
         if result.is_err() {
             return;
         }
+        metrics.messages_sent.inc_by(messages);
+        metrics.bytes_sent.inc_by(written as u64);
         if let Some(frame) = close {
             let _ = tokio::time::timeout(close_timeout, async {
                 writer.write_all(&frame).await?;
