@@ -114,6 +114,7 @@ impl Chat {
     }
 }
 
+#[derive(Debug)]
 enum Request {
     Join { user: String },
     Message { user: String, text: String },
