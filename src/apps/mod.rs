@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod echo;
+pub mod logview;
 
 use std::sync::Arc;
 
@@ -54,6 +55,14 @@ pub enum AppError {
 pub fn build(name: &str, config: &AppConfig, hub: &Arc<Hub>) -> Result<Arc<dyn App>, AppError> {
     match config.kind {
         AppKind::Echo => Ok(Arc::new(echo::Echo)),
+        AppKind::LogView => Ok(Arc::new(logview::LogView::new(
+            name,
+            &config.files,
+            config.backlog_lines(),
+            config.refresh(),
+            config.inotify(),
+            hub.clone(),
+        ))),
         AppKind::Chat => Ok(Arc::new(chat::Chat::new(name, &config.urls, config.history(), hub.clone()))),
         other => Err(AppError::Unavailable { name: name.to_owned(), kind: other.as_str() }),
     }
