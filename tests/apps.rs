@@ -190,3 +190,256 @@ async fn chat_page_is_served_on_plain_get() {
     assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("src="), "no external assets");
     gate.server.shutdown().await;
 }
+
+// === log-view ===
+
+fn logview_config(files: &[std::path::PathBuf], extra: &str) -> String {
+    let list: Vec<String> = files.iter().map(|f| format!("{:?}", f.display().to_string())).collect();
+    basic_config(&format!(
+        "[apps.lv]\nkind = \"log-view\"\nurls = [\"/logs\"]\nfiles = [{}]\nbacklog_lines = 3\nrefresh = \"100ms\"\n{extra}\n{CHAT}",
+        list.join(", ")
+    ))
+}
+
+fn append(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
+}
+
+/// Opens the log-view socket and checks the file list it announces.
+async fn logview_open(addr: SocketAddr, names: &[&str]) -> WsClient {
+    let mut ws = WsClient::connect(addr, "/logs").await;
+    let files = ws.json().await;
+    assert_eq!(files["type"], "files");
+    let listed: Vec<&str> = files["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(listed, names);
+    ws
+}
+
+/// Collects `lines` messages until `want` lines arrived (notices are returned separately).
+async fn collect_lines(ws: &mut WsClient, want: usize) -> (Vec<String>, Vec<String>) {
+    let (mut lines, mut notices) = (Vec::new(), Vec::new());
+    while lines.len() < want {
+        let m = ws.json().await;
+        match m["type"].as_str() {
+            Some("lines") => lines.extend(m["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_owned())),
+            Some("notice") => notices.push(m["message"].as_str().unwrap().to_owned()),
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    (lines, notices)
+}
+
+#[tokio::test]
+async fn logview_refuses_unlisted_names_paths_and_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.log");
+    append(&a, "secret-free line\n");
+    let up = start_upstream().await;
+    let gate = start_gate(&logview_config(&[a.clone(), dir.path().join("b.log")], ""), up.addr).await;
+    let mut ws = logview_open(gate.addr, &["a.log", "b.log"]).await;
+    let attempts = [
+        json!("../../etc/passwd"),
+        json!("/etc/passwd"),
+        json!(a.display().to_string()),
+        json!("a.log/../../../etc/passwd"),
+        json!("c.log"),
+        json!(2),
+        json!(-1),
+        json!(1e9),
+        json!({"path": "/etc/passwd"}),
+    ];
+    for file in attempts {
+        ws.send_json(json!({"type":"subscribe","file":file})).await;
+        let m = ws.json().await;
+        assert_eq!(m["type"], "error", "{file} -> {m}");
+        assert!(m.get("lines").is_none());
+    }
+    ws.send_json(json!({"type":"subscribe","path":"/etc/passwd"})).await;
+    assert_eq!(ws.json().await["message"], "\"file\" is missing");
+    ws.send_text("{").await;
+    assert!(ws.json().await["message"].as_str().unwrap().starts_with("invalid JSON"));
+    // the connection is still usable, and a listed name works
+    ws.send_json(json!({"type":"subscribe","file":"a.log"})).await;
+    assert_eq!(ws.json().await, json!({"type":"lines","file":"a.log","lines":["secret-free line"],"backlog":true}));
+    gate.server.shutdown().await;
+}
+
+/// Connects from `local` (e.g. 127.0.0.2, loopback but not 127.0.0.1/32) and returns the
+/// status of the upgrade answer.
+async fn upgrade_status_from(local: &str, addr: SocketAddr, path: &str, extra: &str) -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    raw_request(&mut stream, upgrade_request(path, extra).as_bytes()).await.status
+}
+
+#[tokio::test]
+async fn logview_is_loopback_only_by_default_and_allow_replaces_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.log");
+    let up = start_upstream().await;
+    let gate = start_gate(&logview_config(&[a.clone()], ""), up.addr).await;
+    assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/logs", "").await, 101);
+    assert_eq!(upgrade_status_from("127.0.0.2", gate.addr, "/logs", "").await, 403, "127.0.0.2 is not 127.0.0.1/32");
+    assert_eq!(upgrade_status_from("127.0.0.2", gate.addr, "/chat/a", "").await, 101, "other apps are open");
+    gate.server.shutdown().await;
+
+    let gate = start_gate(&logview_config(&[a], "allow = [\"127.0.0.2/32\"]"), up.addr).await;
+    assert_eq!(upgrade_status_from("127.0.0.2", gate.addr, "/logs", "").await, 101);
+    assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/logs", "").await, 403);
+    gate.server.shutdown().await;
+}
+
+async fn follow_rotation_truncation_and_copytruncate(extra: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("app.log");
+    for i in 1..=5 {
+        append(&a, &format!("old {i}\n"));
+    }
+    let up = start_upstream().await;
+    let gate = start_gate(&logview_config(&[a.clone(), dir.path().join("later.log")], extra), up.addr).await;
+    let mut ws = logview_open(gate.addr, &["app.log", "later.log"]).await;
+    let mut other = logview_open(gate.addr, &["app.log", "later.log"]).await;
+    for v in [&mut ws, &mut other] {
+        v.send_json(json!({"type":"subscribe","file":0})).await;
+        assert_eq!(v.json().await["lines"], json!(["old 3", "old 4", "old 5"]), "the backlog");
+    }
+    let members: Vec<_> = gate.server.hub().subscriptions().into_iter().filter(|(n, _)| n.starts_with("logview:")).collect();
+    assert_eq!(members, [("logview:lv:0".to_owned(), 2)], "both viewers on one file subscription");
+
+    append(&a, "new 1\nnew 2\n");
+    assert_eq!(collect_lines(&mut ws, 2).await.0, ["new 1", "new 2"]);
+    assert_eq!(collect_lines(&mut other, 2).await.0, ["new 1", "new 2"]);
+
+    // rotation: rename, a last line into the renamed file, then a new file
+    std::fs::rename(&a, dir.path().join("app.log.1")).unwrap();
+    append(&dir.path().join("app.log.1"), "late old\n");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    append(&a, "rotated 1\n");
+    let (lines, notices) = collect_lines(&mut ws, 2).await;
+    assert_eq!(lines, ["late old", "rotated 1"], "{notices:?}");
+
+    // truncation in place
+    std::fs::OpenOptions::new().write(true).open(&a).unwrap().set_len(0).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    append(&a, "after truncate\n");
+    let (lines, notices) = collect_lines(&mut ws, 1).await;
+    assert_eq!(lines, ["after truncate"]);
+    assert!(notices.iter().any(|n| n.contains("truncated")), "{notices:?}");
+
+    // copytruncate: copy away, truncate, the writer goes on
+    append(&a, "before copy\n");
+    assert_eq!(collect_lines(&mut ws, 1).await.0, ["before copy"]);
+    std::fs::copy(&a, dir.path().join("app.log.2")).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&a).unwrap().set_len(0).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    append(&a, "after copytruncate\n");
+    assert_eq!(collect_lines(&mut ws, 1).await.0, ["after copytruncate"]);
+
+    // a file that does not exist yet
+    ws.send_json(json!({"type":"subscribe","file":"later.log"})).await;
+    let backlog = ws.json().await;
+    assert_eq!(backlog["lines"], json!([]));
+    assert!(ws.json().await["message"].as_str().unwrap().contains("does not exist"));
+    append(&dir.path().join("later.log"), "born\n");
+    assert_eq!(collect_lines(&mut ws, 1).await.0, ["born"]);
+    gate.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn logview_follows_rotation_truncation_and_copytruncate_with_inotify() {
+    follow_rotation_truncation_and_copytruncate("").await;
+}
+
+#[tokio::test]
+async fn logview_follows_rotation_truncation_and_copytruncate_by_polling() {
+    follow_rotation_truncation_and_copytruncate("inotify = false").await;
+}
+
+#[tokio::test]
+async fn logview_reports_an_unreadable_file_to_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("dir.log");
+    std::fs::create_dir(&d).unwrap();
+    let up = start_upstream().await;
+    let gate = start_gate(&logview_config(&[d], ""), up.addr).await;
+    let mut ws = logview_open(gate.addr, &["dir.log"]).await;
+    ws.send_json(json!({"type":"subscribe","file":"dir.log"})).await;
+    assert_eq!(ws.json().await["lines"], json!([]));
+    let error = ws.json().await;
+    assert_eq!(error["type"], "error");
+    assert!(error["message"].as_str().unwrap().starts_with("cannot read dir.log"), "{error}");
+    gate.server.shutdown().await;
+}
+
+// === auth subrequest ===
+
+/// A real HTTP auth endpoint: 204 when the request carries `Cookie: session=good`, 403
+/// otherwise; it records the headers it saw.
+async fn start_auth_server() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>) {
+    use http_body_util::Empty;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let record = record.clone();
+                    async move {
+                        let ok = req.headers().get_all("cookie").iter().any(|c| c.to_str().unwrap_or("").contains("session=good"));
+                        let mut headers = req.headers().clone();
+                        headers.insert("x-test-path", req.uri().path().parse().unwrap());
+                        record.lock().unwrap().push(headers);
+                        let status = if ok { 204 } else { 403 };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::builder().status(status).body(Empty::<bytes::Bytes>::new()).unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn auth_subrequest_admits_2xx_and_refuses_anything_else_with_403() {
+    let (auth, seen) = start_auth_server().await;
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = logview_config(&[dir.path().join("a.log")], &format!("auth = \"http://{auth}/auth/check\""));
+    let gate = start_gate(&config, up.addr).await;
+    assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/logs?x=1", "Cookie: session=good\r\nAuthorization: Basic eA==\r\n").await, 101);
+    {
+        let seen = seen.lock().unwrap();
+        let h = &seen[0];
+        assert_eq!(h["x-test-path"], "/auth/check");
+        assert_eq!(h["cookie"], "session=good");
+        assert_eq!(h["authorization"], "Basic eA==");
+        assert_eq!(h["x-original-uri"], "/logs?x=1");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert!(h.get("sec-websocket-key").is_none(), "only the listed headers go to the auth endpoint");
+    }
+    assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/logs", "Cookie: session=bad\r\n").await, 403);
+    assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/logs", "").await, 403);
+    // a client the allow list refuses never causes a subrequest
+    let before = seen.lock().unwrap().len();
+    assert_eq!(upgrade_status_from("127.0.0.2", gate.addr, "/logs", "Cookie: session=good\r\n").await, 403);
+    assert_eq!(seen.lock().unwrap().len(), before);
+    gate.server.shutdown().await;
+
+    // an auth endpoint that is down refuses (fails closed)
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let config = basic_config(&format!("[apps.chat]\nkind = \"chat\"\nurls = [\"/c\"]\nauth = \"http://{dead}/auth\"\n"));
+    let gate = start_gate(&config, up.addr).await;
+    assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/c", "Cookie: session=good\r\n").await, 403);
+    assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/websocket/echo", "").await, 101, "apps without auth are unaffected");
+    gate.server.shutdown().await;
+}

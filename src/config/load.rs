@@ -1258,7 +1258,7 @@ kind = "echo"
         jail(|_| {
             let c = load(ConfigSource::Default, &CliOverrides::default());
             if !Path::new(DEFAULT_CONFIG_PATH).exists() {
-                assert_eq!(c.unwrap().app_urls().count(), 1);
+                assert_eq!(c.unwrap().app_urls().count(), 3);
             }
             Ok(())
         });

@@ -166,6 +166,7 @@ impl Follower {
                 self.flush_pending(&mut lines);
                 push_lines(&mut events, &mut lines);
                 events.push(Event::Notice(format!("{} was rotated; following the new file", self.name)));
+                self.status = Status::Following;
                 self.reopen(&mut events, &mut lines)
             }
             (Ok(_), true) => {
@@ -186,18 +187,15 @@ impl Follower {
             }
             (Ok(_), false) => self.reopen(&mut events, &mut lines),
             (Err(error), _) if error.kind() == io::ErrorKind::NotFound => {
-                if self.file.is_some() {
-                    // Renamed away and not yet replaced: drain what the old file still has.
-                    let _ = self.read_available(&mut lines, usize::MAX);
-                    self.flush_pending(&mut lines);
-                    self.file = None;
-                }
+                // Renamed away and not yet replaced: the writer may still append to the old
+                // file until it reopens the path, so keep reading it until a new file appears.
+                let more = self.file.is_some() && self.read_available(&mut lines, READ_CHUNK).unwrap_or(false);
                 if self.status != Status::Missing {
                     self.status = Status::Missing;
                     push_lines(&mut events, &mut lines);
                     events.push(Event::Notice(self.missing_notice()));
                 }
-                false
+                more
             }
             (Err(error), _) => {
                 let error = io::Error::new(error.kind(), error.to_string());
@@ -608,15 +606,20 @@ mod tests {
         append(&path, b"old 1\n");
         let mut f = Follower::new(&path, "a.log");
         f.start(10);
-        append(&path, b"old 2\nold tail");
-        std::fs::rename(&path, dir.path().join("a.log.1")).unwrap();
-        // between the rename and the new file: the old file's rest is read
+        append(&path, b"old 2\nold ");
+        let old = dir.path().join("a.log.1");
+        std::fs::rename(&path, &old).unwrap();
+        // between the rename and the new file: the old file is still read (its writer has
+        // not reopened the path yet)
         let (events, _) = f.poll();
-        assert_eq!(lines(&events), ["old 2", "old tail"]);
+        assert_eq!(lines(&events), ["old 2"]);
         assert_eq!(notices(&events), ["a.log does not exist (yet); waiting for it"]);
+        append(&old, b"tail\nold 3\n");
+        assert_eq!(lines(&f.poll().0), ["old tail", "old 3"]);
+        append(&old, b"old partial");
         append(&path, b"new 1\n");
         let (events, _) = f.poll();
-        assert_eq!(lines(&events), ["new 1"]);
+        assert_eq!(lines(&events), ["old partial", "new 1"]);
         // rename and recreate between two polls
         append(&path, b"new 2\n");
         std::fs::rename(&path, dir.path().join("a.log.2")).unwrap();
