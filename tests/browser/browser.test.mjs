@@ -3,7 +3,6 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
@@ -13,17 +12,16 @@ const ARTIFACTS = process.env.ARTIFACTS || "test-artifacts/browser";
 const TIMEOUT = 10000;
 
 let browser;
-let profile;
 
 before(async () => {
   assert.ok(BASE && LOG_DIR, "run through tests/browser/run.sh");
-  profile = fs.mkdtempSync(path.join(os.tmpdir(), "wsgate-chromium-"));
+  // playwright-core gives every launch a fresh temporary --user-data-dir of its own (and
+  // refuses the flag in `args`), removed again on close.
   browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
     args: [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      `--user-data-dir=${profile}`,
     ],
     timeout: 30000,
   });
@@ -31,7 +29,6 @@ before(async () => {
 
 after(async () => {
   if (browser) await browser.close();
-  if (profile) fs.rmSync(profile, { recursive: true, force: true });
 });
 
 async function openPage(urlPath, width = 390) {
