@@ -279,7 +279,7 @@ async fn logview_is_loopback_only_by_default_and_allow_replaces_the_default() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.log");
     let up = start_upstream().await;
-    let gate = start_gate(&logview_config(&[a.clone()], ""), up.addr).await;
+    let gate = start_gate(&logview_config(std::slice::from_ref(&a), ""), up.addr).await;
     assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/logs", "").await, 101);
     assert_eq!(upgrade_status_from("127.0.0.2", gate.addr, "/logs", "").await, 403, "127.0.0.2 is not 127.0.0.1/32");
     assert_eq!(upgrade_status_from("127.0.0.2", gate.addr, "/chat/a", "").await, 101, "other apps are open");

@@ -54,7 +54,10 @@ pub struct Chat {
 
 impl std::fmt::Debug for Chat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chat").field("rooms", &self.rooms.len()).field("history", &self.history).finish()
+        f.debug_struct("Chat")
+            .field("rooms", &self.rooms.len())
+            .field("history", &self.history)
+            .finish()
     }
 }
 
@@ -69,10 +72,17 @@ impl Chat {
                 history: VecDeque::with_capacity(history.min(1024)),
                 users: HashMap::new(),
             }));
-            rooms.insert(format!("{}/connect", url.trim_end_matches('/')), room.clone());
+            rooms.insert(
+                format!("{}/connect", url.trim_end_matches('/')),
+                room.clone(),
+            );
             rooms.insert(url.clone(), room);
         }
-        Self { hub, history, rooms }
+        Self {
+            hub,
+            history,
+            rooms,
+        }
     }
 
     fn room(&self, channel: &ChannelHandle) -> Option<&Arc<Mutex<Room>>> {
@@ -91,7 +101,12 @@ impl Chat {
         self.hub.multicast_frame(&room.subscription, frame, &[]);
     }
 
-    fn handle(&self, channel: &ChannelHandle, room: &mut Room, request: Request) -> Result<(), String> {
+    fn handle(
+        &self,
+        channel: &ChannelHandle,
+        room: &mut Room,
+        request: Request,
+    ) -> Result<(), String> {
         let (user, text) = match request {
             Request::Join { user } => (user, None),
             Request::Message { user, text } => (user, Some(text)),
@@ -102,13 +117,25 @@ impl Chat {
         let previous = room.users.get(channel.id()).cloned();
         if previous.as_deref() != Some(user.as_str()) {
             if let Some(old) = previous {
-                self.publish(room, &json!({"type": "leave", "user": old, "ts": ts}), false);
+                self.publish(
+                    room,
+                    &json!({"type": "leave", "user": old, "ts": ts}),
+                    false,
+                );
             }
             room.users.insert(channel.id().clone(), user.clone());
-            self.publish(room, &json!({"type": "join", "user": user, "ts": ts}), false);
+            self.publish(
+                room,
+                &json!({"type": "join", "user": user, "ts": ts}),
+                false,
+            );
         }
         if let Some(text) = text {
-            self.publish(room, &json!({"type": "message", "user": user, "text": text, "ts": ts}), true);
+            self.publish(
+                room,
+                &json!({"type": "message", "user": user, "text": text, "ts": ts}),
+                true,
+            );
         }
         Ok(())
     }
@@ -127,7 +154,9 @@ fn parse(message: &Message) -> Result<Request, String> {
         Message::Binary(_) => return Err("binary messages are not accepted; send JSON text".into()),
     };
     if text.len() > MAX_INPUT_BYTES {
-        return Err(format!("message too long: at most {MAX_INPUT_BYTES} bytes of JSON"));
+        return Err(format!(
+            "message too long: at most {MAX_INPUT_BYTES} bytes of JSON"
+        ));
     }
     let value: Value = serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let field = |name: &str| -> Result<String, String> {
@@ -138,9 +167,16 @@ fn parse(message: &Message) -> Result<Request, String> {
         }
     };
     match value.get("type").and_then(Value::as_str) {
-        Some("join") => Ok(Request::Join { user: field("user")? }),
-        Some("message") => Ok(Request::Message { user: field("user")?, text: field("text")? }),
-        Some(other) => Err(format!("unknown message type {other:?}: expected \"join\" or \"message\"")),
+        Some("join") => Ok(Request::Join {
+            user: field("user")?,
+        }),
+        Some("message") => Ok(Request::Message {
+            user: field("user")?,
+            text: field("text")?,
+        }),
+        Some(other) => Err(format!(
+            "unknown message type {other:?}: expected \"join\" or \"message\""
+        )),
         None => Err("expected an object with \"type\": \"join\" or \"message\"".into()),
     }
 }
@@ -151,7 +187,9 @@ fn check_user(user: &str) -> Result<String, String> {
         return Err("user name is empty".into());
     }
     if user.chars().count() > MAX_USER_CHARS {
-        return Err(format!("user name too long: at most {MAX_USER_CHARS} characters"));
+        return Err(format!(
+            "user name too long: at most {MAX_USER_CHARS} characters"
+        ));
     }
     if user.chars().any(char::is_control) {
         return Err("user name must not contain control characters".into());
@@ -165,7 +203,9 @@ fn check_text(text: &str) -> Result<String, String> {
     }
     let chars = text.chars().count();
     if chars > MAX_TEXT_CHARS {
-        return Err(format!("message text too long: {chars} characters, at most {MAX_TEXT_CHARS}"));
+        return Err(format!(
+            "message text too long: {chars} characters, at most {MAX_TEXT_CHARS}"
+        ));
     }
     Ok(text.to_owned())
 }
@@ -191,14 +231,17 @@ impl App for Chat {
         for frame in &room.history {
             let _ = channel.send_frame(frame.clone());
         }
-        let _ = channel.send_text(&json!({"type": "history_end", "count": room.history.len()}).to_string());
+        let _ = channel
+            .send_text(&json!({"type": "history_end", "count": room.history.len()}).to_string());
         if let Err(error) = self.hub.subscribe(channel.id(), &room.subscription) {
             tracing::debug!(channel = %channel.id(), %error, "chat: cannot join the room");
         }
     }
 
     fn on_message(&self, channel: &ChannelHandle, message: Message) {
-        let Some(room) = self.room(channel) else { return };
+        let Some(room) = self.room(channel) else {
+            return;
+        };
         let request = match parse(&message) {
             Ok(request) => request,
             Err(error) => return send_error(channel, &error),
@@ -211,11 +254,17 @@ impl App for Chat {
     }
 
     fn on_close(&self, channel: &ChannelHandle, _code: Option<u16>) {
-        let Some(room) = self.room(channel) else { return };
+        let Some(room) = self.room(channel) else {
+            return;
+        };
         let mut room = lock(room);
         let _ = self.hub.unsubscribe(channel.id(), &room.subscription);
         if let Some(user) = room.users.remove(channel.id()) {
-            self.publish(&mut room, &json!({"type": "leave", "user": user, "ts": now_rfc3339()}), false);
+            self.publish(
+                &mut room,
+                &json!({"type": "leave", "user": user, "ts": now_rfc3339()}),
+                false,
+            );
         }
     }
 
@@ -226,7 +275,9 @@ impl App for Chat {
 
 // A poisoned room lock only follows a panic in these short sections; keep serving.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -239,13 +290,35 @@ mod tests {
 
     #[test]
     fn parse_accepts_the_design_formats_and_explains_refusals() {
-        assert!(matches!(parse(&text(r#"{"type":"message","user":"a","text":"hi"}"#)), Ok(Request::Message { .. })));
-        assert!(matches!(parse(&text(r#"{"type":"join","user":"a"}"#)), Ok(Request::Join { .. })));
-        assert!(parse(&text("not json")).unwrap_err().starts_with("invalid JSON"));
-        assert_eq!(parse(&text(r#"{"type":"message","user":"a"}"#)).err().unwrap(), "\"text\" is missing");
-        assert_eq!(parse(&text(r#"{"type":"message","user":1,"text":"x"}"#)).err().unwrap(), "\"user\" must be a string");
-        assert!(parse(&text(r#"{"type":"shout"}"#)).unwrap_err().contains("unknown message type"));
-        assert!(parse(&Message::Binary(Bytes::from_static(b"{}"))).unwrap_err().contains("binary"));
+        assert!(matches!(
+            parse(&text(r#"{"type":"message","user":"a","text":"hi"}"#)),
+            Ok(Request::Message { .. })
+        ));
+        assert!(matches!(
+            parse(&text(r#"{"type":"join","user":"a"}"#)),
+            Ok(Request::Join { .. })
+        ));
+        assert!(parse(&text("not json"))
+            .unwrap_err()
+            .starts_with("invalid JSON"));
+        assert_eq!(
+            parse(&text(r#"{"type":"message","user":"a"}"#))
+                .err()
+                .unwrap(),
+            "\"text\" is missing"
+        );
+        assert_eq!(
+            parse(&text(r#"{"type":"message","user":1,"text":"x"}"#))
+                .err()
+                .unwrap(),
+            "\"user\" must be a string"
+        );
+        assert!(parse(&text(r#"{"type":"shout"}"#))
+            .unwrap_err()
+            .contains("unknown message type"));
+        assert!(parse(&Message::Binary(Bytes::from_static(b"{}")))
+            .unwrap_err()
+            .contains("binary"));
     }
 
     #[test]
@@ -253,10 +326,14 @@ mod tests {
         assert_eq!(check_user("  bob ").unwrap(), "bob");
         assert!(check_user("").is_err());
         assert!(check_user(&"é".repeat(MAX_USER_CHARS)).is_ok());
-        assert!(check_user(&"é".repeat(MAX_USER_CHARS + 1)).unwrap_err().contains("too long"));
+        assert!(check_user(&"é".repeat(MAX_USER_CHARS + 1))
+            .unwrap_err()
+            .contains("too long"));
         assert!(check_user("a\nb").is_err());
         assert!(check_text(&"x".repeat(MAX_TEXT_CHARS)).is_ok());
-        assert!(check_text(&"x".repeat(MAX_TEXT_CHARS + 1)).unwrap_err().contains("too long"));
+        assert!(check_text(&"x".repeat(MAX_TEXT_CHARS + 1))
+            .unwrap_err()
+            .contains("too long"));
         assert!(check_text("   ").is_err());
     }
 

@@ -36,7 +36,10 @@ pub struct AuthRefusal {
 impl AuthCheck {
     /// A check against `url`, connecting within `connect_timeout`.
     pub fn new(url: HttpUrl, connect_timeout: Duration) -> Self {
-        Self { pool: Pool::new(connect_timeout.min(AUTH_TIMEOUT), AUTH_TIMEOUT), url }
+        Self {
+            pool: Pool::new(connect_timeout.min(AUTH_TIMEOUT), AUTH_TIMEOUT),
+            url,
+        }
     }
 
     /// The endpoint.
@@ -45,7 +48,14 @@ impl AuthCheck {
     }
 
     /// Asks the endpoint about a client request; `Ok` admits it.
-    pub async fn check(&self, headers: &HeaderMap, uri: &Uri, method: &Method, peer: std::net::IpAddr, tls: bool) -> Result<(), AuthRefusal> {
+    pub async fn check(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        method: &Method,
+        peer: std::net::IpAddr,
+        tls: bool,
+    ) -> Result<(), AuthRefusal> {
         let mut request = Request::new(Empty::<Bytes>::new());
         *request.method_mut() = Method::GET;
         *request.uri_mut() = self.url.uri().clone();
@@ -55,9 +65,18 @@ impl AuthCheck {
         }
         match tokio::time::timeout(AUTH_TIMEOUT, self.pool.send(request)).await {
             Ok(Ok(response)) if response.status().is_success() => Ok(()),
-            Ok(Ok(response)) => Err(AuthRefusal { denied: Denied::Auth, detail: format!("answered {}", response.status()) }),
-            Ok(Err(error)) => Err(AuthRefusal { denied: Denied::AuthUnavailable, detail: error.to_string() }),
-            Err(_) => Err(AuthRefusal { denied: Denied::AuthUnavailable, detail: format!("no answer within {AUTH_TIMEOUT:?}") }),
+            Ok(Ok(response)) => Err(AuthRefusal {
+                denied: Denied::Auth,
+                detail: format!("answered {}", response.status()),
+            }),
+            Ok(Err(error)) => Err(AuthRefusal {
+                denied: Denied::AuthUnavailable,
+                detail: error.to_string(),
+            }),
+            Err(_) => Err(AuthRefusal {
+                denied: Denied::AuthUnavailable,
+                detail: format!("no answer within {AUTH_TIMEOUT:?}"),
+            }),
         }
     }
 }

@@ -64,16 +64,33 @@ pub struct LogView {
 
 impl std::fmt::Debug for LogView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogView").field("app", &self.app).field("files", &self.files.len()).finish_non_exhaustive()
+        f.debug_struct("LogView")
+            .field("app", &self.app)
+            .field("files", &self.files.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl LogView {
     /// A log-view app named `app` over `files` (validated: absolute, unique base names).
-    pub fn new(app: &str, files: &[PathBuf], backlog: usize, refresh: Duration, inotify: bool, hub: Arc<Hub>) -> Self {
+    pub fn new(
+        app: &str,
+        files: &[PathBuf],
+        backlog: usize,
+        refresh: Duration,
+        inotify: bool,
+        hub: Arc<Hub>,
+    ) -> Self {
         let files = files
             .iter()
-            .map(|p| (p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), p.clone()))
+            .map(|p| {
+                (
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    p.clone(),
+                )
+            })
             .collect();
         Self {
             app: app.to_owned(),
@@ -109,7 +126,12 @@ impl LogView {
                 .as_u64()
                 .and_then(|i| usize::try_from(i).ok())
                 .filter(|&i| i < self.files.len())
-                .ok_or_else(|| format!("file index out of range: 0 to {}", self.files.len().saturating_sub(1))),
+                .ok_or_else(|| {
+                    format!(
+                        "file index out of range: 0 to {}",
+                        self.files.len().saturating_sub(1)
+                    )
+                }),
             _ => Err("\"file\" must be a file name from the list or its index".to_owned()),
         }
     }
@@ -121,9 +143,16 @@ impl LogView {
         }
         self.leave(&mut state, channel.id());
         state.viewers.insert(channel.id().clone(), index);
-        let watched = state.tails.entry(index).or_insert_with(|| Watched { commands: self.spawn(index), viewers: 0 });
+        let watched = state.tails.entry(index).or_insert_with(|| Watched {
+            commands: self.spawn(index),
+            viewers: 0,
+        });
         watched.viewers += 1;
-        if watched.commands.send(Command::Add(channel.clone())).is_err() {
+        if watched
+            .commands
+            .send(Command::Add(channel.clone()))
+            .is_err()
+        {
             // The task died (a panic in file I/O): start a fresh one for this file.
             watched.commands = self.spawn(index);
             let _ = watched.commands.send(Command::Add(channel.clone()));
@@ -146,7 +175,9 @@ impl LogView {
     /// Removes a viewer; the last viewer of a file stops its tail task (its command channel
     /// closes once the `Remove` is processed).
     fn leave(&self, state: &mut State, id: &ChannelId) {
-        let Some(index) = state.viewers.remove(id) else { return };
+        let Some(index) = state.viewers.remove(id) else {
+            return;
+        };
         if let Some(watched) = state.tails.get_mut(&index) {
             let _ = watched.commands.send(Command::Remove(id.clone()));
             watched.viewers -= 1;
@@ -159,12 +190,17 @@ impl LogView {
     fn request(&self, channel: &ChannelHandle, message: &Message) -> Result<(), String> {
         let text = match message {
             Message::Text(text) => text,
-            Message::Binary(_) => return Err("binary messages are not accepted; send JSON text".into()),
+            Message::Binary(_) => {
+                return Err("binary messages are not accepted; send JSON text".into())
+            }
         };
         if text.len() > MAX_REQUEST_BYTES {
-            return Err(format!("request too long: at most {MAX_REQUEST_BYTES} bytes"));
+            return Err(format!(
+                "request too long: at most {MAX_REQUEST_BYTES} bytes"
+            ));
         }
-        let value: Value = serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        let value: Value =
+            serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
         match value.get("type").and_then(Value::as_str) {
             Some("subscribe") => {
                 let file = value.get("file").ok_or("\"file\" is missing")?;
@@ -176,7 +212,9 @@ impl LogView {
                 self.leave(&mut lock(&self.state), channel.id());
                 Ok(())
             }
-            Some(other) => Err(format!("unknown message type {other:?}: expected \"subscribe\" or \"unsubscribe\"")),
+            Some(other) => Err(format!(
+                "unknown message type {other:?}: expected \"subscribe\" or \"unsubscribe\""
+            )),
             None => Err("expected an object with \"type\": \"subscribe\"".into()),
         }
     }
@@ -184,7 +222,12 @@ impl LogView {
 
 impl App for LogView {
     fn on_open(&self, channel: &ChannelHandle) {
-        let files: Vec<Value> = self.files.iter().enumerate().map(|(i, (name, _))| json!({"index": i, "name": name})).collect();
+        let files: Vec<Value> = self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| json!({"index": i, "name": name}))
+            .collect();
         let _ = channel.send_text(&json!({"type": "files", "files": files}).to_string());
     }
 
@@ -206,7 +249,9 @@ impl App for LogView {
 
 // A poisoned lock only follows a panic in these short sections; keep serving.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -218,7 +263,12 @@ mod tests {
     use std::io::Write;
 
     fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
-        let info = ChannelInfo { id: ids.next_id(), app: "lv".into(), url: "/lv".into(), peer: "127.0.0.1:9".parse().unwrap() };
+        let info = ChannelInfo {
+            id: ids.next_id(),
+            app: "lv".into(),
+            url: "/lv".into(),
+            peer: "127.0.0.1:9".parse().unwrap(),
+        };
         let (handle, queue) = ChannelHandle::new(info, 1 << 20, SlowConsumerPolicy::Close);
         hub.register(handle.clone());
         (handle, queue)
@@ -227,8 +277,12 @@ mod tests {
     /// The JSON of the next text frame queued to a channel (server frames: 2- or 4-byte
     /// header, unmasked).
     async fn next_json(queue: &mut ChannelQueue) -> Value {
-        let item = tokio::time::timeout(Duration::from_secs(5), queue.rx.recv()).await.expect("a message in time");
-        let Some(Outbound::Frame(frame)) = item else { panic!("expected a frame, got {item:?}") };
+        let item = tokio::time::timeout(Duration::from_secs(5), queue.rx.recv())
+            .await
+            .expect("a message in time");
+        let Some(Outbound::Frame(frame)) = item else {
+            panic!("expected a frame, got {item:?}")
+        };
         let header = match frame[1] & 0x7f {
             126 => 4,
             127 => 10,
@@ -238,7 +292,12 @@ mod tests {
     }
 
     fn subscribe(app: &LogView, ch: &ChannelHandle, file: Value) {
-        app.on_message(ch, Message::Text(Bytes::from(json!({"type":"subscribe","file":file}).to_string())));
+        app.on_message(
+            ch,
+            Message::Text(Bytes::from(
+                json!({"type":"subscribe","file":file}).to_string(),
+            )),
+        );
     }
 
     #[tokio::test]
@@ -250,20 +309,46 @@ mod tests {
         std::fs::write(&b, "b0\n").unwrap();
         let hub = Arc::new(Hub::new());
         let ids = ChannelIdGenerator::new("t");
-        let app = LogView::new("lv", &[a.clone(), b.clone()], 10, Duration::from_millis(50), true, hub.clone());
-        assert_eq!((app.watched_files(), app.running_tails()), (0, 0), "nothing runs without viewers");
+        let app = LogView::new(
+            "lv",
+            &[a.clone(), b.clone()],
+            10,
+            Duration::from_millis(50),
+            true,
+            hub.clone(),
+        );
+        assert_eq!(
+            (app.watched_files(), app.running_tails()),
+            (0, 0),
+            "nothing runs without viewers"
+        );
 
         let mut viewers: Vec<_> = (0..3).map(|_| open(&hub, &ids)).collect();
         for (ch, q) in &mut viewers {
             app.on_open(ch);
             assert_eq!(next_json(q).await["type"], "files");
             subscribe(&app, ch, json!("a.log"));
-            assert_eq!(next_json(q).await, json!({"type":"lines","file":"a.log","lines":["a0"],"backlog":true}));
+            assert_eq!(
+                next_json(q).await,
+                json!({"type":"lines","file":"a.log","lines":["a0"],"backlog":true})
+            );
         }
-        assert_eq!((app.watched_files(), app.running_tails()), (1, 1), "three viewers, one tail");
-        std::fs::OpenOptions::new().append(true).open(&a).unwrap().write_all(b"a1\n").unwrap();
+        assert_eq!(
+            (app.watched_files(), app.running_tails()),
+            (1, 1),
+            "three viewers, one tail"
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&a)
+            .unwrap()
+            .write_all(b"a1\n")
+            .unwrap();
         for (_, q) in &mut viewers {
-            assert_eq!(next_json(q).await, json!({"type":"lines","file":"a.log","lines":["a1"]}));
+            assert_eq!(
+                next_json(q).await,
+                json!({"type":"lines","file":"a.log","lines":["a1"]})
+            );
         }
         // one viewer switches to b (by index): a second tail
         subscribe(&app, &viewers[2].0, json!(1));
@@ -288,10 +373,27 @@ mod tests {
 
     #[test]
     fn only_listed_names_and_indexes_resolve() {
-        let app = LogView::new("lv", &["/var/log/a.log".into(), "/var/log/b.log".into()], 10, Duration::from_secs(1), true, Arc::new(Hub::new()));
+        let app = LogView::new(
+            "lv",
+            &["/var/log/a.log".into(), "/var/log/b.log".into()],
+            10,
+            Duration::from_secs(1),
+            true,
+            Arc::new(Hub::new()),
+        );
         assert_eq!(app.resolve(&json!("b.log")), Ok(1));
         assert_eq!(app.resolve(&json!(0)), Ok(0));
-        for bad in [json!("../../etc/passwd"), json!("/etc/passwd"), json!("/var/log/a.log"), json!("A.LOG"), json!(2), json!(-1), json!(1.5), json!(null), json!(["a.log"])] {
+        for bad in [
+            json!("../../etc/passwd"),
+            json!("/etc/passwd"),
+            json!("/var/log/a.log"),
+            json!("A.LOG"),
+            json!(2),
+            json!(-1),
+            json!(1.5),
+            json!(null),
+            json!(["a.log"]),
+        ] {
             assert!(app.resolve(&bad).is_err(), "{bad}");
         }
     }
