@@ -78,6 +78,8 @@ async fn chat_rooms_are_isolated_and_messages_carry_user_text_and_ts() {
     assert_eq!(b1.json().await["text"], "only b");
     a1.silent(Duration::from_millis(300)).await;
     a2.silent(Duration::from_millis(1)).await;
+    // Closing the clients first lets the drain finish at once.
+    drop((a1, a2, b1));
     gate.server.shutdown().await;
 }
 
@@ -125,6 +127,8 @@ async fn chat_history_join_leave_and_renames() {
             break;
         }
     }
+    // Closing the clients first lets the drain finish at once.
+    drop((a, _c));
     gate.server.shutdown().await;
 }
 
@@ -160,6 +164,8 @@ async fn chat_refuses_bad_input_with_an_error_to_the_sender_only() {
     a.send_json(json!({"type":"message","user":"a","text":"still here"})).await;
     assert_eq!(a.json().await["type"], "join");
     assert_eq!(a.json().await["text"], "still here");
+    // Closing the clients first lets the drain finish at once.
+    drop((a, other));
     gate.server.shutdown().await;
 }
 
@@ -174,6 +180,8 @@ async fn chat_text_that_looks_like_html_is_passed_through_as_data() {
     let m = a.json().await;
     assert_eq!(m["text"], nasty);
     assert_eq!(m["user"], "<b>mallory</b>");
+    // Closing the clients first lets the drain finish at once.
+    drop(a);
     gate.server.shutdown().await;
 }
 
@@ -262,6 +270,8 @@ async fn logview_refuses_unlisted_names_paths_and_indexes() {
     // the connection is still usable, and a listed name works
     ws.send_json(json!({"type":"subscribe","file":"a.log"})).await;
     assert_eq!(ws.json().await, json!({"type":"lines","file":"a.log","lines":["secret-free line"],"backlog":true}));
+    // Closing the clients first lets the drain finish at once.
+    drop(ws);
     gate.server.shutdown().await;
 }
 
@@ -344,6 +354,8 @@ async fn follow_rotation_truncation_and_copytruncate(extra: &str) {
     assert!(ws.json().await["message"].as_str().unwrap().contains("does not exist"));
     append(&dir.path().join("later.log"), "born\n");
     assert_eq!(collect_lines(&mut ws, 1).await.0, ["born"]);
+    // Closing the clients first lets the drain finish at once.
+    drop((ws, other));
     gate.server.shutdown().await;
 }
 
@@ -370,6 +382,8 @@ async fn logview_reports_an_unreadable_file_to_the_client() {
     let error = ws.json().await;
     assert_eq!(error["type"], "error");
     assert!(error["message"].as_str().unwrap().starts_with("cannot read dir.log"), "{error}");
+    // Closing the clients first lets the drain finish at once.
+    drop(ws);
     gate.server.shutdown().await;
 }
 
