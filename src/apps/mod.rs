@@ -1,7 +1,9 @@
 //! The built-in apps. Each app sees WebSocket connections only through the [`App`] trait and
 //! [`ChannelHandle`]s: it never touches sockets or encodes frames itself.
 
+pub mod chat;
 pub mod echo;
+pub mod logview;
 
 use std::sync::Arc;
 
@@ -50,9 +52,18 @@ pub enum AppError {
 }
 
 /// Builds the app `name` from its configuration; apps that publish get the node's hub.
-pub fn build(name: &str, config: &AppConfig, _hub: &Arc<Hub>) -> Result<Arc<dyn App>, AppError> {
+pub fn build(name: &str, config: &AppConfig, hub: &Arc<Hub>) -> Result<Arc<dyn App>, AppError> {
     match config.kind {
         AppKind::Echo => Ok(Arc::new(echo::Echo)),
+        AppKind::LogView => Ok(Arc::new(logview::LogView::new(
+            name,
+            &config.files,
+            config.backlog_lines(),
+            config.refresh(),
+            config.inotify(),
+            hub.clone(),
+        ))),
+        AppKind::Chat => Ok(Arc::new(chat::Chat::new(name, &config.urls, config.history(), hub.clone()))),
         other => Err(AppError::Unavailable { name: name.to_owned(), kind: other.as_str() }),
     }
 }

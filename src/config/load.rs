@@ -874,8 +874,9 @@ mod tests {
             assert_eq!(c.upstream.url.as_str(), "http://127.0.0.1:8000");
             assert_eq!(c.admin.addr, Some("127.0.0.1:9090".parse().unwrap()));
             let apps: Vec<_> = c.app_urls().collect();
-            assert_eq!(apps, [("echo", "/websocket/echo")]);
+            assert_eq!(apps, [("chat", "/websocket/chat"), ("chat", "/websocket/chat/ops"), ("echo", "/websocket/echo")]);
             assert_eq!(c.apps["echo"].kind, AppKind::Echo);
+            assert_eq!(c.apps["chat"].kind, AppKind::Chat);
             // The example states the defaults: apart from the app it equals them.
             let mut d = c.clone();
             d.apps.clear();
@@ -1258,7 +1259,7 @@ kind = "echo"
         jail(|_| {
             let c = load(ConfigSource::Default, &CliOverrides::default());
             if !Path::new(DEFAULT_CONFIG_PATH).exists() {
-                assert_eq!(c.unwrap().app_urls().count(), 1);
+                assert_eq!(c.unwrap().app_urls().count(), 3);
             }
             Ok(())
         });

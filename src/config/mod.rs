@@ -450,6 +450,10 @@ pub struct AppConfig {
     /// log-view: lines sent on subscribe (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog_lines: Option<usize>,
+    /// log-view: use inotify to see appended lines at once (default true); `false` relies
+    /// on polling every `refresh` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inotify: Option<bool>,
     /// chat: messages replayed on join (default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<usize>,
@@ -478,6 +482,7 @@ impl AppConfig {
             files: Vec::new(),
             refresh: None,
             backlog_lines: None,
+            inotify: None,
             history: None,
             callback: None,
             callback_timeout: None,
@@ -517,6 +522,11 @@ impl AppConfig {
     /// log-view backlog sent on subscribe (default 100 lines).
     pub fn backlog_lines(&self) -> usize {
         self.backlog_lines.unwrap_or(100)
+    }
+
+    /// log-view: whether inotify is used besides polling (default true).
+    pub fn inotify(&self) -> bool {
+        self.inotify.unwrap_or(true)
     }
 
     /// chat history replayed on join (default 50 messages).

@@ -43,7 +43,7 @@ pub fn kind_specific_keys(kind: AppKind) -> &'static [&'static str] {
     match kind {
         AppKind::Echo => &[],
         AppKind::Chat => &["history"],
-        AppKind::LogView => &["files", "refresh", "backlog_lines"],
+        AppKind::LogView => &["files", "refresh", "backlog_lines", "inotify"],
         AppKind::Backend => &["callback", "callback_timeout"],
     }
 }
@@ -303,6 +303,7 @@ fn foreign_keys(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
         ("files", !app.files.is_empty()),
         ("refresh", app.refresh.is_some()),
         ("backlog_lines", app.backlog_lines.is_some()),
+        ("inotify", app.inotify.is_some()),
         ("history", app.history.is_some()),
         ("callback", app.callback.is_some()),
         ("callback_timeout", app.callback_timeout.is_some()),

@@ -1,4 +1,5 @@
-//! Access checks before a WebSocket handshake (pure): client address allow list and Origin.
+//! Access checks before a WebSocket handshake (pure): client address allow list, Origin, and
+//! the headers of the `auth` subrequest (sent by `server/auth.rs`).
 //!
 //! The Origin check stops cross-site WebSocket hijacking (RFC 6455 §10.2). Browsers always send
 //! `Origin`; other clients may omit it and are then allowed (Origin is not authentication).
@@ -17,6 +18,12 @@ pub enum Denied {
     /// The `Origin` header is not allowed.
     #[error("origin not allowed")]
     Origin,
+    /// The `auth` subrequest answered with a non-2xx status.
+    #[error("auth subrequest denied")]
+    Auth,
+    /// The `auth` subrequest failed (connect error, timeout): refused, never let through.
+    #[error("auth subrequest failed")]
+    AuthUnavailable,
 }
 
 impl Denied {
@@ -25,6 +32,8 @@ impl Denied {
         match self {
             Denied::Address => "address_denied",
             Denied::Origin => "origin_denied",
+            Denied::Auth => "auth_denied",
+            Denied::AuthUnavailable => "auth_error",
         }
     }
 }
@@ -70,6 +79,39 @@ pub fn check_origin(headers: &HeaderMap, authority: Option<&str>, allowed: &[Str
     }
 }
 
+/// Headers of the `auth` subrequest for a client request (DESIGN §3, like nginx's
+/// `auth_request`): the client's `Cookie` and `Authorization` (the credentials the upstream
+/// judges), `Origin`, and where the request was going: `X-Original-URI` (path and query),
+/// `X-Original-Method`, `X-Forwarded-For` (the client address), `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`. Nothing else of the client's request is forwarded.
+pub fn auth_request_headers(client: &HeaderMap, uri: &http::Uri, method: &http::Method, peer: IpAddr, tls: bool) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in [header::COOKIE, header::AUTHORIZATION, header::ORIGIN] {
+        for value in client.get_all(&name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    let original = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    if let Ok(value) = http::HeaderValue::from_str(original) {
+        out.insert("x-original-uri", value);
+    }
+    if let Ok(value) = http::HeaderValue::from_str(method.as_str()) {
+        out.insert("x-original-method", value);
+    }
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
+        v4 => v4,
+    };
+    if let Ok(value) = http::HeaderValue::from_str(&peer.to_string()) {
+        out.insert("x-forwarded-for", value);
+    }
+    out.insert("x-forwarded-proto", http::HeaderValue::from_static(if tls { "https" } else { "http" }));
+    if let Some(host) = client.get(header::HOST).cloned().or_else(|| uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())) {
+        out.insert("x-forwarded-host", host);
+    }
+    out
+}
+
 /// Compares `host[:port]` of an origin with a `Host` header, treating the default port of the
 /// origin's scheme as equal to no port.
 fn same_host(origin: &str, host: &str, https: bool) -> bool {
@@ -111,6 +153,25 @@ mod tests {
         assert_eq!(check_origin(&h(Some("https://A.example"), "a.example:443"), None, &[]), Ok(()));
         assert_eq!(check_origin(&h(Some("http://evil.example"), "a.example"), None, &[]), Err(Denied::Origin));
         assert_eq!(check_origin(&h(Some("null"), "a.example"), None, &[]), Err(Denied::Origin));
+    }
+
+    #[test]
+    fn auth_subrequest_carries_credentials_and_the_original_target_only() {
+        let mut client = h(Some("http://a.example"), "a.example");
+        client.append(header::COOKIE, "s=1".parse().unwrap());
+        client.append(header::COOKIE, "t=2".parse().unwrap());
+        client.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        client.insert("x-secret", "no".parse().unwrap());
+        let uri: http::Uri = "/ws/chat?room=1".parse().unwrap();
+        let out = auth_request_headers(&client, &uri, &http::Method::GET, "::ffff:10.1.2.3".parse().unwrap(), true);
+        assert_eq!(out.get_all(header::COOKIE).iter().count(), 2);
+        assert_eq!(out["authorization"], "Bearer x");
+        assert_eq!(out["x-original-uri"], "/ws/chat?room=1");
+        assert_eq!(out["x-original-method"], "GET");
+        assert_eq!(out["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out["x-forwarded-host"], "a.example");
+        assert!(out.get("x-secret").is_none() && out.get(header::HOST).is_none());
     }
 
     #[test]

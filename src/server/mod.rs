@@ -2,6 +2,7 @@
 //! the drain on shutdown. Business logic lives in `proxy`, `ws`, `apps` and `pubsub`.
 
 pub mod access;
+pub mod auth;
 mod listen;
 pub mod reload;
 pub mod router;
@@ -76,6 +77,8 @@ pub struct AppRoute {
     pub allow: Vec<IpNet>,
     /// Allowed origins (empty = same origin).
     pub allowed_origins: Vec<String>,
+    /// The `auth` subrequest, when configured.
+    pub auth: Option<auth::AuthCheck>,
     /// Subprotocols the app speaks, in order of preference.
     pub subprotocols: Vec<String>,
     /// Session limits and timers.
@@ -268,6 +271,7 @@ fn build_runtime(
             app,
             allow: app_config.allow().into_owned(),
             allowed_origins: app_config.allowed_origins(ws).to_vec(),
+            auth: app_config.auth.clone().map(|url| auth::AuthCheck::new(url, config.upstream.connect_timeout)),
             subprotocols: app_config.subprotocols.clone(),
             session: SessionConfig {
                 max_message_size: ws.max_message_size,
@@ -341,7 +345,10 @@ async fn handle(
     let response = match route {
         Route::WebSocket(app) => {
             let app = app.clone();
-            upgrade::accept(state.clone(), client, slot, app, req)
+            match upgrade::authorize(&client, &app, &req).await {
+                Some(refused) => refused,
+                None => upgrade::accept(state.clone(), client, slot, app, req),
+            }
         }
         Route::Page(app) => page_response(&req, app.app.page().unwrap_or_default()),
         Route::Tunnel => {

@@ -88,6 +88,34 @@ pub(super) fn accept(
     response
 }
 
+/// The `auth` subrequest step (DESIGN §3), run before [`accept`] for apps with `auth`:
+/// `Some(403)` refuses the client. A client that the address or Origin check will refuse
+/// anyway is not asked about (`None`: `accept` refuses it with its own reason), so a refused
+/// address never makes wsgate send a subrequest.
+pub(super) async fn authorize(client: &ClientInfo, route: &AppRoute, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let auth = route.auth.as_ref()?;
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    if check_address(client.peer.ip(), &route.allow).is_err()
+        || check_origin(req.headers(), authority.as_deref(), &route.allowed_origins).is_err()
+    {
+        return None;
+    }
+    match auth.check(req.headers(), req.uri(), req.method(), client.peer.ip(), client.tls).await {
+        Ok(()) => None,
+        Err(refusal) => {
+            tracing::info!(
+                app = %route.name,
+                peer = %client.peer,
+                reason = refusal.denied.reason(),
+                auth = auth.url().as_str(),
+                detail = %refusal.detail,
+                "WebSocket refused"
+            );
+            Some(text_response(StatusCode::FORBIDDEN, "403 Forbidden: not authorized\n"))
+        }
+    }
+}
+
 fn handshake_refused(route: &AppRoute, client: &ClientInfo, error: HandshakeError) -> Response<Body> {
     tracing::debug!(app = %route.name, peer = %client.peer, reason = error.reason(), "WebSocket handshake refused");
     let status = error.status();

@@ -1,0 +1,346 @@
+//! `chat`: a chat room per configured URL (DESIGN §5), with its page embedded in the binary.
+//!
+//! Protocol (JSON text messages; anything else earns an `error` answer, never a close):
+//! - client → server: `{"type":"join","user":"alice"}` names the connection (optional: the
+//!   first `message` names it too); `{"type":"message","user":"alice","text":"hi"}` posts.
+//!   A `message` or `join` with another name renames the connection (a `leave` for the old
+//!   name, then a `join` for the new one).
+//! - server → room (the sender included, so every page renders what the server stamped):
+//!   `{"type":"message","user","text","ts"}`, `{"type":"join"|"leave","user","ts"}`; `ts` is
+//!   RFC 3339 UTC with milliseconds.
+//! - server → one client: on open, the room's last `history` messages (as they were sent,
+//!   oldest first), then `{"type":"history_end","count":N}`; `{"type":"error","message":...}`
+//!   when a message is refused.
+//!
+//! Each URL (and its `/connect` alias) is one room: one hub subscription named
+//! `chat:<app>:<url>`, so two rooms never see each other. A room's history is a bounded ring
+//! buffer of encoded frames; appending to it and multicasting happen under the room's lock, so
+//! a newcomer gets the history and then every later message exactly once, in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::{App, Message};
+use crate::pubsub::hub::encode;
+use crate::pubsub::{ChannelHandle, ChannelId, Hub};
+
+/// Longest user name, in characters.
+pub const MAX_USER_CHARS: usize = 32;
+/// Longest message text, in characters.
+pub const MAX_TEXT_CHARS: usize = 2000;
+/// Longest JSON message accepted from a client, in bytes (a message at the text limit with
+/// every character escaped fits).
+pub const MAX_INPUT_BYTES: usize = 16 * 1024;
+
+/// The chat page (no external assets).
+pub const PAGE: &str = include_str!("../../assets/chat.html");
+
+struct Room {
+    subscription: String,
+    history: VecDeque<Bytes>,
+    users: HashMap<ChannelId, String>,
+}
+
+/// The chat app: one room per URL.
+pub struct Chat {
+    hub: Arc<Hub>,
+    history: usize,
+    /// Room by URL path; each URL's `/connect` alias maps to the same room.
+    rooms: HashMap<String, Arc<Mutex<Room>>>,
+}
+
+impl std::fmt::Debug for Chat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chat")
+            .field("rooms", &self.rooms.len())
+            .field("history", &self.history)
+            .finish()
+    }
+}
+
+impl Chat {
+    /// A chat app named `app` serving one room per entry of `urls`, replaying the last
+    /// `history` messages to newcomers.
+    pub fn new(app: &str, urls: &[String], history: usize, hub: Arc<Hub>) -> Self {
+        let mut rooms = HashMap::new();
+        for url in urls {
+            let room = Arc::new(Mutex::new(Room {
+                subscription: format!("chat:{app}:{url}"),
+                history: VecDeque::with_capacity(history.min(1024)),
+                users: HashMap::new(),
+            }));
+            rooms.insert(
+                format!("{}/connect", url.trim_end_matches('/')),
+                room.clone(),
+            );
+            rooms.insert(url.clone(), room);
+        }
+        Self {
+            hub,
+            history,
+            rooms,
+        }
+    }
+
+    fn room(&self, channel: &ChannelHandle) -> Option<&Arc<Mutex<Room>>> {
+        self.rooms.get(channel.url())
+    }
+
+    /// Multicasts `value` to the room (under its lock), keeping it in the history when asked.
+    fn publish(&self, room: &mut Room, value: &Value, keep: bool) {
+        let frame = encode(&Message::Text(Bytes::from(value.to_string())));
+        if keep && self.history > 0 {
+            if room.history.len() == self.history {
+                room.history.pop_front();
+            }
+            room.history.push_back(frame.clone());
+        }
+        self.hub.multicast_frame(&room.subscription, frame, &[]);
+    }
+
+    fn handle(
+        &self,
+        channel: &ChannelHandle,
+        room: &mut Room,
+        request: Request,
+    ) -> Result<(), String> {
+        let (user, text) = match request {
+            Request::Join { user } => (user, None),
+            Request::Message { user, text } => (user, Some(text)),
+        };
+        let user = check_user(&user)?;
+        let text = text.map(|t| check_text(&t)).transpose()?;
+        let ts = now_rfc3339();
+        let previous = room.users.get(channel.id()).cloned();
+        if previous.as_deref() != Some(user.as_str()) {
+            if let Some(old) = previous {
+                self.publish(
+                    room,
+                    &json!({"type": "leave", "user": old, "ts": ts}),
+                    false,
+                );
+            }
+            room.users.insert(channel.id().clone(), user.clone());
+            self.publish(
+                room,
+                &json!({"type": "join", "user": user, "ts": ts}),
+                false,
+            );
+        }
+        if let Some(text) = text {
+            self.publish(
+                room,
+                &json!({"type": "message", "user": user, "text": text, "ts": ts}),
+                true,
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+enum Request {
+    Join { user: String },
+    Message { user: String, text: String },
+}
+
+/// Parses one client message; the error is the text sent back to the client.
+fn parse(message: &Message) -> Result<Request, String> {
+    let text = match message {
+        Message::Text(text) => text,
+        Message::Binary(_) => return Err("binary messages are not accepted; send JSON text".into()),
+    };
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(format!(
+            "message too long: at most {MAX_INPUT_BYTES} bytes of JSON"
+        ));
+    }
+    let value: Value = serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let field = |name: &str| -> Result<String, String> {
+        match value.get(name) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("\"{name}\" must be a string")),
+            None => Err(format!("\"{name}\" is missing")),
+        }
+    };
+    match value.get("type").and_then(Value::as_str) {
+        Some("join") => Ok(Request::Join {
+            user: field("user")?,
+        }),
+        Some("message") => Ok(Request::Message {
+            user: field("user")?,
+            text: field("text")?,
+        }),
+        Some(other) => Err(format!(
+            "unknown message type {other:?}: expected \"join\" or \"message\""
+        )),
+        None => Err("expected an object with \"type\": \"join\" or \"message\"".into()),
+    }
+}
+
+fn check_user(user: &str) -> Result<String, String> {
+    let user = user.trim();
+    if user.is_empty() {
+        return Err("user name is empty".into());
+    }
+    if user.chars().count() > MAX_USER_CHARS {
+        return Err(format!(
+            "user name too long: at most {MAX_USER_CHARS} characters"
+        ));
+    }
+    if user.chars().any(char::is_control) {
+        return Err("user name must not contain control characters".into());
+    }
+    Ok(user.to_owned())
+}
+
+fn check_text(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("message text is empty".into());
+    }
+    let chars = text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return Err(format!(
+            "message text too long: {chars} characters, at most {MAX_TEXT_CHARS}"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T17:40:00.123Z`.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+fn send_error(channel: &ChannelHandle, message: &str) {
+    let _ = channel.send_text(&json!({"type": "error", "message": message}).to_string());
+}
+
+impl App for Chat {
+    fn on_open(&self, channel: &ChannelHandle) {
+        let Some(room) = self.room(channel) else {
+            tracing::warn!(url = channel.url(), "chat: no room for this URL");
+            return;
+        };
+        let room = lock(room);
+        // History first, then the subscription, both under the room lock: nothing published
+        // in between can be missed or seen twice.
+        for frame in &room.history {
+            let _ = channel.send_frame(frame.clone());
+        }
+        let _ = channel
+            .send_text(&json!({"type": "history_end", "count": room.history.len()}).to_string());
+        if let Err(error) = self.hub.subscribe(channel.id(), &room.subscription) {
+            tracing::debug!(channel = %channel.id(), %error, "chat: cannot join the room");
+        }
+    }
+
+    fn on_message(&self, channel: &ChannelHandle, message: Message) {
+        let Some(room) = self.room(channel) else {
+            return;
+        };
+        let request = match parse(&message) {
+            Ok(request) => request,
+            Err(error) => return send_error(channel, &error),
+        };
+        let mut room = lock(room);
+        if let Err(error) = self.handle(channel, &mut room, request) {
+            drop(room);
+            send_error(channel, &error);
+        }
+    }
+
+    fn on_close(&self, channel: &ChannelHandle, _code: Option<u16>) {
+        let Some(room) = self.room(channel) else {
+            return;
+        };
+        let mut room = lock(room);
+        let _ = self.hub.unsubscribe(channel.id(), &room.subscription);
+        if let Some(user) = room.users.remove(channel.id()) {
+            self.publish(
+                &mut room,
+                &json!({"type": "leave", "user": user, "ts": now_rfc3339()}),
+                false,
+            );
+        }
+    }
+
+    fn page(&self) -> Option<&'static str> {
+        Some(PAGE)
+    }
+}
+
+// A poisoned room lock only follows a panic in these short sections; keep serving.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Message {
+        Message::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn parse_accepts_the_design_formats_and_explains_refusals() {
+        assert!(matches!(
+            parse(&text(r#"{"type":"message","user":"a","text":"hi"}"#)),
+            Ok(Request::Message { .. })
+        ));
+        assert!(matches!(
+            parse(&text(r#"{"type":"join","user":"a"}"#)),
+            Ok(Request::Join { .. })
+        ));
+        assert!(parse(&text("not json"))
+            .unwrap_err()
+            .starts_with("invalid JSON"));
+        assert_eq!(
+            parse(&text(r#"{"type":"message","user":"a"}"#))
+                .err()
+                .unwrap(),
+            "\"text\" is missing"
+        );
+        assert_eq!(
+            parse(&text(r#"{"type":"message","user":1,"text":"x"}"#))
+                .err()
+                .unwrap(),
+            "\"user\" must be a string"
+        );
+        assert!(parse(&text(r#"{"type":"shout"}"#))
+            .unwrap_err()
+            .contains("unknown message type"));
+        assert!(parse(&Message::Binary(Bytes::from_static(b"{}")))
+            .unwrap_err()
+            .contains("binary"));
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(check_user("  bob ").unwrap(), "bob");
+        assert!(check_user("").is_err());
+        assert!(check_user(&"é".repeat(MAX_USER_CHARS)).is_ok());
+        assert!(check_user(&"é".repeat(MAX_USER_CHARS + 1))
+            .unwrap_err()
+            .contains("too long"));
+        assert!(check_user("a\nb").is_err());
+        assert!(check_text(&"x".repeat(MAX_TEXT_CHARS)).is_ok());
+        assert!(check_text(&"x".repeat(MAX_TEXT_CHARS + 1))
+            .unwrap_err()
+            .contains("too long"));
+        assert!(check_text("   ").is_err());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let ts = now_rfc3339();
+        assert_eq!(ts.len(), "2026-11-25T17:40:00.123Z".len(), "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+    }
+}

@@ -1,0 +1,170 @@
+// The chat and log-view pages in headless Chromium. Run through run.sh, which starts wsgate
+// and sets WSGATE_URL, LOG_DIR and ARTIFACTS.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const BASE = process.env.WSGATE_URL;
+const LOG_DIR = process.env.LOG_DIR;
+const ARTIFACTS = process.env.ARTIFACTS || "test-artifacts/browser";
+const TIMEOUT = 10000;
+
+let browser;
+
+before(async () => {
+  assert.ok(BASE && LOG_DIR, "run through tests/browser/run.sh");
+  // playwright-core gives every launch a fresh temporary --user-data-dir of its own (and
+  // refuses the flag in `args`), removed again on close.
+  browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+    timeout: 30000,
+  });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+});
+
+async function openPage(urlPath, width = 390) {
+  // A phone-width viewport: the pages must work there.
+  const context = await browser.newContext({ viewport: { width, height: 720 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e));
+  await page.goto(BASE + urlPath);
+  await page.waitForSelector('#status[data-state="open"]');
+  page.errors = errors;
+  return page;
+}
+
+async function say(page, user, text) {
+  await page.fill("#user", user);
+  await page.fill("#text", text);
+  await page.press("#text", "Enter");
+}
+
+const messageTexts = (page) => page.$$eval("#messages li.message .text", (els) => els.map((e) => e.textContent));
+
+test("two pages in one chat room exchange messages; another room sees none", async () => {
+  const a = await openPage("/websocket/chat");
+  const b = await openPage("/websocket/chat");
+  const ops = await openPage("/websocket/chat/ops");
+  await say(a, "alice", "hello from A");
+  await b.waitForFunction(() => [...document.querySelectorAll("#messages .text")].some((e) => e.textContent === "hello from A"));
+  await say(b, "bob", "hi A, B here");
+  await a.waitForFunction(() => [...document.querySelectorAll("#messages .text")].some((e) => e.textContent === "hi A, B here"));
+  // join notices and timestamps are shown
+  const notices = await a.$$eval("#messages li.notice", (els) => els.map((e) => e.textContent));
+  assert.ok(notices.some((n) => n.includes("bob joined")), JSON.stringify(notices));
+  assert.ok(await a.$("#messages li.message time[datetime]"));
+  // the other room got nothing
+  await ops.waitForTimeout(500);
+  assert.deepEqual(await messageTexts(ops), []);
+  await say(ops, "carol", "ops only");
+  await ops.waitForFunction(() => document.querySelectorAll("#messages li.message").length === 1);
+  await a.waitForTimeout(300);
+  assert.ok(!(await messageTexts(a)).includes("ops only"));
+  // a newcomer gets the history
+  const late = await openPage("/websocket/chat");
+  await late.waitForFunction(() => document.querySelectorAll("#messages li.message").length >= 2);
+  assert.deepEqual((await messageTexts(late)).slice(-2), ["hello from A", "hi A, B here"]);
+  await a.screenshot({ path: path.join(ARTIFACTS, "chat-room-phone.png") });
+  await ops.screenshot({ path: path.join(ARTIFACTS, "chat-other-room.png") });
+  for (const p of [a, b, ops, late]) {
+    assert.deepEqual(p.errors, []);
+    await p.context().close();
+  }
+});
+
+test("markup in chat messages is shown as text", async () => {
+  const a = await openPage("/websocket/chat/ops");
+  const b = await openPage("/websocket/chat/ops");
+  const evil = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"><b>bold?</b>';
+  await say(a, "<i>mallory</i>", evil);
+  await b.waitForFunction((t) => [...document.querySelectorAll("#messages .text")].some((e) => e.textContent === t), evil);
+  assert.equal(await b.evaluate(() => window.__pwned), undefined);
+  assert.equal(await b.$$eval("#messages img, #messages script, #messages b, #messages i", (els) => els.length), 0);
+  const users = await b.$$eval("#messages .user", (els) => els.map((e) => e.textContent));
+  assert.ok(users.includes("<i>mallory</i>"));
+  await b.screenshot({ path: path.join(ARTIFACTS, "chat-markup-as-text.png") });
+  await a.context().close();
+  await b.context().close();
+});
+
+test("chat page reconnects with backoff after the socket drops", async () => {
+  const context = await browser.newContext({ viewport: { width: 390, height: 720 } });
+  // Keep a reference to every socket the page opens, so the test can drop one.
+  await context.addInitScript(() => {
+    const Native = window.WebSocket;
+    window.__sockets = [];
+    window.WebSocket = function (...args) { const s = new Native(...args); window.__sockets.push(s); return s; };
+    Object.assign(window.WebSocket, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
+  });
+  const a = await context.newPage();
+  a.setDefaultTimeout(TIMEOUT);
+  await a.goto(BASE + "/websocket/chat");
+  await a.waitForSelector('#status[data-state="open"]');
+  await a.evaluate(() => window.__sockets[0].close());
+  await a.waitForSelector('#status[data-state="closed"]');
+  await a.waitForSelector('#status[data-state="open"]');
+  assert.equal(await a.evaluate(() => window.__sockets.length), 2);
+  await say(a, "dora", "back again");
+  await a.waitForFunction(() => [...document.querySelectorAll("#messages .text")].some((e) => e.textContent === "back again"));
+  await context.close();
+});
+
+test("log-view shows appended lines across a rotation and a truncation, with filter and pause", async () => {
+  const log = path.join(LOG_DIR, "app.log");
+  fs.appendFileSync(log, "before 1\nbefore 2\n");
+  const page = await openPage("/admin/log-view", 800);
+  const lines = () => page.$$eval('#log li[data-kind="line"]', (els) => els.map((e) => e.textContent));
+  const waitLine = (t) => page.waitForFunction((t) => [...document.querySelectorAll("#log li")].some((e) => e.textContent === t), t);
+  await waitLine("before 2"); // the backlog
+  const options = await page.$$eval("#file option", (els) => els.map((e) => e.textContent));
+  assert.deepEqual(options, ["app.log", "other.log"]);
+
+  fs.appendFileSync(log, 'live 1 <img src=x onerror="window.__pwned=1">\nlive 2\n');
+  await waitLine("live 2");
+  assert.ok((await lines()).includes('live 1 <img src=x onerror="window.__pwned=1">'));
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+
+  // rotation: rename, then a new file
+  fs.renameSync(log, log + ".1");
+  fs.appendFileSync(log, "after rotation\n");
+  await waitLine("after rotation");
+  // truncation
+  fs.truncateSync(log, 0);
+  await page.waitForFunction(() => [...document.querySelectorAll("#log li.notice")].some((e) => e.textContent.includes("truncated")));
+  fs.appendFileSync(log, "after truncation\n");
+  await waitLine("after truncation");
+
+  // the filter hides non-matching lines
+  await page.fill("#filter", "after");
+  const visible = await page.$$eval('#log li[data-kind="line"]:not(.hidden)', (els) => els.map((e) => e.textContent));
+  assert.deepEqual(visible, ["after rotation", "after truncation"]);
+  await page.fill("#filter", "");
+
+  // pause holds lines back; resume shows them
+  await page.click("#pause");
+  fs.appendFileSync(log, "while paused\n");
+  await page.waitForFunction(() => document.getElementById("paused").textContent.includes("held"));
+  assert.ok(!(await lines()).includes("while paused"));
+  await page.click("#pause");
+  await waitLine("while paused");
+
+  await page.screenshot({ path: path.join(ARTIFACTS, "log-view.png") });
+  // the other file does not exist yet: a notice, then its lines once it does
+  await page.selectOption("#file", "other.log");
+  await page.waitForFunction(() => [...document.querySelectorAll("#log li.notice")].some((e) => e.textContent.includes("does not exist")));
+  fs.appendFileSync(path.join(LOG_DIR, "other.log"), "other born\n");
+  await waitLine("other born");
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
