@@ -6,12 +6,13 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::queue::{ByteBudget, SlowConsumerPolicy};
+use crate::metrics::{ActionLabel, Metrics};
 use crate::ws::close::code;
 use crate::ws::codec::{server_frame, OpCode};
 
@@ -97,6 +98,9 @@ struct Inner {
     policy: SlowConsumerPolicy,
     closing: AtomicBool,
     dropped: AtomicU64,
+    /// Set when the channel joins a hub that has metrics; slow-consumer events are counted
+    /// wherever the overflowing send came from (multicast, unicast, an app's own reply).
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 /// A cheap, clonable handle to one WebSocket connection's outbound side.
@@ -145,6 +149,7 @@ impl ChannelHandle {
             policy,
             closing: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            metrics: OnceLock::new(),
         };
         (Self(Arc::new(inner)), ChannelQueue { rx, budget })
     }
@@ -169,6 +174,22 @@ impl ChannelHandle {
         self.0.peer
     }
 
+    /// Counts this channel's slow-consumer events in `metrics` from now on (first call wins).
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.0.metrics.set(metrics);
+    }
+
+    fn count_slow_consumer(&self, action: &'static str) {
+        if let Some(metrics) = self.0.metrics.get() {
+            metrics.slow_consumer_events.get_or_create(&ActionLabel { action }).inc();
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.0.budget.queued()
+    }
+
     /// Frames dropped under the `drop` policy so far.
     pub fn dropped(&self) -> u64 {
         self.0.dropped.load(Ordering::Relaxed)
@@ -189,9 +210,12 @@ impl ChannelHandle {
             return match self.0.policy {
                 SlowConsumerPolicy::Drop => {
                     self.0.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.count_slow_consumer("drop");
                     Err(SendError::Dropped)
                 }
                 SlowConsumerPolicy::Close => {
+                    // Later frames see `Closed` above, so this counts once per channel.
+                    self.count_slow_consumer("close");
                     self.close(code::POLICY, "send queue overflow");
                     Err(SendError::SlowConsumerClosed)
                 }
