@@ -20,8 +20,10 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
+use crate::admin::{self, AdminError, AdminState};
 use crate::apps::{self, App};
 use crate::config::{Config, SlowConsumerPolicy as ConfigPolicy};
+use crate::metrics::Metrics;
 use crate::proxy::{ClientInfo, Proxy, ProxySettings};
 use crate::pubsub::channel::ChannelIdGenerator;
 use crate::pubsub::Hub;
@@ -49,6 +51,9 @@ pub enum StartError {
         /// What is wrong.
         source: tls::TlsError,
     },
+    /// The admin listener could not start.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// A listener could not be bound.
     #[error("listen {addr}: cannot bind: {source}")]
     Bind {
@@ -105,13 +110,18 @@ pub(crate) struct State {
     max_header_bytes: usize,
     ids: ChannelIdGenerator,
     hub: Arc<Hub>,
+    /// Every metric of the server; rendered by the admin listener's `/metrics`.
+    #[allow(dead_code)]
+    pub(crate) metrics: Arc<Metrics>,
     drain: DrainWatch,
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     listeners: Vec<BoundListener>,
+    admin: Option<SocketAddr>,
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     drain: Drain,
     shutdown_timeout: Duration,
 }
@@ -120,6 +130,16 @@ impl RunningServer {
     /// The listeners, in configuration order.
     pub fn listeners(&self) -> &[BoundListener] {
         &self.listeners
+    }
+
+    /// The admin listener's bound address (`None` when `[admin] addr = "off"`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The server's metrics (what `/metrics` renders).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The hub of this server's channels and subscriptions.
@@ -136,7 +156,8 @@ impl RunningServer {
 
 /// Builds the apps, loads certificates, binds every listener and starts serving.
 pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
-    let hub = Arc::new(Hub::new());
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::with_metrics(metrics.clone()));
     let router = build_router(config, &hub)?;
     let mut tls_configs = Vec::with_capacity(config.listen.len());
     for listen in &config.listen {
@@ -154,6 +175,13 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         let listener = listen::bind(listen.addr).map_err(|source| StartError::Bind { addr: listen.addr, source })?;
         bound.push(listener);
     }
+    let admin_listener = match config.admin.addr {
+        Some(addr) => {
+            let token = admin::load_token(config.admin.token_file.as_deref())?;
+            Some((admin::bind(addr)?, token))
+        }
+        None => None,
+    };
 
     let drain = Drain::new();
     let state = Arc::new(State {
@@ -170,6 +198,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         max_header_bytes: config.limits.max_header_bytes,
         ids: ChannelIdGenerator::new(node_name()),
         hub: hub.clone(),
+        metrics: metrics.clone(),
         drain: drain.watch(),
     });
 
@@ -180,8 +209,32 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         listeners.push(BoundListener { addr, tls });
         tokio::spawn(listen::accept_loop(state.clone(), listener, acceptor));
     }
+    let mut admin_addr = None;
+    if let Some((listener, token)) = admin_listener {
+        let addr = listener.local_addr().map_err(|source| AdminError::Bind { addr: listener_addr(config), source })?;
+        let admin_state = Arc::new(AdminState {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            token,
+            max_body: config.websocket.max_message_size,
+            readiness: admin::health::Readiness {
+                draining: state.drain.receiver(),
+                listeners: listeners.len(),
+                upstream: config.upstream.url.authority(),
+                upstream_timeout: config.upstream.connect_timeout.min(Duration::from_secs(1)),
+            },
+        });
+        // Logged as `admin=`, not `addr=`: scripts find the public listener by `addr=`.
+        tracing::info!(admin = %addr, token = admin_state.token.is_some(), "admin listener (metrics, health, control API)");
+        tokio::spawn(admin::serve(listener, admin_state, state.drain.receiver()));
+        admin_addr = Some(addr);
+    }
     drop(state);
-    Ok(RunningServer { listeners, hub, drain, shutdown_timeout: config.limits.shutdown_timeout })
+    Ok(RunningServer { listeners, admin: admin_addr, hub, metrics, drain, shutdown_timeout: config.limits.shutdown_timeout })
+}
+
+fn listener_addr(config: &Config) -> SocketAddr {
+    config.admin.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 /// The node part of channel ids: the process id keeps ids unique between nodes on one host
@@ -306,6 +359,11 @@ pub fn check(config: &Config) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     if let Err(error) = build_router(config, &Arc::new(Hub::new())) {
         problems.push(error.to_string());
+    }
+    if config.admin.addr.is_some() {
+        if let Err(error) = admin::load_token(config.admin.token_file.as_deref()) {
+            problems.push(error.to_string());
+        }
     }
     for listen in &config.listen {
         if let Some(tls) = &listen.tls {

@@ -29,7 +29,11 @@ pub struct Gate {
 }
 
 pub async fn start_gate(toml: &str, upstream: SocketAddr) -> Gate {
-    let text = toml.replace("{UPSTREAM}", &format!("http://{upstream}"));
+    let mut text = toml.replace("{UPSTREAM}", &format!("http://{upstream}"));
+    if !text.contains("[admin]") {
+        // The default admin address (127.0.0.1:9090) would collide between parallel tests.
+        text.push_str("\n[admin]\naddr = \"off\"\n");
+    }
     let config = config::load(ConfigSource::Text { name: "test.toml".into(), text }, &CliOverrides::default())
         .unwrap_or_else(|e| panic!("test config invalid: {e}"));
     let server = wsgate::server::start(&config).await.expect("wsgate starts");
@@ -53,7 +57,9 @@ addr = "127.0.0.1:0"
 kind = "echo"
 urls = ["/websocket/echo"]
 {extra}
-"#
+{admin}"#,
+        // Tests that spawn the binary use this text as is: keep them off the shared 9090.
+        admin = if extra.contains("[admin]") { "" } else { "\n[admin]\naddr = \"off\"\n" }
     )
 }
 
