@@ -315,7 +315,7 @@ async fn handle(
     let response = match route {
         Route::WebSocket(app) => {
             let app = app.clone();
-            upgrade::accept(state.clone(), client, slot, app, req)
+            upgrade::accept(state.clone(), client, slot, app, req).await
         }
         Route::Page(app) => page_response(&req, app.app.page().unwrap_or_default()),
         Route::Tunnel => state.proxy.tunnel(req, &client).await.map(|b| b.map_err(Into::into).boxed()),
