@@ -107,7 +107,8 @@ fn listeners(config: &Config, out: &mut Vec<Issue>) {
             ));
         }
     }
-    if let Some(admin) = config.admin.addr {
+    // Port 0 asks the OS for a free port: two such listeners never collide.
+    if let Some(admin) = config.admin.addr.filter(|a| a.port() != 0) {
         if let Some(i) = config.listen.iter().position(|l| l.addr == admin) {
             out.push(Issue::new(
                 "admin.addr",

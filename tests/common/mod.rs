@@ -262,7 +262,11 @@ pub fn upgrade_request(path: &str, extra: &str) -> String {
 impl WsClient {
     /// Opens a WebSocket to `path`; panics unless the answer is 101 with the right accept key.
     pub async fn connect(addr: SocketAddr, path: &str) -> WsClient {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        Self::connect_stream(TcpStream::connect(addr).await.unwrap(), path).await
+    }
+
+    /// Like [`WsClient::connect`] over an already connected stream (e.g. with small buffers).
+    pub async fn connect_stream(mut stream: TcpStream, path: &str) -> WsClient {
         let response = raw_request(&mut stream, upgrade_request(path, "").as_bytes()).await;
         assert_eq!(response.status, 101, "upgrade refused: {}", response.head);
         assert_eq!(response.header("sec-websocket-accept").as_deref(), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
