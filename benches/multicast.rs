@@ -37,14 +37,23 @@ fn setup() -> Setup {
     let mut queues = Vec::with_capacity(MEMBERS);
     let mut handles = Vec::with_capacity(MEMBERS);
     for _ in 0..MEMBERS {
-        let info = ChannelInfo { id: ids.next_id(), app: "bench".into(), url: "/b".into(), peer: "127.0.0.1:1".parse().unwrap() };
+        let info = ChannelInfo {
+            id: ids.next_id(),
+            app: "bench".into(),
+            url: "/b".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
         let (handle, queue) = ChannelHandle::new(info, 1 << 20, SlowConsumerPolicy::Close);
         hub.register(handle.clone());
         hub.subscribe(handle.id(), "room").unwrap();
         handles.push(handle);
         queues.push(queue);
     }
-    Setup { hub, queues, _handles: handles }
+    Setup {
+        hub,
+        queues,
+        _handles: handles,
+    }
 }
 
 /// Empties every member's queue the way a writer does (releasing the byte budget); returns the
@@ -86,8 +95,14 @@ fn count_allocations(s: &mut Setup, message: &Message) {
     );
     assert_eq!(delivery.delivered, MEMBERS);
     assert_eq!(distinct, 1, "every member must get the same encoded bytes");
-    assert!(stats.allocations + stats.reallocations <= 4, "no per-member allocation: {stats:?}");
-    assert!(stats.bytes_allocated < 4 * PAYLOAD + 1024, "no per-member copy of the payload: {stats:?}");
+    assert!(
+        stats.allocations + stats.reallocations <= 4,
+        "no per-member allocation: {stats:?}"
+    );
+    assert!(
+        stats.bytes_allocated < 4 * PAYLOAD + 1024,
+        "no per-member copy of the payload: {stats:?}"
+    );
 }
 
 fn bench(c: &mut Criterion) {

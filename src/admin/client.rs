@@ -63,8 +63,9 @@ impl Target {
         }
         let token = match &config.admin.token_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ClientError::Token(format!("admin.token_file {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ClientError::Token(format!("admin.token_file {}: {e}", path.display()))
+                })?;
                 Some(text.trim().to_owned())
             }
             None => None,
@@ -88,13 +89,24 @@ pub struct Publish {
 
 /// Publishes one message; returns the number of channels it was queued to.
 pub async fn publish(target: &Target, message: &Publish) -> Result<u64, ClientError> {
-    let mut uri = format!("/v1/subscriptions/{}/publish", percent_encode(&message.subscription));
+    let mut uri = format!(
+        "/v1/subscriptions/{}/publish",
+        percent_encode(&message.subscription)
+    );
     if !message.exclude.is_empty() {
-        let ids: Vec<String> = message.exclude.iter().map(|id| percent_encode(id)).collect();
+        let ids: Vec<String> = message
+            .exclude
+            .iter()
+            .map(|id| percent_encode(id))
+            .collect();
         uri.push_str("?exclude=");
         uri.push_str(&ids.join(","));
     }
-    let content_type = if message.binary { "application/octet-stream" } else { "text/plain; charset=utf-8" };
+    let content_type = if message.binary {
+        "application/octet-stream"
+    } else {
+        "text/plain; charset=utf-8"
+    };
     let mut request = Request::post(uri)
         .header(header::HOST, target.addr.to_string())
         .header(header::CONTENT_TYPE, content_type);
@@ -103,10 +115,16 @@ pub async fn publish(target: &Target, message: &Publish) -> Result<u64, ClientEr
     }
     let request = request
         .body(Full::new(message.body.clone()))
-        .map_err(|e| ClientError::Io { addr: target.addr, reason: e.to_string() })?;
+        .map_err(|e| ClientError::Io {
+            addr: target.addr,
+            reason: e.to_string(),
+        })?;
     let (status, body) = tokio::time::timeout(TIMEOUT, call(target.addr, request))
         .await
-        .map_err(|_| ClientError::Io { addr: target.addr, reason: format!("no answer within {TIMEOUT:?}") })??;
+        .map_err(|_| ClientError::Io {
+            addr: target.addr,
+            reason: format!("no answer within {TIMEOUT:?}"),
+        })??;
     let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
         let message = value
@@ -116,43 +134,86 @@ pub async fn publish(target: &Target, message: &Publish) -> Result<u64, ClientEr
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
         return Err(ClientError::Refused { status, message });
     }
-    value.get("delivered").and_then(|d| d.as_u64()).ok_or_else(|| ClientError::Io {
-        addr: target.addr,
-        reason: format!("unexpected answer: {}", String::from_utf8_lossy(&body)),
-    })
+    value
+        .get("delivered")
+        .and_then(|d| d.as_u64())
+        .ok_or_else(|| ClientError::Io {
+            addr: target.addr,
+            reason: format!("unexpected answer: {}", String::from_utf8_lossy(&body)),
+        })
 }
 
-async fn call(addr: SocketAddr, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ClientError> {
-    let io_error = |e: &dyn std::fmt::Display| ClientError::Io { addr, reason: e.to_string() };
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| io_error(&e))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| io_error(&e))?;
+async fn call(
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let io_error = |e: &dyn std::fmt::Display| ClientError::Io {
+        addr,
+        reason: e.to_string(),
+    };
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| io_error(&e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| io_error(&e))?;
     tokio::spawn(connection);
-    let response = sender.send_request(request).await.map_err(|e| io_error(&e))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| io_error(&e))?;
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| io_error(&e))?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| io_error(&e))?
+        .to_bytes();
     Ok((status, body))
 }
 
 /// `wsgate publish`: reads the message (`None` or `-` = standard input), publishes it through
 /// the admin listener named by `config`, and returns the delivered count.
-pub fn publish_command(config: &Config, subscription: String, message: Option<String>, binary: bool, exclude: Vec<String>) -> Result<u64, ClientError> {
+pub fn publish_command(
+    config: &Config,
+    subscription: String,
+    message: Option<String>,
+    binary: bool,
+    exclude: Vec<String>,
+) -> Result<u64, ClientError> {
     let body = match message.as_deref() {
         None | Some("-") => {
             let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut data)
-                .map_err(|e| ClientError::Token(format!("cannot read the message from standard input: {e}")))?;
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut data).map_err(|e| {
+                ClientError::Token(format!("cannot read the message from standard input: {e}"))
+            })?;
             Bytes::from(data)
         }
         Some(text) => Bytes::from(text.to_owned()),
     };
-    let exclude = exclude.iter().flat_map(|e| e.split(',')).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+    let exclude = exclude
+        .iter()
+        .flat_map(|e| e.split(','))
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
     let target = Target::from_config(config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ClientError::Io { addr: target.addr, reason: format!("cannot start the runtime: {e}") })?;
-    runtime.block_on(publish(&target, &Publish { subscription, body, binary, exclude }))
+        .map_err(|e| ClientError::Io {
+            addr: target.addr,
+            reason: format!("cannot start the runtime: {e}"),
+        })?;
+    runtime.block_on(publish(
+        &target,
+        &Publish {
+            subscription,
+            body,
+            binary,
+            exclude,
+        },
+    ))
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (§2.3).

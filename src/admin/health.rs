@@ -14,7 +14,8 @@ use crate::server::{full_body, Body};
 /// type `info`, and the text ends with `# EOF`. Prometheus picks its parser from this
 /// Content-Type, and its 0.0.4 parser rejects the `info` type, so announcing `text/plain`
 /// would make scrapes fail.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What `/readyz` checks: the public listeners accept (no drain has started), the upstream
 /// accepts a TCP connection within a short timeout, and the broker is connected (the
@@ -34,15 +35,23 @@ pub struct Readiness {
 /// `GET /metrics`.
 pub fn metrics(state: &AdminState) -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::from(state.metrics.render())));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
 /// `GET /healthz`: the process serves requests.
 pub fn healthz() -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::from_static(b"ok\n")));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -55,10 +64,18 @@ pub async fn readyz(readiness: &Readiness) -> Response<Body> {
     } else {
         Ok(())
     };
-    let upstream = match tokio::time::timeout(readiness.upstream_timeout, tokio::net::TcpStream::connect(&readiness.upstream)).await {
+    let upstream = match tokio::time::timeout(
+        readiness.upstream_timeout,
+        tokio::net::TcpStream::connect(&readiness.upstream),
+    )
+    .await
+    {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(format!("{}: {error}", readiness.upstream)),
-        Err(_) => Err(format!("{}: connect timed out after {:?}", readiness.upstream, readiness.upstream_timeout)),
+        Err(_) => Err(format!(
+            "{}: connect timed out after {:?}",
+            readiness.upstream, readiness.upstream_timeout
+        )),
     };
     let ready = listeners.is_ok() && upstream.is_ok();
     let show = |r: &Result<(), String>| match r {
@@ -69,5 +86,12 @@ pub async fn readyz(readiness: &Readiness) -> Response<Body> {
         "ready": ready,
         "checks": { "listeners": show(&listeners), "upstream": show(&upstream), "broker": "ok" },
     });
-    json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+    json(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
 }
