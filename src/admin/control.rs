@@ -82,13 +82,8 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body
             _ => method_not_allowed("GET, HEAD"),
         },
         ["channels", id] => match method {
-            Method::GET | Method::HEAD => match state
-                .hub
-                .channel_summaries()
-                .iter()
-                .find(|c| c.id.as_str() == *id)
-            {
-                Some(summary) => json(StatusCode::OK, &channel_json(summary)),
+            Method::GET | Method::HEAD => match state.hub.channel_summary(id) {
+                Some(summary) => json(StatusCode::OK, &channel_json(&summary)),
                 None => unknown_channel(id),
             },
             Method::DELETE => close(state, id, req.uri().query()),

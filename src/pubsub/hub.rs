@@ -363,26 +363,33 @@ impl Hub {
         self.subscriptions.iter().map(|s| read(s).len()).sum()
     }
 
+    /// One open channel's summary (a single shard lookup).
+    pub fn channel_summary(&self, id: &str) -> Option<ChannelSummary> {
+        let id = ChannelId::from(id);
+        read(self.channel_shard(&id)).get(&id).map(summary)
+    }
+
     /// Every open channel, sorted by id.
     pub fn channel_summaries(&self) -> Vec<ChannelSummary> {
         let mut list: Vec<ChannelSummary> = self
             .channels
             .iter()
             .flat_map(|shard| {
-                read(shard)
-                    .values()
-                    .map(|e| ChannelSummary {
-                        id: e.handle.id().clone(),
-                        app: e.handle.app().to_owned(),
-                        url: e.handle.url().to_owned(),
-                        peer: e.handle.peer(),
-                        subscriptions: e.subscriptions.iter().map(|s| s.to_string()).collect(),
-                    })
-                    .collect::<Vec<_>>()
+                read(shard).values().map(summary).collect::<Vec<_>>()
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         list
+    }
+}
+
+fn summary(e: &ChannelEntry) -> ChannelSummary {
+    ChannelSummary {
+        id: e.handle.id().clone(),
+        app: e.handle.app().to_owned(),
+        url: e.handle.url().to_owned(),
+        peer: e.handle.peer(),
+        subscriptions: e.subscriptions.iter().map(|s| s.to_string()).collect(),
     }
 }
 
