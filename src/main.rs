@@ -1,4 +1,4 @@
-//! The `wsgate` command line: `run` and `check`. Everything else lives in the library.
+//! The `wsgate` command line: `run`, `check` and `publish`. Everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +23,25 @@ enum Command {
     /// Print the manual page (roff) to stdout; used by packaging.
     #[command(hide = true)]
     Man,
+    /// Publish one message to a subscription through the admin listener's control API (like
+    /// the seed's ws::multicast); prints the number of channels it was queued to.
+    Publish(PublishArgs),
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The subscription (`all` reaches every WebSocket).
+    subscription: String,
+    /// The message; `-` or nothing reads it from standard input.
+    message: Option<String>,
+    /// Send a binary message (default: text, which must be UTF-8).
+    #[arg(long)]
+    binary: bool,
+    /// A channel id that must not receive it (repeatable, or comma-separated).
+    #[arg(long, value_name = "ID")]
+    exclude: Vec<String>,
 }
 
 #[derive(Args)]
@@ -75,6 +94,27 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Run(args) => run(&args),
         Command::Man => man(),
+        Command::Publish(args) => publish(args),
+    }
+}
+
+fn publish(args: PublishArgs) -> ExitCode {
+    let config = match args.config.load() {
+        Ok((config, _)) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(1);
+        }
+    };
+    match wsgate::admin::client::publish_command(&config, args.subscription, args.message, args.binary, args.exclude) {
+        Ok(delivered) => {
+            println!("{delivered}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("wsgate publish: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 

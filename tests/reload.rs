@@ -91,11 +91,11 @@ async fn in_flight_requests_finish_on_the_old_upstream() {
     ws.send_text("more").await;
     assert!(matches!(ws.next().await, Some(WsIncoming::Text(t)) if &t[..] == b"more"));
 
-    // A rejected reload (an app kind this build does not serve) changes nothing.
+    // A rejected reload (a TLS listener whose certificate cannot be read) changes nothing.
     let bad = toml.replace("{UPSTREAM}", &format!("http://{}", old_up.addr))
-        + "\n[apps.chat]\nkind = \"chat\"\nurls = [\"/websocket/chat\"]\n";
+        + "\n[[listen]]\naddr = \"127.0.0.1:0\"\ntls = { cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }\n";
     let error = gate.server.reload(load(bad)).await.expect_err("rejected");
-    assert!(error.to_string().contains("chat"), "{error}");
+    assert!(error.to_string().contains("/nonexistent/cert.pem"), "{error}");
     ws.send_text("still").await;
     assert!(matches!(ws.next().await, Some(WsIncoming::Text(t)) if &t[..] == b"still"));
     drop(ws);

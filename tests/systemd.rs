@@ -173,6 +173,10 @@ url = "http://{upstream}"
 connect_timeout = "1s"
 response_timeout = "5s"
 
+# The default admin address (127.0.0.1:9090) would collide between parallel tests.
+[admin]
+addr = "off"
+
 [[listen]]
 addr = "127.0.0.1:0"
 {extra_listen}
@@ -212,27 +216,27 @@ fn notify_protocol_ready_status_watchdog_reload_stopping() {
     );
     assert!(field(&ready, "STATUS").unwrap().contains("0 WebSockets"), "{ready}");
 
-    // WATCHDOG=1 every WATCHDOG_USEC/2 = 200 ms: the first within 200 ms (+ scheduling slack),
-    // then at least three more within one second.
+    // WATCHDOG=1 every WATCHDOG_USEC/2 = 200 ms: the first within 200 ms (+ generous slack for
+    // a loaded CI machine), then about ten in the next two seconds.
     let t = Instant::now();
-    notify.wait_for("WATCHDOG=1", Duration::from_millis(400), |d| has(d, "WATCHDOG=1"));
+    notify.wait_for("WATCHDOG=1", Duration::from_millis(1000), |d| has(d, "WATCHDOG=1"));
     let first = t.elapsed();
     let mut pings = 0;
     let mut statuses = 0;
     let window = Instant::now();
-    while window.elapsed() < Duration::from_secs(1) {
+    while window.elapsed() < Duration::from_secs(2) {
         if let Some(d) = notify.recv(Duration::from_millis(300)) {
             pings += usize::from(has(&d, "WATCHDOG=1"));
             statuses += usize::from(field(&d, "STATUS").is_some());
         }
     }
-    eprintln!("first WATCHDOG after {first:?}; {pings} pings and {statuses} STATUS refreshes in the next second");
-    assert!(first <= Duration::from_millis(400), "first watchdog after {first:?}");
+    eprintln!("first WATCHDOG after {first:?}; {pings} pings and {statuses} STATUS refreshes in the next 2 s");
+    assert!(first <= Duration::from_millis(1000), "first watchdog after {first:?}");
     assert!(
-        (3..=7).contains(&pings),
-        "{pings} watchdog pings in 1 s at a 200 ms interval"
+        (6..=14).contains(&pings),
+        "{pings} watchdog pings in 2 s at a 200 ms interval"
     );
-    assert!(statuses >= 3, "STATUS refreshed periodically: {statuses} in 1 s");
+    assert!(statuses >= 5, "STATUS refreshed periodically: {statuses} in 2 s");
 
     // SIGHUP with a valid configuration: RELOADING=1 and MONOTONIC_USEC in one datagram, then
     // READY=1.

@@ -2,15 +2,56 @@
 //! [`ChannelHandle`]s: it never touches sockets or encodes frames itself.
 
 pub mod chat;
+pub mod backend;
 pub mod echo;
 pub mod logview;
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
 
 use crate::config::{AppConfig, AppKind};
-use crate::pubsub::{ChannelHandle, Hub};
+use crate::pubsub::{ChannelHandle, ChannelId, Hub};
+
+/// What an app sees of a WebSocket upgrade request before it is accepted.
+#[derive(Debug, Clone)]
+pub struct UpgradeRequest {
+    /// The id the channel will have if accepted.
+    pub channel: ChannelId,
+    /// The request's path and query.
+    pub url: String,
+    /// The request's headers (including `Cookie` and `Authorization`).
+    pub headers: HeaderMap,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+/// An app's refusal of an upgrade: the HTTP response sent instead of 101.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// The status (4xx/5xx, or whatever the app's backend chose).
+    pub status: StatusCode,
+    /// Headers to send (e.g. `Content-Type`, `Location`, `WWW-Authenticate`).
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Rejection {
+    /// A rejection with a short plain-text body.
+    pub fn text(status: StatusCode, text: &str) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+        Rejection { status, headers, body: Bytes::from(text.to_owned()) }
+    }
+}
+
+/// The decision an app takes before the 101 (see [`App::pre_accept`]).
+pub type PreAccept = Pin<Box<dyn Future<Output = Result<(), Rejection>> + Send>>;
 
 /// One complete data message received from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +64,19 @@ pub enum Message {
 
 /// The behaviour behind an app URL.
 pub trait App: Send + Sync + 'static {
+    /// Asked after wsgate's own checks of a valid upgrade and before the 101: `None` (the
+    /// default) accepts at once; a future decides asynchronously, and `Err` answers the
+    /// request with the rejection instead. When it resolves `Ok`, the app later gets
+    /// either `on_open` (and eventually `on_close`) or, if the client vanished during the
+    /// upgrade, [`App::on_accept_failed`].
+    fn pre_accept(&self, _request: &UpgradeRequest) -> Option<PreAccept> {
+        None
+    }
+
+    /// The 101 was sent after a successful [`App::pre_accept`], but the connection could not
+    /// be taken over; no `on_open` or `on_close` follows for this channel.
+    fn on_accept_failed(&self, _channel: &ChannelHandle) {}
+
     /// A client's WebSocket was accepted on one of the app's URLs.
     fn on_open(&self, _channel: &ChannelHandle) {}
 
@@ -41,13 +95,15 @@ pub trait App: Send + Sync + 'static {
 /// Why an app could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// The kind exists in the configuration schema but this build does not serve it yet.
-    #[error("apps.{name}: app kind `{kind}` is not available in this version of wsgate")]
-    Unavailable {
+    /// A required setting is missing (validation normally reports it first).
+    #[error("apps.{name}.{key}: {reason}")]
+    Setting {
         /// App name.
         name: String,
-        /// Its kind.
-        kind: &'static str,
+        /// The setting.
+        key: &'static str,
+        /// What is wrong.
+        reason: &'static str,
     },
 }
 
@@ -64,6 +120,6 @@ pub fn build(name: &str, config: &AppConfig, hub: &Arc<Hub>) -> Result<Arc<dyn A
             hub.clone(),
         ))),
         AppKind::Chat => Ok(Arc::new(chat::Chat::new(name, &config.urls, config.history(), hub.clone()))),
-        other => Err(AppError::Unavailable { name: name.to_owned(), kind: other.as_str() }),
+        AppKind::Backend => Ok(Arc::new(backend::Backend::new(name, config, hub.clone())?)),
     }
 }

@@ -99,7 +99,8 @@ fn listeners(config: &Config, out: &mut Vec<Issue>) {
         out.push(Issue::new("listen", "at least one listener is needed"));
     }
     let mut seen = HashMap::new();
-    for (i, l) in config.listen.iter().enumerate() {
+    // Port 0 asks the OS for a free port: two such listeners never collide.
+    for (i, l) in config.listen.iter().enumerate().filter(|(_, l)| l.addr.port() != 0) {
         if let Some(first) = seen.insert(l.addr, i) {
             out.push(Issue::new(
                 format!("listen.{i}.addr"),
@@ -121,7 +122,8 @@ fn listeners(config: &Config, out: &mut Vec<Issue>) {
             out.push(Issue::new(format!("listen.{i}.fd_name"), format!("\"{name}\" is already used by listen.{first}")));
         }
     }
-    if let Some(admin) = config.admin.addr {
+    // Port 0 asks the OS for a free port: two such listeners never collide.
+    if let Some(admin) = config.admin.addr.filter(|a| a.port() != 0) {
         if let Some(i) = config.listen.iter().position(|l| l.addr == admin) {
             out.push(Issue::new(
                 "admin.addr",

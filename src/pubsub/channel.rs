@@ -6,12 +6,13 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::queue::{ByteBudget, SlowConsumerPolicy};
+use crate::metrics::{ActionLabel, Metrics};
 use crate::ws::close::code;
 use crate::ws::codec::{server_frame, OpCode};
 
@@ -96,7 +97,12 @@ struct Inner {
     budget: Arc<ByteBudget>,
     policy: SlowConsumerPolicy,
     closing: AtomicBool,
+    /// Woken when `closing` is set, for [`ChannelHandle::closing`].
+    closing_changed: Notify,
     dropped: AtomicU64,
+    /// Set when the channel joins a hub that has metrics; slow-consumer events are counted
+    /// wherever the overflowing send came from (multicast, unicast, an app's own reply).
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 /// A cheap, clonable handle to one WebSocket connection's outbound side.
@@ -144,7 +150,9 @@ impl ChannelHandle {
             budget: budget.clone(),
             policy,
             closing: AtomicBool::new(false),
+            closing_changed: Notify::new(),
             dropped: AtomicU64::new(0),
+            metrics: OnceLock::new(),
         };
         (Self(Arc::new(inner)), ChannelQueue { rx, budget })
     }
@@ -169,6 +177,22 @@ impl ChannelHandle {
         self.0.peer
     }
 
+    /// Counts this channel's slow-consumer events in `metrics` from now on (first call wins).
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.0.metrics.set(metrics);
+    }
+
+    fn count_slow_consumer(&self, action: &'static str) {
+        if let Some(metrics) = self.0.metrics.get() {
+            metrics.slow_consumer_events.get_or_create(&ActionLabel { action }).inc();
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.0.budget.queued()
+    }
+
     /// Frames dropped under the `drop` policy so far.
     pub fn dropped(&self) -> u64 {
         self.0.dropped.load(Ordering::Relaxed)
@@ -177,6 +201,20 @@ impl ChannelHandle {
     /// Whether the channel is closing or closed.
     pub fn is_closing(&self) -> bool {
         self.0.closing.load(Ordering::Acquire) || self.0.tx.is_closed()
+    }
+
+    /// Resolves once a close has been started on this channel (by an app, the control API,
+    /// the slow-consumer policy or the session itself). A session selects on it so a close
+    /// decided elsewhere starts its close timeout at once, even while the peer is silent.
+    pub async fn closing(&self) {
+        loop {
+            // Created before the check: `notify_waiters` wakes every `Notified` that exists.
+            let changed = self.0.closing_changed.notified();
+            if self.0.closing.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Queues a complete pre-encoded frame (shared bytes; no copy). Applies the slow-consumer
@@ -189,9 +227,12 @@ impl ChannelHandle {
             return match self.0.policy {
                 SlowConsumerPolicy::Drop => {
                     self.0.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.count_slow_consumer("drop");
                     Err(SendError::Dropped)
                 }
                 SlowConsumerPolicy::Close => {
+                    // Later frames see `Closed` above, so this counts once per channel.
+                    self.count_slow_consumer("close");
                     self.close(code::POLICY, "send queue overflow");
                     Err(SendError::SlowConsumerClosed)
                 }
@@ -235,6 +276,7 @@ impl ChannelHandle {
             return;
         }
         let _ = self.0.tx.send(Outbound::Close { code: Some(code), reason: reason.to_owned() });
+        self.0.closing_changed.notify_waiters();
     }
 
     /// Answers the peer's Close (RFC 6455 §5.5.1: echo its status code) unless we already sent
@@ -243,7 +285,9 @@ impl ChannelHandle {
         if self.0.closing.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.0.tx.send(Outbound::Close { code: peer_code, reason: String::new() }).is_ok()
+        let queued = self.0.tx.send(Outbound::Close { code: peer_code, reason: String::new() }).is_ok();
+        self.0.closing_changed.notify_waiters();
+        queued
     }
 }
 
@@ -286,5 +330,21 @@ mod tests {
         assert!(matches!(q.rx.try_recv(), Ok(Outbound::Frame(_))));
         assert!(matches!(q.rx.try_recv(), Ok(Outbound::Close { code: Some(1008), .. })));
         assert_eq!(ch.send_text("late"), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn closing_resolves_when_a_close_starts() {
+        let (ch, _q) = channel(8, SlowConsumerPolicy::Close);
+        let waiter = tokio::spawn({
+            let ch = ch.clone();
+            async move { ch.closing().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        ch.send_frame(Bytes::from_static(b"12345678")).unwrap();
+        let _ = ch.send_frame(Bytes::from_static(b"overflow"));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        // and at once when already closing
+        ch.closing().await;
     }
 }

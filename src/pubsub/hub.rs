@@ -7,17 +7,24 @@
 //!   in different shards and never contend.
 //! - Queues never block: a full queue triggers that channel's slow-consumer policy only.
 //! - Subscribing twice is idempotent; a closed channel leaves every subscription at once.
-//! - The reserved subscription [`ALL`] reaches every open channel of every app.
+//! - The reserved subscription [`ALL`] reaches every open channel of every app; its fan-out
+//!   is serialised by one lock of its own so it, too, keeps one order for every channel.
+//! - With metrics attached ([`Hub::with_metrics`]) a multicast records `multicast_total`,
+//!   `multicast_deliveries_total` and `multicast_duration_seconds`; channels count their
+//!   slow-consumer events; `subscriptions_active` follows every membership change.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::channel::{ChannelHandle, ChannelId, SendError};
 use crate::apps::Message;
+use crate::metrics::Metrics;
+use crate::ws::close::is_valid_wire_code;
 use crate::ws::codec::{server_frame, OpCode};
 
 /// The reserved subscription that reaches every WebSocket.
@@ -42,7 +49,14 @@ pub enum HubError {
     /// `all` is maintained by the hub; channels cannot join or leave it.
     #[error("`all` is reserved: every channel is always in it")]
     Reserved,
+    /// A close code that may not be sent (RFC 6455 §7.4), or a reason over 123 bytes.
+    #[error("invalid close: {0}")]
+    InvalidClose(String),
 }
+
+/// Longest close reason: a control frame payload is at most 125 bytes (RFC 6455 §5.5),
+/// two of which carry the code.
+pub const MAX_CLOSE_REASON: usize = 123;
 
 /// What one multicast did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,6 +100,9 @@ struct Subscription {
 pub struct Hub {
     channels: Vec<RwLock<HashMap<ChannelId, ChannelEntry>>>,
     subscriptions: Vec<RwLock<HashMap<Arc<str>, Arc<Subscription>>>>,
+    /// Serialises multicasts to `all`, which read every channel shard.
+    all_order: Mutex<()>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for Hub {
@@ -120,6 +137,25 @@ impl Hub {
         Self {
             channels: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             subscriptions: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            all_order: Mutex::new(()),
+            metrics: None,
+        }
+    }
+
+    /// An empty hub that records its multicasts, subscriptions and its channels' slow-consumer
+    /// events in `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self { metrics: Some(metrics), ..Self::new() }
+    }
+
+    /// The metrics this hub records into, if any (apps count their own events there too).
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
+    fn update_subscription_gauge(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.subscriptions_active.set(self.subscription_count() as i64);
         }
     }
 
@@ -133,6 +169,9 @@ impl Hub {
 
     /// Registers an open channel (it is then in `all`).
     pub fn register(&self, channel: ChannelHandle) {
+        if let Some(metrics) = &self.metrics {
+            channel.attach_metrics(metrics.clone());
+        }
         let entry = ChannelEntry { handle: channel.clone(), subscriptions: BTreeSet::new() };
         write(self.channel_shard(channel.id())).insert(channel.id().clone(), entry);
     }
@@ -140,9 +179,28 @@ impl Hub {
     /// Removes a closed channel from the hub and from every subscription.
     pub fn unregister(&self, id: &ChannelId) {
         let Some(entry) = write(self.channel_shard(id)).remove(id) else { return };
+        let had_subscriptions = !entry.subscriptions.is_empty();
         for name in entry.subscriptions {
             self.remove_member(&name, id);
         }
+        if had_subscriptions {
+            self.update_subscription_gauge();
+        }
+    }
+
+    /// Starts closing channel `id` with `code` and `reason` (the `ws::close` of the seed's
+    /// API). The channel leaves every subscription when its session ends; from now on sends
+    /// to it fail with [`SendError::Closed`].
+    pub fn close_channel(&self, id: &str, code: u16, reason: &str) -> Result<(), HubError> {
+        if !is_valid_wire_code(code) {
+            return Err(HubError::InvalidClose(format!("code {code} may not be sent (RFC 6455 §7.4)")));
+        }
+        if reason.len() > MAX_CLOSE_REASON {
+            return Err(HubError::InvalidClose(format!("reason is {} bytes; at most {MAX_CLOSE_REASON}", reason.len())));
+        }
+        let handle = self.channel(id).ok_or_else(|| HubError::UnknownChannel(id.to_owned()))?;
+        handle.close(code, reason);
+        Ok(())
     }
 
     /// The handle of an open channel.
@@ -174,6 +232,7 @@ impl Hub {
         if read(self.channel_shard(id)).get(id).is_none() {
             self.remove_member(&name, id);
         }
+        self.update_subscription_gauge();
         Ok(true)
     }
 
@@ -189,6 +248,7 @@ impl Hub {
         };
         if was_member {
             self.remove_member(name, id);
+            self.update_subscription_gauge();
         }
         Ok(was_member)
     }
@@ -225,7 +285,21 @@ impl Hub {
     }
 
     /// Like [`Hub::multicast`] with an already-encoded frame (shared, never copied).
+    ///
+    /// Each member gets a clone of `frame`: a reference-count increment, no allocation and no
+    /// copy of the payload (`benches/multicast.rs` counts allocations to prove it).
     pub fn multicast_frame(&self, name: &str, frame: Bytes, exclude: &[ChannelId]) -> Delivery {
+        let started = self.metrics.as_ref().map(|_| Instant::now());
+        let delivery = self.fan_out(name, &frame, exclude);
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            metrics.multicast.inc();
+            metrics.multicast_deliveries.inc_by(delivery.delivered as u64);
+            metrics.multicast_duration.observe(started.elapsed().as_secs_f64());
+        }
+        delivery
+    }
+
+    fn fan_out(&self, name: &str, frame: &Bytes, exclude: &[ChannelId]) -> Delivery {
         let mut delivery = Delivery::default();
         let mut deliver = |id: &ChannelId, handle: &ChannelHandle| {
             if exclude.contains(id) {
@@ -239,6 +313,7 @@ impl Hub {
             }
         };
         if name == ALL {
+            let _order = lock(&self.all_order);
             for shard in &self.channels {
                 for (id, entry) in read(shard).iter() {
                     deliver(id, &entry.handle);
@@ -288,26 +363,33 @@ impl Hub {
         self.subscriptions.iter().map(|s| read(s).len()).sum()
     }
 
+    /// One open channel's summary (a single shard lookup).
+    pub fn channel_summary(&self, id: &str) -> Option<ChannelSummary> {
+        let id = ChannelId::from(id);
+        read(self.channel_shard(&id)).get(&id).map(summary)
+    }
+
     /// Every open channel, sorted by id.
     pub fn channel_summaries(&self) -> Vec<ChannelSummary> {
         let mut list: Vec<ChannelSummary> = self
             .channels
             .iter()
             .flat_map(|shard| {
-                read(shard)
-                    .values()
-                    .map(|e| ChannelSummary {
-                        id: e.handle.id().clone(),
-                        app: e.handle.app().to_owned(),
-                        url: e.handle.url().to_owned(),
-                        peer: e.handle.peer(),
-                        subscriptions: e.subscriptions.iter().map(|s| s.to_string()).collect(),
-                    })
-                    .collect::<Vec<_>>()
+                read(shard).values().map(summary).collect::<Vec<_>>()
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         list
+    }
+}
+
+fn summary(e: &ChannelEntry) -> ChannelSummary {
+    ChannelSummary {
+        id: e.handle.id().clone(),
+        app: e.handle.app().to_owned(),
+        url: e.handle.url().to_owned(),
+        peer: e.handle.peer(),
+        subscriptions: e.subscriptions.iter().map(|s| s.to_string()).collect(),
     }
 }
 
@@ -394,5 +476,81 @@ mod tests {
         assert_eq!(counts, vec![1, 1, 2, 1]);
         assert!(matches!(hub.send("n1-999", &Message::Text("x".into())), Err(HubError::UnknownChannel(_))));
         assert_eq!(hub.subscribe(chans[0].0.id(), ALL), Err(HubError::Reserved));
+    }
+
+    #[test]
+    fn close_channel_validates_and_queues_the_close() {
+        let hub = Hub::new();
+        let ids = ChannelIdGenerator::new("n1");
+        let (a, mut qa) = open(&hub, &ids);
+        assert!(matches!(hub.close_channel(a.id().as_str(), 1005, ""), Err(HubError::InvalidClose(_))));
+        assert!(matches!(hub.close_channel(a.id().as_str(), 1000, &"x".repeat(124)), Err(HubError::InvalidClose(_))));
+        assert!(matches!(hub.close_channel("n1-404", 1000, ""), Err(HubError::UnknownChannel(_))));
+        hub.close_channel(a.id().as_str(), 4000, "bye").unwrap();
+        match qa.rx.try_recv() {
+            Ok(Outbound::Close { code, reason }) => assert_eq!((code, reason.as_str()), (Some(4000), "bye")),
+            other => panic!("expected a close, got {other:?}"),
+        }
+        assert!(matches!(hub.send(a.id().as_str(), &Message::Text("late".into())), Err(HubError::Send { error: SendError::Closed, .. })));
+    }
+
+    #[test]
+    fn metrics_follow_multicasts_subscriptions_and_slow_consumers() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::with_metrics(metrics.clone());
+        let ids = ChannelIdGenerator::new("n1");
+        let info = ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
+        let (slow, _q_slow) = ChannelHandle::new(info, 4, SlowConsumerPolicy::Drop);
+        hub.register(slow.clone());
+        let (fast, _q_fast) = open(&hub, &ids);
+        hub.subscribe(slow.id(), "r").unwrap();
+        hub.subscribe(fast.id(), "r").unwrap();
+        hub.subscribe(fast.id(), "s").unwrap();
+        assert_eq!(metrics.subscriptions_active.get(), 2);
+        for _ in 0..3 {
+            hub.multicast("r", &Message::Text("12345".into()), &[]);
+        }
+        // The first frame is admitted into the empty queue; the next two are dropped.
+        assert_eq!(slow.dropped(), 2);
+        assert_eq!(metrics.multicast.get(), 3);
+        assert_eq!(metrics.multicast_deliveries.get(), 4);
+        let text = metrics.render();
+        assert!(text.contains("wsgate_slow_consumer_events_total{action=\"drop\"} 2"), "{text}");
+        assert!(text.contains("wsgate_multicast_duration_seconds_count 3"), "{text}");
+        hub.unregister(fast.id());
+        assert_eq!(metrics.subscriptions_active.get(), 1);
+    }
+
+    #[test]
+    fn concurrent_multicasts_keep_one_order_for_every_member() {
+        let hub = Arc::new(Hub::new());
+        let ids = ChannelIdGenerator::new("n1");
+        let mut chans: Vec<_> = (0..8).map(|_| open(&hub, &ids)).collect();
+        for (h, _) in &chans {
+            hub.subscribe(h.id(), "r").unwrap();
+        }
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let hub = hub.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        hub.multicast("r", &Message::Text(format!("{t}:{i}").into()), &[]);
+                        hub.multicast(ALL, &Message::Text(format!("all {t}:{i}").into()), &[]);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let first = frames(&mut chans[0].1);
+        assert_eq!(first.len(), 1600);
+        let room = |f: &Vec<Bytes>| f.iter().filter(|b| !b[2..].starts_with(b"all")).cloned().collect::<Vec<_>>();
+        let all = |f: &Vec<Bytes>| f.iter().filter(|b| b[2..].starts_with(b"all")).cloned().collect::<Vec<_>>();
+        for (_, q) in chans.iter_mut().skip(1) {
+            let other = frames(q);
+            assert_eq!(room(&other), room(&first), "same order of the subscription's messages");
+            assert_eq!(all(&other), all(&first), "same order of `all`'s messages");
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
+use crate::admin::{self, AdminError, AdminState};
 use crate::apps::{self, App};
 use crate::config::{AppConfig, Config, SlowConsumerPolicy as ConfigPolicy};
 use crate::metrics::{KindLabel, Metrics};
@@ -54,6 +55,9 @@ pub enum StartError {
         /// What is wrong.
         source: tls::TlsError,
     },
+    /// The admin listener could not start.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// A listener could not be bound.
     #[error("listen {addr}: cannot bind: {source}")]
     Bind {
@@ -136,6 +140,7 @@ pub struct RunningServer {
     state: Arc<State>,
     listeners: Arc<Mutex<reload::Listeners>>,
     reload_lock: tokio::sync::Mutex<()>,
+    admin: Option<SocketAddr>,
     drain: Drain,
 }
 
@@ -143,6 +148,11 @@ impl RunningServer {
     /// The listeners, in configuration order.
     pub fn listeners(&self) -> Vec<BoundListener> {
         reload::lock(&self.listeners).bound()
+    }
+
+    /// The admin listener's bound address (`None` when `[admin] addr = "off"`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// The hub of this server's channels and subscriptions.
@@ -164,7 +174,7 @@ impl RunningServer {
     /// Stops accepting, closes WebSockets with 1001 and waits for in-flight requests, at most
     /// `shutdown_timeout`. Returns `true` when everything finished in time.
     pub async fn shutdown(self) -> bool {
-        let RunningServer { state, listeners, reload_lock, drain } = self;
+        let RunningServer { state, listeners, reload_lock, drain, admin: _ } = self;
         let timeout = state.runtime.load().config.limits.shutdown_timeout;
         drop((state, listeners, reload_lock));
         drain.drain(timeout).await
@@ -210,9 +220,16 @@ impl Monitor {
 /// passed, see [`reload::open_listener`]) and starts serving.
 pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let passed = crate::systemd::take_listen_fds().map_err(|e| StartError::Activation(e.to_string()))?;
-    let hub = Arc::new(Hub::new());
     let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::with_metrics(metrics.clone()));
     let runtime = build_runtime(config, &hub, &metrics, None)?;
+    let admin_listener = match config.admin.addr {
+        Some(addr) => {
+            let token = admin::load_token(config.admin.token_file.as_deref())?;
+            Some((admin::bind(addr)?, token))
+        }
+        None => None,
+    };
     let mut listeners = reload::Listeners::new(passed);
     let prepared = listeners.prepare(config)?;
 
@@ -228,12 +245,37 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     });
     listeners.commit(&state, prepared);
     listeners.warn_unused_passed();
+    let mut admin_addr = None;
+    if let Some((listener, token)) = admin_listener {
+        let addr = listener.local_addr().map_err(|source| AdminError::Bind { addr: listener_addr(config), source })?;
+        let admin_state = Arc::new(AdminState {
+            hub: state.hub.clone(),
+            metrics: state.metrics.clone(),
+            token,
+            max_body: config.websocket.max_message_size,
+            readiness: admin::health::Readiness {
+                draining: state.drain.receiver(),
+                listeners: listeners.len(),
+                upstream: config.upstream.url.authority(),
+                upstream_timeout: config.upstream.connect_timeout.min(Duration::from_secs(1)),
+            },
+        });
+        // Logged as `admin=`, not `addr=`: scripts find the public listener by `addr=`.
+        tracing::info!(admin = %addr, token = admin_state.token.is_some(), "admin listener (metrics, health, control API)");
+        tokio::spawn(admin::serve(listener, admin_state, state.drain.receiver()));
+        admin_addr = Some(addr);
+    }
     Ok(RunningServer {
         state,
         listeners: Arc::new(Mutex::new(listeners)),
         reload_lock: tokio::sync::Mutex::new(()),
+        admin: admin_addr,
         drain,
     })
+}
+
+fn listener_addr(config: &Config) -> SocketAddr {
+    config.admin.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 /// The node part of channel ids: the process id keeps ids unique between nodes on one host
@@ -347,7 +389,7 @@ async fn handle(
             let app = app.clone();
             match upgrade::authorize(&client, &app, &req).await {
                 Some(refused) => refused,
-                None => upgrade::accept(state.clone(), client, slot, app, req),
+                None => upgrade::accept(state.clone(), client, slot, app, req).await,
             }
         }
         Route::Page(app) => page_response(&req, app.app.page().unwrap_or_default()),
@@ -414,6 +456,11 @@ pub fn check(config: &Config) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     if let Err(error) = build_runtime(config, &Arc::new(Hub::new()), &Metrics::new(), None) {
         problems.push(error.to_string());
+    }
+    if config.admin.addr.is_some() {
+        if let Err(error) = admin::load_token(config.admin.token_file.as_deref()) {
+            problems.push(error.to_string());
+        }
     }
     for listen in &config.listen {
         if let Some(tls) = &listen.tls {

@@ -8,15 +8,17 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::access::{check_address, check_origin};
-use super::{empty_body, text_response, AppRoute, Body, ConnectionSlot, State};
+use super::{empty_body, full_body, text_response, AppRoute, Body, ConnectionSlot, State};
+use crate::apps::UpgradeRequest;
 use crate::metrics::{AppLabel, ReasonLabel};
 use crate::proxy::ClientInfo;
 use crate::pubsub::channel::{ChannelHandle, ChannelInfo};
 use crate::ws::handshake::{accept_key, response_headers, select_protocol, validate_upgrade, HandshakeError};
 use crate::ws::session;
 
-/// Answers the upgrade request on `route` and, when accepted, spawns the session.
-pub(super) fn accept(
+/// Answers the upgrade request on `route` and, when accepted, spawns the session. An app with
+/// a [`pre_accept`](crate::apps::App::pre_accept) hook decides before the 101.
+pub(super) async fn accept(
     state: Arc<State>,
     client: ClientInfo,
     slot: Arc<ConnectionSlot>,
@@ -52,6 +54,21 @@ pub(super) fn accept(
         url: req.uri().path().into(),
         peer: client.peer,
     };
+    let pre_accept = route.app.pre_accept(&UpgradeRequest {
+        channel: info.id.clone(),
+        url: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| info.url.to_string()),
+        headers: req.headers().clone(),
+        peer: client.peer,
+    });
+    let decided = pre_accept.is_some();
+    if let Some(decision) = pre_accept {
+        if let Err(rejection) = decision.await {
+            let mut response = Response::new(full_body(rejection.body));
+            *response.status_mut() = rejection.status;
+            *response.headers_mut() = rejection.headers;
+            return response;
+        }
+    }
     let (channel, queue) = ChannelHandle::new(info, route.send_queue, route.slow_consumer);
     let session_state = state.clone();
     tokio::spawn(async move {
@@ -77,7 +94,12 @@ pub(super) fn accept(
                 session_state.hub.unregister(channel.id());
                 tracing::debug!(app = %route.name, channel = %channel.id(), ?end, "WebSocket closed");
             }
-            Err(error) => tracing::debug!(app = %route.name, %error, "upgrade failed after the handshake"),
+            Err(error) => {
+                tracing::debug!(app = %route.name, %error, "upgrade failed after the handshake");
+                if decided {
+                    route.app.on_accept_failed(&channel);
+                }
+            }
         }
         drop(session_state);
     });

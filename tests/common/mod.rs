@@ -29,7 +29,11 @@ pub struct Gate {
 }
 
 pub async fn start_gate(toml: &str, upstream: SocketAddr) -> Gate {
-    let text = toml.replace("{UPSTREAM}", &format!("http://{upstream}"));
+    let mut text = toml.replace("{UPSTREAM}", &format!("http://{upstream}"));
+    if !text.contains("[admin]") {
+        // The default admin address (127.0.0.1:9090) would collide between parallel tests.
+        text.push_str("\n[admin]\naddr = \"off\"\n");
+    }
     let config = config::load(ConfigSource::Text { name: "test.toml".into(), text }, &CliOverrides::default())
         .unwrap_or_else(|e| panic!("test config invalid: {e}"));
     let server = wsgate::server::start(&config).await.expect("wsgate starts");
@@ -53,7 +57,9 @@ addr = "127.0.0.1:0"
 kind = "echo"
 urls = ["/websocket/echo"]
 {extra}
-"#
+{admin}"#,
+        // Tests that spawn the binary use this text as is: keep them off the shared 9090.
+        admin = if extra.contains("[admin]") { "" } else { "\n[admin]\naddr = \"off\"\n" }
     )
 }
 
@@ -256,7 +262,11 @@ pub fn upgrade_request(path: &str, extra: &str) -> String {
 impl WsClient {
     /// Opens a WebSocket to `path`; panics unless the answer is 101 with the right accept key.
     pub async fn connect(addr: SocketAddr, path: &str) -> WsClient {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        Self::connect_stream(TcpStream::connect(addr).await.unwrap(), path).await
+    }
+
+    /// Like [`WsClient::connect`] over an already connected stream (e.g. with small buffers).
+    pub async fn connect_stream(mut stream: TcpStream, path: &str) -> WsClient {
         let response = raw_request(&mut stream, upgrade_request(path, "").as_bytes()).await;
         assert_eq!(response.status, 101, "upgrade refused: {}", response.head);
         assert_eq!(response.header("sec-websocket-accept").as_deref(), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));

@@ -1,0 +1,230 @@
+//! The client side of the control API, for `wsgate publish` (the seed's `ws::multicast` from
+//! a shell): finds the admin listener and token from the configuration and POSTs one message.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::config::Config;
+
+/// Time allowed for the whole publish request.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a control API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `[admin] addr = "off"`.
+    #[error("the admin listener is off ([admin] addr = \"off\"); there is no control API to call")]
+    AdminOff,
+    /// The token file or the message could not be read.
+    #[error("{0}")]
+    Token(String),
+    /// Connecting or talking to the admin listener failed.
+    #[error("admin listener {addr}: {reason}")]
+    Io {
+        /// Where.
+        addr: SocketAddr,
+        /// What happened.
+        reason: String,
+    },
+    /// The API answered with an error.
+    #[error("{status}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: StatusCode,
+        /// The API's error text.
+        message: String,
+    },
+}
+
+/// Where the control API of a configuration listens, and its token.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The admin listener (an unspecified bind address is reached on loopback).
+    pub addr: SocketAddr,
+    /// The bearer token, when `token_file` is set.
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// The target described by `config`'s `[admin]`.
+    pub fn from_config(config: &Config) -> Result<Self, ClientError> {
+        let mut addr = config.admin.addr.ok_or(ClientError::AdminOff)?;
+        if addr.ip().is_unspecified() {
+            // Bound to every address: this host reaches it on loopback.
+            addr.set_ip(match addr.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        let token = match &config.admin.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ClientError::Token(format!("admin.token_file {}: {e}", path.display()))
+                })?;
+                Some(text.trim().to_owned())
+            }
+            None => None,
+        };
+        Ok(Target { addr, token })
+    }
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// The subscription.
+    pub subscription: String,
+    /// The message.
+    pub body: Bytes,
+    /// Send as a binary message (otherwise text, which must be UTF-8).
+    pub binary: bool,
+    /// Channel ids that must not receive it.
+    pub exclude: Vec<String>,
+}
+
+/// Publishes one message; returns the number of channels it was queued to.
+pub async fn publish(target: &Target, message: &Publish) -> Result<u64, ClientError> {
+    let mut uri = format!(
+        "/v1/subscriptions/{}/publish",
+        percent_encode(&message.subscription)
+    );
+    if !message.exclude.is_empty() {
+        let ids: Vec<String> = message
+            .exclude
+            .iter()
+            .map(|id| percent_encode(id))
+            .collect();
+        uri.push_str("?exclude=");
+        uri.push_str(&ids.join(","));
+    }
+    let content_type = if message.binary {
+        "application/octet-stream"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut request = Request::post(uri)
+        .header(header::HOST, target.addr.to_string())
+        .header(header::CONTENT_TYPE, content_type);
+    if let Some(token) = &target.token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(message.body.clone()))
+        .map_err(|e| ClientError::Io {
+            addr: target.addr,
+            reason: e.to_string(),
+        })?;
+    let (status, body) = tokio::time::timeout(TIMEOUT, call(target.addr, request))
+        .await
+        .map_err(|_| ClientError::Io {
+            addr: target.addr,
+            reason: format!("no answer within {TIMEOUT:?}"),
+        })??;
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let message = value
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+        return Err(ClientError::Refused { status, message });
+    }
+    value
+        .get("delivered")
+        .and_then(|d| d.as_u64())
+        .ok_or_else(|| ClientError::Io {
+            addr: target.addr,
+            reason: format!("unexpected answer: {}", String::from_utf8_lossy(&body)),
+        })
+}
+
+async fn call(
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let io_error = |e: &dyn std::fmt::Display| ClientError::Io {
+        addr,
+        reason: e.to_string(),
+    };
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| io_error(&e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| io_error(&e))?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| io_error(&e))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| io_error(&e))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// `wsgate publish`: reads the message (`None` or `-` = standard input), publishes it through
+/// the admin listener named by `config`, and returns the delivered count.
+pub fn publish_command(
+    config: &Config,
+    subscription: String,
+    message: Option<String>,
+    binary: bool,
+    exclude: Vec<String>,
+) -> Result<u64, ClientError> {
+    let body = match message.as_deref() {
+        None | Some("-") => {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut data).map_err(|e| {
+                ClientError::Token(format!("cannot read the message from standard input: {e}"))
+            })?;
+            Bytes::from(data)
+        }
+        Some(text) => Bytes::from(text.to_owned()),
+    };
+    let exclude = exclude
+        .iter()
+        .flat_map(|e| e.split(','))
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let target = Target::from_config(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Io {
+            addr: target.addr,
+            reason: format!("cannot start the runtime: {e}"),
+        })?;
+    runtime.block_on(publish(
+        &target,
+        &Publish {
+            subscription,
+            body,
+            binary,
+            exclude,
+        },
+    ))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (§2.3).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

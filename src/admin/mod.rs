@@ -1,0 +1,272 @@
+//! The admin listener (DESIGN §6): `GET /metrics`, `GET /healthz`, `GET /readyz` and the
+//! control API under `/v1/`, on a listener of its own (never the public one).
+//!
+//! Plain HTTP/1.1 served by hyper. The control API needs `Authorization: Bearer TOKEN` when
+//! `[admin] token_file` is set; configuration validation refuses a non-loopback `addr`
+//! without one, so the API is never open to the network. Metrics and health stay
+//! unauthenticated: scrapers and load balancers do not carry tokens.
+
+pub mod client;
+pub mod control;
+pub mod health;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha1::{Digest, Sha1};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::pubsub::Hub;
+use crate::server::{full_body, Body};
+
+/// Time allowed for a complete request head on the admin listener.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the admin listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The token file is missing, unreadable or empty.
+    #[error("admin.token_file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The address could not be bound.
+    #[error("admin.addr {addr}: cannot bind: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The bearer token of the control API, kept as a digest so comparing it takes the same
+/// time whatever the candidate (its length included).
+#[derive(Clone)]
+pub struct Token([u8; 20]);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// A token from its text (surrounding whitespace, e.g. the file's newline, is ignored).
+    pub fn new(text: &str) -> Option<Self> {
+        let text = text.trim();
+        (!text.is_empty()).then(|| Token(Sha1::digest(text.as_bytes()).into()))
+    }
+
+    /// Reads the token from `path`.
+    pub fn read(path: &Path) -> Result<Self, AdminError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AdminError::Token {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Token::new(&text).ok_or_else(|| AdminError::Token {
+            path: path.to_owned(),
+            reason: "the file is empty".into(),
+        })
+    }
+
+    /// Whether `candidate` is the token, in time independent of where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let digest: [u8; 20] = Sha1::digest(candidate).into();
+        digest
+            .iter()
+            .zip(self.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// Reads the token of `[admin] token_file`, if one is configured.
+pub fn load_token(token_file: Option<&Path>) -> Result<Option<Token>, AdminError> {
+    token_file.map(Token::read).transpose()
+}
+
+/// What the admin handlers share.
+pub struct AdminState {
+    /// The node's channels and subscriptions.
+    pub hub: Arc<Hub>,
+    /// The metrics registry rendered at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Required on `/v1/` when set.
+    pub token: Option<Token>,
+    /// Largest message accepted by publish/send (`[websocket] max_message_size`).
+    pub max_body: usize,
+    /// What `/readyz` checks.
+    pub readiness: health::Readiness,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("token", &self.token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds the admin address (so `start` fails early on a taken port).
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    let bound = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(TcpListener::from_std);
+    bound.map_err(|source| AdminError::Bind { addr, source })
+}
+
+/// Serves the admin API on `listener` until `shutdown` turns `true`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "admin: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "admin connection ended");
+            }
+        });
+    }
+}
+
+/// Routes one admin request.
+pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/metrics" => only_get(&req).unwrap_or_else(|| health::metrics(state)),
+        "/healthz" => only_get(&req).unwrap_or_else(health::healthz),
+        "/readyz" => match only_get(&req) {
+            Some(refused) => refused,
+            None => health::readyz(&state.readiness).await,
+        },
+        _ if path == "/v1" || path.starts_with("/v1/") => {
+            if let Some(token) = &state.token {
+                if !authorized(token, req.headers()) {
+                    let mut response =
+                        error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"wsgate\""),
+                    );
+                    return response;
+                }
+            }
+            control::handle(state, req).await
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such admin route"),
+    }
+}
+
+fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
+    (req.method() != Method::GET && req.method() != Method::HEAD)
+        .then(|| method_not_allowed("GET, HEAD"))
+}
+
+fn authorized(token: &Token, headers: &http::HeaderMap) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    // RFC 6750 §2.1: `Bearer` followed by the token; the scheme is case-insensitive.
+    if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    token.matches(value[7..].trim_ascii())
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut body = value.to_string();
+    body.push('\n');
+    let mut response = Response::new(full_body(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A JSON error: `{"error":"..."}`.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// 405 with the methods the route accepts (RFC 9110 §15.5.6: `Allow` is required).
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method not allowed; use {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ignores_the_newline_and_rejects_others() {
+        let token = Token::new("s3cret\n").unwrap();
+        assert!(token.matches(b"s3cret"));
+        assert!(!token.matches(b"s3cre"));
+        assert!(!token.matches(b"s3cret "));
+        assert!(!token.matches(b""));
+        assert!(Token::new(" \n").is_none());
+        let mut headers = http::HeaderMap::new();
+        assert!(!authorized(&token, &headers));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer s3cret"),
+        );
+        assert!(authorized(&token, &headers));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic s3cret"),
+        );
+        assert!(!authorized(&token, &headers));
+    }
+}
