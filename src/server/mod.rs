@@ -49,6 +49,9 @@ pub enum StartError {
         /// What is wrong.
         source: tls::TlsError,
     },
+    /// The `[broker]` settings are unusable (unreadable file, bad URL or certificate).
+    #[error("broker: {0}")]
+    Broker(String),
     /// A listener could not be bound.
     #[error("listen {addr}: cannot bind: {source}")]
     Bind {
@@ -130,13 +133,20 @@ impl RunningServer {
     /// Stops accepting, closes WebSockets with 1001 and waits for in-flight requests, at most
     /// `shutdown_timeout`. Returns `true` when everything finished in time.
     pub async fn shutdown(self) -> bool {
-        self.drain.drain(self.shutdown_timeout).await
+        let finished = self.drain.drain(self.shutdown_timeout).await;
+        if let Some(broker) = self.hub.broker() {
+            broker.close();
+        }
+        finished
     }
 }
 
 /// Builds the apps, loads certificates, binds every listener and starts serving.
 pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let hub = Arc::new(Hub::new());
+    let node = config.broker.node.clone().unwrap_or_else(node_name);
+    // broker_errors_total: pass the metrics registry's counter here once it is wired.
+    crate::pubsub::broker::attach(&config.broker, &node, &hub, Default::default()).map_err(StartError::Broker)?;
     let router = build_router(config, &hub)?;
     let mut tls_configs = Vec::with_capacity(config.listen.len());
     for listen in &config.listen {
@@ -168,7 +178,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         active_connections: AtomicUsize::new(0),
         header_read_timeout: config.limits.header_read_timeout,
         max_header_bytes: config.limits.max_header_bytes,
-        ids: ChannelIdGenerator::new(node_name()),
+        ids: ChannelIdGenerator::new(node),
         hub: hub.clone(),
         drain: drain.watch(),
     });
@@ -184,8 +194,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     Ok(RunningServer { listeners, hub, drain, shutdown_timeout: config.limits.shutdown_timeout })
 }
 
-/// The node part of channel ids: the process id keeps ids unique between nodes on one host
-/// until `[broker]` clustering assigns explicit node names.
+/// The node part of channel ids when `[broker] node` is not set: the process id keeps ids
+/// unique between nodes on one host.
 fn node_name() -> String {
     format!("n{}", std::process::id())
 }
@@ -306,6 +316,9 @@ pub fn check(config: &Config) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     if let Err(error) = build_router(config, &Arc::new(Hub::new())) {
         problems.push(error.to_string());
+    }
+    if let Err(error) = crate::pubsub::broker::redis_settings(&config.broker) {
+        problems.push(StartError::Broker(error).to_string());
     }
     for listen in &config.listen {
         if let Some(tls) = &listen.tls {
