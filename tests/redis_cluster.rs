@@ -137,7 +137,7 @@ impl Drop for Redis {
 }
 
 fn node_config(node: &str, broker: &str) -> String {
-    basic_config(&format!("\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\n{broker}\n"))
+    basic_config(&format!("\n[limits]\nshutdown_timeout = \"1s\"\n\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\n{broker}\n"))
 }
 
 async fn start_nodes(url: &str, upstream: std::net::SocketAddr) -> Vec<Gate> {
@@ -268,6 +268,7 @@ async fn cross_node_multicast_exclude_send_and_all() {
     drop(clients.drain(0..2));
     redis.wait_numsub("wsgate:sub:room", 1).await;
 
+    drop(clients);
     for gate in gates {
         assert_eq!(gate.server.hub().broker().unwrap().errors(), 0);
         gate.server.shutdown().await;
@@ -359,6 +360,7 @@ async fn redis_outage_local_delivery_continues_gap_counted_delivery_resumes() {
     for client in clients.iter_mut() {
         expect_text(client, "after").await;
     }
+    drop(clients);
     for gate in gates {
         gate.server.shutdown().await;
     }

@@ -29,7 +29,7 @@ use futures_util::Stream;
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::IntoConnectionInfo;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 use super::{Broker, BrokerError, Envelope, ALL_CHANNEL, NODE_PREFIX, SUB_PREFIX};
 use crate::apps::Message;
@@ -90,8 +90,9 @@ struct Shared {
     errors: Counter,
     unrelayed: AtomicU64,
     connects: AtomicU64,
-    /// Asks the connection task to reconnect (a publish failed on a dead connection).
-    reconnect: Notify,
+    /// The generation of a connection a PUBLISH failed on: the connection task of that
+    /// generation reconnects (a later connection is not torn down by a stale failure).
+    failed: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -131,7 +132,7 @@ impl RedisBroker {
             errors,
             unrelayed: AtomicU64::new(0),
             connects: AtomicU64::new(0),
-            reconnect: Notify::new(),
+            failed: watch::channel(0).0,
         });
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (interest, interest_rx) = mpsc::unbounded_channel();
@@ -203,7 +204,7 @@ impl Broker for RedisBroker {
 async fn publisher(
     shared: Arc<Shared>,
     mut queue: mpsc::Receiver<(String, Vec<u8>)>,
-    conn: watch::Receiver<Option<MultiplexedConnection>>,
+    conn: watch::Receiver<Option<(u64, MultiplexedConnection)>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -214,7 +215,7 @@ async fn publisher(
             _ = stop.changed() => return,
         }
         let current = conn.borrow().clone();
-        let Some(mut current) = current else {
+        let Some((generation, mut current)) = current else {
             shared.count_unrelayed(batch.len() as u64);
             continue;
         };
@@ -226,7 +227,7 @@ async fn publisher(
         if !matches!(result, Ok(Ok(()))) {
             tracing::warn!(messages = batch.len(), "broker: PUBLISH failed; messages not relayed");
             shared.count_unrelayed(batch.len() as u64);
-            shared.reconnect.notify_one();
+            shared.failed.send_replace(generation);
         }
     }
 }
@@ -238,7 +239,7 @@ async fn supervise(
     client: redis::Client,
     hub: Weak<Hub>,
     mut interest: mpsc::UnboundedReceiver<Arc<str>>,
-    conn: watch::Sender<Option<MultiplexedConnection>>,
+    conn: watch::Sender<Option<(u64, MultiplexedConnection)>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -251,11 +252,11 @@ async fn supervise(
             Ok(session) => {
                 backoff = BACKOFF_MIN;
                 failures = 0;
-                conn.send_replace(Some(session.conn.clone()));
+                let generation = shared.connects.fetch_add(1, Ordering::Relaxed) + 1;
+                conn.send_replace(Some((generation, session.conn.clone())));
                 shared.connected.store(true, Ordering::Release);
-                shared.connects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(node = %shared.node, subscriptions = session.subscribed.len(), "broker: connected to Redis");
-                let ended = run(&shared, &hub, session, &mut interest, &mut stop).await;
+                let ended = run(&shared, generation, &hub, session, &mut interest, &mut stop).await;
                 shared.connected.store(false, Ordering::Release);
                 conn.send_replace(None);
                 match ended {
@@ -322,6 +323,7 @@ async fn connect(client: &redis::Client, node: &str, hub: &Weak<Hub>) -> Result<
 
 async fn run(
     shared: &Shared,
+    generation: u64,
     hub: &Weak<Hub>,
     mut session: Session,
     interest: &mut mpsc::UnboundedReceiver<Arc<str>>,
@@ -330,6 +332,7 @@ async fn run(
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let node_channel = format!("{NODE_PREFIX}{}", shared.node);
+    let mut failed = shared.failed.subscribe();
     loop {
         tokio::select! {
             msg = poll_fn(|cx| std::pin::Pin::new(&mut session.stream).poll_next(cx)) => {
@@ -345,11 +348,19 @@ async fn run(
                 }
             }
             _ = ping.tick() => {
+                // Both connections: a network that drops silently sends no FIN.
                 if let Err(why) = timed("PING", redis::cmd("PING").query_async::<String>(&mut session.conn)).await {
                     return Ended::Lost(why);
                 }
+                if let Err(why) = timed("PING (subscriber)", session.sink.ping::<redis::Value>()).await {
+                    return Ended::Lost(why);
+                }
             }
-            _ = shared.reconnect.notified() => return Ended::Lost("PUBLISH failed".into()),
+            changed = failed.changed() => {
+                if changed.is_err() || *failed.borrow_and_update() == generation {
+                    return Ended::Lost("PUBLISH failed".into());
+                }
+            }
             _ = stop.changed() => return Ended::Stopped,
         }
     }
