@@ -17,6 +17,7 @@ use bytes::Bytes;
 use common::{basic_config, start_gate, start_upstream, Gate, WsClient};
 use wsgate::apps::Message;
 use wsgate::pubsub::broker::redis::RedisSettings;
+use wsgate::pubsub::broker::{control, Control};
 use wsgate::pubsub::ChannelId;
 use wsgate::ws::codec::Incoming;
 
@@ -244,6 +245,15 @@ async fn cross_node_multicast_exclude_send_and_all() {
     gates[0].server.hub().send(target.as_str(), &text("direct")).unwrap();
     expect_text(&mut clients[5].0, "direct").await;
 
+    // Control operations (the control API's PUT/DELETE) reach channels of other nodes.
+    let hub_a = gates[0].server.hub();
+    control(hub_a, target.as_str(), &Control::Subscribe("side".into())).unwrap();
+    redis.wait_numsub("wsgate:sub:side", 1).await;
+    hub_a.multicast("side", &text("side"), &[]);
+    expect_text(&mut clients[5].0, "side").await;
+    control(hub_a, target.as_str(), &Control::Unsubscribe("side".into())).unwrap();
+    redis.wait_numsub("wsgate:sub:side", 0).await;
+
     // `all` is cluster-wide.
     gates[1].server.hub().multicast(wsgate::pubsub::ALL, &text("everyone"), &[]);
     for (client, _) in clients.iter_mut() {
@@ -262,6 +272,9 @@ async fn cross_node_multicast_exclude_send_and_all() {
     }
     expect_silence(&mut clients[4].0, Duration::from_millis(300)).await;
     expect_silence(&mut clients[5].0, Duration::from_millis(10)).await;
+
+    control(gates[1].server.hub(), clients[4].1.as_str(), &Control::Close { code: 4000, reason: "bye".into() }).unwrap();
+    assert_eq!(clients[4].0.expect_close().await, Some(4000));
 
     // A closed channel leaves its subscriptions; when node a's last member is gone, node a
     // unsubscribes too.

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
 
-use super::{Broker, BrokerError};
+use super::{deliver_direct, Broker, BrokerError, Control, Envelope, Payload};
 use crate::apps::Message;
 use crate::pubsub::channel::ChannelId;
 use crate::pubsub::hub::{encode, Hub};
@@ -57,6 +57,17 @@ pub struct MemoryBroker {
     bus: Arc<MemoryBus>,
 }
 
+impl MemoryBroker {
+    /// Hands a send or control operation to the hub of `node`. Unknown or closed channels
+    /// there are not reported back (as with Redis).
+    fn direct(&self, node: &str, id: &ChannelId, payload: Payload) -> Result<(), BrokerError> {
+        let hub = self.bus.hub(node).ok_or_else(|| BrokerError::UnknownNode(node.to_owned()))?;
+        let envelope = Envelope { origin: self.node.clone(), target: id.to_string(), exclude: Vec::new(), payload };
+        deliver_direct(&hub, &envelope);
+        Ok(())
+    }
+}
+
 impl Broker for MemoryBroker {
     fn node(&self) -> &str {
         &self.node
@@ -75,12 +86,11 @@ impl Broker for MemoryBroker {
     }
 
     fn send(&self, node: &str, id: &ChannelId, message: &Message) -> Result<(), BrokerError> {
-        let hub = self.bus.hub(node).ok_or_else(|| BrokerError::UnknownNode(node.to_owned()))?;
-        // Unknown or closed channels on the other node are not reported back (as with Redis).
-        if let Some(channel) = hub.channel(id.as_str()) {
-            let _ = channel.send_frame(encode(message));
-        }
-        Ok(())
+        self.direct(node, id, Payload::Message(message.clone()))
+    }
+
+    fn control(&self, node: &str, id: &ChannelId, op: &Control) -> Result<(), BrokerError> {
+        self.direct(node, id, Payload::Control(op.clone()))
     }
 
     fn interest_changed(&self, _name: &str) {
@@ -154,6 +164,13 @@ mod tests {
             hubs[0].send("zz-000000000001", &Message::Text(Bytes::new())),
             Err(HubError::Remote { error: BrokerError::UnknownNode(_), .. })
         ));
+
+        // Control operations reach channels of other nodes.
+        let far = chans[4].0.id().to_string();
+        crate::pubsub::broker::control(&hubs[0], &far, &Control::Unsubscribe("room".into())).unwrap();
+        assert_eq!(hubs[2].members("room").len(), 1);
+        crate::pubsub::broker::control(&hubs[0], &far, &Control::Subscribe("side".into())).unwrap();
+        assert_eq!(hubs[2].members("side"), vec![chans[4].0.id().clone()]);
 
         // `all` reaches every channel of every node.
         hubs[2].multicast(crate::pubsub::ALL, &Message::Binary(Bytes::from_static(&[1])), &[]);

@@ -11,7 +11,8 @@
 //!   bus, so nothing is relayed; several hubs on one bus form an in-process cluster (tests).
 //! - [`redis`]: many nodes through Redis pub/sub (`kind = "redis"`). Redis channel names are
 //!   `wsgate:sub:<name>` per subscription, `wsgate:all` for the reserved `all`, and
-//!   `wsgate:node:<node>` for sends to the channels of one node.
+//!   `wsgate:node:<node>` for sends and control operations (subscribe, unsubscribe, close;
+//!   see [`control`]) addressed to the channels of one node.
 
 pub mod memory;
 pub mod redis;
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 
 use super::channel::ChannelId;
-use super::hub::Hub;
+use super::hub::{Hub, HubError};
 use crate::apps::Message;
 use crate::config::{BrokerConfig, BrokerKind};
 
@@ -60,6 +61,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Relays `message` to channel `id` on node `node` (not this one).
     fn send(&self, node: &str, id: &ChannelId, message: &Message) -> Result<(), BrokerError>;
+
+    /// Relays a control operation on channel `id` to node `node` (not this one), which
+    /// applies it to its own hub. Fire-and-forget: the outcome is not reported back.
+    fn control(&self, node: &str, id: &ChannelId, op: &Control) -> Result<(), BrokerError>;
 
     /// Tells the broker that subscription `name` gained its first or lost its last local
     /// member. The broker re-reads the hub's membership itself, so a late or repeated call
@@ -114,6 +119,68 @@ pub fn attach(config: &BrokerConfig, node: &str, hub: &Arc<Hub>, errors: Counter
     }
 }
 
+/// A control-API operation on one channel (DESIGN §6), relayed to the channel's node when
+/// the channel lives elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// `ws::subscribe`: add the channel to this subscription.
+    Subscribe(String),
+    /// `ws::unsubscribe`: remove the channel from this subscription.
+    Unsubscribe(String),
+    /// Close the channel with this code and reason (RFC 6455 §7.4).
+    Close {
+        /// Close code.
+        code: u16,
+        /// Reason text.
+        reason: String,
+    },
+}
+
+/// Applies `op` to channel `id` wherever it is: on this node directly, otherwise through the
+/// broker to the node its id names. For a remote channel `Ok` means handed to the broker;
+/// the other node applies it (unknown ids are ignored there). This is how the control API's
+/// `PUT`/`DELETE /v1/channels/{id}/…` act cluster-wide.
+pub fn control(hub: &Hub, id: &str, op: &Control) -> Result<(), HubError> {
+    let channel = ChannelId::from(id);
+    if hub.channel(id).is_some() {
+        return apply(hub, &channel, op);
+    }
+    let unknown = || HubError::UnknownChannel(id.to_owned());
+    let broker = hub.broker().ok_or_else(unknown)?;
+    let node = node_of(id).filter(|n| *n != broker.node()).ok_or_else(unknown)?;
+    broker.control(node, &channel, op).map_err(|error| HubError::Remote { id: id.to_owned(), error })
+}
+
+/// Applies `op` to a channel of this node.
+fn apply(hub: &Hub, id: &ChannelId, op: &Control) -> Result<(), HubError> {
+    match op {
+        Control::Subscribe(name) => hub.subscribe(id, name).map(|_| ()),
+        Control::Unsubscribe(name) => hub.unsubscribe(id, name).map(|_| ()),
+        Control::Close { code, reason } => {
+            let channel = hub.channel(id.as_str()).ok_or_else(|| HubError::UnknownChannel(id.to_string()))?;
+            channel.close(*code, reason);
+            Ok(())
+        }
+    }
+}
+
+/// Handles an envelope addressed to one channel of this node (a relayed send or control).
+pub(crate) fn deliver_direct(hub: &Hub, envelope: &Envelope) {
+    let id = ChannelId::from(envelope.target.as_str());
+    match &envelope.payload {
+        Payload::Message(message) => {
+            if let Some(channel) = hub.channel(id.as_str()) {
+                let _ = channel.send_frame(super::hub::encode(message));
+            }
+        }
+        Payload::Control(op) => {
+            if let Err(error) = apply(hub, &id, op) {
+                tracing::debug!(%error, "broker: relayed control operation not applied");
+            }
+        }
+    }
+}
+
 /// The node part of a channel id `<node>-<sequence>`.
 pub fn node_of(id: &str) -> Option<&str> {
     id.rsplit_once('-').map(|(node, _)| node).filter(|n| !n.is_empty())
@@ -130,7 +197,8 @@ pub fn valid_node_name(node: &str) -> bool {
 ///
 /// ```text
 /// 'W' 1                  magic and version
-/// kind                   'T' text or 'B' binary
+/// kind                   'T' text, 'B' binary; control: 'S' subscribe, 'U' unsubscribe,
+///                        'C' close (payload: u16 BE code, then the reason)
 /// u8 len, origin node
 /// u8 len, target id      (empty for multicasts)
 /// u16 BE count, then per excluded channel: u8 len, id
@@ -147,8 +215,17 @@ pub struct Envelope {
     pub target: String,
     /// Channels that must not receive it.
     pub exclude: Vec<ChannelId>,
-    /// The message.
-    pub message: Message,
+    /// What it carries.
+    pub payload: Payload,
+}
+
+/// What an envelope carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A message for subscribers (or, with a target, for one channel).
+    Message(Message),
+    /// A control operation on the target channel.
+    Control(Control),
 }
 
 /// Why an envelope could not be decoded.
@@ -175,6 +252,23 @@ impl Envelope {
             Message::Text(b) => (b'T', b),
             Message::Binary(b) => (b'B', b),
         };
+        Self::encode_raw(origin, target, exclude, kind, payload)
+    }
+
+    /// Encodes a control operation on channel `target`.
+    pub fn encode_control(origin: &str, target: &str, op: &Control) -> Vec<u8> {
+        match op {
+            Control::Subscribe(name) => Self::encode_raw(origin, target, &[], b'S', name.as_bytes()),
+            Control::Unsubscribe(name) => Self::encode_raw(origin, target, &[], b'U', name.as_bytes()),
+            Control::Close { code, reason } => {
+                let mut body = code.to_be_bytes().to_vec();
+                body.extend_from_slice(reason.as_bytes());
+                Self::encode_raw(origin, target, &[], b'C', &body)
+            }
+        }
+    }
+
+    fn encode_raw(origin: &str, target: &str, exclude: &[ChannelId], kind: u8, payload: &[u8]) -> Vec<u8> {
         let exclude: Vec<&str> = exclude.iter().map(|c| c.as_str()).filter(|s| s.len() <= 255).collect();
         let mut out = Vec::with_capacity(8 + origin.len() + target.len() + payload.len() + exclude.len() * 20);
         out.extend_from_slice(&[b'W', 1, kind]);
@@ -210,16 +304,23 @@ impl Envelope {
         for _ in 0..count {
             exclude.push(ChannelId::from(short_str(&mut rest)?));
         }
-        let payload = Bytes::copy_from_slice(rest);
-        let message = match kind {
+        let text = |b: &[u8]| simdutf8::basic::from_utf8(b).map(str::to_owned).map_err(|_| EnvelopeError::InvalidUtf8);
+        let payload = match kind {
             b'T' => {
-                simdutf8::basic::from_utf8(&payload).map_err(|_| EnvelopeError::InvalidUtf8)?;
-                Message::Text(payload)
+                simdutf8::basic::from_utf8(rest).map_err(|_| EnvelopeError::InvalidUtf8)?;
+                Payload::Message(Message::Text(Bytes::copy_from_slice(rest)))
             }
-            b'B' => Message::Binary(payload),
+            b'B' => Payload::Message(Message::Binary(Bytes::copy_from_slice(rest))),
+            b'S' => Payload::Control(Control::Subscribe(text(rest)?)),
+            b'U' => Payload::Control(Control::Unsubscribe(text(rest)?)),
+            b'C' => {
+                let code = take(&mut rest, 2)?;
+                let code = u16::from_be_bytes([code[0], code[1]]);
+                Payload::Control(Control::Close { code, reason: text(rest)? })
+            }
             _ => return Err(EnvelopeError::BadHeader),
         };
-        Ok(Envelope { origin, target, exclude, message })
+        Ok(Envelope { origin, target, exclude, payload })
     }
 }
 
@@ -249,12 +350,20 @@ mod tests {
         assert_eq!(env.origin, "n1");
         assert_eq!(env.target, "");
         assert_eq!(env.exclude, exclude);
-        assert_eq!(env.message, Message::Text(Bytes::from_static("héllo".as_bytes())));
+        assert_eq!(env.payload, Payload::Message(Message::Text(Bytes::from_static("héllo".as_bytes()))));
 
         let bin = Envelope::encode("a.b_c-1", "n2-000000000003", &[], &Message::Binary(Bytes::from_static(&[0, 255])));
         let env = Envelope::decode(&bin).unwrap();
         assert_eq!((env.origin.as_str(), env.target.as_str()), ("a.b_c-1", "n2-000000000003"));
-        assert_eq!(env.message, Message::Binary(Bytes::from_static(&[0, 255])));
+        assert_eq!(env.payload, Payload::Message(Message::Binary(Bytes::from_static(&[0, 255]))));
+        for op in [
+            Control::Subscribe("room".into()),
+            Control::Unsubscribe("room".into()),
+            Control::Close { code: 4001, reason: "bye".into() },
+        ] {
+            let env = Envelope::decode(&Envelope::encode_control("n1", "n2-000000000001", &op)).unwrap();
+            assert_eq!(env.payload, Payload::Control(op));
+        }
 
         for cut in 0..bin.len() - 2 {
             assert!(Envelope::decode(&bin[..cut]).is_err(), "cut at {cut}");

@@ -31,7 +31,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::IntoConnectionInfo;
 use tokio::sync::{mpsc, watch};
 
-use super::{Broker, BrokerError, Envelope, ALL_CHANNEL, NODE_PREFIX, SUB_PREFIX};
+use super::{deliver_direct, Broker, BrokerError, Control, Envelope, Payload, ALL_CHANNEL, NODE_PREFIX, SUB_PREFIX};
 use crate::apps::Message;
 use crate::pubsub::channel::ChannelId;
 use crate::pubsub::hub::{encode, Hub, ALL};
@@ -181,6 +181,10 @@ impl Broker for RedisBroker {
 
     fn send(&self, node: &str, id: &ChannelId, message: &Message) -> Result<(), BrokerError> {
         self.enqueue(format!("{NODE_PREFIX}{node}"), Envelope::encode(&self.shared.node, id.as_str(), &[], message))
+    }
+
+    fn control(&self, node: &str, id: &ChannelId, op: &Control) -> Result<(), BrokerError> {
+        self.enqueue(format!("{NODE_PREFIX}{node}"), Envelope::encode_control(&self.shared.node, id.as_str(), op))
     }
 
     fn interest_changed(&self, name: &str) {
@@ -394,11 +398,12 @@ fn deliver(shared: &Shared, hub: &Hub, node_channel: &str, channel: &str, payloa
         return; // delivered locally when it was published
     }
     if channel == node_channel {
-        if let Some(target) = hub.channel(&envelope.target) {
-            let _ = target.send_frame(encode(&envelope.message));
-        }
+        deliver_direct(hub, &envelope);
         return;
     }
+    let Payload::Message(message) = &envelope.payload else {
+        return; // control operations travel only on node channels
+    };
     let name = if channel == ALL_CHANNEL {
         ALL
     } else if let Some(name) = channel.strip_prefix(SUB_PREFIX) {
@@ -406,5 +411,5 @@ fn deliver(shared: &Shared, hub: &Hub, node_channel: &str, channel: &str, payloa
     } else {
         return;
     };
-    hub.multicast_frame(name, encode(&envelope.message), &envelope.exclude);
+    hub.multicast_frame(name, encode(message), &envelope.exclude);
 }
