@@ -361,6 +361,11 @@ async fn redis_outage_local_delivery_continues_gap_counted_delivery_resumes() {
     ));
     expect_silence(&mut clients[1], Duration::from_millis(200)).await;
 
+    // While Redis stays down, nodes retry with growing backoff; each failed attempt counts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let errors_down = gates[1].server.hub().broker().unwrap().errors();
+    assert!(errors_down >= 3, "failed reconnects counted on node b: {errors_down}");
+
     // Redis comes back on the same port: nodes reconnect (backoff ≤ 5 s) and resubscribe.
     let restarted = Instant::now();
     redis.spawn().await;
@@ -368,7 +373,7 @@ async fn redis_outage_local_delivery_continues_gap_counted_delivery_resumes() {
     redis.wait_numsub("wsgate:sub:room", 3).await;
     let resumed = restarted.elapsed();
     assert!(resumed < Duration::from_secs(12), "resumed after {resumed:?}");
-    eprintln!("redis outage: delivery resumed {resumed:?} after the restart; errors {errors_before} -> {errors_during}");
+    eprintln!("redis outage: delivery resumed {resumed:?} after the restart; node a errors {errors_before} -> {errors_during}; node b failed reconnects {errors_down}");
     gates[1].server.hub().multicast(ROOM, &text("after"), &[]);
     for client in clients.iter_mut() {
         expect_text(client, "after").await;

@@ -12,7 +12,7 @@
 //!   connection task then compares the hub's membership *at that moment* with what Redis has,
 //!   so racing joins and leaves converge instead of losing a subscription.
 //! - Nothing on the hub's path waits on Redis: multicasts are queued to a publisher task
-//!   (bounded; over the bound, or while disconnected, a message is counted and dropped).
+//!   (bounded to 64 MiB; over that, or while disconnected, a message is counted and dropped).
 //! - On a lost connection the node keeps serving its local subscribers, reconnects with
 //!   exponential backoff (100 ms doubling to 5 s, ±20 % jitter) and resubscribes everything
 //!   the hub has. What could not be relayed meanwhile is counted (`broker_errors_total`).
@@ -21,7 +21,7 @@
 
 use std::collections::HashSet;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -36,8 +36,9 @@ use crate::apps::Message;
 use crate::pubsub::channel::ChannelId;
 use crate::pubsub::hub::{encode, Hub, ALL};
 
-/// Messages waiting for the publisher; beyond this a multicast is counted and dropped.
-const OUTBOUND_QUEUE: usize = 65_536;
+/// Bytes waiting for the publisher; beyond this a multicast is counted and dropped (one
+/// message larger than this still passes an empty queue).
+const OUTBOUND_BYTES: usize = 64 << 20;
 /// Messages PUBLISHed in one pipeline (one round trip).
 const BATCH: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -90,6 +91,8 @@ struct Shared {
     errors: Counter,
     unrelayed: AtomicU64,
     connects: AtomicU64,
+    /// Bytes in the outbound queue.
+    queued: AtomicUsize,
     /// The generation of a connection a PUBLISH failed on: the connection task of that
     /// generation reconnects (a later connection is not torn down by a stale failure).
     failed: watch::Sender<u64>,
@@ -105,7 +108,7 @@ impl Shared {
 /// A node's connection to the cluster through Redis.
 pub struct RedisBroker {
     shared: Arc<Shared>,
-    outbound: mpsc::Sender<(String, Vec<u8>)>,
+    outbound: mpsc::UnboundedSender<(String, Vec<u8>)>,
     interest: mpsc::UnboundedSender<Arc<str>>,
     stop: watch::Sender<bool>,
 }
@@ -132,9 +135,10 @@ impl RedisBroker {
             errors,
             unrelayed: AtomicU64::new(0),
             connects: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
             failed: watch::channel(0).0,
         });
-        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let (interest, interest_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
         let broker = Arc::new(RedisBroker { shared: shared.clone(), outbound, interest, stop });
@@ -162,9 +166,17 @@ impl RedisBroker {
             self.shared.count_unrelayed(1);
             return Err(BrokerError::Disconnected);
         }
-        self.outbound.try_send((channel, payload)).map_err(|_| {
+        let len = channel.len() + payload.len();
+        let before = self.shared.queued.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before + len > OUTBOUND_BYTES {
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
             self.shared.count_unrelayed(1);
-            BrokerError::Overloaded
+            return Err(BrokerError::Overloaded);
+        }
+        self.outbound.send((channel, payload)).map_err(|_| {
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+            self.shared.count_unrelayed(1);
+            BrokerError::Disconnected
         })
     }
 }
@@ -207,7 +219,7 @@ impl Broker for RedisBroker {
 /// PUBLISHes queued messages, pipelined in batches, on the current connection.
 async fn publisher(
     shared: Arc<Shared>,
-    mut queue: mpsc::Receiver<(String, Vec<u8>)>,
+    mut queue: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
     conn: watch::Receiver<Option<(u64, MultiplexedConnection)>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -218,8 +230,10 @@ async fn publisher(
             n = queue.recv_many(&mut batch, BATCH) => if n == 0 { return },
             _ = stop.changed() => return,
         }
+        let bytes: usize = batch.iter().map(|(c, p)| c.len() + p.len()).sum();
         let current = conn.borrow().clone();
         let Some((generation, mut current)) = current else {
+            shared.queued.fetch_sub(bytes, Ordering::AcqRel);
             shared.count_unrelayed(batch.len() as u64);
             continue;
         };
@@ -228,6 +242,7 @@ async fn publisher(
             pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice()).ignore();
         }
         let result = tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut current)).await;
+        shared.queued.fetch_sub(bytes, Ordering::AcqRel);
         if !matches!(result, Ok(Ok(()))) {
             tracing::warn!(messages = batch.len(), "broker: PUBLISH failed; messages not relayed");
             shared.count_unrelayed(batch.len() as u64);
