@@ -1,11 +1,14 @@
 //! Fan-out latency through Redis vs on one node, measured in the same run.
 //!
-//! One `redis-server` (random loopback port, no persistence) and three wsgate nodes
-//! (`[broker] kind = "redis"`) in this process. `SUBS` WebSocket clients per node (real
-//! sockets, wsgate's codec in the client role) are subscribed to one subscription. Node a
-//! multicasts `MESSAGES` text messages at `RATE` per second, each carrying the send time; every
-//! client records when it decoded each one. Latency = receipt − multicast call, on one clock:
-//! - `local`: the clients on node a (the single-node path: hub → queue → socket);
+//! One `redis-server` (random loopback port, no persistence), three wsgate nodes
+//! (`[broker] kind = "redis"`) and one stand-alone wsgate (`kind = "memory"`), all in this
+//! process. `SUBS` WebSocket clients per server (real sockets, wsgate's codec in the client
+//! role) are subscribed to one subscription. On each tick (`RATE` per second, `MESSAGES`
+//! ticks) the stand-alone server and cluster node a each multicast a text message carrying
+//! its send time; every client records when it decoded each one. Latency = receipt −
+//! multicast call, on one clock:
+//! - `single_node`: the stand-alone memory-broker server (hub → queue → socket);
+//! - `cluster_local`: the clients on node a, the publishing cluster node;
 //! - `cross_node`: the clients on nodes b and c (hub → Redis PUBLISH → node → queue → socket).
 //!
 //! Run: `cargo bench --bench cluster_latency` (env `SUBS`, `MESSAGES`, `RATE`, `PAYLOAD` to
@@ -85,6 +88,7 @@ async fn run() {
         ));
         gates.push(start_gate(&config, upstream.addr).await);
     }
+    gates.push(start_gate(&basic_config("\n[limits]\nshutdown_timeout = \"1s\"\n"), upstream.addr).await);
     while !gates.iter().all(|g| g.server.hub().broker().is_some_and(|b| b.is_connected())) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -135,6 +139,7 @@ async fn run() {
     }
 
     let hub = Arc::clone(gates[0].server.hub());
+    let single = Arc::clone(gates[3].server.hub());
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let started = Instant::now();
     let mut ticker = tokio::time::interval(interval);
@@ -145,17 +150,25 @@ async fn run() {
         let mut text = format!("{:020}", base.elapsed().as_nanos() as u64);
         text.extend(std::iter::repeat('x').take(payload - 20));
         hub.multicast("bench", &Message::Text(Bytes::from(text)), &[]);
+        let mut text = format!("{:020}", base.elapsed().as_nanos() as u64);
+        text.extend(std::iter::repeat('x').take(payload - 20));
+        single.multicast("bench", &Message::Text(Bytes::from(text)), &[]);
     }
     let send_secs = started.elapsed().as_secs_f64();
 
-    let (mut local, mut cross) = (Vec::new(), Vec::new());
+    let (mut local, mut cross, mut alone) = (Vec::new(), Vec::new(), Vec::new());
     for (n, reader) in readers {
         let latencies = reader.await.unwrap_or_default();
-        if n == 0 { local.extend(latencies) } else { cross.extend(latencies) }
+        match n {
+            0 => local.extend(latencies),
+            3 => alone.extend(latencies),
+            _ => cross.extend(latencies),
+        }
     }
     let errors: u64 = gates.iter().filter_map(|g| g.server.hub().broker().map(|b| b.errors())).sum();
     println!(
-        "{{\"bench\":\"cluster_latency\",\"nodes\":3,\"subscribers_per_node\":{subs},\"messages\":{messages},\"rate_per_s\":{rate},\"payload_bytes\":{payload},\"send_seconds\":{send_secs:.2},\"broker_errors\":{errors},\"local\":{},\"cross_node\":{}}}",
+        "{{\"bench\":\"cluster_latency\",\"nodes\":3,\"subscribers_per_node\":{subs},\"messages\":{messages},\"rate_per_s\":{rate},\"payload_bytes\":{payload},\"send_seconds\":{send_secs:.2},\"broker_errors\":{errors},\"single_node\":{},\"cluster_local\":{},\"cross_node\":{}}}",
+        summary(alone, messages * subs),
         summary(local, messages * subs),
         summary(cross, messages * subs * 2)
     );
