@@ -65,7 +65,8 @@ async fn run() {
     let rate = env("RATE", 500).max(1);
     let payload = env("PAYLOAD", 64).max(24);
 
-    let Some(bin) = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].into_iter().find(|p| std::path::Path::new(p).exists())
+    let Some(bin) =
+        ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].into_iter().find(|p| std::path::Path::new(p).exists())
     else {
         eprintln!("cluster_latency: redis-server not installed; skipped");
         return;
@@ -97,10 +98,12 @@ async fn run() {
     let mut readers = Vec::new();
     for (n, gate) in gates.iter().enumerate() {
         for _ in 0..subs {
-            let before: std::collections::HashSet<_> = gate.server.hub().channel_summaries().into_iter().map(|c| c.id).collect();
+            let before: std::collections::HashSet<_> =
+                gate.server.hub().channel_summaries().into_iter().map(|c| c.id).collect();
             let mut client = WsClient::connect(gate.addr, "/websocket/echo").await;
             let id = loop {
-                let new = gate.server.hub().channel_summaries().into_iter().map(|c| c.id).find(|id| !before.contains(id));
+                let new =
+                    gate.server.hub().channel_summaries().into_iter().map(|c| c.id).find(|id| !before.contains(id));
                 if let Some(id) = new {
                     break id;
                 }
@@ -115,7 +118,8 @@ async fn run() {
                         match tokio::time::timeout(Duration::from_secs(5), client.next()).await {
                             Ok(Some(Incoming::Text(t))) => {
                                 let now = base.elapsed().as_nanos() as u64;
-                                let sent: u64 = std::str::from_utf8(&t[..20]).ok().and_then(|s| s.parse().ok()).unwrap_or(now);
+                                let sent: u64 =
+                                    std::str::from_utf8(&t[..20]).ok().and_then(|s| s.parse().ok()).unwrap_or(now);
                                 latencies.push(now.saturating_sub(sent));
                             }
                             Ok(Some(_)) => {}
@@ -131,7 +135,8 @@ async fn run() {
     let redis_client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
     let mut conn = redis_client.get_multiplexed_async_connection().await.unwrap();
     loop {
-        let n: Vec<(String, i64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg("wsgate:sub:bench").query_async(&mut conn).await.unwrap();
+        let n: Vec<(String, i64)> =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg("wsgate:sub:bench").query_async(&mut conn).await.unwrap();
         if n[0].1 == 3 {
             break;
         }
@@ -148,10 +153,10 @@ async fn run() {
         ticker.tick().await;
         // 20 digits of send time, then padding to the payload size.
         let mut text = format!("{:020}", base.elapsed().as_nanos() as u64);
-        text.extend(std::iter::repeat('x').take(payload - 20));
+        text.extend(std::iter::repeat_n('x', payload - 20));
         hub.multicast("bench", &Message::Text(Bytes::from(text)), &[]);
         let mut text = format!("{:020}", base.elapsed().as_nanos() as u64);
-        text.extend(std::iter::repeat('x').take(payload - 20));
+        text.extend(std::iter::repeat_n('x', payload - 20));
         single.multicast("bench", &Message::Text(Bytes::from(text)), &[]);
     }
     let send_secs = started.elapsed().as_secs_f64();

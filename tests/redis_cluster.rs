@@ -24,11 +24,13 @@ use wsgate::ws::codec::Incoming;
 const ROOM: &str = "room";
 
 fn redis_server_bin() -> Option<PathBuf> {
-    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].iter().map(PathBuf::from).find(|p| p.exists()).or_else(|| {
-        let out = Command::new("sh").args(["-c", "command -v redis-server"]).output().ok()?;
-        let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-        (!path.is_empty()).then(|| PathBuf::from(path))
-    })
+    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].iter().map(PathBuf::from).find(|p| p.exists()).or_else(
+        || {
+            let out = Command::new("sh").args(["-c", "command -v redis-server"]).output().ok()?;
+            let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+            (!path.is_empty()).then(|| PathBuf::from(path))
+        },
+    )
 }
 
 macro_rules! require_redis {
@@ -60,9 +62,14 @@ fn free_port() -> u16 {
 impl Redis {
     /// Starts redis-server with no persistence; `extra` are more `--option value` arguments.
     /// With `tls`, `extra` must configure `--tls-port` and the plain port is turned off.
-    async fn start(bin: &PathBuf, extra: &[&str]) -> Redis {
-        let mut redis =
-            Redis { bin: bin.clone(), port: free_port(), extra: extra.iter().map(|s| s.to_string()).collect(), child: None, settings: None };
+    async fn start(bin: &std::path::Path, extra: &[&str]) -> Redis {
+        let mut redis = Redis {
+            bin: bin.to_path_buf(),
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            settings: None,
+        };
         redis.spawn().await;
         redis
     }
@@ -114,7 +121,8 @@ impl Redis {
         let settings = self.settings.clone().unwrap_or(RedisSettings { url: self.url(), ..Default::default() });
         let client = settings.client().unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let answer: Vec<(String, i64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.unwrap();
+        let answer: Vec<(String, i64)> =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.unwrap();
         answer[0].1
     }
 
@@ -138,7 +146,9 @@ impl Drop for Redis {
 }
 
 fn node_config(node: &str, broker: &str) -> String {
-    basic_config(&format!("\n[limits]\nshutdown_timeout = \"1s\"\n\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\n{broker}\n"))
+    basic_config(&format!(
+        "\n[limits]\nshutdown_timeout = \"1s\"\n\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\n{broker}\n"
+    ))
 }
 
 async fn start_nodes(url: &str, upstream: std::net::SocketAddr) -> Vec<Gate> {
@@ -273,7 +283,8 @@ async fn cross_node_multicast_exclude_send_and_all() {
     expect_silence(&mut clients[4].0, Duration::from_millis(300)).await;
     expect_silence(&mut clients[5].0, Duration::from_millis(10)).await;
 
-    control(gates[1].server.hub(), clients[4].1.as_str(), &Control::Close { code: 4000, reason: "bye".into() }).unwrap();
+    control(gates[1].server.hub(), clients[4].1.as_str(), &Control::Close { code: 4000, reason: "bye".into() })
+        .unwrap();
     assert_eq!(clients[4].0.expect_close().await, Some(4000));
 
     // A closed channel leaves its subscriptions; when node a's last member is gone, node a
@@ -309,7 +320,7 @@ async fn membership_churn_never_loses_the_redis_subscription() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(redis.numsub("wsgate:sub:churn").await, 2, "settled at one subscription per node");
     // And relaying works over it.
-    hub.multicast("churn", &text("settled"), &[b_id.clone()]);
+    hub.multicast("churn", &text("settled"), std::slice::from_ref(&b_id));
     expect_text(&mut a, "settled").await;
     for _ in 0..100 {
         hub.unsubscribe(&b_id, "churn").unwrap();
@@ -395,7 +406,8 @@ async fn tls_and_password_file() {
     ca_params.distinguished_name.push(rcgen::DnType::CommonName, "wsgate test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     std::fs::write(path("ca.pem"), ca.pem()).unwrap();
     std::fs::write(path("cert.pem"), cert.pem()).unwrap();
@@ -407,8 +419,18 @@ async fn tls_and_password_file() {
     let mut redis = Redis::start(
         &bin,
         &[
-            "--tls-port", "x", "--tls-cert-file", &cert_file, "--tls-key-file", &key_file, "--tls-ca-cert-file", &ca_file,
-            "--tls-auth-clients", "no", "--requirepass", "s3cret",
+            "--tls-port",
+            "x",
+            "--tls-cert-file",
+            &cert_file,
+            "--tls-key-file",
+            &key_file,
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret",
         ],
     )
     .await;
@@ -419,7 +441,10 @@ async fn tls_and_password_file() {
     let broker = |node: &str, password: &str| {
         node_config(node, &format!("url = \"{url}\"\npassword_file = \"{}\"\nca_file = \"{ca_file}\"", path(password)))
     };
-    let gates = vec![start_gate(&broker("ta", "password"), upstream.addr).await, start_gate(&broker("tb", "password"), upstream.addr).await];
+    let gates = vec![
+        start_gate(&broker("ta", "password"), upstream.addr).await,
+        start_gate(&broker("tb", "password"), upstream.addr).await,
+    ];
     let wrong = start_gate(&broker("tw", "wrong"), upstream.addr).await;
     wait_connected(&gates, true).await;
     let (mut client_a, a_id) = open(&gates[0]).await;

@@ -115,7 +115,8 @@ mod tests {
     use bytes::Bytes;
 
     fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
-        let info = ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
+        let info =
+            ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
         let (handle, queue) = ChannelHandle::new(info, 1 << 20, SlowConsumerPolicy::Close);
         hub.register(handle.clone());
         (handle, queue)

@@ -91,8 +91,8 @@ pub fn redis_settings(config: &BrokerConfig) -> Result<Option<redis::RedisSettin
     let url = config.url.clone().unwrap_or_default();
     let password = match &config.password_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("broker.password_file {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("broker.password_file {}: {e}", path.display()))?;
             Some(text.trim_end_matches(['\r', '\n']).to_owned())
         }
         None => None,
@@ -189,8 +189,7 @@ pub fn node_of(id: &str) -> Option<&str> {
 /// Whether `node` can be used as a node name: 1 to 64 of `A-Z a-z 0-9 . _ -`, so it can be a
 /// channel-id prefix and part of a Redis channel name.
 pub fn valid_node_name(node: &str) -> bool {
-    (1..=64).contains(&node.len())
-        && node.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=64).contains(&node.len()) && node.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The wire form of one relayed message (the payload of a Redis PUBLISH):

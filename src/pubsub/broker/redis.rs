@@ -280,7 +280,9 @@ async fn supervise(
                 conn.send_replace(None);
                 match ended {
                     Ended::Stopped => return,
-                    Ended::Lost(why) => tracing::warn!(node = %shared.node, %why, "broker: lost the Redis connection; serving local subscribers only"),
+                    Ended::Lost(why) => {
+                        tracing::warn!(node = %shared.node, %why, "broker: lost the Redis connection; serving local subscribers only")
+                    }
                 }
             }
             Err(why) => {
