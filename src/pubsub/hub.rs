@@ -270,9 +270,10 @@ impl Hub {
             let unknown = || HubError::UnknownChannel(id.to_owned());
             let broker = self.broker.get().ok_or_else(unknown)?;
             let node = broker::node_of(id).filter(|n| *n != broker.node()).ok_or_else(unknown)?;
-            return broker
-                .send(node, &ChannelId::from(id), message)
-                .map_err(|error| HubError::Remote { id: id.to_owned(), error });
+            return broker.send(node, &ChannelId::from(id), message).map_err(|error| match error {
+                BrokerError::UnknownNode(_) => unknown(),
+                error => HubError::Remote { id: id.to_owned(), error },
+            });
         };
         handle
             .send_frame(encode(message))

@@ -148,7 +148,10 @@ pub fn control(hub: &Hub, id: &str, op: &Control) -> Result<(), HubError> {
     let unknown = || HubError::UnknownChannel(id.to_owned());
     let broker = hub.broker().ok_or_else(unknown)?;
     let node = node_of(id).filter(|n| *n != broker.node()).ok_or_else(unknown)?;
-    broker.control(node, &channel, op).map_err(|error| HubError::Remote { id: id.to_owned(), error })
+    broker.control(node, &channel, op).map_err(|error| match error {
+        BrokerError::UnknownNode(_) => unknown(),
+        error => HubError::Remote { id: id.to_owned(), error },
+    })
 }
 
 /// Applies `op` to a channel of this node.

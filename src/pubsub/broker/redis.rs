@@ -430,3 +430,71 @@ fn deliver(shared: &Shared, hub: &Hub, node_channel: &str, channel: &str, payloa
     };
     hub.multicast_frame(name, encode(message), &envelope.exclude);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::channel::{ChannelHandle, ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
+    use crate::pubsub::queue::SlowConsumerPolicy;
+    use bytes::Bytes;
+
+    fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
+        let info =
+            ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
+        let (handle, queue) = ChannelHandle::new(info, 1 << 20, SlowConsumerPolicy::Close);
+        hub.register(handle.clone());
+        (handle, queue)
+    }
+
+    fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Ok(Outbound::Frame(f)) = queue.rx.try_recv() {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn received_messages_are_encoded_once_per_node_and_filtered() {
+        let shared = Shared {
+            node: "me".into(),
+            connected: AtomicBool::new(true),
+            errors: Counter::default(),
+            unrelayed: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            failed: watch::channel(0).0,
+        };
+        let hub = Hub::new();
+        let ids = ChannelIdGenerator::new("me");
+        let mut chans: Vec<_> = (0..3).map(|_| open(&hub, &ids)).collect();
+        for (h, _) in &chans {
+            hub.subscribe(h.id(), "room").unwrap();
+        }
+        let node_channel = "wsgate:node:me";
+        let msg = Message::Text(Bytes::from_static(b"hi"));
+        let excluded = chans[2].0.id().clone();
+        deliver(&shared, &hub, node_channel, "wsgate:sub:room", &Envelope::encode("other", "", &[excluded], &msg));
+        let (a, b, c) = (frames(&mut chans[0].1), frames(&mut chans[1].1), frames(&mut chans[2].1));
+        assert_eq!((a.len(), b.len(), c.len()), (1, 1, 0));
+        assert_eq!(a[0].as_ptr(), b[0].as_ptr(), "one encoding shared by the node's members");
+
+        // Its own publications, garbage and control on subscription channels are ignored.
+        deliver(&shared, &hub, node_channel, "wsgate:sub:room", &Envelope::encode("me", "", &[], &msg));
+        deliver(&shared, &hub, node_channel, "wsgate:sub:room", b"\x00garbage");
+        let close = Control::Close { code: 4000, reason: String::new() };
+        let target = chans[0].0.id().to_string();
+        deliver(&shared, &hub, node_channel, "wsgate:sub:room", &Envelope::encode_control("other", &target, &close));
+        assert!(chans.iter_mut().all(|(_, q)| frames(q).is_empty()));
+        assert!(!chans[0].0.is_closing());
+
+        // On the node channel: a send to one channel, and control operations.
+        deliver(&shared, &hub, node_channel, node_channel, &Envelope::encode("other", &target, &[], &msg));
+        assert_eq!(frames(&mut chans[0].1).len(), 1);
+        assert!(frames(&mut chans[1].1).is_empty());
+        deliver(&shared, &hub, node_channel, ALL_CHANNEL, &Envelope::encode("other", "", &[], &msg));
+        assert!(chans.iter_mut().all(|(_, q)| frames(q).len() == 1), "`all` reaches every channel");
+        deliver(&shared, &hub, node_channel, node_channel, &Envelope::encode_control("other", &target, &close));
+        assert!(chans[0].0.is_closing());
+    }
+}
