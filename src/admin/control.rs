@@ -24,6 +24,7 @@ use serde_json::json;
 
 use super::{error, json, method_not_allowed, AdminState};
 use crate::apps::Message;
+use crate::pubsub::broker::{self, Control};
 use crate::pubsub::hub::{ChannelSummary, HubError};
 use crate::pubsub::{ChannelId, SendError};
 use crate::server::Body;
@@ -196,6 +197,16 @@ fn membership(state: &AdminState, id: &str, name: &str, subscribe: bool) -> Resp
         return response;
     }
     let id = ChannelId::from(id);
+    if state.hub.channel(id.as_str()).is_none() && state.hub.broker().is_some() {
+        // Not on this node: the broker relays the change to the channel's node (its answer
+        // does not come back, so whether it changed anything is unknown).
+        let op = if subscribe { Control::Subscribe(name.to_owned()) } else { Control::Unsubscribe(name.to_owned()) };
+        return match broker::control(&state.hub, id.as_str(), &op) {
+            Ok(()) => json(StatusCode::ACCEPTED, &json!({ "subscribed": subscribe, "relayed": true })),
+            Err(HubError::UnknownChannel(_)) => unknown_channel(id.as_str()),
+            Err(other) => error(StatusCode::SERVICE_UNAVAILABLE, &other.to_string()),
+        };
+    }
     let result = if subscribe {
         state.hub.subscribe(&id, name)
     } else {
@@ -233,6 +244,14 @@ fn close(state: &AdminState, id: &str, query: Option<&str>) -> Response<Body> {
                 )
             }
         }
+    }
+    if state.hub.channel(id).is_none() && state.hub.broker().is_some() {
+        let op = Control::Close { code: close_code, reason };
+        return match broker::control(&state.hub, id, &op) {
+            Ok(()) => json(StatusCode::ACCEPTED, &json!({ "closing": true, "relayed": true })),
+            Err(HubError::UnknownChannel(_)) => unknown_channel(id),
+            Err(other) => error(StatusCode::BAD_REQUEST, &other.to_string()),
+        };
     }
     match state.hub.close_channel(id, close_code, &reason) {
         Ok(()) => json(StatusCode::ACCEPTED, &json!({ "closing": true })),

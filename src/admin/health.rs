@@ -20,7 +20,7 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// What `/readyz` checks: the public listeners accept (no drain has started), the upstream
 /// accepts a TCP connection within a short timeout, and the broker is connected (the
 /// in-memory broker always is).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Readiness {
     /// `true` once shutdown has been signalled: the listeners stop accepting.
     pub draining: watch::Receiver<bool>,
@@ -30,6 +30,18 @@ pub struct Readiness {
     pub upstream: String,
     /// Time allowed for the upstream connect.
     pub upstream_timeout: Duration,
+    /// The broker relaying to other nodes (`None`: this node alone).
+    pub broker: Option<std::sync::Arc<dyn crate::pubsub::broker::Broker>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("listeners", &self.listeners)
+            .field("upstream", &self.upstream)
+            .field("broker", &self.broker.as_ref().map(|b| b.node().to_owned()))
+            .finish_non_exhaustive()
+    }
 }
 
 /// `GET /metrics`.
@@ -77,14 +89,18 @@ pub async fn readyz(readiness: &Readiness) -> Response<Body> {
             readiness.upstream, readiness.upstream_timeout
         )),
     };
-    let ready = listeners.is_ok() && upstream.is_ok();
+    let broker = match &readiness.broker {
+        Some(broker) if !broker.is_connected() => Err("broker disconnected: reconnecting".to_owned()),
+        _ => Ok(()),
+    };
+    let ready = listeners.is_ok() && upstream.is_ok() && broker.is_ok();
     let show = |r: &Result<(), String>| match r {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.clone(),
     };
     let body = serde_json::json!({
         "ready": ready,
-        "checks": { "listeners": show(&listeners), "upstream": show(&upstream), "broker": "ok" },
+        "checks": { "listeners": show(&listeners), "upstream": show(&upstream), "broker": show(&broker) },
     });
     json(
         if ready {

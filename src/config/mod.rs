@@ -349,6 +349,16 @@ pub struct BrokerConfig {
     /// `redis://…`; required for `redis`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// This node's name: the prefix of its channel ids and its Redis channel
+    /// `wsgate:node:<node>`. Must differ between nodes; default `n<pid>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// A file holding the Redis password (trailing newline ignored), instead of one in `url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// PEM root certificate(s) to verify a `rediss://` server with, instead of the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -631,7 +641,7 @@ mod tests {
             c.broker,
             BrokerConfig {
                 kind: BrokerKind::Memory,
-                url: None
+                ..BrokerConfig::default()
             }
         );
         assert_eq!(

@@ -208,7 +208,30 @@ fn broker(config: &Config, out: &mut Vec<Issue>) {
                     format!("{u:?} is not a Redis URL (redis://host:port, rediss:// or unix://)"),
                 ))
             }
-            Some(_) => {}
+            Some(u) => {
+                if config.broker.ca_file.is_some() && !u.starts_with("rediss://") {
+                    out.push(Issue::new("broker.ca_file", "only used with a rediss:// (TLS) broker.url"));
+                }
+                let has_password = u
+                    .split_once("://")
+                    .and_then(|(_, rest)| rest.split('/').next())
+                    .and_then(|authority| authority.rsplit_once('@'))
+                    .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+                if has_password && config.broker.password_file.is_some() {
+                    out.push(Issue::new(
+                        "broker.password_file",
+                        "broker.url already holds a password: keep one of them",
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(node) = &config.broker.node {
+        if !crate::pubsub::broker::valid_node_name(node) {
+            out.push(Issue::new(
+                "broker.node",
+                format!("{node:?}: use 1 to 64 of A-Z a-z 0-9 . _ -"),
+            ));
         }
     }
 }
@@ -492,7 +515,7 @@ mod tests {
         let mut c = Config {
             broker: BrokerConfig {
                 kind: BrokerKind::Redis,
-                url: None,
+                ..BrokerConfig::default()
             },
             ..Config::default()
         };
@@ -500,6 +523,18 @@ mod tests {
         c.broker.url = Some("http://x".into());
         one(&c, "broker.url", "not a Redis URL");
         c.broker.url = Some("redis://127.0.0.1:6379".into());
+        assert!(validate(&c).is_empty());
+        c.broker.ca_file = Some("/etc/wsgate/redis-ca.pem".into());
+        one(&c, "broker.ca_file", "rediss://");
+        c.broker.url = Some("rediss://:secret@redis.example:6380".into());
+        assert!(validate(&c).is_empty());
+        c.broker.password_file = Some("/etc/wsgate/redis.password".into());
+        one(&c, "broker.password_file", "already holds a password");
+        c.broker.url = Some("rediss://wsgate@redis.example:6380/0".into());
+        assert!(validate(&c).is_empty(), "a user name alone is no password");
+        c.broker.node = Some("node a".into());
+        one(&c, "broker.node", "A-Z");
+        c.broker.node = Some("eu-1.b_2".into());
         assert!(validate(&c).is_empty());
     }
 

@@ -16,11 +16,12 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::broker::{self, Broker, BrokerError};
 use super::channel::{ChannelHandle, ChannelId, SendError};
 use crate::apps::Message;
 use crate::metrics::Metrics;
@@ -52,6 +53,14 @@ pub enum HubError {
     /// A close code that may not be sent (RFC 6455 §7.4), or a reason over 123 bytes.
     #[error("invalid close: {0}")]
     InvalidClose(String),
+    /// The channel is on another node and the broker could not take the message.
+    #[error("channel {id} is on another node: {error}")]
+    Remote {
+        /// The channel.
+        id: String,
+        /// Why.
+        error: BrokerError,
+    },
 }
 
 /// Longest close reason: a control frame payload is at most 125 bytes (RFC 6455 §5.5),
@@ -103,6 +112,8 @@ pub struct Hub {
     /// Serialises multicasts to `all`, which read every channel shard.
     all_order: Mutex<()>,
     metrics: Option<Arc<Metrics>>,
+    /// Relays to other nodes (`[broker]`); unset = this node alone.
+    broker: OnceLock<Arc<dyn Broker>>,
 }
 
 impl Default for Hub {
@@ -139,6 +150,7 @@ impl Hub {
             subscriptions: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             all_order: Mutex::new(()),
             metrics: None,
+            broker: OnceLock::new(),
         }
     }
 
@@ -156,6 +168,38 @@ impl Hub {
     fn update_subscription_gauge(&self) {
         if let Some(metrics) = &self.metrics {
             metrics.subscriptions_active.set(self.subscription_count() as i64);
+        }
+    }
+
+    // --- broker hook (DESIGN §4): the only places the hub talks to other nodes -------------
+
+    /// Connects the hub to a broker, once; `false` when one was already set. From then on
+    /// `multicast` and `send` also reach the channels of other nodes.
+    pub fn set_broker(&self, broker: Arc<dyn Broker>) -> bool {
+        self.broker.set(broker).is_ok()
+    }
+
+    /// The broker, when this hub is part of a cluster.
+    pub fn broker(&self) -> Option<&Arc<dyn Broker>> {
+        self.broker.get()
+    }
+
+    /// Whether subscription `name` has a member on this node (`all`: any open channel).
+    pub fn has_local_members(&self, name: &str) -> bool {
+        if name == ALL {
+            return self.channel_count() > 0;
+        }
+        read(self.subscription_shard(name)).get(name).is_some_and(|s| !lock(&s.members).is_empty())
+    }
+
+    /// Names of the subscriptions with local members (excluding `all`), for resubscribing.
+    pub fn local_subscription_names(&self) -> Vec<String> {
+        self.subscriptions().into_iter().skip(1).filter(|(_, n)| *n > 0).map(|(name, _)| name).collect()
+    }
+
+    fn interest_changed(&self, name: &str) {
+        if let Some(broker) = self.broker.get() {
+            broker.interest_changed(name);
         }
     }
 
@@ -227,7 +271,14 @@ impl Hub {
             let mut shard = write(self.subscription_shard(&name));
             shard.entry(name.clone()).or_default().clone()
         };
-        lock(&subscription.members).insert(id.clone(), handle);
+        let first = {
+            let mut members = lock(&subscription.members);
+            members.insert(id.clone(), handle);
+            members.len() == 1
+        };
+        if first {
+            self.interest_changed(&name);
+        }
         // The channel may have closed between the two steps: undo so nothing stale remains.
         if read(self.channel_shard(id)).get(id).is_none() {
             self.remove_member(&name, id);
@@ -267,24 +318,41 @@ impl Hub {
             if shard.get(name).is_some_and(|s| lock(&s.members).is_empty()) {
                 shard.remove(name);
             }
+            drop(shard);
+            self.interest_changed(name);
         }
     }
 
-    /// Sends one message to channel `id`.
+    /// Sends one message to channel `id`: queued locally, or relayed through the broker when
+    /// the id's node prefix names another node (`Ok` then means handed to the broker).
     pub fn send(&self, id: &str, message: &Message) -> Result<(), HubError> {
-        let handle = self.channel(id).ok_or_else(|| HubError::UnknownChannel(id.to_owned()))?;
+        let Some(handle) = self.channel(id) else {
+            let unknown = || HubError::UnknownChannel(id.to_owned());
+            let broker = self.broker.get().ok_or_else(unknown)?;
+            let node = broker::node_of(id).filter(|n| *n != broker.node()).ok_or_else(unknown)?;
+            return broker.send(node, &ChannelId::from(id), message).map_err(|error| match error {
+                BrokerError::UnknownNode(_) => unknown(),
+                error => HubError::Remote { id: id.to_owned(), error },
+            });
+        };
         handle
             .send_frame(encode(message))
             .map_err(|error| HubError::Send { id: id.to_owned(), error })
     }
 
     /// Sends `message` to every member of subscription `name` except the channels in
-    /// `exclude`, encoding it once.
+    /// `exclude`, encoding it once. With a broker, it is also relayed to the other nodes
+    /// (queued, never awaited); the returned counts are this node's.
     pub fn multicast(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Delivery {
-        self.multicast_frame(name, encode(message), exclude)
+        let delivery = self.multicast_frame(name, encode(message), exclude);
+        if let Some(broker) = self.broker.get() {
+            broker.publish(name, message, exclude);
+        }
+        delivery
     }
 
-    /// Like [`Hub::multicast`] with an already-encoded frame (shared, never copied).
+    /// Like [`Hub::multicast`] with an already-encoded frame (shared, never copied), on this
+    /// node only: the node-local fan-out, also used by the broker for relayed messages.
     ///
     /// Each member gets a clone of `frame`: a reference-count increment, no allocation and no
     /// copy of the payload (`benches/multicast.rs` counts allocations to prove it).

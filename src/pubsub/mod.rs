@@ -1,6 +1,7 @@
 //! The publish/subscribe core: channels (one per WebSocket connection) with their bounded
 //! outbound queues, and the [`Hub`] of subscriptions with encode-once multicast.
 
+pub mod broker;
 pub mod channel;
 pub mod hub;
 pub mod queue;

@@ -58,6 +58,9 @@ pub enum StartError {
     /// The admin listener could not start.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// The `[broker]` settings are unusable (unreadable file, bad URL or certificate).
+    #[error("broker: {0}")]
+    Broker(String),
     /// A listener could not be bound.
     #[error("listen {addr}: cannot bind: {source}")]
     Bind {
@@ -176,8 +179,13 @@ impl RunningServer {
     pub async fn shutdown(self) -> bool {
         let RunningServer { state, listeners, reload_lock, drain, admin: _ } = self;
         let timeout = state.runtime.load().config.limits.shutdown_timeout;
+        let hub = state.hub.clone();
         drop((state, listeners, reload_lock));
-        drain.drain(timeout).await
+        let finished = drain.drain(timeout).await;
+        if let Some(broker) = hub.broker() {
+            broker.close();
+        }
+        finished
     }
 }
 
@@ -222,6 +230,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let passed = crate::systemd::take_listen_fds().map_err(|e| StartError::Activation(e.to_string()))?;
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::with_metrics(metrics.clone()));
+    let node = config.broker.node.clone().unwrap_or_else(node_name);
+    crate::pubsub::broker::attach(&config.broker, &node, &hub, metrics.broker_errors.clone()).map_err(StartError::Broker)?;
     let runtime = build_runtime(config, &hub, &metrics, None)?;
     let admin_listener = match config.admin.addr {
         Some(addr) => {
@@ -238,7 +248,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         runtime: ArcSwap::from_pointee(runtime),
         active_connections: AtomicUsize::new(0),
         accept_loops: AtomicUsize::new(0),
-        ids: ChannelIdGenerator::new(node_name()),
+        ids: ChannelIdGenerator::new(node),
         hub,
         metrics,
         drain: drain.watch(),
@@ -258,6 +268,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
                 listeners: listeners.len(),
                 upstream: config.upstream.url.authority(),
                 upstream_timeout: config.upstream.connect_timeout.min(Duration::from_secs(1)),
+                broker: state.hub.broker().cloned(),
             },
         });
         // Logged as `admin=`, not `addr=`: scripts find the public listener by `addr=`.
@@ -278,8 +289,8 @@ fn listener_addr(config: &Config) -> SocketAddr {
     config.admin.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
-/// The node part of channel ids: the process id keeps ids unique between nodes on one host
-/// until `[broker]` clustering assigns explicit node names.
+/// The node part of channel ids when `[broker] node` is not set: the process id keeps ids
+/// unique between nodes on one host.
 fn node_name() -> String {
     format!("n{}", std::process::id())
 }
@@ -461,6 +472,9 @@ pub fn check(config: &Config) -> Result<(), Vec<String>> {
         if let Err(error) = admin::load_token(config.admin.token_file.as_deref()) {
             problems.push(error.to_string());
         }
+    }
+    if let Err(error) = crate::pubsub::broker::redis_settings(&config.broker) {
+        problems.push(StartError::Broker(error).to_string());
     }
     for listen in &config.listen {
         if let Some(tls) = &listen.tls {

@@ -1,0 +1,391 @@
+//! Brokers carry multicasts and sends between wsgate nodes (DESIGN §4).
+//!
+//! The [`Hub`](super::Hub) does every node-local fan-out itself; a broker only relays what
+//! other nodes must see. The hub calls the broker through the [`Broker`] trait, synchronously
+//! and without waiting on the network: a broker queues, and its own tasks do the I/O. A
+//! message arriving from another node is handed back to the hub's node-local fan-out
+//! ([`Hub::multicast_frame`](super::Hub::multicast_frame)), which encodes it once for all
+//! local members.
+//!
+//! - [`memory`]: one process. The default (`[broker] kind = "memory"`) has one node on its
+//!   bus, so nothing is relayed; several hubs on one bus form an in-process cluster (tests).
+//! - [`redis`]: many nodes through Redis pub/sub (`kind = "redis"`). Redis channel names are
+//!   `wsgate:sub:<name>` per subscription, `wsgate:all` for the reserved `all`, and
+//!   `wsgate:node:<node>` for sends and control operations (subscribe, unsubscribe, close;
+//!   see [`control`]) addressed to the channels of one node.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+
+use super::channel::ChannelId;
+use super::hub::{Hub, HubError};
+use crate::apps::Message;
+use crate::config::{BrokerConfig, BrokerKind};
+
+/// The Redis channel prefix of subscriptions.
+pub const SUB_PREFIX: &str = "wsgate:sub:";
+/// The Redis channel of the reserved subscription `all`.
+pub const ALL_CHANNEL: &str = "wsgate:all";
+/// The Redis channel prefix of per-node direct sends.
+pub const NODE_PREFIX: &str = "wsgate:node:";
+
+/// Why a broker could not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker has no connection to the other nodes right now (counted).
+    #[error("broker is not connected")]
+    Disconnected,
+    /// The broker's outbound queue is full (counted).
+    #[error("broker's outbound queue is full")]
+    Overloaded,
+    /// No node with that name is known (memory bus only; Redis cannot know).
+    #[error("no node named {0}")]
+    UnknownNode(String),
+}
+
+/// What the hub needs from a broker. Every method returns at once: network I/O happens on the
+/// broker's own tasks, so local delivery never waits on another node.
+pub trait Broker: Send + Sync + 'static {
+    /// This node's name: the prefix of the ids of its channels.
+    fn node(&self) -> &str;
+
+    /// Relays a multicast on subscription `name` to the other nodes, which deliver it to their
+    /// members except the channels in `exclude`. The caller has already delivered locally. A
+    /// message that cannot be relayed is counted and dropped (the node keeps serving).
+    fn publish(&self, name: &str, message: &Message, exclude: &[ChannelId]);
+
+    /// Relays `message` to channel `id` on node `node` (not this one).
+    fn send(&self, node: &str, id: &ChannelId, message: &Message) -> Result<(), BrokerError>;
+
+    /// Relays a control operation on channel `id` to node `node` (not this one), which
+    /// applies it to its own hub. Fire-and-forget: the outcome is not reported back.
+    fn control(&self, node: &str, id: &ChannelId, op: &Control) -> Result<(), BrokerError>;
+
+    /// Tells the broker that subscription `name` gained its first or lost its last local
+    /// member. The broker re-reads the hub's membership itself, so a late or repeated call
+    /// is harmless.
+    fn interest_changed(&self, name: &str);
+
+    /// Whether the broker can currently reach the other nodes (for `/readyz`).
+    fn is_connected(&self) -> bool;
+
+    /// Broker errors so far (`broker_errors_total`): messages that could not be relayed, and
+    /// failed connection attempts.
+    fn errors(&self) -> u64;
+
+    /// Stops the broker's tasks (on shutdown). Later calls do nothing.
+    fn close(&self) {}
+}
+
+/// Reads the Redis settings of `[broker]`, with `password_file` and `ca_file` loaded;
+/// `None` for the memory broker.
+pub fn redis_settings(config: &BrokerConfig) -> Result<Option<redis::RedisSettings>, String> {
+    if config.kind != BrokerKind::Redis {
+        return Ok(None);
+    }
+    let url = config.url.clone().unwrap_or_default();
+    let password = match &config.password_file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("broker.password_file {}: {e}", path.display()))?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
+        }
+        None => None,
+    };
+    let ca_pem = match &config.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| format!("broker.ca_file {}: {e}", path.display()))?),
+        None => None,
+    };
+    let settings = redis::RedisSettings { url, password, ca_pem };
+    settings.client()?; // parse the URL and certificates now, not on first connect
+    Ok(Some(settings))
+}
+
+/// Builds the broker `[broker]` asks for, as node `node`, and attaches it to `hub`. A Redis
+/// broker connects in the background (an unreachable Redis is retried, not fatal); only
+/// unusable settings are errors. `errors` is exported as `broker_errors_total`.
+pub fn attach(config: &BrokerConfig, node: &str, hub: &Arc<Hub>, errors: Counter) -> Result<Arc<dyn Broker>, String> {
+    match redis_settings(config)? {
+        Some(settings) => Ok(redis::RedisBroker::start(&settings, node, hub, errors)?),
+        None => memory::MemoryBus::new()
+            .attach(node, hub)
+            .map(|b| b as Arc<dyn Broker>)
+            .ok_or_else(|| "the hub already has a broker".to_owned()),
+    }
+}
+
+/// A control-API operation on one channel (DESIGN §6), relayed to the channel's node when
+/// the channel lives elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// `ws::subscribe`: add the channel to this subscription.
+    Subscribe(String),
+    /// `ws::unsubscribe`: remove the channel from this subscription.
+    Unsubscribe(String),
+    /// Close the channel with this code and reason (RFC 6455 §7.4).
+    Close {
+        /// Close code.
+        code: u16,
+        /// Reason text.
+        reason: String,
+    },
+}
+
+/// Applies `op` to channel `id` wherever it is: on this node directly, otherwise through the
+/// broker to the node its id names. For a remote channel `Ok` means handed to the broker;
+/// the other node applies it (unknown ids are ignored there). This is how the control API's
+/// `PUT`/`DELETE /v1/channels/{id}/…` act cluster-wide.
+pub fn control(hub: &Hub, id: &str, op: &Control) -> Result<(), HubError> {
+    let channel = ChannelId::from(id);
+    if hub.channel(id).is_some() {
+        return apply(hub, &channel, op);
+    }
+    let unknown = || HubError::UnknownChannel(id.to_owned());
+    let broker = hub.broker().ok_or_else(unknown)?;
+    let node = node_of(id).filter(|n| *n != broker.node()).ok_or_else(unknown)?;
+    broker.control(node, &channel, op).map_err(|error| match error {
+        BrokerError::UnknownNode(_) => unknown(),
+        error => HubError::Remote { id: id.to_owned(), error },
+    })
+}
+
+/// Applies `op` to a channel of this node.
+fn apply(hub: &Hub, id: &ChannelId, op: &Control) -> Result<(), HubError> {
+    match op {
+        Control::Subscribe(name) => hub.subscribe(id, name).map(|_| ()),
+        Control::Unsubscribe(name) => hub.unsubscribe(id, name).map(|_| ()),
+        Control::Close { code, reason } => {
+            let channel = hub.channel(id.as_str()).ok_or_else(|| HubError::UnknownChannel(id.to_string()))?;
+            channel.close(*code, reason);
+            Ok(())
+        }
+    }
+}
+
+/// Handles an envelope addressed to one channel of this node (a relayed send or control).
+pub(crate) fn deliver_direct(hub: &Hub, envelope: &Envelope) {
+    let id = ChannelId::from(envelope.target.as_str());
+    match &envelope.payload {
+        Payload::Message(message) => {
+            if let Some(channel) = hub.channel(id.as_str()) {
+                let _ = channel.send_frame(super::hub::encode(message));
+            }
+        }
+        Payload::Control(op) => {
+            if let Err(error) = apply(hub, &id, op) {
+                tracing::debug!(%error, "broker: relayed control operation not applied");
+            }
+        }
+    }
+}
+
+/// The node part of a channel id `<node>-<sequence>`.
+pub fn node_of(id: &str) -> Option<&str> {
+    id.rsplit_once('-').map(|(node, _)| node).filter(|n| !n.is_empty())
+}
+
+/// Whether `node` can be used as a node name: 1 to 64 of `A-Z a-z 0-9 . _ -`, so it can be a
+/// channel-id prefix and part of a Redis channel name.
+pub fn valid_node_name(node: &str) -> bool {
+    (1..=64).contains(&node.len()) && node.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The wire form of one relayed message (the payload of a Redis PUBLISH):
+///
+/// ```text
+/// 'W' 1                  magic and version
+/// kind                   'T' text, 'B' binary; control: 'S' subscribe, 'U' unsubscribe,
+///                        'C' close (payload: u16 BE code, then the reason)
+/// u8 len, origin node
+/// u8 len, target id      (empty for multicasts)
+/// u16 BE count, then per excluded channel: u8 len, id
+/// payload                the message bytes, to the end
+/// ```
+///
+/// Ids and node names are at most 255 bytes (node names are limited to 64 and sequences to
+/// 20 digits); longer ones are left out of `exclude` rather than corrupt the envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The node that published it (receivers ignore their own).
+    pub origin: String,
+    /// For a direct send: the channel id; empty for a multicast.
+    pub target: String,
+    /// Channels that must not receive it.
+    pub exclude: Vec<ChannelId>,
+    /// What it carries.
+    pub payload: Payload,
+}
+
+/// What an envelope carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A message for subscribers (or, with a target, for one channel).
+    Message(Message),
+    /// A control operation on the target channel.
+    Control(Control),
+}
+
+/// Why an envelope could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not a wsgate envelope, or a version this node does not speak.
+    #[error("not a wsgate envelope (version 1)")]
+    BadHeader,
+    /// Cut short.
+    #[error("envelope truncated")]
+    Truncated,
+    /// A text message whose bytes are not UTF-8 (it would make clients close with 1007).
+    #[error("text message is not valid UTF-8")]
+    InvalidUtf8,
+    /// A name or id that is not UTF-8.
+    #[error("node or channel id is not UTF-8")]
+    BadId,
+}
+
+impl Envelope {
+    /// Encodes a multicast or send without building an `Envelope` first.
+    pub fn encode(origin: &str, target: &str, exclude: &[ChannelId], message: &Message) -> Vec<u8> {
+        let (kind, payload) = match message {
+            Message::Text(b) => (b'T', b),
+            Message::Binary(b) => (b'B', b),
+        };
+        Self::encode_raw(origin, target, exclude, kind, payload)
+    }
+
+    /// Encodes a control operation on channel `target`.
+    pub fn encode_control(origin: &str, target: &str, op: &Control) -> Vec<u8> {
+        match op {
+            Control::Subscribe(name) => Self::encode_raw(origin, target, &[], b'S', name.as_bytes()),
+            Control::Unsubscribe(name) => Self::encode_raw(origin, target, &[], b'U', name.as_bytes()),
+            Control::Close { code, reason } => {
+                let mut body = code.to_be_bytes().to_vec();
+                body.extend_from_slice(reason.as_bytes());
+                Self::encode_raw(origin, target, &[], b'C', &body)
+            }
+        }
+    }
+
+    fn encode_raw(origin: &str, target: &str, exclude: &[ChannelId], kind: u8, payload: &[u8]) -> Vec<u8> {
+        let exclude: Vec<&str> = exclude.iter().map(|c| c.as_str()).filter(|s| s.len() <= 255).collect();
+        let mut out = Vec::with_capacity(8 + origin.len() + target.len() + payload.len() + exclude.len() * 20);
+        out.extend_from_slice(&[b'W', 1, kind]);
+        for s in [origin, target] {
+            let s = &s.as_bytes()[..s.len().min(255)];
+            out.push(s.len() as u8);
+            out.extend_from_slice(s);
+        }
+        let count = exclude.len().min(u16::MAX as usize);
+        out.extend_from_slice(&(count as u16).to_be_bytes());
+        for id in exclude.iter().take(count) {
+            out.push(id.len() as u8);
+            out.extend_from_slice(id.as_bytes());
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Decodes an envelope received from the broker. Text is checked for UTF-8 here, because
+    /// anything with access to Redis can publish.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let mut rest = bytes;
+        let header = take(&mut rest, 3)?;
+        if header[0] != b'W' || header[1] != 1 {
+            return Err(EnvelopeError::BadHeader);
+        }
+        let kind = header[2];
+        let origin = short_str(&mut rest)?.to_owned();
+        let target = short_str(&mut rest)?.to_owned();
+        let count = take(&mut rest, 2)?;
+        let count = u16::from_be_bytes([count[0], count[1]]) as usize;
+        let mut exclude = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            exclude.push(ChannelId::from(short_str(&mut rest)?));
+        }
+        let text = |b: &[u8]| simdutf8::basic::from_utf8(b).map(str::to_owned).map_err(|_| EnvelopeError::InvalidUtf8);
+        let payload = match kind {
+            b'T' => {
+                simdutf8::basic::from_utf8(rest).map_err(|_| EnvelopeError::InvalidUtf8)?;
+                Payload::Message(Message::Text(Bytes::copy_from_slice(rest)))
+            }
+            b'B' => Payload::Message(Message::Binary(Bytes::copy_from_slice(rest))),
+            b'S' => Payload::Control(Control::Subscribe(text(rest)?)),
+            b'U' => Payload::Control(Control::Unsubscribe(text(rest)?)),
+            b'C' => {
+                let code = take(&mut rest, 2)?;
+                let code = u16::from_be_bytes([code[0], code[1]]);
+                Payload::Control(Control::Close { code, reason: text(rest)? })
+            }
+            _ => return Err(EnvelopeError::BadHeader),
+        };
+        Ok(Envelope { origin, target, exclude, payload })
+    }
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], EnvelopeError> {
+    if rest.len() < n {
+        return Err(EnvelopeError::Truncated);
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
+}
+
+fn short_str<'a>(rest: &mut &'a [u8]) -> Result<&'a str, EnvelopeError> {
+    let len = take(rest, 1)?[0] as usize;
+    std::str::from_utf8(take(rest, len)?).map_err(|_| EnvelopeError::BadId)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip_and_rejects() {
+        let exclude = vec![ChannelId::from("n1-000000000001"), ChannelId::from("n2-000000000007")];
+        let bytes = Envelope::encode("n1", "", &exclude, &Message::Text(Bytes::from_static("héllo".as_bytes())));
+        let env = Envelope::decode(&bytes).unwrap();
+        assert_eq!(env.origin, "n1");
+        assert_eq!(env.target, "");
+        assert_eq!(env.exclude, exclude);
+        assert_eq!(env.payload, Payload::Message(Message::Text(Bytes::from_static("héllo".as_bytes()))));
+
+        let bin = Envelope::encode("a.b_c-1", "n2-000000000003", &[], &Message::Binary(Bytes::from_static(&[0, 255])));
+        let env = Envelope::decode(&bin).unwrap();
+        assert_eq!((env.origin.as_str(), env.target.as_str()), ("a.b_c-1", "n2-000000000003"));
+        assert_eq!(env.payload, Payload::Message(Message::Binary(Bytes::from_static(&[0, 255]))));
+        for op in [
+            Control::Subscribe("room".into()),
+            Control::Unsubscribe("room".into()),
+            Control::Close { code: 4001, reason: "bye".into() },
+        ] {
+            let env = Envelope::decode(&Envelope::encode_control("n1", "n2-000000000001", &op)).unwrap();
+            assert_eq!(env.payload, Payload::Control(op));
+        }
+
+        for cut in 0..bin.len() - 2 {
+            assert!(Envelope::decode(&bin[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = Envelope::encode("n", "", &[], &Message::Text(Bytes::from_static(b"ok")));
+        bad.push(0xff);
+        assert_eq!(Envelope::decode(&bad), Err(EnvelopeError::InvalidUtf8));
+        assert_eq!(Envelope::decode(b"X1T"), Err(EnvelopeError::BadHeader));
+    }
+
+    #[test]
+    fn node_names() {
+        assert_eq!(node_of("n1-000000000042"), Some("n1"));
+        assert_eq!(node_of("eu-west-3-000000000042"), Some("eu-west-3"));
+        assert_eq!(node_of("nodash"), None);
+        assert_eq!(node_of("-1"), None);
+        assert!(valid_node_name("node-a.1_x"));
+        assert!(!valid_node_name(""));
+        assert!(!valid_node_name("a b"));
+        assert!(!valid_node_name("a:b"));
+        assert!(!valid_node_name(&"x".repeat(65)));
+    }
+}

@@ -1,0 +1,500 @@
+//! The Redis broker (`[broker] kind = "redis"`): nodes share subscriptions through Redis
+//! pub/sub (DESIGN §4).
+//!
+//! - A multicast is delivered locally by the hub, then PUBLISHed once on
+//!   `wsgate:sub:<name>` (`wsgate:all` for `all`) as an [`Envelope`] carrying the origin node,
+//!   the kind, the exclude list and the bytes. Each receiving node encodes the frame once for
+//!   all its members; the origin ignores its own copy.
+//! - A send to a channel of another node is PUBLISHed on `wsgate:node:<node>`, the node
+//!   prefix of the channel id.
+//! - A node SUBSCRIBEs only to the subscriptions that have local members (plus its node
+//!   channel and `wsgate:all`). The hub reports first-member/last-member transitions; the
+//!   connection task then compares the hub's membership *at that moment* with what Redis has,
+//!   so racing joins and leaves converge instead of losing a subscription.
+//! - Nothing on the hub's path waits on Redis: multicasts are queued to a publisher task
+//!   (bounded to 64 MiB; over that, or while disconnected, a message is counted and dropped).
+//! - On a lost connection the node keeps serving its local subscribers, reconnects with
+//!   exponential backoff (100 ms doubling to 5 s, ±20 % jitter) and resubscribes everything
+//!   the hub has. What could not be relayed meanwhile is counted (`broker_errors_total`).
+//!   Messages published by other nodes while this one was disconnected are not replayed:
+//!   Redis pub/sub has no history.
+
+use std::collections::HashSet;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::Stream;
+use prometheus_client::metrics::counter::Counter;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::IntoConnectionInfo;
+use tokio::sync::{mpsc, watch};
+
+use super::{deliver_direct, Broker, BrokerError, Control, Envelope, Payload, ALL_CHANNEL, NODE_PREFIX, SUB_PREFIX};
+use crate::apps::Message;
+use crate::pubsub::channel::ChannelId;
+use crate::pubsub::hub::{encode, Hub, ALL};
+
+/// Bytes waiting for the publisher; beyond this a multicast is counted and dropped (one
+/// message larger than this still passes an empty queue).
+const OUTBOUND_BYTES: usize = 64 << 20;
+/// Messages PUBLISHed in one pipeline (one round trip).
+const BATCH: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Limit on connecting, on each command's answer, and on the liveness PING.
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle connection is checked with PING (a silent network drop has no FIN).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How to reach Redis.
+#[derive(Clone, Default)]
+pub struct RedisSettings {
+    /// `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS) or `unix://…`.
+    pub url: String,
+    /// Password (from `password_file`); overrides one in the URL.
+    pub password: Option<String>,
+    /// PEM root certificates for `rediss://` instead of the system's trust store.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: print only what identifies the server.
+        let server = self.url.rsplit_once('@').map(|(_, s)| s).unwrap_or(self.url.as_str());
+        f.debug_struct("RedisSettings").field("server", &server).finish_non_exhaustive()
+    }
+}
+
+impl RedisSettings {
+    /// A `redis::Client` (no connection is made yet).
+    pub fn client(&self) -> Result<redis::Client, String> {
+        let mut info = self.url.as_str().into_connection_info().map_err(|e| format!("broker.url: {e}"))?;
+        if let Some(password) = &self.password {
+            let redis = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(redis);
+        }
+        match &self.ca_pem {
+            Some(pem) => {
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
+                redis::Client::build_with_tls(info, certs).map_err(|e| format!("broker.ca_file: {e}"))
+            }
+            None => redis::Client::open(info).map_err(|e| format!("broker.url: {e}")),
+        }
+    }
+}
+
+struct Shared {
+    node: String,
+    connected: AtomicBool,
+    errors: Counter,
+    unrelayed: AtomicU64,
+    connects: AtomicU64,
+    /// Bytes in the outbound queue.
+    queued: AtomicUsize,
+    /// The generation of a connection a PUBLISH failed on: the connection task of that
+    /// generation reconnects (a later connection is not torn down by a stale failure).
+    failed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn count_unrelayed(&self, n: u64) {
+        self.unrelayed.fetch_add(n, Ordering::Relaxed);
+        self.errors.inc_by(n);
+    }
+}
+
+/// A node's connection to the cluster through Redis.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    outbound: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    interest: mpsc::UnboundedSender<Arc<str>>,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("node", &self.shared.node)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Creates the broker for node `node`, attaches it to `hub` and starts its tasks (must run
+    /// inside a tokio runtime). It connects in the background: an unreachable Redis is not an
+    /// error here, only a reason to retry. `errors` is the counter to export as
+    /// `broker_errors_total` (pass the metrics registry's).
+    pub fn start(settings: &RedisSettings, node: &str, hub: &Arc<Hub>, errors: Counter) -> Result<Arc<Self>, String> {
+        let client = settings.client()?;
+        let shared = Arc::new(Shared {
+            node: node.to_owned(),
+            connected: AtomicBool::new(false),
+            errors,
+            unrelayed: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            failed: watch::channel(0).0,
+        });
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let (interest, interest_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let broker = Arc::new(RedisBroker { shared: shared.clone(), outbound, interest, stop });
+        if !hub.set_broker(broker.clone()) {
+            return Err("the hub already has a broker".into());
+        }
+        let (conn_tx, conn_rx) = watch::channel(None);
+        tokio::spawn(publisher(shared.clone(), outbound_rx, conn_rx, stop_rx.clone()));
+        tokio::spawn(supervise(shared, client, Arc::downgrade(hub), interest_rx, conn_tx, stop_rx));
+        Ok(broker)
+    }
+
+    /// Messages that could not be relayed to other nodes so far (part of [`Broker::errors`]).
+    pub fn unrelayed(&self) -> u64 {
+        self.shared.unrelayed.load(Ordering::Relaxed)
+    }
+
+    /// Successful connections so far (1 after the first, +1 per reconnect).
+    pub fn connects(&self) -> u64 {
+        self.shared.connects.load(Ordering::Relaxed)
+    }
+
+    fn enqueue(&self, channel: String, payload: Vec<u8>) -> Result<(), BrokerError> {
+        if !self.is_connected() {
+            self.shared.count_unrelayed(1);
+            return Err(BrokerError::Disconnected);
+        }
+        let len = channel.len() + payload.len();
+        let before = self.shared.queued.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before + len > OUTBOUND_BYTES {
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+            self.shared.count_unrelayed(1);
+            return Err(BrokerError::Overloaded);
+        }
+        self.outbound.send((channel, payload)).map_err(|_| {
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+            self.shared.count_unrelayed(1);
+            BrokerError::Disconnected
+        })
+    }
+}
+
+impl Broker for RedisBroker {
+    fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    fn publish(&self, name: &str, message: &Message, exclude: &[ChannelId]) {
+        let channel = if name == ALL { ALL_CHANNEL.to_owned() } else { format!("{SUB_PREFIX}{name}") };
+        let _ = self.enqueue(channel, Envelope::encode(&self.shared.node, "", exclude, message));
+    }
+
+    fn send(&self, node: &str, id: &ChannelId, message: &Message) -> Result<(), BrokerError> {
+        self.enqueue(format!("{NODE_PREFIX}{node}"), Envelope::encode(&self.shared.node, id.as_str(), &[], message))
+    }
+
+    fn control(&self, node: &str, id: &ChannelId, op: &Control) -> Result<(), BrokerError> {
+        self.enqueue(format!("{NODE_PREFIX}{node}"), Envelope::encode_control(&self.shared.node, id.as_str(), op))
+    }
+
+    fn interest_changed(&self, name: &str) {
+        let _ = self.interest.send(name.into());
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    fn errors(&self) -> u64 {
+        self.shared.errors.get()
+    }
+
+    fn close(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// PUBLISHes queued messages, pipelined in batches, on the current connection.
+async fn publisher(
+    shared: Arc<Shared>,
+    mut queue: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    conn: watch::Receiver<Option<(u64, MultiplexedConnection)>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        tokio::select! {
+            n = queue.recv_many(&mut batch, BATCH) => if n == 0 { return },
+            _ = stop.changed() => return,
+        }
+        let bytes: usize = batch.iter().map(|(c, p)| c.len() + p.len()).sum();
+        let current = conn.borrow().clone();
+        let Some((generation, mut current)) = current else {
+            shared.queued.fetch_sub(bytes, Ordering::AcqRel);
+            shared.count_unrelayed(batch.len() as u64);
+            continue;
+        };
+        let mut pipe = redis::pipe();
+        for (channel, payload) in &batch {
+            pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice()).ignore();
+        }
+        let result = tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut current)).await;
+        shared.queued.fetch_sub(bytes, Ordering::AcqRel);
+        if !matches!(result, Ok(Ok(()))) {
+            tracing::warn!(messages = batch.len(), "broker: PUBLISH failed; messages not relayed");
+            shared.count_unrelayed(batch.len() as u64);
+            shared.failed.send_replace(generation);
+        }
+    }
+}
+
+/// Connects, subscribes, relays received messages to the hub, follows membership, and
+/// reconnects with backoff; ends when stopped or when the hub is gone.
+async fn supervise(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    hub: Weak<Hub>,
+    mut interest: mpsc::UnboundedReceiver<Arc<str>>,
+    conn: watch::Sender<Option<(u64, MultiplexedConnection)>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u64;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match connect(&client, &shared.node, &hub).await {
+            Ok(session) => {
+                backoff = BACKOFF_MIN;
+                failures = 0;
+                let generation = shared.connects.fetch_add(1, Ordering::Relaxed) + 1;
+                conn.send_replace(Some((generation, session.conn.clone())));
+                shared.connected.store(true, Ordering::Release);
+                tracing::info!(node = %shared.node, subscriptions = session.subscribed.len(), "broker: connected to Redis");
+                let ended = run(&shared, generation, &hub, session, &mut interest, &mut stop).await;
+                shared.connected.store(false, Ordering::Release);
+                conn.send_replace(None);
+                match ended {
+                    Ended::Stopped => return,
+                    Ended::Lost(why) => {
+                        tracing::warn!(node = %shared.node, %why, "broker: lost the Redis connection; serving local subscribers only")
+                    }
+                }
+            }
+            Err(why) => {
+                failures += 1;
+                shared.errors.inc();
+                // Log the first failure of a streak loudly, then once in a while.
+                if failures == 1 || failures % 30 == 0 {
+                    tracing::warn!(node = %shared.node, %why, failures, "broker: cannot connect to Redis; retrying");
+                }
+            }
+        }
+        if hub.strong_count() == 0 {
+            return;
+        }
+        let wait = backoff.mul_f64(0.8 + 0.4 * fastrand::f64());
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        // Resubscribing reads the hub's membership afresh, which covers these events.
+        while interest.try_recv().is_ok() {}
+    }
+}
+
+struct Session {
+    sink: PubSubSink,
+    stream: PubSubStream,
+    conn: MultiplexedConnection,
+    /// Subscription names subscribed in Redis (besides the node channel and `all`).
+    subscribed: HashSet<String>,
+}
+
+enum Ended {
+    Stopped,
+    Lost(String),
+}
+
+async fn timed<T>(what: &str, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+    match tokio::time::timeout(IO_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {IO_TIMEOUT:?}")),
+    }
+}
+
+async fn connect(client: &redis::Client, node: &str, hub: &Weak<Hub>) -> Result<Session, String> {
+    let pubsub = timed("connect (subscriber)", client.get_async_pubsub()).await?;
+    let conn = timed("connect (publisher)", client.get_multiplexed_async_connection()).await?;
+    let (mut sink, stream) = pubsub.split();
+    timed("SUBSCRIBE", sink.subscribe(&[format!("{NODE_PREFIX}{node}"), ALL_CHANNEL.to_owned()])).await?;
+    let names = hub.upgrade().map(|h| h.local_subscription_names()).unwrap_or_default();
+    if !names.is_empty() {
+        let channels: Vec<String> = names.iter().map(|n| format!("{SUB_PREFIX}{n}")).collect();
+        timed("SUBSCRIBE", sink.subscribe(channels)).await?;
+    }
+    Ok(Session { sink, stream, conn, subscribed: names.into_iter().collect() })
+}
+
+async fn run(
+    shared: &Shared,
+    generation: u64,
+    hub: &Weak<Hub>,
+    mut session: Session,
+    interest: &mut mpsc::UnboundedReceiver<Arc<str>>,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    let node_channel = format!("{NODE_PREFIX}{}", shared.node);
+    let mut failed = shared.failed.subscribe();
+    loop {
+        tokio::select! {
+            msg = poll_fn(|cx| std::pin::Pin::new(&mut session.stream).poll_next(cx)) => {
+                let Some(msg) = msg else { return Ended::Lost("subscriber connection closed".into()) };
+                let Some(hub) = hub.upgrade() else { return Ended::Stopped };
+                deliver(shared, &hub, &node_channel, msg.get_channel_name(), msg.get_payload_bytes());
+            }
+            name = interest.recv() => {
+                let Some(name) = name else { return Ended::Stopped };
+                let Some(hub) = hub.upgrade() else { return Ended::Stopped };
+                if let Err(why) = reconcile(&hub, &mut session, &name).await {
+                    return Ended::Lost(why);
+                }
+            }
+            _ = ping.tick() => {
+                // Both connections: a network that drops silently sends no FIN.
+                if let Err(why) = timed("PING", redis::cmd("PING").query_async::<String>(&mut session.conn)).await {
+                    return Ended::Lost(why);
+                }
+                if let Err(why) = timed("PING (subscriber)", session.sink.ping::<redis::Value>()).await {
+                    return Ended::Lost(why);
+                }
+            }
+            changed = failed.changed() => {
+                if changed.is_err() || *failed.borrow_and_update() == generation {
+                    return Ended::Lost("PUBLISH failed".into());
+                }
+            }
+            _ = stop.changed() => return Ended::Stopped,
+        }
+    }
+}
+
+/// Makes Redis's subscription to `name` match the hub's membership now.
+async fn reconcile(hub: &Hub, session: &mut Session, name: &str) -> Result<(), String> {
+    let want = hub.has_local_members(name);
+    let have = session.subscribed.contains(name);
+    let channel = format!("{SUB_PREFIX}{name}");
+    if want && !have {
+        timed("SUBSCRIBE", session.sink.subscribe(&channel)).await?;
+        session.subscribed.insert(name.to_owned());
+    } else if !want && have {
+        timed("UNSUBSCRIBE", session.sink.unsubscribe(&channel)).await?;
+        session.subscribed.remove(name);
+    }
+    Ok(())
+}
+
+/// Hands one received message to the hub's node-local fan-out (encoding it once here).
+fn deliver(shared: &Shared, hub: &Hub, node_channel: &str, channel: &str, payload: &[u8]) {
+    let envelope = match Envelope::decode(payload) {
+        Ok(e) => e,
+        Err(error) => {
+            tracing::warn!(channel, %error, "broker: ignored a malformed message");
+            return;
+        }
+    };
+    if envelope.origin == shared.node {
+        return; // delivered locally when it was published
+    }
+    if channel == node_channel {
+        deliver_direct(hub, &envelope);
+        return;
+    }
+    let Payload::Message(message) = &envelope.payload else {
+        return; // control operations travel only on node channels
+    };
+    let name = if channel == ALL_CHANNEL {
+        ALL
+    } else if let Some(name) = channel.strip_prefix(SUB_PREFIX) {
+        name
+    } else {
+        return;
+    };
+    hub.multicast_frame(name, encode(message), &envelope.exclude);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::channel::{ChannelHandle, ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
+    use crate::pubsub::queue::SlowConsumerPolicy;
+    use bytes::Bytes;
+
+    fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
+        let info =
+            ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
+        let (handle, queue) = ChannelHandle::new(info, 1 << 20, SlowConsumerPolicy::Close);
+        hub.register(handle.clone());
+        (handle, queue)
+    }
+
+    fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Ok(Outbound::Frame(f)) = queue.rx.try_recv() {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn received_messages_are_encoded_once_per_node_and_filtered() {
+        let shared = Shared {
+            node: "me".into(),
+            connected: AtomicBool::new(true),
+            errors: Counter::default(),
+            unrelayed: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            failed: watch::channel(0).0,
+        };
+        let hub = Hub::new();
+        let ids = ChannelIdGenerator::new("me");
+        let mut chans: Vec<_> = (0..3).map(|_| open(&hub, &ids)).collect();
+        for (h, _) in &chans {
+            hub.subscribe(h.id(), "room").unwrap();
+        }
+        let node_channel = "wsgate:node:me";
+        let msg = Message::Text(Bytes::from_static(b"hi"));
+        let excluded = chans[2].0.id().clone();
+        deliver(&shared, &hub, node_channel, "wsgate:sub:room", &Envelope::encode("other", "", &[excluded], &msg));
+        let (a, b, c) = (frames(&mut chans[0].1), frames(&mut chans[1].1), frames(&mut chans[2].1));
+        assert_eq!((a.len(), b.len(), c.len()), (1, 1, 0));
+        assert_eq!(a[0].as_ptr(), b[0].as_ptr(), "one encoding shared by the node's members");
+
+        // Its own publications, garbage and control on subscription channels are ignored.
+        deliver(&shared, &hub, node_channel, "wsgate:sub:room", &Envelope::encode("me", "", &[], &msg));
+        deliver(&shared, &hub, node_channel, "wsgate:sub:room", b"\x00garbage");
+        let close = Control::Close { code: 4000, reason: String::new() };
+        let target = chans[0].0.id().to_string();
+        deliver(&shared, &hub, node_channel, "wsgate:sub:room", &Envelope::encode_control("other", &target, &close));
+        assert!(chans.iter_mut().all(|(_, q)| frames(q).is_empty()));
+        assert!(!chans[0].0.is_closing());
+
+        // On the node channel: a send to one channel, and control operations.
+        deliver(&shared, &hub, node_channel, node_channel, &Envelope::encode("other", &target, &[], &msg));
+        assert_eq!(frames(&mut chans[0].1).len(), 1);
+        assert!(frames(&mut chans[1].1).is_empty());
+        deliver(&shared, &hub, node_channel, ALL_CHANNEL, &Envelope::encode("other", "", &[], &msg));
+        assert!(chans.iter_mut().all(|(_, q)| frames(q).len() == 1), "`all` reaches every channel");
+        deliver(&shared, &hub, node_channel, node_channel, &Envelope::encode_control("other", &target, &close));
+        assert!(chans[0].0.is_closing());
+    }
+}

@@ -1,0 +1,470 @@
+//! Scale-out through Redis (DESIGN §4, `[broker] kind = "redis"`): real `redis-server`
+//! processes on 127.0.0.1 random ports, three wsgate nodes started in-process with different
+//! node names, and real WebSocket clients. Channels are subscribed through each node's
+//! `RunningServer::hub()` (ids from `channel_summaries()`), the in-process form of `ws::subscribe`.
+//!
+//! Needs `redis-server` (Debian package redis-server, installed by scripts/install-test-deps).
+//! Without it every test here prints a loud SKIPPED line and passes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{basic_config, start_gate, start_upstream, Gate, WsClient};
+use wsgate::apps::Message;
+use wsgate::pubsub::broker::redis::RedisSettings;
+use wsgate::pubsub::broker::{control, Control};
+use wsgate::pubsub::ChannelId;
+use wsgate::ws::codec::Incoming;
+
+const ROOM: &str = "room";
+
+fn redis_server_bin() -> Option<PathBuf> {
+    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].iter().map(PathBuf::from).find(|p| p.exists()).or_else(
+        || {
+            let out = Command::new("sh").args(["-c", "command -v redis-server"]).output().ok()?;
+            let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+            (!path.is_empty()).then(|| PathBuf::from(path))
+        },
+    )
+}
+
+macro_rules! require_redis {
+    () => {
+        match redis_server_bin() {
+            Some(bin) => bin,
+            None => {
+                eprintln!("\n!!!!!!!!\n!!! SKIPPED: redis-server is not installed (apt-get install redis-server; scripts/install-test-deps does it)\n!!!!!!!!\n");
+                return;
+            }
+        }
+    };
+}
+
+/// One `redis-server` process on a loopback port, killed on drop.
+struct Redis {
+    bin: PathBuf,
+    port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+    /// How the test itself talks to it (TLS and password for the TLS test).
+    settings: Option<RedisSettings>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Redis {
+    /// Starts redis-server with no persistence; `extra` are more `--option value` arguments.
+    /// With `tls`, `extra` must configure `--tls-port` and the plain port is turned off.
+    async fn start(bin: &std::path::Path, extra: &[&str]) -> Redis {
+        let mut redis = Redis {
+            bin: bin.to_path_buf(),
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            settings: None,
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    fn tls(&self) -> bool {
+        self.extra.iter().any(|a| a == "--tls-port")
+    }
+
+    async fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"]);
+        if self.tls() {
+            cmd.args(["--port", "0", "--tls-port", &port]);
+            let mut it = self.extra.iter();
+            while let Some(a) = it.next() {
+                if a == "--tls-port" {
+                    it.next();
+                } else {
+                    cmd.arg(a);
+                }
+            }
+        } else {
+            cmd.args(["--port", &port]).args(&self.extra);
+        }
+        self.child = Some(cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("redis-server starts"));
+        // Ready when it accepts TCP connections.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen on {}", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `PUBSUB NUMSUB channel`: how many connections subscribe to it.
+    async fn numsub(&self, channel: &str) -> i64 {
+        let settings = self.settings.clone().unwrap_or(RedisSettings { url: self.url(), ..Default::default() });
+        let client = settings.client().unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let answer: Vec<(String, i64)> =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.unwrap();
+        answer[0].1
+    }
+
+    async fn wait_numsub(&self, channel: &str, want: i64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = self.numsub(channel).await;
+            if n == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{channel}: {n} subscribers, want {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node_config(node: &str, broker: &str) -> String {
+    basic_config(&format!(
+        "\n[limits]\nshutdown_timeout = \"1s\"\n\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\n{broker}\n"
+    ))
+}
+
+async fn start_nodes(url: &str, upstream: std::net::SocketAddr) -> Vec<Gate> {
+    let mut gates = Vec::new();
+    for node in ["na", "nb", "nc"] {
+        gates.push(start_gate(&node_config(node, &format!("url = \"{url}\"")), upstream).await);
+    }
+    gates
+}
+
+async fn wait_connected(gates: &[Gate], want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !gates.iter().all(|g| g.server.hub().broker().unwrap().is_connected() == want) {
+        assert!(Instant::now() < deadline, "brokers did not become connected={want} in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens a WebSocket to `gate` and returns it with the channel id the node gave it.
+async fn open(gate: &Gate) -> (WsClient, ChannelId) {
+    let before: HashSet<ChannelId> = gate.server.hub().channel_summaries().into_iter().map(|c| c.id).collect();
+    let client = WsClient::connect(gate.addr, "/websocket/echo").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let new: Vec<ChannelId> =
+            gate.server.hub().channel_summaries().into_iter().map(|c| c.id).filter(|id| !before.contains(id)).collect();
+        if let [id] = new.as_slice() {
+            return (client, id.clone());
+        }
+        assert!(Instant::now() < deadline, "channel not registered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn text(s: &str) -> Message {
+    Message::Text(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+async fn expect_text(client: &mut WsClient, want: &str) {
+    match client.next().await {
+        Some(Incoming::Text(t)) => assert_eq!(&t[..], want.as_bytes()),
+        other => panic!("expected text {want:?}, got {other:?}"),
+    }
+}
+
+/// Nothing arrives within `wait`.
+async fn expect_silence(client: &mut WsClient, wait: Duration) {
+    if let Ok(got) = tokio::time::timeout(wait, client.next()).await {
+        panic!("expected nothing, got {got:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_multicast_exclude_send_and_all() {
+    let bin = require_redis!();
+    let redis = Redis::start(&bin, &[]).await;
+    let upstream = start_upstream().await;
+    let gates = start_nodes(&redis.url(), upstream.addr).await;
+    wait_connected(&gates, true).await;
+    redis.wait_numsub("wsgate:all", 3).await;
+    assert_eq!(redis.numsub("wsgate:node:nb").await, 1);
+
+    // Two clients per node, ids prefixed with their node's name.
+    let mut clients = Vec::new();
+    for gate in &gates {
+        for _ in 0..2 {
+            clients.push(open(gate).await);
+        }
+    }
+    assert!(clients[2].1.as_str().starts_with("nb-"), "{}", clients[2].1);
+    assert_eq!(redis.numsub("wsgate:sub:room").await, 0, "no members yet: nobody subscribed in Redis");
+    for (i, (_, id)) in clients.iter().enumerate() {
+        assert_eq!(gates[i / 2].server.hub().subscribe(id, ROOM), Ok(true));
+    }
+    redis.wait_numsub("wsgate:sub:room", 3).await;
+
+    // A multicast on node a excluding a channel of node b reaches the other five, once each.
+    let excluded = clients[3].1.clone();
+    let local = gates[0].server.hub().multicast(ROOM, &text("hello"), &[excluded]);
+    assert_eq!(local.delivered, 2);
+    gates[0].server.hub().multicast(ROOM, &text("marker"), &[]);
+    for (i, (client, _)) in clients.iter_mut().enumerate() {
+        if i != 3 {
+            expect_text(client, "hello").await;
+        }
+        expect_text(client, "marker").await;
+    }
+
+    // Binary from node c, excluding its own sender, keeps its kind.
+    let sender = clients[4].1.clone();
+    gates[2].server.hub().multicast(ROOM, &Message::Binary(Bytes::from_static(&[0, 1, 255])), &[sender]);
+    for (i, (client, _)) in clients.iter_mut().enumerate() {
+        if i == 4 {
+            continue;
+        }
+        match client.next().await {
+            Some(Incoming::Binary(b)) => assert_eq!(&b[..], &[0, 1, 255]),
+            other => panic!("client {i}: expected binary, got {other:?}"),
+        }
+    }
+
+    // Send to a channel of another node, routed by the id's node prefix.
+    let target = clients[5].1.clone();
+    gates[0].server.hub().send(target.as_str(), &text("direct")).unwrap();
+    expect_text(&mut clients[5].0, "direct").await;
+
+    // Control operations (the control API's PUT/DELETE) reach channels of other nodes.
+    let hub_a = gates[0].server.hub();
+    control(hub_a, target.as_str(), &Control::Subscribe("side".into())).unwrap();
+    redis.wait_numsub("wsgate:sub:side", 1).await;
+    hub_a.multicast("side", &text("side"), &[]);
+    expect_text(&mut clients[5].0, "side").await;
+    control(hub_a, target.as_str(), &Control::Unsubscribe("side".into())).unwrap();
+    redis.wait_numsub("wsgate:sub:side", 0).await;
+
+    // `all` is cluster-wide.
+    gates[1].server.hub().multicast(wsgate::pubsub::ALL, &text("everyone"), &[]);
+    for (client, _) in clients.iter_mut() {
+        expect_text(client, "everyone").await;
+    }
+
+    // Redis subscriptions follow membership: node c's last member leaves -> UNSUBSCRIBE; and
+    // node c no longer hears the room while the others still do.
+    gates[2].server.hub().unsubscribe(&clients[4].1, ROOM).unwrap();
+    assert_eq!(redis.numsub("wsgate:sub:room").await, 3, "one member left on node c");
+    gates[2].server.hub().unsubscribe(&clients[5].1, ROOM).unwrap();
+    redis.wait_numsub("wsgate:sub:room", 2).await;
+    gates[1].server.hub().multicast(ROOM, &text("without c"), &[]);
+    for (client, _) in clients.iter_mut().take(4) {
+        expect_text(client, "without c").await;
+    }
+    expect_silence(&mut clients[4].0, Duration::from_millis(300)).await;
+    expect_silence(&mut clients[5].0, Duration::from_millis(10)).await;
+
+    control(gates[1].server.hub(), clients[4].1.as_str(), &Control::Close { code: 4000, reason: "bye".into() })
+        .unwrap();
+    assert_eq!(clients[4].0.expect_close().await, Some(4000));
+
+    // A closed channel leaves its subscriptions; when node a's last member is gone, node a
+    // unsubscribes too.
+    drop(clients.drain(0..2));
+    redis.wait_numsub("wsgate:sub:room", 1).await;
+
+    drop(clients);
+    for gate in gates {
+        assert_eq!(gate.server.hub().broker().unwrap().errors(), 0);
+        gate.server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_churn_never_loses_the_redis_subscription() {
+    let bin = require_redis!();
+    let redis = Redis::start(&bin, &[]).await;
+    let upstream = start_upstream().await;
+    let gates = start_nodes(&redis.url(), upstream.addr).await;
+    wait_connected(&gates, true).await;
+    let (mut a, a_id) = open(&gates[0]).await;
+    let (_b, b_id) = open(&gates[1]).await;
+    let hub = gates[1].server.hub();
+    // Rapid first-member/last-member flips on node b; it must end subscribed, exactly once.
+    for _ in 0..200 {
+        hub.subscribe(&b_id, "churn").unwrap();
+        hub.unsubscribe(&b_id, "churn").unwrap();
+    }
+    hub.subscribe(&b_id, "churn").unwrap();
+    gates[0].server.hub().subscribe(&a_id, "churn").unwrap();
+    redis.wait_numsub("wsgate:sub:churn", 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(redis.numsub("wsgate:sub:churn").await, 2, "settled at one subscription per node");
+    // And relaying works over it.
+    hub.multicast("churn", &text("settled"), std::slice::from_ref(&b_id));
+    expect_text(&mut a, "settled").await;
+    for _ in 0..100 {
+        hub.unsubscribe(&b_id, "churn").unwrap();
+        hub.subscribe(&b_id, "churn").unwrap();
+    }
+    hub.unsubscribe(&b_id, "churn").unwrap();
+    redis.wait_numsub("wsgate:sub:churn", 1).await;
+    for gate in gates {
+        gate.server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_local_delivery_continues_gap_counted_delivery_resumes() {
+    let bin = require_redis!();
+    let mut redis = Redis::start(&bin, &[]).await;
+    let upstream = start_upstream().await;
+    let gates = start_nodes(&redis.url(), upstream.addr).await;
+    wait_connected(&gates, true).await;
+    let mut clients = Vec::new();
+    for gate in &gates {
+        let (client, id) = open(gate).await;
+        gate.server.hub().subscribe(&id, ROOM).unwrap();
+        clients.push(client);
+    }
+    redis.wait_numsub("wsgate:sub:room", 3).await;
+    gates[0].server.hub().multicast(ROOM, &text("before"), &[]);
+    for client in clients.iter_mut() {
+        expect_text(client, "before").await;
+    }
+
+    redis.kill();
+    wait_connected(&gates, false).await;
+    let errors_before = gates[0].server.hub().broker().unwrap().errors();
+    // Local subscribers are still served at once; what could not be relayed is counted.
+    let gap = 5;
+    for i in 0..gap {
+        let d = gates[0].server.hub().multicast(ROOM, &text(&format!("during {i}")), &[]);
+        assert_eq!(d.delivered, 1);
+    }
+    for i in 0..gap {
+        expect_text(&mut clients[0], &format!("during {i}")).await;
+    }
+    let errors_during = gates[0].server.hub().broker().unwrap().errors();
+    assert!(errors_during >= errors_before + gap as u64, "gap counted: {errors_before} -> {errors_during}");
+    assert!(matches!(
+        gates[0].server.hub().send("nb-000000000001", &text("x")),
+        Err(wsgate::pubsub::HubError::Remote { .. })
+    ));
+    expect_silence(&mut clients[1], Duration::from_millis(200)).await;
+
+    // While Redis stays down, nodes retry with growing backoff; each failed attempt counts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let errors_down = gates[1].server.hub().broker().unwrap().errors();
+    assert!(errors_down >= 3, "failed reconnects counted on node b: {errors_down}");
+
+    // Redis comes back on the same port: nodes reconnect (backoff ≤ 5 s) and resubscribe.
+    let restarted = Instant::now();
+    redis.spawn().await;
+    wait_connected(&gates, true).await;
+    redis.wait_numsub("wsgate:sub:room", 3).await;
+    let resumed = restarted.elapsed();
+    assert!(resumed < Duration::from_secs(12), "resumed after {resumed:?}");
+    eprintln!("redis outage: delivery resumed {resumed:?} after the restart; node a errors {errors_before} -> {errors_during}; node b failed reconnects {errors_down}");
+    gates[1].server.hub().multicast(ROOM, &text("after"), &[]);
+    for client in clients.iter_mut() {
+        expect_text(client, "after").await;
+    }
+    drop(clients);
+    for gate in gates {
+        gate.server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_password_file() {
+    let bin = require_redis!();
+    let dir = tempfile::tempdir().unwrap();
+    // A CA and a server certificate for localhost signed by it.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "wsgate test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(path("password"), "s3cret\n").unwrap();
+    std::fs::write(path("wrong"), "nope\n").unwrap();
+
+    let (cert_file, key_file, ca_file) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
+    let mut redis = Redis::start(
+        &bin,
+        &[
+            "--tls-port",
+            "x",
+            "--tls-cert-file",
+            &cert_file,
+            "--tls-key-file",
+            &key_file,
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret",
+        ],
+    )
+    .await;
+    let url = format!("rediss://localhost:{}", redis.port);
+    redis.settings =
+        Some(RedisSettings { url: url.clone(), password: Some("s3cret".into()), ca_pem: Some(ca.pem().into_bytes()) });
+    let upstream = start_upstream().await;
+    let broker = |node: &str, password: &str| {
+        node_config(node, &format!("url = \"{url}\"\npassword_file = \"{}\"\nca_file = \"{ca_file}\"", path(password)))
+    };
+    let gates = vec![
+        start_gate(&broker("ta", "password"), upstream.addr).await,
+        start_gate(&broker("tb", "password"), upstream.addr).await,
+    ];
+    let wrong = start_gate(&broker("tw", "wrong"), upstream.addr).await;
+    wait_connected(&gates, true).await;
+    let (mut client_a, a_id) = open(&gates[0]).await;
+    let (_client_b, b_id) = open(&gates[1]).await;
+    gates[0].server.hub().subscribe(&a_id, "secure").unwrap();
+    gates[1].server.hub().subscribe(&b_id, "secure").unwrap();
+    redis.wait_numsub("wsgate:sub:secure", 2).await;
+    gates[1].server.hub().multicast("secure", &text("over TLS"), &[b_id]);
+    expect_text(&mut client_a, "over TLS").await;
+
+    // A wrong password never connects; each attempt is counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let broker = wrong.server.hub().broker().unwrap().clone();
+    while broker.errors() < 2 {
+        assert!(Instant::now() < deadline, "failed attempts not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!broker.is_connected());
+    wrong.server.shutdown().await;
+    for gate in gates {
+        gate.server.shutdown().await;
+    }
+}
