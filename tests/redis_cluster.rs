@@ -38,6 +38,8 @@ macro_rules! require_redis {
         match redis_server_bin() {
             Some(bin) => bin,
             None => {
+                // In CI (scripts/install-test-deps installs it) a missing server is a failure.
+                assert!(std::env::var_os("CI").is_none(), "redis-server is not installed");
                 eprintln!("\n!!!!!!!!\n!!! SKIPPED: redis-server is not installed (apt-get install redis-server; scripts/install-test-deps does it)\n!!!!!!!!\n");
                 return;
             }
@@ -464,6 +466,68 @@ async fn tls_and_password_file() {
     }
     assert!(!broker.is_connected());
     wrong.server.shutdown().await;
+    for gate in gates {
+        gate.server.shutdown().await;
+    }
+}
+
+/// One HTTP/1.1 request to a node's admin listener; returns the status and the body.
+async fn admin_request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let head = common::raw_request(&mut stream, request.as_bytes()).await;
+    let mut rest = head.rest.to_vec();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await.unwrap().unwrap();
+    (head.status, String::from_utf8_lossy(&rest).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_acts_cluster_wide_and_readyz_follows_the_broker() {
+    let bin = require_redis!();
+    let mut redis = Redis::start(&bin, &[]).await;
+    let upstream = start_upstream().await;
+    let mut gates = Vec::new();
+    for node in ["ca", "cb"] {
+        let broker = format!("url = \"{}\"\n\n[admin]\naddr = \"127.0.0.1:0\"\n", redis.url());
+        let config = node_config(node, &broker);
+        gates.push(start_gate(&config, upstream.addr).await);
+    }
+    wait_connected(&gates, true).await;
+    let admin_a = gates[0].server.admin_addr().unwrap();
+    let (mut client_b, id_b) = open(&gates[1]).await;
+
+    // Node a's control API subscribes a channel that lives on node b, then publishes to it.
+    let (status, body) = admin_request(admin_a, "PUT", &format!("/v1/channels/{id_b}/subscriptions/{ROOM}"), "").await;
+    assert_eq!(status, 202, "{body}");
+    redis.wait_numsub("wsgate:sub:room", 1).await;
+    let (status, body) = admin_request(admin_a, "POST", &format!("/v1/subscriptions/{ROOM}/publish"), "cluster-wide").await;
+    assert_eq!(status, 200, "{body}");
+    expect_text(&mut client_b, "cluster-wide").await;
+    // An id no node has: 404, not a silent success.
+    let (status, _) = admin_request(admin_a, "DELETE", "/v1/channels/ca-000000009999", "").await;
+    assert_eq!(status, 404);
+    let (status, body) = admin_request(admin_a, "GET", "/readyz", "").await;
+    assert!(body.contains("\"broker\":\"ok\""), "{status} {body}");
+
+    // Redis down: /readyz says so, and what could not be relayed shows in broker_errors_total.
+    redis.kill();
+    wait_connected(&gates, false).await;
+    let (status, body) = admin_request(admin_a, "GET", "/readyz", "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("broker disconnected"), "{body}");
+    gates[0].server.hub().multicast(ROOM, &text("lost"), &[]);
+    let (_, metrics) = admin_request(admin_a, "GET", "/metrics", "").await;
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wsgate_broker_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("broker_errors_total missing:\n{metrics}"));
+    assert!(errors >= 1.0, "broker_errors_total = {errors}");
+    drop(client_b);
     for gate in gates {
         gate.server.shutdown().await;
     }
