@@ -19,6 +19,7 @@ use bytes::Bytes;
 use super::channel::{ChannelHandle, ChannelId, SendError};
 use crate::apps::Message;
 use crate::ws::codec::{server_frame, OpCode};
+use crate::ws::deflate::SharedMessage;
 
 /// The reserved subscription that reaches every WebSocket.
 pub const ALL: &str = "all";
@@ -221,18 +222,37 @@ impl Hub {
     /// Sends `message` to every member of subscription `name` except the channels in
     /// `exclude`, encoding it once.
     pub fn multicast(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Delivery {
-        self.multicast_frame(name, encode(message), exclude)
+        let shared = match message {
+            Message::Text(text) => SharedMessage::new(OpCode::Text, text),
+            Message::Binary(data) => SharedMessage::new(OpCode::Binary, data),
+        };
+        self.multicast_shared(name, &Arc::new(shared), exclude)
     }
 
-    /// Like [`Hub::multicast`] with an already-encoded frame (shared, never copied).
+    /// Like [`Hub::multicast`] with an already-encoded frame (shared, never copied). A whole
+    /// data frame is compressed at most once per window size for the members with deflate.
     pub fn multicast_frame(&self, name: &str, frame: Bytes, exclude: &[ChannelId]) -> Delivery {
+        match SharedMessage::from_frame(frame.clone()) {
+            Some(shared) => self.multicast_shared(name, &Arc::new(shared), exclude),
+            None => self.fan_out(name, exclude, |handle| handle.send_frame(frame.clone())),
+        }
+    }
+
+    /// Like [`Hub::multicast`] with a message encoded once: every member gets the same plain
+    /// frame, and the members with permessage-deflate share one compressed frame per window
+    /// size (computed by the first writer that needs it).
+    pub fn multicast_shared(&self, name: &str, message: &Arc<SharedMessage>, exclude: &[ChannelId]) -> Delivery {
+        self.fan_out(name, exclude, |handle| handle.send_shared(message))
+    }
+
+    fn fan_out(&self, name: &str, exclude: &[ChannelId], send: impl Fn(&ChannelHandle) -> Result<(), SendError>) -> Delivery {
         let mut delivery = Delivery::default();
         let mut deliver = |id: &ChannelId, handle: &ChannelHandle| {
             if exclude.contains(id) {
                 delivery.excluded += 1;
                 return;
             }
-            match handle.send_frame(frame.clone()) {
+            match send(handle) {
                 Ok(()) => delivery.delivered += 1,
                 Err(SendError::Closed) => delivery.closed += 1,
                 Err(SendError::Dropped | SendError::SlowConsumerClosed) => delivery.overflowed += 1,
@@ -340,8 +360,12 @@ mod tests {
 
     fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
         let mut out = Vec::new();
-        while let Ok(Outbound::Frame(f)) = queue.rx.try_recv() {
-            out.push(f);
+        loop {
+            match queue.rx.try_recv() {
+                Ok(Outbound::Frame(f)) => out.push(f),
+                Ok(Outbound::Message(m)) => out.push(m.plain().clone()),
+                _ => break,
+            }
         }
         out
     }

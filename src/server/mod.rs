@@ -77,6 +77,8 @@ pub struct AppRoute {
     pub send_queue: usize,
     /// Slow-consumer policy.
     pub slow_consumer: SlowConsumerPolicy,
+    /// Whether permessage-deflate is negotiated (`[websocket] compression`).
+    pub compression: bool,
 }
 
 impl std::fmt::Debug for AppRoute {
@@ -215,6 +217,7 @@ fn build_router(config: &Config, hub: &Arc<Hub>) -> Result<Router<AppRoute>, Sta
                 ConfigPolicy::Close => SlowConsumerPolicy::Close,
                 ConfigPolicy::Drop => SlowConsumerPolicy::Drop,
             },
+            compression: ws.compression,
         });
         for url in &app_config.urls {
             router.insert(url, route.clone());
@@ -258,7 +261,13 @@ async fn handle(
         response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         return Ok(response);
     };
-    let route = state.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |app| app.app.page().is_some());
+    let mut route = state.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |app| app.app.page().is_some());
+    if upgrade::is_extended_connect(&req) {
+        // RFC 8441 WebSocket over HTTP/2 on an app URL; other extended CONNECTs keep their route.
+        if let Some(app) = state.router.app(req.uri().path()) {
+            route = Route::WebSocket(app);
+        }
+    }
     let response = match route {
         Route::WebSocket(app) => {
             let app = app.clone();

@@ -11,8 +11,18 @@ use super::access::{check_address, check_origin};
 use super::{empty_body, text_response, AppRoute, Body, ConnectionSlot, State};
 use crate::proxy::ClientInfo;
 use crate::pubsub::channel::{ChannelHandle, ChannelInfo};
-use crate::ws::handshake::{accept_key, response_headers, select_protocol, validate_upgrade, HandshakeError};
+use crate::ws::deflate::negotiate_server;
+use crate::ws::handshake::{
+    accept_key, extended_connect_response_headers, response_headers, select_protocol, validate_extended_connect, validate_upgrade,
+    HandshakeError,
+};
 use crate::ws::session;
+
+/// Whether `req` is an HTTP/2 WebSocket bootstrap (RFC 8441 §4): CONNECT with `:protocol`.
+pub(super) fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::CONNECT
+        && req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
 
 /// Answers the upgrade request on `route` and, when accepted, spawns the session.
 pub(super) fn accept(
@@ -31,12 +41,23 @@ pub(super) fn accept(
         tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "WebSocket refused");
         return text_response(StatusCode::FORBIDDEN, "403 Forbidden: origin not allowed\n");
     }
-    let upgrade = match validate_upgrade(req.method(), req.version(), req.headers()) {
+    // RFC 8441: over HTTP/2 the handshake is an extended CONNECT, answered with 200 and no key.
+    let h2 = req.version() == http::Version::HTTP_2;
+    let validated = if h2 {
+        let protocol = req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str().to_owned());
+        validate_extended_connect(req.method(), protocol.as_deref(), req.headers())
+    } else {
+        validate_upgrade(req.method(), req.version(), req.headers())
+    };
+    let upgrade = match validated {
         Ok(upgrade) => upgrade,
         Err(error) => return handshake_refused(&route, &client, error),
     };
     let protocol = select_protocol(&upgrade.protocols, &route.subprotocols).map(str::to_owned);
-    let accept = accept_key(upgrade.key.as_bytes());
+    // RFC 7692: the first acceptable permessage-deflate offer, unless compression is off.
+    let deflate = if route.compression { negotiate_server(&upgrade.extensions) } else { None };
+    let mut session_config = route.session.clone();
+    session_config.deflate = deflate.as_ref().map(|(params, _)| *params);
     let on_upgrade = hyper::upgrade::on(&mut req);
 
     let info = ChannelInfo {
@@ -55,7 +76,7 @@ pub(super) fn accept(
             Ok(upgraded) => {
                 tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), "WebSocket open");
                 session_state.hub.register(channel.clone());
-                let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), route.session.clone(), shutdown).await;
+                let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), session_config, shutdown).await;
                 session_state.hub.unregister(channel.id());
                 tracing::debug!(app = %route.name, channel = %channel.id(), ?end, "WebSocket closed");
             }
@@ -65,8 +86,16 @@ pub(super) fn accept(
     });
 
     let mut response = Response::new(empty_body());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *response.headers_mut() = response_headers(&accept, protocol.as_deref());
+    if h2 {
+        *response.status_mut() = StatusCode::OK;
+        *response.headers_mut() = extended_connect_response_headers(protocol.as_deref());
+    } else {
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *response.headers_mut() = response_headers(&accept_key(upgrade.key.as_bytes()), protocol.as_deref());
+    }
+    if let Some(Ok(value)) = deflate.map(|(_, answer)| http::HeaderValue::from_str(&answer)) {
+        response.headers_mut().insert(http::header::SEC_WEBSOCKET_EXTENSIONS, value);
+    }
     response
 }
 

@@ -3,6 +3,7 @@
 
 pub mod close;
 pub mod codec;
+pub mod deflate;
 pub mod handshake;
 pub mod session;
 
