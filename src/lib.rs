@@ -13,3 +13,6 @@ pub mod proxy;
 pub mod pubsub;
 pub mod server;
 pub mod ws;
+
+/// The WebSocket client (`wsgate::client::{connect, Client}`), the seed's `ws::client`.
+pub use ws::client;

@@ -1,4 +1,4 @@
-//! The `wsgate` command line: `run` and `check`. Everything else lives in the library.
+//! The `wsgate` command line: `run`, `check` and `client`. Everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +19,8 @@ enum Command {
     Run(RunArgs),
     /// Validate a configuration (like `nginx -t`): exit 0 when it is usable, 1 otherwise.
     Check(CheckArgs),
+    /// Connect to a WebSocket URL: interactive (stdin lines out, messages in) or --send/--receive.
+    Client(wsgate::ws::client_cli::ClientArgs),
 }
 
 #[derive(Args)]
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Run(args) => run(&args),
+        Command::Client(args) => wsgate::ws::client_cli::run(args),
     }
 }
 
