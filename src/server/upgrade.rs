@@ -74,7 +74,7 @@ pub(super) fn accept(
         let shutdown = session_state.drain.receiver();
         match on_upgrade.await {
             Ok(upgraded) => {
-                tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), "WebSocket open");
+                tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), http = if h2 { "2" } else { "1.1" }, deflate = session_config.deflate.is_some(), "WebSocket open");
                 session_state.hub.register(channel.clone());
                 let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), session_config, shutdown).await;
                 session_state.hub.unregister(channel.id());

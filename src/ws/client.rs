@@ -312,7 +312,8 @@ async fn handshake(io: Pin<Box<dyn Io>>, target: &Target, options: &ConnectOptio
         let body = match body {
             Ok(Ok(collected)) => {
                 let bytes = collected.to_bytes();
-                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).trim().to_owned();
+                // One line for the user: whitespace (HTML indentation, newlines) collapsed.
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).split_whitespace().collect::<Vec<_>>().join(" ");
                 text
             }
             _ => String::new(),

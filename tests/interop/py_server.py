@@ -18,7 +18,7 @@ from websockets.asyncio.server import serve
 async def handler(ws):
     if ws.request.path.startswith("/info"):
         ext = ",".join(e.name for e in ws.protocol.extensions)
-        await ws.send(json.dumps({"extensions": ext, "protocol": ws.subprotocol}))
+        await ws.send(json.dumps({"extensions": ext, "protocol": ws.subprotocol}, separators=(",", ":")))
     async for message in ws:
         await ws.send(message)
 
