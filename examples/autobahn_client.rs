@@ -2,7 +2,8 @@
 //! case the server offers through `wsgate::client`, echoing each message, then asks the server
 //! to write its reports.
 //!
-//! Usage: autobahn_client BASE_URL AGENT [--no-deflate]   (BASE_URL e.g. ws://127.0.0.1:9001)
+//! Usage: autobahn_client BASE_URL AGENT [--no-deflate] [--update-reports-only]
+//! (BASE_URL e.g. ws://127.0.0.1:9001)
 
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ async fn main() -> std::process::ExitCode {
         timeout: Duration::from_secs(10),
         ..ConnectOptions::default()
     };
-    let count = match connect(&format!("{base}/getCaseCount"), &options).await {
+    let count = if args.iter().any(|a| a == "--update-reports-only") { 0 } else { match connect(&format!("{base}/getCaseCount"), &options).await {
         Ok(mut c) => match c.receive(Some(Duration::from_secs(10))).await {
             Ok(Received::Text(n)) => n.trim().parse::<u32>().unwrap_or(0),
             other => {
@@ -35,7 +36,7 @@ async fn main() -> std::process::ExitCode {
             eprintln!("getCaseCount: {e}");
             return std::process::ExitCode::from(1);
         }
-    };
+    } };
     eprintln!("autobahn_client: {count} cases");
     for case in 1..=count {
         let url = format!("{base}/runCase?case={case}&agent={agent}");
