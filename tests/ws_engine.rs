@@ -51,6 +51,8 @@ async fn compression_false_declines_deflate() {
     assert_eq!(head.header("sec-websocket-extensions"), None);
     let client = connect(&url(&gate, "/websocket/echo"), &ConnectOptions::default()).await.unwrap();
     assert!(client.deflate().is_none());
+    // Hang up first, so the shutdown does not wait for our Close answers.
+    drop((client, stream));
     gate.server.shutdown().await;
 }
 
@@ -95,6 +97,7 @@ async fn negotiation_picks_first_acceptable_offer_and_server_compresses() {
     assert!(data.len() < text.len() / 4);
     let params = wsgate::ws::deflate::DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: true };
     assert_eq!(&Inflater::new(&params, 1 << 20).inflate(&data).unwrap()[..], text.as_bytes());
+    drop(stream);
     gate.server.shutdown().await;
 }
 
@@ -143,18 +146,19 @@ subprotocols = ["echo.v2", "echo.v1"]
     let gate = start_gate(&basic_config(extra), up.addr).await;
     let opts = |p: &[&str]| ConnectOptions { subprotocols: p.iter().map(|s| s.to_string()).collect(), ..ConnectOptions::default() };
     // The client's order of preference wins among those the app speaks (RFC 6455 §4.2.2).
-    let c = connect(&url(&gate, "/ws/proto"), &opts(&["chat", "echo.v1", "echo.v2"])).await.unwrap();
-    assert_eq!(c.protocol(), Some("echo.v1"));
-    let c = connect(&url(&gate, "/ws/proto"), &opts(&["echo.v2"])).await.unwrap();
-    assert_eq!(c.protocol(), Some("echo.v2"));
+    let protocol = |offer: &'static [&'static str]| {
+        let (gate_url, options) = (url(&gate, "/ws/proto"), opts(offer));
+        async move { connect(&gate_url, &options).await.unwrap().protocol().map(str::to_owned) }
+    };
+    assert_eq!(protocol(&["chat", "echo.v1", "echo.v2"]).await.as_deref(), Some("echo.v1"));
+    assert_eq!(protocol(&["echo.v2"]).await.as_deref(), Some("echo.v2"));
     // Nothing in common, or nothing offered: accepted without a subprotocol.
-    let c = connect(&url(&gate, "/ws/proto"), &opts(&["other"])).await.unwrap();
-    assert_eq!(c.protocol(), None);
-    let c = connect(&url(&gate, "/ws/proto"), &opts(&[])).await.unwrap();
-    assert_eq!(c.protocol(), None);
+    assert_eq!(protocol(&["other"]).await, None);
+    assert_eq!(protocol(&[]).await, None);
     // An app without subprotocols never picks one.
     let c = connect(&url(&gate, "/websocket/echo"), &opts(&["echo.v1"])).await.unwrap();
     assert_eq!(c.protocol(), None);
+    drop(c);
     gate.server.shutdown().await;
 }
 
@@ -235,5 +239,6 @@ async fn websocket_over_http2_extended_connect() {
     // Not an app URL: the extended CONNECT is not served as a WebSocket.
     let (status, _, _) = h2_websocket(gate.addr, "/not-an-app", None).await;
     assert_ne!(status, http::StatusCode::OK);
+    drop(io);
     gate.server.shutdown().await;
 }

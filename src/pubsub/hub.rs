@@ -390,6 +390,33 @@ mod tests {
     }
 
     #[test]
+    fn multicast_compresses_once_for_all_deflate_members() {
+        use crate::ws::deflate::DeflateParams;
+        let hub = Hub::new();
+        let ids = ChannelIdGenerator::new("n1");
+        let mut chans: Vec<_> = (0..4).map(|_| open(&hub, &ids)).collect();
+        for (h, _) in &chans {
+            hub.subscribe(h.id(), "room").unwrap();
+        }
+        let text = Bytes::from("a shared message that is long enough to be compressed ".repeat(4));
+        hub.multicast("room", &Message::Text(text), &[]);
+        let messages: Vec<Arc<SharedMessage>> = chans
+            .iter_mut()
+            .map(|(_, q)| match q.rx.try_recv() {
+                Ok(Outbound::Message(m)) => m,
+                other => panic!("expected a shared message, got {other:?}"),
+            })
+            .collect();
+        assert!(messages.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "one message for every member");
+        // What each writer does: members with the same parameters share one compressed frame.
+        let deflate = DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: false };
+        let frames: Vec<Bytes> = messages[..3].iter().map(|m| m.frame_for(Some(&deflate))).collect();
+        assert!(frames.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()));
+        assert_eq!(messages[0].compressed_copies(), 1, "compressed once");
+        assert_eq!(messages[3].frame_for(None).as_ptr(), messages[3].plain().as_ptr(), "plain member gets the plain frame");
+    }
+
+    #[test]
     fn unsubscribe_and_unregister_stop_delivery_and_clean_up() {
         let hub = Hub::new();
         let ids = ChannelIdGenerator::new("n1");
