@@ -24,19 +24,23 @@ async fn main() -> std::process::ExitCode {
         timeout: Duration::from_secs(10),
         ..ConnectOptions::default()
     };
-    let count = if args.iter().any(|a| a == "--update-reports-only") { 0 } else { match connect(&format!("{base}/getCaseCount"), &options).await {
-        Ok(mut c) => match c.receive(Some(Duration::from_secs(10))).await {
-            Ok(Received::Text(n)) => n.trim().parse::<u32>().unwrap_or(0),
-            other => {
-                eprintln!("getCaseCount: unexpected {other:?}");
+    let count = if args.iter().any(|a| a == "--update-reports-only") {
+        0
+    } else {
+        match connect(&format!("{base}/getCaseCount"), &options).await {
+            Ok(mut c) => match c.receive(Some(Duration::from_secs(10))).await {
+                Ok(Received::Text(n)) => n.trim().parse::<u32>().unwrap_or(0),
+                other => {
+                    eprintln!("getCaseCount: unexpected {other:?}");
+                    return std::process::ExitCode::from(1);
+                }
+            },
+            Err(e) => {
+                eprintln!("getCaseCount: {e}");
                 return std::process::ExitCode::from(1);
             }
-        },
-        Err(e) => {
-            eprintln!("getCaseCount: {e}");
-            return std::process::ExitCode::from(1);
         }
-    } };
+    };
     eprintln!("autobahn_client: {count} cases");
     for case in 1..=count {
         let url = format!("{base}/runCase?case={case}&agent={agent}");

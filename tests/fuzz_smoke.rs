@@ -11,7 +11,9 @@ use wsgate::ws::fuzzing;
 const BUDGET: Duration = Duration::from_secs(2);
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/seeds")
+        .join(target);
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -45,25 +47,62 @@ fn mutate(rng: &mut fastrand::Rng, mut data: Vec<u8>) -> Vec<u8> {
 fn random_frames(rng: &mut fastrand::Rng) -> Vec<u8> {
     let mut out = BytesMut::new();
     out.extend_from_slice(&[rng.u8(..)]);
-    let ops = [OpCode::Text, OpCode::Binary, OpCode::Continuation, OpCode::Ping, OpCode::Pong, OpCode::Close];
+    let ops = [
+        OpCode::Text,
+        OpCode::Binary,
+        OpCode::Continuation,
+        OpCode::Ping,
+        OpCode::Pong,
+        OpCode::Close,
+    ];
     for _ in 0..rng.usize(1..5) {
         let op = ops[rng.usize(0..ops.len())];
-        let len = if rng.bool() { rng.usize(0..20) } else { rng.usize(0..300) };
-        let payload: Vec<u8> = if rng.bool() { "héllo ✓ ".bytes().cycle().take(len).collect() } else { (0..len).map(|_| rng.u8(..)).collect() };
-        let payload = if rng.u8(0..4) == 0 { wsgate::ws::deflate::compress(&payload, 15).to_vec() } else { payload };
-        let mask = if rng.u8(0..5) == 0 { None } else { Some([rng.u8(..), rng.u8(..), rng.u8(..), rng.u8(..)]) };
+        let len = if rng.bool() {
+            rng.usize(0..20)
+        } else {
+            rng.usize(0..300)
+        };
+        let payload: Vec<u8> = if rng.bool() {
+            "héllo ✓ ".bytes().cycle().take(len).collect()
+        } else {
+            (0..len).map(|_| rng.u8(..)).collect()
+        };
+        let payload = if rng.u8(0..4) == 0 {
+            wsgate::ws::deflate::compress(&payload, 15).to_vec()
+        } else {
+            payload
+        };
+        let mask = if rng.u8(0..5) == 0 {
+            None
+        } else {
+            Some([rng.u8(..), rng.u8(..), rng.u8(..), rng.u8(..)])
+        };
         encode_frame(&mut out, op, rng.bool(), rng.u8(0..4) == 0, &payload, mask);
     }
     out.to_vec()
 }
 
 fn random_head(rng: &mut fastrand::Rng) -> Vec<u8> {
-    let exts = ["permessage-deflate", "permessage-deflate; client_max_window_bits", "permessage-deflate; server_max_window_bits=8",
-        "permessage-deflate; server_max_window_bits=12; client_no_context_takeover", "permessage-deflate; server_no_context_takeover; x=1",
-        "foo, permessage-deflate; client_max_window_bits=\"10\""];
-    let mut head = String::from("Host: a\nUpgrade: websocket\nConnection: Upgrade\nSec-WebSocket-Version: 13\n");
-    head.push_str(if rng.bool() { "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n" } else { "Sec-WebSocket-Key: AAAA\n" });
-    head.push_str(&format!("Sec-WebSocket-Extensions: {}\n", exts[rng.usize(0..exts.len())]));
+    let exts = [
+        "permessage-deflate",
+        "permessage-deflate; client_max_window_bits",
+        "permessage-deflate; server_max_window_bits=8",
+        "permessage-deflate; server_max_window_bits=12; client_no_context_takeover",
+        "permessage-deflate; server_no_context_takeover; x=1",
+        "foo, permessage-deflate; client_max_window_bits=\"10\"",
+    ];
+    let mut head = String::from(
+        "Host: a\nUpgrade: websocket\nConnection: Upgrade\nSec-WebSocket-Version: 13\n",
+    );
+    head.push_str(if rng.bool() {
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n"
+    } else {
+        "Sec-WebSocket-Key: AAAA\n"
+    });
+    head.push_str(&format!(
+        "Sec-WebSocket-Extensions: {}\n",
+        exts[rng.usize(0..exts.len())]
+    ));
     head.push_str("Sec-WebSocket-Protocol: chat, x\n");
     head.into_bytes()
 }
@@ -97,7 +136,19 @@ fn handshake_smoke() {
 #[test]
 fn inflater_smoke() {
     run("inflater", fuzzing::inflater, |rng| {
-        let plain: Vec<u8> = (0..rng.usize(0..2000)).map(|i| if rng.bool() { (i % 7) as u8 } else { rng.u8(..) }).collect();
-        if rng.bool() { wsgate::ws::deflate::compress(&plain, 9 + rng.u8(0..7)).to_vec() } else { plain }
+        let plain: Vec<u8> = (0..rng.usize(0..2000))
+            .map(|i| {
+                if rng.bool() {
+                    (i % 7) as u8
+                } else {
+                    rng.u8(..)
+                }
+            })
+            .collect();
+        if rng.bool() {
+            wsgate::ws::deflate::compress(&plain, 9 + rng.u8(0..7)).to_vec()
+        } else {
+            plain
+        }
     });
 }

@@ -36,9 +36,17 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::close::{code, CloseFrame};
-use super::codec::{close_frame_payload, encode_frame, random_mask, Decoder, DecoderConfig, Incoming, OpCode, ProtocolError, Role};
-use super::deflate::{accept_client, client_compressor, client_message_frame, client_offer, DeflateParams, InflateError, Inflater};
-use super::handshake::{client_key, client_request_headers, validate_response, ClientHandshakeError};
+use super::codec::{
+    close_frame_payload, encode_frame, random_mask, Decoder, DecoderConfig, Incoming, OpCode,
+    ProtocolError, Role,
+};
+use super::deflate::{
+    accept_client, client_compressor, client_message_frame, client_offer, DeflateParams,
+    InflateError, Inflater,
+};
+use super::handshake::{
+    client_key, client_request_headers, validate_response, ClientHandshakeError,
+};
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -167,7 +175,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("protocol", &self.protocol).field("deflate", &self.deflate).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("protocol", &self.protocol)
+            .field("deflate", &self.deflate)
+            .finish_non_exhaustive()
     }
 }
 
@@ -180,25 +191,48 @@ struct Target {
 }
 
 fn parse_url(url: &str) -> Result<Target, ClientError> {
-    let uri: Uri = url.parse().map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
     let tls = match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("ws") => false,
         Some(s) if s.eq_ignore_ascii_case("wss") => true,
-        _ => return Err(ClientError::InvalidUrl(format!("{url}: the scheme must be ws:// or wss://"))),
+        _ => {
+            return Err(ClientError::InvalidUrl(format!(
+                "{url}: the scheme must be ws:// or wss://"
+            )))
+        }
     };
-    let host = uri.host().ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = uri
+        .host()
+        .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let default_port = if tls { 443 } else { 80 };
     let port = uri.port_u16().unwrap_or(default_port);
     let authority = match uri.port_u16() {
-        Some(p) if p != default_port => uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default(),
+        Some(p) if p != default_port => uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default(),
         _ if host.contains(':') => format!("[{host}]"),
         _ => host.clone(),
     };
     // RFC 6455 §3: the query is part of the resource name (the seed dropped it).
-    let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
     let path = if path.is_empty() { "/".into() } else { path };
-    Ok(Target { tls, host, port, authority, path })
+    Ok(Target {
+        tls,
+        host,
+        port,
+        authority,
+        path,
+    })
 }
 
 fn tls_connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector, ClientError> {
@@ -215,20 +249,28 @@ fn tls_connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
             .map_err(|e| ClientError::TlsSetup(format!("{}: {e}", path.display())))?;
         if certs.is_empty() {
-            return Err(ClientError::TlsSetup(format!("{}: no CERTIFICATE block found", path.display())));
+            return Err(ClientError::TlsSetup(format!(
+                "{}: no CERTIFICATE block found",
+                path.display()
+            )));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| ClientError::TlsSetup(format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::TlsSetup(format!("{}: {e}", path.display())))?;
         }
     }
     if roots.is_empty() {
-        return Err(ClientError::TlsSetup("no trusted CA certificates (no system roots found; use --ca FILE)".into()));
+        return Err(ClientError::TlsSetup(
+            "no trusted CA certificates (no system roots found; use --ca FILE)".into(),
+        ));
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::server::tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::TlsSetup(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(crate::server::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::TlsSetup(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     // We speak HTTP/1.1 for the upgrade (RFC 6455 §4.1).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
@@ -237,7 +279,10 @@ fn tls_connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector
 async fn tcp_connect(host: &str, port: u16) -> Result<TcpStream, ClientError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|source| ClientError::Dns { host: host.to_owned(), source })?
+        .map_err(|source| ClientError::Dns {
+            host: host.to_owned(),
+            source,
+        })?
         .collect();
     let mut last = None;
     for addr in addrs {
@@ -265,7 +310,11 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Client, Clie
 }
 
 async fn connect_inner(target: &Target, options: &ConnectOptions) -> Result<Client, ClientError> {
-    let connector = if target.tls { Some(tls_connector(options.ca_file.as_ref())?) } else { None };
+    let connector = if target.tls {
+        Some(tls_connector(options.ca_file.as_ref())?)
+    } else {
+        None
+    };
     let tcp = tcp_connect(&target.host, target.port).await?;
     let io: Pin<Box<dyn Io>> = match connector {
         Some(connector) => {
@@ -274,7 +323,10 @@ async fn connect_inner(target: &Target, options: &ConnectOptions) -> Result<Clie
             let tls = connector
                 .connect(name, tcp)
                 .await
-                .map_err(|source| ClientError::Tls { host: target.host.clone(), source })?;
+                .map_err(|source| ClientError::Tls {
+                    host: target.host.clone(),
+                    source,
+                })?;
             Box::pin(tls)
         }
         None => Box::pin(tcp),
@@ -282,17 +334,26 @@ async fn connect_inner(target: &Target, options: &ConnectOptions) -> Result<Clie
     handshake(io, target, options).await
 }
 
-async fn handshake(io: Pin<Box<dyn Io>>, target: &Target, options: &ConnectOptions) -> Result<Client, ClientError> {
+async fn handshake(
+    io: Pin<Box<dyn Io>>,
+    target: &Target,
+    options: &ConnectOptions,
+) -> Result<Client, ClientError> {
     let key = client_key();
     let mut headers = client_request_headers(&target.authority, &key, &options.subprotocols)
         .map_err(|_| ClientError::InvalidHeader("Host or Sec-WebSocket-Protocol".into()))?;
     if options.deflate {
-        headers.insert(SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static("permessage-deflate; client_max_window_bits"));
+        headers.insert(
+            SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
+        );
         debug_assert_eq!(client_offer(), "permessage-deflate; client_max_window_bits");
     }
     for (name, value) in &options.headers {
-        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| ClientError::InvalidHeader(name.clone()))?;
-        let value = HeaderValue::from_str(value.trim()).map_err(|_| ClientError::InvalidHeader(name.to_string()))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ClientError::InvalidHeader(name.clone()))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| ClientError::InvalidHeader(name.to_string()))?;
         headers.append(name, value);
     }
     let mut request = Request::get(target.path.as_str())
@@ -304,33 +365,47 @@ async fn handshake(io: Pin<Box<dyn Io>>, target: &Target, options: &ConnectOptio
         .await
         .map_err(|e| ClientError::Http(e.to_string()))?;
     let driver = tokio::spawn(conn.with_upgrades());
-    let mut response = sender.send_request(request).await.map_err(|e| ClientError::Http(e.to_string()))?;
+    let mut response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
     let status = response.status();
     if status != http::StatusCode::SWITCHING_PROTOCOLS {
         // Show the start of the body: servers usually say why (wsgate does).
-        let body = tokio::time::timeout(Duration::from_secs(2), response.into_body().collect()).await;
+        let body =
+            tokio::time::timeout(Duration::from_secs(2), response.into_body().collect()).await;
         let body = match body {
             Ok(Ok(collected)) => {
                 let bytes = collected.to_bytes();
                 // One line for the user: whitespace (HTML indentation, newlines) collapsed.
-                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).split_whitespace().collect::<Vec<_>>().join(" ");
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 text
             }
             _ => String::new(),
         };
         driver.abort();
-        return Err(ClientError::Refused { status: status.as_u16(), body });
+        return Err(ClientError::Refused {
+            status: status.as_u16(),
+            body,
+        });
     }
     let answer = validate_response(status, response.headers(), &key, &options.subprotocols)?;
     let deflate = if options.deflate {
         accept_client(&answer.extensions)?
     } else if !answer.extensions.is_empty() {
         // RFC 6455 §4.1 item 5: an extension we did not offer fails the connection.
-        return Err(super::deflate::NegotiationError::Unacceptable(answer.extensions.join(", ")).into());
+        return Err(
+            super::deflate::NegotiationError::Unacceptable(answer.extensions.join(", ")).into(),
+        );
     } else {
         None
     };
-    let upgraded = hyper::upgrade::on(&mut response).await.map_err(|e| ClientError::Http(e.to_string()))?;
+    let upgraded = hyper::upgrade::on(&mut response)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
     // Bytes the server sent right after the 101 (already read by hyper) come first.
     let parts = upgraded.downcast::<TokioIo<Pin<Box<dyn Io>>>>();
     let (io, buf) = match parts {
@@ -340,7 +415,10 @@ async fn handshake(io: Pin<Box<dyn Io>>, target: &Target, options: &ConnectOptio
             (io, BytesMut::new())
         }
     };
-    let mut decoder = Decoder::new(DecoderConfig { role: Role::Client, max_message_size: options.max_message_size });
+    let mut decoder = Decoder::new(DecoderConfig {
+        role: Role::Client,
+        max_message_size: options.max_message_size,
+    });
     decoder.set_rsv1_allowed(deflate.is_some());
     Ok(Client {
         io,
@@ -380,7 +458,11 @@ impl Client {
         if self.close_sent {
             return Err(ClientError::Closed);
         }
-        let frame = client_message_frame(opcode, payload, self.compressor.as_mut().map(|(c, reset)| (c, *reset)));
+        let frame = client_message_frame(
+            opcode,
+            payload,
+            self.compressor.as_mut().map(|(c, reset)| (c, *reset)),
+        );
         self.io.write_all(&frame).await?;
         self.io.flush().await?;
         Ok(())
@@ -388,7 +470,14 @@ impl Client {
 
     async fn send_control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), ClientError> {
         let mut frame = BytesMut::with_capacity(payload.len() + 6);
-        encode_frame(&mut frame, opcode, true, false, payload, Some(random_mask()));
+        encode_frame(
+            &mut frame,
+            opcode,
+            true,
+            false,
+            payload,
+            Some(random_mask()),
+        );
         self.io.write_all(&frame).await?;
         self.io.flush().await?;
         Ok(())
@@ -401,7 +490,8 @@ impl Client {
             return Ok(());
         }
         self.close_sent = true;
-        self.send_control(OpCode::Close, &close_frame_payload(code, reason)).await
+        self.send_control(OpCode::Close, &close_frame_payload(code, reason))
+            .await
     }
 
     /// Waits for the next message, at most `timeout` (`None`: no limit). Pings are answered
@@ -429,7 +519,9 @@ impl Client {
                         let data = self.inflate_if_compressed(data).await?;
                         match String::from_utf8(data.to_vec()) {
                             Ok(text) => return Ok(Received::Text(text)),
-                            Err(_) => return Err(self.fail(code::INVALID_DATA, "invalid UTF-8").await),
+                            Err(_) => {
+                                return Err(self.fail(code::INVALID_DATA, "invalid UTF-8").await)
+                            }
                         }
                     }
                     Incoming::Binary(data) => {
@@ -446,7 +538,10 @@ impl Client {
                         self.close_received = true;
                         if !self.close_sent {
                             self.close_sent = true;
-                            let payload = frame.as_ref().map(|f| close_frame_payload(f.code, "")).unwrap_or_default();
+                            let payload = frame
+                                .as_ref()
+                                .map(|f| close_frame_payload(f.code, ""))
+                                .unwrap_or_default();
                             let _ = self.send_control(OpCode::Close, &payload).await;
                         }
                         // §7.1.1: the server closes TCP first; we may close our side now.
@@ -478,8 +573,12 @@ impl Client {
         };
         match result {
             Ok(plain) => Ok(plain),
-            Err(InflateError::TooBig { .. }) => Err(self.fail(code::TOO_BIG, "message too big").await),
-            Err(InflateError::Corrupt) => Err(self.fail(code::INVALID_DATA, "invalid compressed data").await),
+            Err(InflateError::TooBig { .. }) => {
+                Err(self.fail(code::TOO_BIG, "message too big").await)
+            }
+            Err(InflateError::Corrupt) => Err(self
+                .fail(code::INVALID_DATA, "invalid compressed data")
+                .await),
         }
     }
 
@@ -487,7 +586,9 @@ impl Client {
     async fn fail(&mut self, code: u16, reason: &str) -> ClientError {
         if !self.close_sent {
             self.close_sent = true;
-            let _ = self.send_control(OpCode::Close, &close_frame_payload(code, reason)).await;
+            let _ = self
+                .send_control(OpCode::Close, &close_frame_payload(code, reason))
+                .await;
         }
         self.close_received = true;
         let _ = self.io.shutdown().await;
@@ -496,14 +597,21 @@ impl Client {
 
     /// Closes the connection: sends a Close (unless one was sent), then discards messages
     /// until the server's Close arrives, at most 5 s. Returns the server's Close.
-    pub async fn close(&mut self, code: u16, reason: &str) -> Result<Option<CloseFrame>, ClientError> {
+    pub async fn close(
+        &mut self,
+        code: u16,
+        reason: &str,
+    ) -> Result<Option<CloseFrame>, ClientError> {
         if self.close_received {
             return Ok(None);
         }
         self.send_close(code, reason).await?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match self.receive(Some(deadline.saturating_duration_since(Instant::now()))).await? {
+            match self
+                .receive(Some(deadline.saturating_duration_since(Instant::now())))
+                .await?
+            {
                 Received::Close(frame) => return Ok(frame),
                 Received::Text(_) | Received::Binary(_) => {}
             }
@@ -525,13 +633,35 @@ mod tests {
     fn urls() {
         let t = parse_url("ws://example.com/chat?room=1").unwrap();
         assert!(!t.tls);
-        assert_eq!((t.host.as_str(), t.port, t.authority.as_str(), t.path.as_str()), ("example.com", 80, "example.com", "/chat?room=1"));
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.authority.as_str(),
+                t.path.as_str()
+            ),
+            ("example.com", 80, "example.com", "/chat?room=1")
+        );
         let t = parse_url("wss://[::1]:8443").unwrap();
         assert!(t.tls);
-        assert_eq!((t.host.as_str(), t.port, t.authority.as_str(), t.path.as_str()), ("::1", 8443, "[::1]:8443", "/"));
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.authority.as_str(),
+                t.path.as_str()
+            ),
+            ("::1", 8443, "[::1]:8443", "/")
+        );
         let t = parse_url("wss://h:443/x").unwrap();
         assert_eq!(t.authority, "h");
-        assert!(matches!(parse_url("http://h/"), Err(ClientError::InvalidUrl(_))));
-        assert!(matches!(parse_url("nonsense"), Err(ClientError::InvalidUrl(_))));
+        assert!(matches!(
+            parse_url("http://h/"),
+            Err(ClientError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            parse_url("nonsense"),
+            Err(ClientError::InvalidUrl(_))
+        ));
     }
 }

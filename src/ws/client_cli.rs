@@ -62,7 +62,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs the client; returns the process exit code.
 pub fn run(args: ClientArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("wsgate client: cannot start the runtime: {error}");
@@ -85,7 +88,10 @@ pub fn run(args: ClientArgs) -> ExitCode {
         }
         Err(Failure::ClosedEarly(frame)) => {
             match frame {
-                Some(f) => eprintln!("wsgate client: server closed the connection ({} {})", f.code, f.reason),
+                Some(f) => eprintln!(
+                    "wsgate client: server closed the connection ({} {})",
+                    f.code, f.reason
+                ),
                 None => eprintln!("wsgate client: server closed the connection"),
             }
             ExitCode::from(1)
@@ -109,8 +115,14 @@ async fn run_async(args: ClientArgs) -> Result<(), Failure> {
     let mut headers = Vec::with_capacity(args.header.len());
     for h in &args.header {
         match h.split_once(':') {
-            Some((name, value)) if !name.trim().is_empty() => headers.push((name.trim().to_owned(), value.trim().to_owned())),
-            _ => return Err(Failure::Usage(format!("--header {h:?}: expected \"Name: value\""))),
+            Some((name, value)) if !name.trim().is_empty() => {
+                headers.push((name.trim().to_owned(), value.trim().to_owned()))
+            }
+            _ => {
+                return Err(Failure::Usage(format!(
+                    "--header {h:?}: expected \"Name: value\""
+                )))
+            }
         }
     }
     let options = ConnectOptions {
