@@ -164,6 +164,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub struct Client {
     io: Pin<Box<dyn Io>>,
     buf: BytesMut,
+    /// Encoded frames not yet written. Every write goes through it and advances it by what
+    /// one `write` call took, so a cancelled [`Client::receive`] (e.g. in `select!`) never
+    /// leaves half a frame on the wire: the rest goes out with the next operation.
+    out: BytesMut,
     decoder: Decoder,
     compressor: Option<(Compress, bool)>,
     inflater: Option<Inflater>,
@@ -423,6 +427,7 @@ async fn handshake(
     Ok(Client {
         io,
         buf,
+        out: BytesMut::new(),
         decoder,
         compressor: deflate.map(|p| (client_compressor(&p), p.own_no_context_takeover)),
         inflater: deflate.map(|p| Inflater::new(&p, options.max_message_size)),
@@ -463,7 +468,19 @@ impl Client {
             payload,
             self.compressor.as_mut().map(|(c, reset)| (c, *reset)),
         );
-        self.io.write_all(&frame).await?;
+        self.out.extend_from_slice(&frame);
+        self.flush_out().await
+    }
+
+    /// Writes what `out` holds; cancel-safe (see the field).
+    async fn flush_out(&mut self) -> Result<(), ClientError> {
+        while !self.out.is_empty() {
+            let n = self.io.write(&self.out).await?;
+            if n == 0 {
+                return Err(ClientError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            bytes::Buf::advance(&mut self.out, n);
+        }
         self.io.flush().await?;
         Ok(())
     }
@@ -478,9 +495,8 @@ impl Client {
             payload,
             Some(random_mask()),
         );
-        self.io.write_all(&frame).await?;
-        self.io.flush().await?;
-        Ok(())
+        self.out.extend_from_slice(&frame);
+        self.flush_out().await
     }
 
     /// Sends a Close with `code` and `reason` (at most 123 bytes) without waiting for the
@@ -512,6 +528,8 @@ impl Client {
         if self.close_received {
             return Err(ClientError::Closed);
         }
+        // A pong (or message) left behind by a cancelled call goes out first.
+        self.flush_out().await?;
         loop {
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(event)) => match event {
