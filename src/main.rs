@@ -127,13 +127,6 @@ fn run(args: &RunArgs) -> ExitCode {
 
 async fn serve(config: Config) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
-    let server = match wsgate::server::start(&config).await {
-        Ok(server) => server,
-        Err(error) => {
-            tracing::error!("cannot start: {error}");
-            return ExitCode::from(1);
-        }
-    };
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -142,6 +135,14 @@ async fn serve(config: Config) -> ExitCode {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         _ => {
             tracing::error!("cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
+    // Started only once the handlers exist: a SIGHUP right after "listening" must not kill us.
+    let server = match wsgate::server::start(&config).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!("cannot start: {error}");
             return ExitCode::from(1);
         }
     };

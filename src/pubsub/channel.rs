@@ -80,6 +80,18 @@ pub enum Outbound {
     },
 }
 
+impl Outbound {
+    /// The uncompressed frame of a `Frame` or `Message` item (what a connection without
+    /// permessage-deflate receives); `None` for `Close`. Handy for tests reading a queue.
+    pub fn plain_frame(&self) -> Option<Bytes> {
+        match self {
+            Outbound::Frame(frame) => Some(frame.clone()),
+            Outbound::Message(message) => Some(message.plain().clone()),
+            Outbound::Close { .. } => None,
+        }
+    }
+}
+
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {

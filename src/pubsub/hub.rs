@@ -360,12 +360,8 @@ mod tests {
 
     fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
         let mut out = Vec::new();
-        loop {
-            match queue.rx.try_recv() {
-                Ok(Outbound::Frame(f)) => out.push(f),
-                Ok(Outbound::Message(m)) => out.push(m.plain().clone()),
-                _ => break,
-            }
+        while let Some(frame) = queue.rx.try_recv().ok().and_then(|item| item.plain_frame()) {
+            out.push(frame);
         }
         out
     }
