@@ -15,3 +15,6 @@ pub mod pubsub;
 pub mod server;
 pub mod systemd;
 pub mod ws;
+
+/// The WebSocket client (`wsgate::client::{connect, Client}`), the seed's `ws::client`.
+pub use ws::client;

@@ -1,4 +1,4 @@
-//! The `wsgate` command line: `run`, `check` and `publish`. Everything else lives in the library.
+//! The `wsgate` command line: `run`, `check`, `publish` and `client`. Everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +26,8 @@ enum Command {
     /// Publish one message to a subscription through the admin listener's control API (like
     /// the seed's ws::multicast); prints the number of channels it was queued to.
     Publish(PublishArgs),
+    /// Connect to a WebSocket URL: interactive (stdin lines out, messages in) or --send/--receive.
+    Client(wsgate::ws::client_cli::ClientArgs),
 }
 
 #[derive(Args)]
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Man => man(),
         Command::Publish(args) => publish(args),
+        Command::Client(args) => wsgate::ws::client_cli::run(args),
     }
 }
 

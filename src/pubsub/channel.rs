@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, Notify};
 use super::queue::{ByteBudget, SlowConsumerPolicy};
 use crate::metrics::{ActionLabel, Metrics};
 use crate::ws::close::code;
-use crate::ws::codec::{server_frame, OpCode};
+use crate::ws::codec::OpCode;
+use crate::ws::deflate::SharedMessage;
 
 /// A channel id, unique across nodes: `<node>-<sequence>`, e.g. `n1-000000000042`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,8 +63,14 @@ impl ChannelIdGenerator {
 /// What the writer task of a session receives.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A complete, already-encoded frame (possibly shared with other channels).
+    /// A complete, already-encoded frame sent as it is (control frames, anything that is not
+    /// a whole data message).
     Frame(Bytes),
+    /// A whole data message, possibly shared with other channels: the writer sends its plain
+    /// frame or its compressed frame, whichever the connection negotiated (RFC 7692). We never
+    /// fragment outgoing messages, so a shared message can never land between the fragments
+    /// of another.
+    Message(Arc<SharedMessage>),
     /// Send a Close frame with this code and reason, then stop writing.
     Close {
         /// Close code (RFC 6455 §7.4); `None` sends a Close without a body (the answer to a
@@ -72,6 +79,18 @@ pub enum Outbound {
         /// Reason text (at most 123 bytes are sent).
         reason: String,
     },
+}
+
+impl Outbound {
+    /// The uncompressed frame of a `Frame` or `Message` item (what a connection without
+    /// permessage-deflate receives); `None` for `Close`. Handy for tests reading a queue.
+    pub fn plain_frame(&self) -> Option<Bytes> {
+        match self {
+            Outbound::Frame(frame) => Some(frame.clone()),
+            Outbound::Message(message) => Some(message.plain().clone()),
+            Outbound::Close { .. } => None,
+        }
+    }
 }
 
 /// Why a frame could not be queued.
@@ -218,12 +237,26 @@ impl ChannelHandle {
     }
 
     /// Queues a complete pre-encoded frame (shared bytes; no copy). Applies the slow-consumer
-    /// policy when the queue is over budget.
+    /// policy when the queue is over budget. A whole unmasked Text/Binary frame is queued as a
+    /// message, so the writer can compress it when the connection negotiated deflate.
     pub fn send_frame(&self, frame: Bytes) -> Result<(), SendError> {
+        match SharedMessage::from_frame(frame.clone()) {
+            Some(message) => self.send_shared(&Arc::new(message)),
+            None => self.enqueue(frame.len(), Outbound::Frame(frame)),
+        }
+    }
+
+    /// Queues a shared message (a reference-count bump; its frames are encoded and compressed
+    /// at most once for all channels). The budget counts its plain size.
+    pub fn send_shared(&self, message: &Arc<SharedMessage>) -> Result<(), SendError> {
+        self.enqueue(message.plain().len(), Outbound::Message(message.clone()))
+    }
+
+    fn enqueue(&self, len: usize, item: Outbound) -> Result<(), SendError> {
         if self.is_closing() {
             return Err(SendError::Closed);
         }
-        if !self.0.budget.try_reserve(frame.len()) {
+        if !self.0.budget.try_reserve(len) {
             return match self.0.policy {
                 SlowConsumerPolicy::Drop => {
                     self.0.dropped.fetch_add(1, Ordering::Relaxed);
@@ -238,8 +271,7 @@ impl ChannelHandle {
                 }
             };
         }
-        let len = frame.len();
-        if self.0.tx.send(Outbound::Frame(frame)).is_err() {
+        if self.0.tx.send(item).is_err() {
             self.0.budget.release(len);
             return Err(SendError::Closed);
         }
@@ -261,12 +293,12 @@ impl ChannelHandle {
 
     /// Encodes and queues one text message.
     pub fn send_text(&self, text: &str) -> Result<(), SendError> {
-        self.send_frame(server_frame(OpCode::Text, text.as_bytes()))
+        self.send_shared(&Arc::new(SharedMessage::new(OpCode::Text, text.as_bytes())))
     }
 
     /// Encodes and queues one binary message.
     pub fn send_binary(&self, data: &[u8]) -> Result<(), SendError> {
-        self.send_frame(server_frame(OpCode::Binary, data))
+        self.send_shared(&Arc::new(SharedMessage::new(OpCode::Binary, data)))
     }
 
     /// Starts the closing handshake with `code` and `reason`; later sends fail with `Closed`.

@@ -27,6 +27,7 @@ use crate::apps::Message;
 use crate::metrics::Metrics;
 use crate::ws::close::is_valid_wire_code;
 use crate::ws::codec::{server_frame, OpCode};
+use crate::ws::deflate::SharedMessage;
 
 /// The reserved subscription that reaches every WebSocket.
 pub const ALL: &str = "all";
@@ -344,7 +345,11 @@ impl Hub {
     /// `exclude`, encoding it once. With a broker, it is also relayed to the other nodes
     /// (queued, never awaited); the returned counts are this node's.
     pub fn multicast(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Delivery {
-        let delivery = self.multicast_frame(name, encode(message), exclude);
+        let shared = match message {
+            Message::Text(text) => SharedMessage::new(OpCode::Text, text),
+            Message::Binary(data) => SharedMessage::new(OpCode::Binary, data),
+        };
+        let delivery = self.multicast_shared(name, &Arc::new(shared), exclude);
         if let Some(broker) = self.broker.get() {
             broker.publish(name, message, exclude);
         }
@@ -352,13 +357,29 @@ impl Hub {
     }
 
     /// Like [`Hub::multicast`] with an already-encoded frame (shared, never copied), on this
-    /// node only: the node-local fan-out, also used by the broker for relayed messages.
+    /// node only: the node-local fan-out, also used by the broker for relayed messages. A whole
+    /// data frame is compressed at most once per window size for the members with deflate.
     ///
-    /// Each member gets a clone of `frame`: a reference-count increment, no allocation and no
+    /// Each member gets a clone of the frame: a reference-count increment, no allocation and no
     /// copy of the payload (`benches/multicast.rs` counts allocations to prove it).
     pub fn multicast_frame(&self, name: &str, frame: Bytes, exclude: &[ChannelId]) -> Delivery {
+        match SharedMessage::from_frame(frame.clone()) {
+            Some(shared) => self.multicast_shared(name, &Arc::new(shared), exclude),
+            None => self.recorded(|| self.fan_out(name, exclude, |handle| handle.send_frame(frame.clone()))),
+        }
+    }
+
+    /// Like [`Hub::multicast`] with a message encoded once, on this node only: every member
+    /// gets the same plain frame, and the members with permessage-deflate share one compressed
+    /// frame per window size (computed by the first writer that needs it).
+    pub fn multicast_shared(&self, name: &str, message: &Arc<SharedMessage>, exclude: &[ChannelId]) -> Delivery {
+        self.recorded(|| self.fan_out(name, exclude, |handle| handle.send_shared(message)))
+    }
+
+    /// Runs one fan-out and records it in the multicast metrics.
+    fn recorded(&self, fan_out: impl FnOnce() -> Delivery) -> Delivery {
         let started = self.metrics.as_ref().map(|_| Instant::now());
-        let delivery = self.fan_out(name, &frame, exclude);
+        let delivery = fan_out();
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
             metrics.multicast.inc();
             metrics.multicast_deliveries.inc_by(delivery.delivered as u64);
@@ -367,14 +388,14 @@ impl Hub {
         delivery
     }
 
-    fn fan_out(&self, name: &str, frame: &Bytes, exclude: &[ChannelId]) -> Delivery {
+    fn fan_out(&self, name: &str, exclude: &[ChannelId], send: impl Fn(&ChannelHandle) -> Result<(), SendError>) -> Delivery {
         let mut delivery = Delivery::default();
         let mut deliver = |id: &ChannelId, handle: &ChannelHandle| {
             if exclude.contains(id) {
                 delivery.excluded += 1;
                 return;
             }
-            match handle.send_frame(frame.clone()) {
+            match send(handle) {
                 Ok(()) => delivery.delivered += 1,
                 Err(SendError::Closed) => delivery.closed += 1,
                 Err(SendError::Dropped | SendError::SlowConsumerClosed) => delivery.overflowed += 1,
@@ -490,8 +511,8 @@ mod tests {
 
     fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
         let mut out = Vec::new();
-        while let Ok(Outbound::Frame(f)) = queue.rx.try_recv() {
-            out.push(f);
+        while let Some(frame) = queue.rx.try_recv().ok().and_then(|item| item.plain_frame()) {
+            out.push(frame);
         }
         out
     }
@@ -513,6 +534,33 @@ mod tests {
         let b = frames(&mut chans[2].1);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].as_ptr(), b[0].as_ptr(), "one encoded frame shared by all members");
+    }
+
+    #[test]
+    fn multicast_compresses_once_for_all_deflate_members() {
+        use crate::ws::deflate::DeflateParams;
+        let hub = Hub::new();
+        let ids = ChannelIdGenerator::new("n1");
+        let mut chans: Vec<_> = (0..4).map(|_| open(&hub, &ids)).collect();
+        for (h, _) in &chans {
+            hub.subscribe(h.id(), "room").unwrap();
+        }
+        let text = Bytes::from("a shared message that is long enough to be compressed ".repeat(4));
+        hub.multicast("room", &Message::Text(text), &[]);
+        let messages: Vec<Arc<SharedMessage>> = chans
+            .iter_mut()
+            .map(|(_, q)| match q.rx.try_recv() {
+                Ok(Outbound::Message(m)) => m,
+                other => panic!("expected a shared message, got {other:?}"),
+            })
+            .collect();
+        assert!(messages.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "one message for every member");
+        // What each writer does: members with the same parameters share one compressed frame.
+        let deflate = DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: false };
+        let frames: Vec<Bytes> = messages[..3].iter().map(|m| m.frame_for(Some(&deflate))).collect();
+        assert!(frames.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()));
+        assert_eq!(messages[0].compressed_copies(), 1, "compressed once");
+        assert_eq!(messages[3].frame_for(None).as_ptr(), messages[3].plain().as_ptr(), "plain member gets the plain frame");
     }
 
     #[test]

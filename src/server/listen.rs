@@ -168,6 +168,9 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        // RFC 8441 §3: advertise SETTINGS_ENABLE_CONNECT_PROTOCOL so browsers bootstrap
+        // WebSockets over this HTTP/2 connection.
+        .enable_connect_protocol()
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = match protocol {
         Protocol::Detect => builder,

@@ -94,6 +94,8 @@ pub struct AppRoute {
     pub send_queue: usize,
     /// Slow-consumer policy.
     pub slow_consumer: SlowConsumerPolicy,
+    /// Whether permessage-deflate is negotiated (`[websocket] compression`).
+    pub compression: bool,
 }
 
 impl std::fmt::Debug for AppRoute {
@@ -338,6 +340,7 @@ fn build_runtime(
                 ConfigPolicy::Close => SlowConsumerPolicy::Close,
                 ConfigPolicy::Drop => SlowConsumerPolicy::Drop,
             },
+            compression: ws.compression,
         });
         for url in &app_config.urls {
             router.insert(url, route.clone());
@@ -394,7 +397,13 @@ async fn handle(
     };
     // One load per request: a reload during the request does not change what it sees.
     let runtime = state.runtime.load_full();
-    let route = runtime.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |app| app.app.page().is_some());
+    let mut route = runtime.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |app| app.app.page().is_some());
+    if upgrade::is_extended_connect(&req) {
+        // RFC 8441 WebSocket over HTTP/2 on an app URL; other extended CONNECTs keep their route.
+        if let Some(app) = runtime.router.app(req.uri().path()) {
+            route = Route::WebSocket(app);
+        }
+    }
     let response = match route {
         Route::WebSocket(app) => {
             let app = app.clone();

@@ -48,6 +48,11 @@ impl<T> Router<T> {
         self.by_path.insert(url.to_owned(), app);
     }
 
+    /// The app serving `path` exactly (an app URL or its `/connect` alias).
+    pub fn app(&self, path: &str) -> Option<&Arc<T>> {
+        self.by_path.get(path)
+    }
+
     /// Number of paths (URLs and aliases) in the table.
     pub fn len(&self) -> usize {
         self.by_path.len()

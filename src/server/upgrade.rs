@@ -13,8 +13,18 @@ use crate::apps::UpgradeRequest;
 use crate::metrics::{AppLabel, ReasonLabel};
 use crate::proxy::ClientInfo;
 use crate::pubsub::channel::{ChannelHandle, ChannelInfo};
-use crate::ws::handshake::{accept_key, response_headers, select_protocol, validate_upgrade, HandshakeError};
+use crate::ws::deflate::negotiate_server;
+use crate::ws::handshake::{
+    accept_key, extended_connect_response_headers, response_headers, select_protocol, validate_extended_connect, validate_upgrade,
+    HandshakeError,
+};
 use crate::ws::session;
+
+/// Whether `req` is an HTTP/2 WebSocket bootstrap (RFC 8441 §4): CONNECT with `:protocol`.
+pub(super) fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::CONNECT
+        && req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
 
 /// Answers the upgrade request on `route` and, when accepted, spawns the session. An app with
 /// a [`pre_accept`](crate::apps::App::pre_accept) hook decides before the 101.
@@ -37,7 +47,15 @@ pub(super) async fn accept(
         tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "WebSocket refused");
         return text_response(StatusCode::FORBIDDEN, "403 Forbidden: origin not allowed\n");
     }
-    let upgrade = match validate_upgrade(req.method(), req.version(), req.headers()) {
+    // RFC 8441: over HTTP/2 the handshake is an extended CONNECT, answered with 200 and no key.
+    let h2 = req.version() == http::Version::HTTP_2;
+    let validated = if h2 {
+        let protocol = req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str().to_owned());
+        validate_extended_connect(req.method(), protocol.as_deref(), req.headers())
+    } else {
+        validate_upgrade(req.method(), req.version(), req.headers())
+    };
+    let upgrade = match validated {
         Ok(upgrade) => upgrade,
         Err(error) => {
             refused(error.reason());
@@ -45,7 +63,10 @@ pub(super) async fn accept(
         }
     };
     let protocol = select_protocol(&upgrade.protocols, &route.subprotocols).map(str::to_owned);
-    let accept = accept_key(upgrade.key.as_bytes());
+    // RFC 7692: the first acceptable permessage-deflate offer, unless compression is off.
+    let deflate = if route.compression { negotiate_server(&upgrade.extensions) } else { None };
+    let mut session_config = route.session.clone();
+    session_config.deflate = deflate.as_ref().map(|(params, _)| *params);
     let on_upgrade = hyper::upgrade::on(&mut req);
 
     let info = ChannelInfo {
@@ -77,7 +98,7 @@ pub(super) async fn accept(
         let shutdown = session_state.drain.receiver();
         match on_upgrade.await {
             Ok(upgraded) => {
-                tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), "WebSocket open");
+                tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), http = if h2 { "2" } else { "1.1" }, deflate = session_config.deflate.is_some(), "WebSocket open");
                 let label = AppLabel { app: route.name.to_string() };
                 let metrics = &session_state.metrics;
                 metrics.connections_total.get_or_create(&label).inc();
@@ -88,7 +109,7 @@ pub(super) async fn accept(
                     // sweep could not see the channel yet (RFC 6455 §7.4.1, 1001 going away).
                     channel.close(crate::ws::close::code::GOING_AWAY, "app removed");
                 }
-                let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), route.session.clone(), shutdown).await;
+                let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), session_config, shutdown).await;
                 // Before unregistering: whoever sees the channel gone sees the gauge down.
                 metrics.connections_active.get_or_create(&label).dec();
                 session_state.hub.unregister(channel.id());
@@ -105,8 +126,16 @@ pub(super) async fn accept(
     });
 
     let mut response = Response::new(empty_body());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *response.headers_mut() = response_headers(&accept, protocol.as_deref());
+    if h2 {
+        *response.status_mut() = StatusCode::OK;
+        *response.headers_mut() = extended_connect_response_headers(protocol.as_deref());
+    } else {
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *response.headers_mut() = response_headers(&accept_key(upgrade.key.as_bytes()), protocol.as_deref());
+    }
+    if let Some(Ok(value)) = deflate.map(|(_, answer)| http::HeaderValue::from_str(&answer)) {
+        response.headers_mut().insert(http::header::SEC_WEBSOCKET_EXTENSIONS, value);
+    }
     response
 }
 

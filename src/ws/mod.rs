@@ -1,8 +1,12 @@
 //! The WebSocket protocol (RFC 6455): a sans-io codec and handshake, and the session that runs
 //! them over a socket.
 
+pub mod client;
+pub mod client_cli;
 pub mod close;
 pub mod codec;
+pub mod deflate;
+pub mod fuzzing;
 pub mod handshake;
 pub mod session;
 

@@ -21,6 +21,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::close::code;
 use super::codec::{close_frame_payload, encode_frame, server_frame, Decoder, DecoderConfig, Incoming, OpCode, Role};
+use super::deflate::{DeflateParams, InflateError, Inflater};
 use crate::apps::{App, Message};
 use crate::metrics::AppCounters;
 use crate::pubsub::channel::{ChannelHandle, ChannelQueue, Outbound};
@@ -38,6 +39,8 @@ pub struct SessionConfig {
     pub close_timeout: Duration,
     /// The app's message and byte counters (detached counters by default).
     pub metrics: AppCounters,
+    /// permessage-deflate parameters negotiated for this connection (RFC 7692), if any.
+    pub deflate: Option<DeflateParams>,
 }
 
 impl Default for SessionConfig {
@@ -48,6 +51,7 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(120),
             close_timeout: Duration::from_secs(5),
             metrics: AppCounters::default(),
+            deflate: None,
         }
     }
 }
@@ -79,7 +83,7 @@ where
     let (reader, writer) = tokio::io::split(io);
     let (done_tx, done_rx) = watch::channel(false);
     app.on_open(&channel);
-    let write_half = write_loop(writer, queue, done_rx, config.close_timeout, &config.metrics);
+    let write_half = write_loop(writer, queue, done_rx, config.close_timeout, &config.metrics, config.deflate);
     let read_half = async {
         let end = read_loop(reader, &channel, &*app, &config, shutdown).await;
         let _ = done_tx.send(true);
@@ -107,6 +111,9 @@ where
     R: AsyncRead + Unpin,
 {
     let mut decoder = Decoder::new(DecoderConfig { role: Role::Server, max_message_size: config.max_message_size });
+    // RFC 7692 §6: RSV1 marks a compressed message once the extension is negotiated.
+    decoder.set_rsv1_allowed(config.deflate.is_some());
+    let mut inflater = config.deflate.map(|params| Inflater::new(&params, config.max_message_size));
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut last_received = Instant::now();
     let mut ping_timer = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
@@ -127,6 +134,13 @@ where
                     Incoming::Text(text) => {
                         config.metrics.messages_received.inc();
                         config.metrics.bytes_received.inc_by(text.len() as u64);
+                        let text = match inflate_if_compressed(&decoder, inflater.as_mut(), text, true) {
+                            Ok(text) => text,
+                            Err(code) => {
+                                channel.close(code, close_reason(code));
+                                return SessionEnd::Closed(code);
+                            }
+                        };
                         if closing.is_none() {
                             app.on_message(channel, Message::Text(text));
                         }
@@ -134,6 +148,13 @@ where
                     Incoming::Binary(data) => {
                         config.metrics.messages_received.inc();
                         config.metrics.bytes_received.inc_by(data.len() as u64);
+                        let data = match inflate_if_compressed(&decoder, inflater.as_mut(), data, false) {
+                            Ok(data) => data,
+                            Err(code) => {
+                                channel.close(code, close_reason(code));
+                                return SessionEnd::Closed(code);
+                            }
+                        };
                         if closing.is_none() {
                             app.on_message(channel, Message::Binary(data));
                         }
@@ -205,6 +226,26 @@ where
     }
 }
 
+/// Inflates a message that arrived compressed (RFC 7692 §7.2.2) and validates text after
+/// inflating; the codec could not (it saw compressed bytes). `Err` is the close code: 1009
+/// when the inflated size would pass `max_message_size` (a decompression bomb stops there),
+/// 1007 for corrupt deflate data or invalid UTF-8.
+fn inflate_if_compressed(decoder: &Decoder, inflater: Option<&mut Inflater>, payload: Bytes, text: bool) -> Result<Bytes, u16> {
+    if !decoder.last_compressed() {
+        return Ok(payload);
+    }
+    // RSV1 is only allowed when an inflater exists; treat the impossible case as a protocol error.
+    let inflater = inflater.ok_or(code::PROTOCOL)?;
+    let plain = inflater.inflate(&payload).map_err(|error| match error {
+        InflateError::TooBig { .. } => code::TOO_BIG,
+        InflateError::Corrupt => code::INVALID_DATA,
+    })?;
+    if text && simdutf8::basic::from_utf8(&plain).is_err() {
+        return Err(code::INVALID_DATA);
+    }
+    Ok(plain)
+}
+
 fn close_reason(code: u16) -> &'static str {
     match code {
         code::INVALID_DATA => "invalid UTF-8",
@@ -228,10 +269,14 @@ async fn write_loop<W>(
     mut done: watch::Receiver<bool>,
     close_timeout: Duration,
     metrics: &AppCounters,
+    deflate: Option<DeflateParams>,
 ) where
     W: AsyncWrite + Unpin,
 {
     let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
+    // Bytes reserved in the budget by the queued items (a compressed frame is smaller than the
+    // plain size that was reserved).
+    let mut reserved = 0usize;
     loop {
         let first = tokio::select! {
             biased;
@@ -254,13 +299,27 @@ async fn write_loop<W>(
         let mut close = None;
         match first {
             None => return,
-            Some(Outbound::Frame(frame)) => batch.push(frame),
+            Some(Outbound::Frame(frame)) => {
+                reserved += frame.len();
+                batch.push(frame);
+            }
+            Some(Outbound::Message(message)) => {
+                reserved += message.plain().len();
+                batch.push(message.frame_for(deflate.as_ref()));
+            }
             Some(Outbound::Close { code, reason }) => close = Some(encode_close(code, &reason)),
         }
         if close.is_none() {
             while batch.len() < MAX_BATCH {
                 match queue.rx.try_recv() {
-                    Ok(Outbound::Frame(frame)) => batch.push(frame),
+                    Ok(Outbound::Frame(frame)) => {
+                        reserved += frame.len();
+                        batch.push(frame);
+                    }
+                    Ok(Outbound::Message(message)) => {
+                        reserved += message.plain().len();
+                        batch.push(message.frame_for(deflate.as_ref()));
+                    }
                     Ok(Outbound::Close { code, reason }) => {
                         close = Some(encode_close(code, &reason));
                         break;
@@ -269,7 +328,8 @@ async fn write_loop<W>(
                 }
             }
         }
-        let written: usize = batch.iter().map(Bytes::len).sum();
+        let written = std::mem::take(&mut reserved);
+        let wire: usize = batch.iter().map(Bytes::len).sum();
         let messages = batch.iter().filter(|f| starts_message(f)).count() as u64;
         let result = {
             let write = write_all_vectored(&mut writer, &mut batch);
@@ -289,7 +349,7 @@ async fn write_loop<W>(
             return;
         }
         metrics.messages_sent.inc_by(messages);
-        metrics.bytes_sent.inc_by(written as u64);
+        metrics.bytes_sent.inc_by(wire as u64);
         if let Some(frame) = close {
             let _ = tokio::time::timeout(close_timeout, async {
                 writer.write_all(&frame).await?;

@@ -277,6 +277,11 @@ impl WsClient {
         }
     }
 
+    /// A client over an already upgraded stream (`rest`: bytes read after the 101 head).
+    pub fn from_parts(stream: TcpStream, rest: BytesMut) -> WsClient {
+        WsClient { stream, buf: rest, decoder: Decoder::new(DecoderConfig { role: Role::Client, max_message_size: 64 << 20 }) }
+    }
+
     /// Sends one masked frame.
     pub async fn send_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
         let mut out = BytesMut::new();

@@ -7,7 +7,7 @@ Checks, each with a clear failure message:
   bytes, 512 KiB, multi-byte UTF-8);
 - a fragmented message (sent by the library as an async iterator of fragments) comes back whole;
 - ping gets a pong with the same payload;
-- with and without the library's permessage-deflate offer (wsgate may decline it);
+- with and without the library's permessage-deflate offer (negotiated exactly when offered);
 - the close handshake completes with the client's code (1000) echoed;
 - a 2 MiB message (over the configured 1 MiB limit) is answered with close code 1009.
 Prints `N passed, M failed` and exits non-zero on any failure.
@@ -38,6 +38,9 @@ def check(name, ok, detail=""):
 async def round_trips(url, ssl_ctx, compression):
     label = f"[{'deflate offered' if compression else 'no deflate'}]"
     async with connect(url, ssl=ssl_ctx, compression=compression, max_size=2**22, open_timeout=5) as ws:
+        negotiated = [e.name for e in ws.protocol.extensions]
+        check(f"{label} permessage-deflate negotiated exactly when offered",
+              ("permessage-deflate" in negotiated) == bool(compression), f"(extensions={negotiated})")
         payloads = ["hello", "ünïcödé ✓ 𝄞", "x" * 125, "y" * 126, "z" * 65535, "w" * 65536, "v" * (512 * 1024)]
         for p in payloads:
             await ws.send(p)

@@ -280,7 +280,7 @@ mod tests {
         let item = tokio::time::timeout(Duration::from_secs(5), queue.rx.recv())
             .await
             .expect("a message in time");
-        let Some(Outbound::Frame(frame)) = item else {
+        let Some(frame) = item.as_ref().and_then(Outbound::plain_frame) else {
             panic!("expected a frame, got {item:?}")
         };
         let header = match frame[1] & 0x7f {
