@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod pubsub;
 pub mod server;
+pub mod sync;
 pub mod systemd;
 pub mod ws;
 

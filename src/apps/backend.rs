@@ -39,6 +39,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{App, AppError, Message, PreAccept, Rejection, UpgradeRequest};
+use crate::sync::lock;
 use crate::config::AppConfig;
 use crate::metrics::KindLabel;
 use crate::pubsub::hub::encode;
@@ -610,12 +611,6 @@ fn message_of(o: &serde_json::Map<String, Value>) -> Result<Message, String> {
             .map_err(|e| format!("binary is not base64: {e}")),
         _ => Err("exactly one of text (string) or binary (base64 string) is required".into()),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

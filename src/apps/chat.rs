@@ -24,6 +24,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::{App, Message};
+use crate::sync::lock;
 use crate::pubsub::hub::encode;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
 
@@ -271,13 +272,6 @@ impl App for Chat {
     fn page(&self) -> Option<&'static str> {
         Some(PAGE)
     }
-}
-
-// A poisoned room lock only follows a panic in these short sections; keep serving.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use bytes::Bytes;
 
 use super::broker::{self, Broker, BrokerError};
 use super::channel::{ChannelHandle, ChannelId, SendError};
+use crate::sync::{lock, read, write};
 use crate::apps::Message;
 use crate::metrics::Metrics;
 use crate::ws::close::is_valid_wire_code;
@@ -480,20 +481,6 @@ fn summary(e: &ChannelEntry) -> ChannelSummary {
         peer: e.handle.peer(),
         subscriptions: e.subscriptions.iter().map(|s| s.to_string()).collect(),
     }
-}
-
-// Poisoning only follows a panic inside these short critical sections, which hold no
-// invariant a later reader could see broken; keep serving rather than cascade the panic.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

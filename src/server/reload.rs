@@ -109,7 +109,7 @@ pub(crate) struct Prepared {
 /// Locks the listener set; a panic elsewhere while it was held leaves nothing half-done that
 /// a reader could trip over (entries are pushed or removed whole).
 pub(crate) fn lock(listeners: &Mutex<Listeners>) -> MutexGuard<'_, Listeners> {
-    listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    crate::sync::lock(listeners)
 }
 
 fn same_entry(a: &ListenConfig, b: &ListenConfig) -> bool {

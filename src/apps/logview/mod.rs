@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{App, Message};
+use crate::sync::lock;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
 use tail::{Command, TailConfig};
 
@@ -245,13 +246,6 @@ impl App for LogView {
     fn page(&self) -> Option<&'static str> {
         Some(PAGE)
     }
-}
-
-// A poisoned lock only follows a panic in these short sections; keep serving.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
