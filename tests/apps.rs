@@ -354,6 +354,13 @@ async fn follow_rotation_truncation_and_copytruncate(extra: &str) {
     assert!(ws.json().await["message"].as_str().unwrap().contains("does not exist"));
     append(&dir.path().join("later.log"), "born\n");
     assert_eq!(collect_lines(&mut ws, 1).await.0, ["born"]);
+    let metrics = gate.server.metrics().render();
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wsgate_logview_lines_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(sent >= 4, "logview_lines_total counts the lines read: {sent}");
     // Closing the clients first lets the drain finish at once.
     drop((ws, other));
     gate.server.shutdown().await;
@@ -445,6 +452,10 @@ async fn auth_subrequest_admits_2xx_and_refuses_anything_else_with_403() {
     let before = seen.lock().unwrap().len();
     assert_eq!(upgrade_status_from("127.0.0.2", gate.addr, "/logs", "Cookie: session=good\r\n").await, 403);
     assert_eq!(seen.lock().unwrap().len(), before);
+    // Every refusal is counted with its reason: two auth denials, one address refusal.
+    let metrics = gate.server.metrics().render();
+    assert!(metrics.contains("wsgate_handshake_failures_total{reason=\"auth_denied\"} 2"), "{metrics}");
+    assert!(metrics.contains("wsgate_handshake_failures_total{reason=\"address_denied\"} 1"), "{metrics}");
     gate.server.shutdown().await;
 
     // an auth endpoint that is down refuses (fails closed)

@@ -407,7 +407,7 @@ async fn handle(
     let response = match route {
         Route::WebSocket(app) => {
             let app = app.clone();
-            match upgrade::authorize(&client, &app, &req).await {
+            match upgrade::authorize(&state, &client, &app, &req).await {
                 Some(refused) => refused,
                 None => upgrade::accept(state.clone(), client, slot, app, req).await,
             }

@@ -143,7 +143,7 @@ pub(super) async fn accept(
 /// `Some(403)` refuses the client. A client that the address or Origin check will refuse
 /// anyway is not asked about (`None`: `accept` refuses it with its own reason), so a refused
 /// address never makes wsgate send a subrequest.
-pub(super) async fn authorize(client: &ClientInfo, route: &AppRoute, req: &Request<Incoming>) -> Option<Response<Body>> {
+pub(super) async fn authorize(state: &State, client: &ClientInfo, route: &AppRoute, req: &Request<Incoming>) -> Option<Response<Body>> {
     let auth = route.auth.as_ref()?;
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     if check_address(client.peer.ip(), &route.allow).is_err()
@@ -154,6 +154,7 @@ pub(super) async fn authorize(client: &ClientInfo, route: &AppRoute, req: &Reque
     match auth.check(req.headers(), req.uri(), req.method(), client.peer.ip(), client.tls).await {
         Ok(()) => None,
         Err(refusal) => {
+            state.metrics.handshake_failures.get_or_create(&ReasonLabel { reason: refusal.denied.reason() }).inc();
             tracing::info!(
                 app = %route.name,
                 peer = %client.peer,

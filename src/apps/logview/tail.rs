@@ -531,6 +531,9 @@ fn add_viewer(
 fn publish(config: &TailConfig, hub: &Hub, backlog: &mut VecDeque<String>, event: Event) {
     match event {
         Event::Lines(lines) => {
+            if let Some(metrics) = hub.metrics() {
+                metrics.logview_lines.inc_by(lines.len() as u64);
+            }
             let mut batch: Vec<&str> = Vec::new();
             let mut size = 0;
             for line in &lines {
