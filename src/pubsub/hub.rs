@@ -483,18 +483,29 @@ fn summary(e: &ChannelEntry) -> ChannelSummary {
     }
 }
 
+/// Test support shared by the hub's and the brokers' unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pubsub::channel::{ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
+pub(crate) mod test_support {
+    use super::Hub;
+    use crate::pubsub::channel::{ChannelHandle, ChannelIdGenerator, ChannelInfo, ChannelQueue};
     use crate::pubsub::queue::SlowConsumerPolicy;
 
-    fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
+    /// Opens a channel with a 1 MiB queue and registers it in `hub`.
+    pub(crate) fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
         let info = ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
         let (handle, queue) = ChannelHandle::new(info, 1 << 20, SlowConsumerPolicy::Close);
         hub.register(handle.clone());
         (handle, queue)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::open;
+    use super::*;
+    use crate::pubsub::channel::{ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
+    use crate::pubsub::queue::SlowConsumerPolicy;
+
 
     fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
         let mut out = Vec::new();

@@ -109,18 +109,11 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::channel::{ChannelHandle, ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
-    use crate::pubsub::queue::SlowConsumerPolicy;
+    use crate::pubsub::hub::test_support::open;
+    use crate::pubsub::channel::{ChannelIdGenerator, ChannelQueue, Outbound};
     use crate::pubsub::HubError;
     use bytes::Bytes;
 
-    fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
-        let info =
-            ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
-        let (handle, queue) = ChannelHandle::new(info, 1 << 20, SlowConsumerPolicy::Close);
-        hub.register(handle.clone());
-        (handle, queue)
-    }
 
     fn count(queue: &mut ChannelQueue) -> usize {
         let mut n = 0;

@@ -434,17 +434,10 @@ fn deliver(shared: &Shared, hub: &Hub, node_channel: &str, channel: &str, payloa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::channel::{ChannelHandle, ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
-    use crate::pubsub::queue::SlowConsumerPolicy;
+    use crate::pubsub::hub::test_support::open;
+    use crate::pubsub::channel::{ChannelIdGenerator, ChannelQueue, Outbound};
     use bytes::Bytes;
 
-    fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
-        let info =
-            ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
-        let (handle, queue) = ChannelHandle::new(info, 1 << 20, SlowConsumerPolicy::Close);
-        hub.register(handle.clone());
-        (handle, queue)
-    }
 
     fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
         let mut out = Vec::new();
