@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
+use super::outbox::{outbox, OutboxReceiver, OutboxSender};
 use super::queue::{ByteBudget, SlowConsumerPolicy};
 use crate::metrics::{ActionLabel, Metrics};
 use crate::ws::close::code;
@@ -112,7 +113,7 @@ struct Inner {
     app: Arc<str>,
     url: Arc<str>,
     peer: SocketAddr,
-    tx: mpsc::UnboundedSender<Outbound>,
+    tx: OutboxSender,
     budget: Arc<ByteBudget>,
     policy: SlowConsumerPolicy,
     closing: AtomicBool,
@@ -137,7 +138,7 @@ impl fmt::Debug for ChannelHandle {
 /// The receiving end of a channel's queue, owned by the session's writer.
 pub struct ChannelQueue {
     /// Frames to write, in order.
-    pub rx: mpsc::UnboundedReceiver<Outbound>,
+    pub rx: OutboxReceiver,
     /// The byte budget shared with the handle; the writer releases what it has written.
     pub budget: Arc<ByteBudget>,
 }
@@ -158,7 +159,7 @@ pub struct ChannelInfo {
 impl ChannelHandle {
     /// Creates a channel with a queue of `send_queue` bytes and the given slow-consumer policy.
     pub fn new(info: ChannelInfo, send_queue: usize, policy: SlowConsumerPolicy) -> (Self, ChannelQueue) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = outbox();
         let budget = Arc::new(ByteBudget::new(send_queue));
         let inner = Inner {
             id: info.id,
@@ -253,7 +254,8 @@ impl ChannelHandle {
     }
 
     fn enqueue(&self, len: usize, item: Outbound) -> Result<(), SendError> {
-        if self.is_closing() {
+        // The flag only: a writer that is gone is seen by `send` below, in the same lock.
+        if self.0.closing.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
         if !self.0.budget.try_reserve(len) {
@@ -280,7 +282,7 @@ impl ChannelHandle {
 
     /// Queues a control frame (ping/pong), which is never subject to the budget policy.
     pub(crate) fn send_control(&self, frame: Bytes) -> Result<(), SendError> {
-        if self.is_closing() {
+        if self.0.closing.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
         let len = frame.len();

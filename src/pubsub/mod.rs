@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod channel;
 pub mod hub;
+pub mod outbox;
 pub mod queue;
 
 pub use channel::{ChannelHandle, ChannelId, SendError};

@@ -92,7 +92,7 @@ pub(super) async fn accept(
     }
     let (channel, queue) = ChannelHandle::new(info, route.send_queue, route.slow_consumer);
     let session_state = state.clone();
-    tokio::spawn(async move {
+    let task = async move {
         // The slot and the state (with its drain watch) live as long as the session.
         let _slot = slot;
         let shutdown = session_state.drain.receiver();
@@ -123,7 +123,8 @@ pub(super) async fn accept(
             }
         }
         drop(session_state);
-    });
+    };
+    tokio::spawn(task);
 
     let mut response = Response::new(empty_body());
     if h2 {

@@ -11,12 +11,13 @@
 //! protocol error no more input is read (§7.1.7 "fail the connection").
 
 use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
 use super::close::code;
@@ -81,12 +82,12 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(io);
-    let (done_tx, done_rx) = watch::channel(false);
+    let reader_done = ReaderDone::default();
     app.on_open(&channel);
-    let write_half = write_loop(writer, queue, done_rx, config.close_timeout, &config.metrics, config.deflate);
+    let write_half = write_loop(writer, queue, &reader_done, config.close_timeout, &config.metrics, config.deflate);
     let read_half = async {
         let end = read_loop(reader, &channel, &*app, &config, shutdown).await;
-        let _ = done_tx.send(true);
+        reader_done.set();
         end
     };
     let (end, ()) = tokio::join!(read_half, write_half);
@@ -118,8 +119,10 @@ where
     // is a benchmark figure); grown in READ_CHUNK steps once data flows.
     let mut buf = BytesMut::with_capacity(IDLE_READ_BUFFER);
     let mut last_received = Instant::now();
-    let mut ping_timer = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
-    ping_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer serves both the keepalive ping (every `ping_interval` while open) and the
+    // close deadline (once closing): one timer entry per connection instead of two.
+    let timer = sleep_until(Instant::now() + config.ping_interval);
+    tokio::pin!(timer);
     // Set once we have sent a Close: from then on we only wait for the peer's.
     let mut closing: Option<(u16, Instant)> = None;
     let mut shutdown_seen = *shutdown.borrow();
@@ -188,7 +191,11 @@ where
             }
         }
 
-        let close_deadline = closing.map(|(_, deadline)| deadline);
+        if let Some((_, deadline)) = closing {
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+        }
         if buf.capacity() - buf.len() < IDLE_READ_BUFFER {
             buf.reserve(READ_CHUNK);
         }
@@ -211,7 +218,11 @@ where
                     }
                 }
             }
-            _ = ping_timer.tick(), if closing.is_none() => {
+            _ = &mut timer => {
+                if let Some((code, _)) = closing {
+                    // The close deadline passed without the peer's Close.
+                    return SessionEnd::Closed(code);
+                }
                 let quiet = last_received.elapsed();
                 if quiet >= config.idle_timeout {
                     channel.close(code::GOING_AWAY, "idle timeout");
@@ -219,13 +230,11 @@ where
                 } else if quiet >= config.ping_interval {
                     let _ = channel.send_control(server_frame(OpCode::Ping, b""));
                 }
+                timer.as_mut().reset(Instant::now() + config.ping_interval);
             }
             // The app, the control API or the slow-consumer policy started a close: start the
             // close deadline now rather than at the next ping tick.
             _ = channel.closing(), if closing.is_none() => {}
-            _ = sleep_until(close_deadline.unwrap_or_else(Instant::now)), if close_deadline.is_some() => {
-                return SessionEnd::Closed(closing.map(|(code, _)| code).unwrap_or(code::GOING_AWAY));
-            }
         }
         if channel.is_closing() && closing.is_none() {
             // The app or the slow-consumer policy started the close: wait for the answer.
@@ -269,6 +278,8 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// Frames written per vectored write at most.
 const MAX_BATCH: usize = 64;
+/// Batch capacity (frames) a session keeps between writes; a burst's larger batch is freed.
+const KEEP_BATCH_CAPACITY: usize = 8;
 
 /// Whether a queued frame starts a data message (text or binary opcode, RFC 6455 §5.2), which
 /// is what `messages_sent_total` counts; control frames and continuations are not messages.
@@ -279,22 +290,21 @@ fn starts_message(frame: &Bytes) -> bool {
 async fn write_loop<W>(
     mut writer: W,
     mut queue: ChannelQueue,
-    mut done: watch::Receiver<bool>,
+    done: &ReaderDone,
     close_timeout: Duration,
     metrics: &AppCounters,
     deflate: Option<DeflateParams>,
 ) where
     W: AsyncWrite + Unpin,
 {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
-    // Bytes reserved in the budget by the queued items (a compressed frame is smaller than the
-    // plain size that was reserved).
-    let mut reserved = 0usize;
+    // Allocated on first use and given back after a burst: an idle connection holds no batch.
+    let mut items: Vec<Outbound> = Vec::new();
+    let mut batch: Vec<Bytes> = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
             item = queue.rx.recv() => item,
-            _ = reader_done(&mut done) => {
+            _ = reader_done(done) => {
                 // The reader has finished: write a pending Close (if any) and leave.
                 while let Ok(item) = queue.rx.try_recv() {
                     if let Outbound::Close { code, reason } = item {
@@ -309,39 +319,31 @@ async fn write_loop<W>(
                 return;
             }
         };
+        let Some(first) = first else { return };
+        items.push(first);
+        // Everything else already queued goes into the same vectored write (one lock).
+        queue.rx.drain_into(&mut items, MAX_BATCH - 1);
+        // Bytes reserved in the budget by these items (a compressed frame is smaller than the
+        // plain size that was reserved).
+        let mut reserved = 0usize;
         let mut close = None;
-        match first {
-            None => return,
-            Some(Outbound::Frame(frame)) => {
-                reserved += frame.len();
-                batch.push(frame);
-            }
-            Some(Outbound::Message(message)) => {
-                reserved += message.plain().len();
-                batch.push(message.frame_for(deflate.as_ref()));
-            }
-            Some(Outbound::Close { code, reason }) => close = Some(encode_close(code, &reason)),
-        }
-        if close.is_none() {
-            while batch.len() < MAX_BATCH {
-                match queue.rx.try_recv() {
-                    Ok(Outbound::Frame(frame)) => {
-                        reserved += frame.len();
-                        batch.push(frame);
-                    }
-                    Ok(Outbound::Message(message)) => {
-                        reserved += message.plain().len();
-                        batch.push(message.frame_for(deflate.as_ref()));
-                    }
-                    Ok(Outbound::Close { code, reason }) => {
-                        close = Some(encode_close(code, &reason));
-                        break;
-                    }
-                    Err(_) => break,
+        for item in items.drain(..) {
+            match item {
+                Outbound::Frame(frame) => {
+                    reserved += frame.len();
+                    batch.push(frame);
+                }
+                Outbound::Message(message) => {
+                    reserved += message.plain().len();
+                    batch.push(message.frame_for(deflate.as_ref()));
+                }
+                Outbound::Close { code, reason } => {
+                    // Nothing may follow a Close (RFC 6455 §5.5.1); later items are dropped.
+                    close = Some(encode_close(code, &reason));
+                    break;
                 }
             }
         }
-        let written = std::mem::take(&mut reserved);
         let wire: usize = batch.iter().map(Bytes::len).sum();
         let messages = batch.iter().filter(|f| starts_message(f)).count() as u64;
         let result = {
@@ -351,15 +353,19 @@ async fn write_loop<W>(
                 result = &mut write => result,
                 // The reader has finished (peer gone, or closing): finish this write only if
                 // the peer still reads, so a dead peer cannot hold the session open.
-                _ = reader_done(&mut done) => match tokio::time::timeout(close_timeout, &mut write).await {
+                _ = reader_done(done) => match tokio::time::timeout(close_timeout, &mut write).await {
                     Ok(result) => result,
                     Err(_) => return,
                 },
             }
         };
-        queue.budget.release(written);
+        queue.budget.release(reserved);
         if result.is_err() {
             return;
+        }
+        if batch.capacity() > KEEP_BATCH_CAPACITY {
+            batch = Vec::new();
+            items = Vec::new();
         }
         metrics.messages_sent.inc_by(messages);
         metrics.bytes_sent.inc_by(wire as u64);
@@ -373,7 +379,7 @@ async fn write_loop<W>(
             })
             .await;
             // Nothing else may follow a Close; wait for the reader to finish.
-            reader_done(&mut done).await;
+            reader_done(done).await;
             return;
         }
     }
@@ -391,6 +397,12 @@ fn encode_close(code: Option<u16>, reason: &str) -> BytesMut {
 
 /// Writes every buffer of `batch` completely, using vectored writes, and empties it.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(writer: &mut W, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
+    if let [only] = batch.as_slice() {
+        // The common paced case: one frame, no slice list to build.
+        writer.write_all(only).await?;
+        batch.clear();
+        return writer.flush().await;
+    }
     let mut start = 0;
     while start < batch.len() {
         let slices: Vec<IoSlice<'_>> = batch[start..].iter().map(|b| IoSlice::new(b)).collect();
@@ -412,7 +424,32 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(writer: &mut W, batch: &mut V
     writer.flush().await
 }
 
-/// Resolves once the reader has finished (the guard `wait_for` returns is not `Send`).
-async fn reader_done(done: &mut watch::Receiver<bool>) {
-    let _ = done.wait_for(|d| *d).await;
+/// Set by the reader half when it has finished; the writer half waits on it. Both halves run
+/// in one task, so this is a flag and a `Notify` on the session's stack rather than a channel
+/// (which would be one more allocation per connection).
+#[derive(Default)]
+struct ReaderDone {
+    done: AtomicBool,
+    changed: Notify,
+}
+
+impl ReaderDone {
+    fn set(&self) {
+        self.done.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+}
+
+/// Resolves once the reader has finished.
+async fn reader_done(done: &ReaderDone) {
+    loop {
+        // Registered before the check: `notify_waiters` only wakes registered waiters.
+        let changed = done.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if done.done.load(Ordering::Acquire) {
+            return;
+        }
+        changed.await;
+    }
 }
