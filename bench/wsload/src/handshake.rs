@@ -99,7 +99,8 @@ async fn worker(w: usize, cfg: Arc<HandshakeCfg>, sh: Arc<Shared>, run: u32) -> 
             failed = Some(("init_send".to_string(), e.to_string()));
         }
         if failed.is_none() && cfg.exchange {
-            let text = payload::encode(Stamp { kind: b'E', run, seq: idx as u64, ts_ns: base.elapsed().as_nanos() as u64 }, cfg.size);
+            let text =
+                payload::encode(Stamp { kind: b'E', run, seq: idx as u64, ts_ns: base.elapsed().as_nanos() as u64 }, cfg.size);
             let t0 = Instant::now();
             let r = tokio::time::timeout(cfg.close_timeout, async {
                 ws.send_text(&text).await.map_err(|e| ("exchange_send".to_string(), e.to_string()))?;

@@ -171,10 +171,7 @@ async fn open_inner(target: &Target, idx: usize, opts: &ConnOpts, deflate: bool)
     };
     let times = OpenTimes { tcp_ns, upgrade_ns: t0.elapsed().as_nanos() as u64 - tcp_ns };
     let seed = (idx as u32).wrapping_mul(0x9e37_79b9) ^ (t0.elapsed().subsec_nanos() | 1);
-    Ok((
-        RawWs { stream, buf, inflater, server_no_context, mask_state: seed | 1, partial: None, close_sent: false },
-        times,
-    ))
+    Ok((RawWs { stream, buf, inflater, server_no_context, mask_state: seed | 1, partial: None, close_sent: false }, times))
 }
 
 fn find_head_end(b: &[u8]) -> Option<usize> {
@@ -385,8 +382,7 @@ impl RawWs {
                 out.reserve(out.capacity().max(256));
             }
             let (in0, out0) = (inf.total_in(), inf.total_out());
-            inf.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
-                .map_err(|e| format!("inflate: {e}"))?;
+            inf.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync).map_err(|e| format!("inflate: {e}"))?;
             consumed += (inf.total_in() - in0) as usize;
             // Done when all input is consumed and the inflater stopped with room to spare
             // (a full output buffer may hide pending output).
