@@ -192,7 +192,7 @@ impl Backend {
 }
 
 impl App for Backend {
-    fn pre_accept(&self, request: &UpgradeRequest) -> Option<PreAccept> {
+    fn pre_accept(&self, request: &UpgradeRequest<'_>) -> Option<PreAccept> {
         let inner = self.inner.clone();
         let event = json!({
             "event": "open",
@@ -200,7 +200,7 @@ impl App for Backend {
             "app": &*inner.name,
             "url": request.url,
             "peer": request.peer.to_string(),
-            "headers": headers_json(&request.headers),
+            "headers": headers_json(request.headers),
         });
         let id = request.channel.clone();
         Some(Box::pin(async move {

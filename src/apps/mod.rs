@@ -19,13 +19,13 @@ use crate::pubsub::{ChannelHandle, ChannelId, Hub};
 
 /// What an app sees of a WebSocket upgrade request before it is accepted.
 #[derive(Debug, Clone)]
-pub struct UpgradeRequest {
+pub struct UpgradeRequest<'a> {
     /// The id the channel will have if accepted.
-    pub channel: ChannelId,
+    pub channel: &'a ChannelId,
     /// The request's path and query.
-    pub url: String,
+    pub url: &'a str,
     /// The request's headers (including `Cookie` and `Authorization`).
-    pub headers: HeaderMap,
+    pub headers: &'a HeaderMap,
     /// The client's address.
     pub peer: SocketAddr,
 }
@@ -69,7 +69,7 @@ pub trait App: Send + Sync + 'static {
     /// request with the rejection instead. When it resolves `Ok`, the app later gets
     /// either `on_open` (and eventually `on_close`) or, if the client vanished during the
     /// upgrade, [`App::on_accept_failed`].
-    fn pre_accept(&self, _request: &UpgradeRequest) -> Option<PreAccept> {
+    fn pre_accept(&self, _request: &UpgradeRequest<'_>) -> Option<PreAccept> {
         None
     }
 

@@ -81,7 +81,11 @@ pub(super) async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+                // getsockname only for wildcard listeners: a specific address is ours already.
+                let local = match local {
+                    Some(addr) if !addr.ip().is_unspecified() => addr,
+                    _ => stream.local_addr().ok().or(local).unwrap_or(peer),
+                };
                 let tls = shared.acceptor();
                 let client = ClientInfo { peer, local, tls: tls.is_some() };
                 tokio::spawn(serve_connection(state.clone(), stream, client, tls));

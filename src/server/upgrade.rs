@@ -75,10 +75,11 @@ pub(super) async fn accept(
         url: req.uri().path().into(),
         peer: client.peer,
     };
+    // Borrowed, not cloned: most apps have no pre-accept hook and never look at it.
     let pre_accept = route.app.pre_accept(&UpgradeRequest {
-        channel: info.id.clone(),
-        url: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| info.url.to_string()),
-        headers: req.headers().clone(),
+        channel: &info.id,
+        url: req.uri().path_and_query().map_or(&*info.url, |p| p.as_str()),
+        headers: req.headers(),
         peer: client.peer,
     });
     let decided = pre_accept.is_some();

@@ -114,7 +114,9 @@ where
     let mut decoder = Decoder::new(DecoderConfig { role: Role::Server, max_message_size: config.max_message_size });
     // RFC 7692 §6: RSV1 marks a compressed message once the extension is negotiated.
     decoder.set_rsv1_allowed(config.deflate.is_some());
-    let mut inflater = config.deflate.map(|params| Inflater::new(&params, config.max_message_size));
+    // Created on the first compressed message, not at the handshake: zlib's inflate state is
+    // ≈ 18 KiB and most subscribers (browsers always negotiate deflate) never send one.
+    let mut inflater: Option<Inflater> = None;
     // Small at first: most connections are idle most of the time (memory per idle connection
     // is a benchmark figure); grown in READ_CHUNK steps once data flows.
     let mut buf = BytesMut::with_capacity(IDLE_READ_BUFFER);
@@ -139,7 +141,7 @@ where
                     Incoming::Text(text) => {
                         config.metrics.messages_received.inc();
                         config.metrics.bytes_received.inc_by(text.len() as u64);
-                        let text = match inflate_if_compressed(&decoder, inflater.as_mut(), text, true) {
+                        let text = match inflate_if_compressed(&decoder, config, &mut inflater, text, true) {
                             Ok(text) => text,
                             Err(code) => {
                                 channel.close(code, close_reason(code));
@@ -153,7 +155,7 @@ where
                     Incoming::Binary(data) => {
                         config.metrics.messages_received.inc();
                         config.metrics.bytes_received.inc_by(data.len() as u64);
-                        let data = match inflate_if_compressed(&decoder, inflater.as_mut(), data, false) {
+                        let data = match inflate_if_compressed(&decoder, config, &mut inflater, data, false) {
                             Ok(data) => data,
                             Err(code) => {
                                 channel.close(code, close_reason(code));
@@ -247,16 +249,29 @@ where
 /// inflating; the codec could not (it saw compressed bytes). `Err` is the close code: 1009
 /// when the inflated size would pass `max_message_size` (a decompression bomb stops there),
 /// 1007 for corrupt deflate data or invalid UTF-8.
-fn inflate_if_compressed(decoder: &Decoder, inflater: Option<&mut Inflater>, payload: Bytes, text: bool) -> Result<Bytes, u16> {
+fn inflate_if_compressed(
+    decoder: &Decoder,
+    config: &SessionConfig,
+    slot: &mut Option<Inflater>,
+    payload: Bytes,
+    text: bool,
+) -> Result<Bytes, u16> {
     if !decoder.last_compressed() {
         return Ok(payload);
     }
-    // RSV1 is only allowed when an inflater exists; treat the impossible case as a protocol error.
-    let inflater = inflater.ok_or(code::PROTOCOL)?;
+    // RSV1 is only allowed once deflate was negotiated; treat the impossible case as a
+    // protocol error.
+    let params = config.deflate.ok_or(code::PROTOCOL)?;
+    let inflater = slot.get_or_insert_with(|| Inflater::new(&params, config.max_message_size));
     let plain = inflater.inflate(&payload).map_err(|error| match error {
         InflateError::TooBig { .. } => code::TOO_BIG,
         InflateError::Corrupt => code::INVALID_DATA,
     })?;
+    if params.peer_no_context_takeover {
+        // The peer starts every message from an empty window (RFC 7692 §7.1.1.1): nothing
+        // worth keeping between messages.
+        *slot = None;
+    }
     if text && simdutf8::basic::from_utf8(&plain).is_err() {
         return Err(code::INVALID_DATA);
     }
