@@ -138,7 +138,9 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientIn
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            serve_io(state, stream, client, slot, protocol).await;
+            // Boxed: a TLS connection's state (rustls buffers and all) is twice a plain one's,
+            // and inline it would make every plain connection's task as big.
+            Box::pin(serve_io(state, stream, client, slot, protocol)).await;
         }
         None => {
             // Wait for the first byte under the header deadline: hyper's own timeout starts only

@@ -116,7 +116,7 @@ where
     decoder.set_rsv1_allowed(config.deflate.is_some());
     // Created on the first compressed message, not at the handshake: zlib's inflate state is
     // ≈ 18 KiB and most subscribers (browsers always negotiate deflate) never send one.
-    let mut inflater: Option<Inflater> = None;
+    let mut inflater: Option<Box<Inflater>> = None;
     // Small at first: most connections are idle most of the time (memory per idle connection
     // is a benchmark figure); grown in READ_CHUNK steps once data flows.
     let mut buf = BytesMut::with_capacity(IDLE_READ_BUFFER);
@@ -252,7 +252,7 @@ where
 fn inflate_if_compressed(
     decoder: &Decoder,
     config: &SessionConfig,
-    slot: &mut Option<Inflater>,
+    slot: &mut Option<Box<Inflater>>,
     payload: Bytes,
     text: bool,
 ) -> Result<Bytes, u16> {
@@ -262,7 +262,7 @@ fn inflate_if_compressed(
     // RSV1 is only allowed once deflate was negotiated; treat the impossible case as a
     // protocol error.
     let params = config.deflate.ok_or(code::PROTOCOL)?;
-    let inflater = slot.get_or_insert_with(|| Inflater::new(&params, config.max_message_size));
+    let inflater = slot.get_or_insert_with(|| Box::new(Inflater::new(&params, config.max_message_size)));
     let plain = inflater.inflate(&payload).map_err(|error| match error {
         InflateError::TooBig { .. } => code::TOO_BIG,
         InflateError::Corrupt => code::INVALID_DATA,
@@ -324,10 +324,12 @@ async fn write_loop<W>(
                 while let Ok(item) = queue.rx.try_recv() {
                     if let Outbound::Close { code, reason } = item {
                         let frame = encode_close(code, &reason);
-                        let _ = tokio::time::timeout(close_timeout, async {
+                        // Boxed, like the other close-path waits: rare, and inline they
+                        // would grow every idle session's state.
+                        let _ = Box::pin(tokio::time::timeout(close_timeout, async {
                             writer.write_all(&frame).await?;
                             writer.shutdown().await
-                        }).await;
+                        })).await;
                         break;
                     }
                 }
@@ -368,7 +370,7 @@ async fn write_loop<W>(
                 result = &mut write => result,
                 // The reader has finished (peer gone, or closing): finish this write only if
                 // the peer still reads, so a dead peer cannot hold the session open.
-                _ = reader_done(done) => match tokio::time::timeout(close_timeout, &mut write).await {
+                _ = reader_done(done) => match Box::pin(tokio::time::timeout(close_timeout, &mut write)).await {
                     Ok(result) => result,
                     Err(_) => return,
                 },
@@ -385,13 +387,13 @@ async fn write_loop<W>(
         metrics.messages_sent.inc_by(messages);
         metrics.bytes_sent.inc_by(wire as u64);
         if let Some(frame) = close {
-            let _ = tokio::time::timeout(close_timeout, async {
+            let _ = Box::pin(tokio::time::timeout(close_timeout, async {
                 writer.write_all(&frame).await?;
                 writer.flush().await?;
                 // §7.1.1: the server closes the TCP connection first; half-close now, the
                 // reader keeps waiting for the peer's Close.
                 writer.shutdown().await
-            })
+            }))
             .await;
             // Nothing else may follow a Close; wait for the reader to finish.
             reader_done(done).await;
