@@ -82,10 +82,11 @@ where
 {
     let (reader, writer) = tokio::io::split(io);
     let (done_tx, done_rx) = watch::channel(false);
+    let pong = LatestPong::default();
     app.on_open(&channel);
-    let write_half = write_loop(writer, queue, done_rx, config.close_timeout, &config.metrics, config.deflate);
+    let write_half = write_loop(writer, queue, done_rx, config.close_timeout, &config.metrics, config.deflate, &pong);
     let read_half = async {
-        let end = read_loop(reader, &channel, &*app, &config, shutdown).await;
+        let end = read_loop(reader, &channel, &*app, &config, shutdown, &pong).await;
         let _ = done_tx.send(true);
         end
     };
@@ -106,6 +107,7 @@ async fn read_loop<R>(
     app: &dyn App,
     config: &SessionConfig,
     mut shutdown: watch::Receiver<bool>,
+    pong: &LatestPong,
 ) -> SessionEnd
 where
     R: AsyncRead + Unpin,
@@ -163,8 +165,12 @@ where
                     }
                     Incoming::Ping(payload) => {
                         if closing.is_none() {
-                            // §5.5.3: the Pong carries the Ping's payload.
-                            let _ = channel.send_control(server_frame(OpCode::Pong, &payload));
+                            // §5.5.3: the Pong carries the Ping's payload. While a Pong is
+                            // still queued, a newer Ping only replaces its payload, so a peer
+                            // that pings without reading cannot make us queue without bound.
+                            if let Some(frame) = pong.offer(server_frame(OpCode::Pong, &payload)) {
+                                let _ = channel.send_control(frame);
+                            }
                         }
                     }
                     Incoming::Pong(_) => {}
@@ -283,6 +289,7 @@ async fn write_loop<W>(
     close_timeout: Duration,
     metrics: &AppCounters,
     deflate: Option<DeflateParams>,
+    pong: &LatestPong,
 ) where
     W: AsyncWrite + Unpin,
 {
@@ -314,7 +321,7 @@ async fn write_loop<W>(
             None => return,
             Some(Outbound::Frame(frame)) => {
                 reserved += frame.len();
-                batch.push(frame);
+                batch.push(pong.latest(frame));
             }
             Some(Outbound::Message(message)) => {
                 reserved += message.plain().len();
@@ -327,7 +334,7 @@ async fn write_loop<W>(
                 match queue.rx.try_recv() {
                     Ok(Outbound::Frame(frame)) => {
                         reserved += frame.len();
-                        batch.push(frame);
+                        batch.push(pong.latest(frame));
                     }
                     Ok(Outbound::Message(message)) => {
                         reserved += message.plain().len();
@@ -376,6 +383,35 @@ async fn write_loop<W>(
             reader_done(&mut done).await;
             return;
         }
+    }
+}
+
+/// The Pong the session has queued and not yet written, if any. RFC 6455 §5.5.3 lets an
+/// endpoint that has not yet answered earlier Pings answer only the most recent one: the
+/// reader queues a Pong only when none is pending and otherwise just replaces the pending
+/// one's frame, and the writer sends whatever is latest when it reaches the queued Pong. So
+/// at most one Pong is queued per connection however fast the peer pings.
+#[derive(Default)]
+struct LatestPong(std::sync::Mutex<Option<Bytes>>);
+
+impl LatestPong {
+    /// Records `frame` as the answer to the latest Ping; returns it when it must be queued
+    /// (no Pong pending), `None` when the pending one will carry it.
+    fn offer(&self, frame: Bytes) -> Option<Bytes> {
+        let mut slot = crate::sync::lock(&self.0);
+        let queue = slot.is_none();
+        *slot = Some(frame.clone());
+        queue.then_some(frame)
+    }
+
+    /// For a frame the writer took from the queue: a Pong is swapped for the latest answer
+    /// (clearing the pending slot); any other frame passes unchanged.
+    fn latest(&self, frame: Bytes) -> Bytes {
+        // Our own Pong frames: FIN set, opcode 0xA, unmasked (§5.2).
+        if frame.first() != Some(&0x8A) {
+            return frame;
+        }
+        crate::sync::lock(&self.0).take().unwrap_or(frame)
     }
 }
 
