@@ -386,32 +386,54 @@ async fn write_loop<W>(
     }
 }
 
-/// The Pong the session has queued and not yet written, if any. RFC 6455 §5.5.3 lets an
-/// endpoint that has not yet answered earlier Pings answer only the most recent one: the
-/// reader queues a Pong only when none is pending and otherwise just replaces the pending
-/// one's frame, and the writer sends whatever is latest when it reaches the queued Pong. So
-/// at most one Pong is queued per connection however fast the peer pings.
+/// Pongs queued and not yet written. Each Ping is answered with its own Pong while fewer than
+/// [`MAX_QUEUED_PONGS`] are waiting (Autobahn 2.10 expects ten Pongs for ten quick Pings). A
+/// peer that pings faster than it reads soon hits that limit; from then on RFC 6455 §5.5.3
+/// lets us answer only the most recent Ping: its frame is kept aside and written in place of
+/// the last queued Pong. So a ping flood holds at most that many small frames per connection.
 #[derive(Default)]
-struct LatestPong(std::sync::Mutex<Option<Bytes>>);
+struct LatestPong(std::sync::Mutex<PongState>);
+
+#[derive(Default)]
+struct PongState {
+    /// Pong frames in the channel's queue.
+    queued: usize,
+    /// The answer to a Ping that arrived while the queue was full.
+    latest: Option<Bytes>,
+}
+
+/// Pongs a session queues before it answers only the latest Ping.
+const MAX_QUEUED_PONGS: usize = 16;
 
 impl LatestPong {
-    /// Records `frame` as the answer to the latest Ping; returns it when it must be queued
-    /// (no Pong pending), `None` when the pending one will carry it.
+    /// Records the answer to the latest Ping; returns it when it must be queued now, `None`
+    /// when the last queued Pong will carry it.
     fn offer(&self, frame: Bytes) -> Option<Bytes> {
-        let mut slot = crate::sync::lock(&self.0);
-        let queue = slot.is_none();
-        *slot = Some(frame.clone());
-        queue.then_some(frame)
+        let mut state = crate::sync::lock(&self.0);
+        if state.queued < MAX_QUEUED_PONGS {
+            state.queued += 1;
+            // This Pong answers a newer Ping than any kept aside.
+            state.latest = None;
+            Some(frame)
+        } else {
+            state.latest = Some(frame);
+            None
+        }
     }
 
-    /// For a frame the writer took from the queue: a Pong is swapped for the latest answer
-    /// (clearing the pending slot); any other frame passes unchanged.
+    /// For a frame the writer took from the queue: the last queued Pong is swapped for the
+    /// answer kept aside, if any; any other frame passes unchanged.
     fn latest(&self, frame: Bytes) -> Bytes {
         // Our own Pong frames: FIN set, opcode 0xA, unmasked (§5.2).
         if frame.first() != Some(&0x8A) {
             return frame;
         }
-        crate::sync::lock(&self.0).take().unwrap_or(frame)
+        let mut state = crate::sync::lock(&self.0);
+        state.queued = state.queued.saturating_sub(1);
+        match state.queued {
+            0 => state.latest.take().unwrap_or(frame),
+            _ => frame,
+        }
     }
 }
 
