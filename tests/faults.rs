@@ -1,8 +1,9 @@
 //! Faults (issue #9, part 2): TLS handshake garbage, subscribers that vanish without a Close,
-//! log output that cannot be written, and log-view files that cannot be read. The upstream
-//! faults are tested elsewhere: killed mid-response in tests/proxy_module.rs
-//! (`upstream_dying_mid_body...`), slow upstream → 504 in tests/proxy_module.rs, and an
-//! unreadable (directory) log file in tests/apps.rs.
+//! log output that cannot be written, and log-view files that cannot be read. Tested
+//! elsewhere: upstream killed mid-response (`upstream_dying_mid_body_aborts_the_client_without_hanging`)
+//! and slow upstream → 504 (`silent_upstream_gives_504_after_response_timeout`), both in
+//! tests/proxy_module.rs; a directory in place of a log file
+//! (`logview_reports_an_unreadable_file_to_the_client`, tests/apps.rs).
 
 mod common;
 
