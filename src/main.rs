@@ -259,5 +259,9 @@ fn init_logging(config: &Config) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        // A failed log write (stderr on a full disk, a closed pipe) must not take the server
+        // down: by default tracing-subscriber reports it with `eprintln!`, which panics when
+        // stderr itself cannot be written, and that panic killed wsgate at its first log line.
+        .log_internal_errors(false)
         .init();
 }

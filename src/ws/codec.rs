@@ -78,7 +78,9 @@ pub struct DecoderConfig {
     /// Largest message (sum of its fragments' payloads) accepted; a frame
     /// header that would exceed it fails at once with
     /// [`ProtocolError::MessageTooLarge`]. Also the most a half-received
-    /// message can hold in memory. Default: 1 MiB.
+    /// message can hold in memory. An empty fragment that does not end its
+    /// message counts as one byte, so a message cannot be kept open forever
+    /// with empty fragments. Default: 1 MiB.
     pub max_message_size: usize,
 }
 
@@ -473,7 +475,7 @@ impl Decoder {
         };
         if !opcode.is_control() {
             let so_far = self.message.as_ref().map_or(0, |m| m.len) as u64;
-            if so_far.saturating_add(len) > self.max_message_size as u64 {
+            if so_far.saturating_add(charged_len(fin, len)) > self.max_message_size as u64 {
                 return Err(too_large);
             }
         }
@@ -509,7 +511,8 @@ impl Decoder {
             });
         }
         if let (Some(m), false) = (self.message.as_mut(), header.opcode.is_control()) {
-            m.len += header.payload_len;
+            // `charged_len` of a usize fits a usize (an empty frame counts 1).
+            m.len += charged_len(header.fin, header.payload_len as u64) as usize;
         }
     }
 
@@ -576,6 +579,21 @@ impl Decoder {
                 }))
             }
         }
+    }
+}
+
+/// What a data frame counts toward `max_message_size`: its payload length, except that an
+/// empty fragment which does not end its message counts as one byte. RFC 6455 §5.4 allows
+/// empty fragments, but without this a peer could send them forever and keep a message open
+/// at no cost; now a message holds at most `max_message_size` frames, the same bound
+/// one-byte fragments already had, and the flood ends with 1009. A message of exactly
+/// `max_message_size` payload bytes is still accepted however it is fragmented, unless
+/// it also has empty non-final fragments.
+fn charged_len(fin: bool, len: u64) -> u64 {
+    if len == 0 && !fin {
+        1
+    } else {
+        len
     }
 }
 
@@ -938,6 +956,32 @@ mod tests {
         let ev = decode_all(&mut decoder(Role::Server, 100), &s2).unwrap();
         assert_eq!(ev.len(), 2);
         assert!(matches!(&ev[1], Incoming::Text(b) if b.len() == 100));
+    }
+
+    #[test]
+    fn endless_empty_fragments_end_at_the_message_size_limit() {
+        // RFC 6455 §5.4 allows empty fragments: a few are fine (Autobahn 6.1.2/6.1.3).
+        let mut s = client(OpCode::Text, false, b"");
+        s.extend(client(OpCode::Continuation, false, b""));
+        s.extend(client(OpCode::Continuation, true, b""));
+        assert_eq!(decode_all(&mut decoder(Role::Server, 100), &s).unwrap(), vec![text("")]);
+        // A message of exactly the limit still passes with an empty last fragment.
+        let mut s = client(OpCode::Binary, false, &[0; 100]);
+        s.extend(client(OpCode::Continuation, true, b""));
+        assert_eq!(decode_all(&mut decoder(Role::Server, 100), &s).unwrap().len(), 1);
+        // A message that never ends: each empty non-final fragment counts one byte, so the
+        // 101st fails at its header.
+        let mut d = decoder(Role::Server, 100);
+        let mut buf = BytesMut::from(&client(OpCode::Binary, false, b"")[..]);
+        for _ in 0..99 {
+            buf.extend_from_slice(&client(OpCode::Continuation, false, b""));
+        }
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert!(buf.is_empty(), "every frame consumed, nothing buffered");
+        buf.extend_from_slice(&client(OpCode::Continuation, false, b""));
+        let e = d.decode(&mut buf).unwrap_err();
+        assert_eq!(e, ProtocolError::MessageTooLarge { limit: 100 });
+        assert_eq!(e.close_code(), code::TOO_BIG);
     }
 
     #[test]

@@ -83,10 +83,11 @@ where
 {
     let (reader, writer) = tokio::io::split(io);
     let reader_done = ReaderDone::default();
+    let pong = LatestPong::default();
     app.on_open(&channel);
-    let write_half = write_loop(writer, queue, &reader_done, config.close_timeout, &config.metrics, config.deflate);
+    let write_half = write_loop(writer, queue, &reader_done, config.close_timeout, &config.metrics, config.deflate, &pong);
     let read_half = async {
-        let end = read_loop(reader, &channel, &*app, &config, shutdown).await;
+        let end = read_loop(reader, &channel, &*app, &config, shutdown, &pong).await;
         reader_done.set();
         end
     };
@@ -107,6 +108,7 @@ async fn read_loop<R>(
     app: &dyn App,
     config: &SessionConfig,
     mut shutdown: watch::Receiver<bool>,
+    pong: &LatestPong,
 ) -> SessionEnd
 where
     R: AsyncRead + Unpin,
@@ -168,8 +170,12 @@ where
                     }
                     Incoming::Ping(payload) => {
                         if closing.is_none() {
-                            // §5.5.3: the Pong carries the Ping's payload.
-                            let _ = channel.send_control(server_frame(OpCode::Pong, &payload));
+                            // §5.5.3: the Pong carries the Ping's payload. While a Pong is
+                            // still queued, a newer Ping only replaces its payload, so a peer
+                            // that pings without reading cannot make us queue without bound.
+                            if let Some(frame) = pong.offer(server_frame(OpCode::Pong, &payload)) {
+                                let _ = channel.send_control(frame);
+                            }
                         }
                     }
                     Incoming::Pong(_) => {}
@@ -309,6 +315,7 @@ async fn write_loop<W>(
     close_timeout: Duration,
     metrics: &AppCounters,
     deflate: Option<DeflateParams>,
+    pong: &LatestPong,
 ) where
     W: AsyncWrite + Unpin,
 {
@@ -348,7 +355,7 @@ async fn write_loop<W>(
             match item {
                 Outbound::Frame(frame) => {
                     reserved += frame.len();
-                    batch.push(frame);
+                    batch.push(pong.latest(frame));
                 }
                 Outbound::Message(message) => {
                     reserved += message.plain().len();
@@ -398,6 +405,57 @@ async fn write_loop<W>(
             // Nothing else may follow a Close; wait for the reader to finish.
             reader_done(done).await;
             return;
+        }
+    }
+}
+
+/// Pongs queued and not yet written. Each Ping is answered with its own Pong while fewer than
+/// [`MAX_QUEUED_PONGS`] are waiting (Autobahn 2.10 expects ten Pongs for ten quick Pings). A
+/// peer that pings faster than it reads soon hits that limit; from then on RFC 6455 §5.5.3
+/// lets us answer only the most recent Ping: its frame is kept aside and written in place of
+/// the last queued Pong. So a ping flood holds at most that many small frames per connection.
+#[derive(Default)]
+struct LatestPong(std::sync::Mutex<PongState>);
+
+#[derive(Default)]
+struct PongState {
+    /// Pong frames in the channel's queue.
+    queued: usize,
+    /// The answer to a Ping that arrived while the queue was full.
+    latest: Option<Bytes>,
+}
+
+/// Pongs a session queues before it answers only the latest Ping.
+const MAX_QUEUED_PONGS: usize = 16;
+
+impl LatestPong {
+    /// Records the answer to the latest Ping; returns it when it must be queued now, `None`
+    /// when the last queued Pong will carry it.
+    fn offer(&self, frame: Bytes) -> Option<Bytes> {
+        let mut state = crate::sync::lock(&self.0);
+        if state.queued < MAX_QUEUED_PONGS {
+            state.queued += 1;
+            // This Pong answers a newer Ping than any kept aside.
+            state.latest = None;
+            Some(frame)
+        } else {
+            state.latest = Some(frame);
+            None
+        }
+    }
+
+    /// For a frame the writer took from the queue: the last queued Pong is swapped for the
+    /// answer kept aside, if any; any other frame passes unchanged.
+    fn latest(&self, frame: Bytes) -> Bytes {
+        // Our own Pong frames: FIN set, opcode 0xA, unmasked (§5.2).
+        if frame.first() != Some(&0x8A) {
+            return frame;
+        }
+        let mut state = crate::sync::lock(&self.0);
+        state.queued = state.queued.saturating_sub(1);
+        match state.queued {
+            0 => state.latest.take().unwrap_or(frame),
+            _ => frame,
         }
     }
 }

@@ -140,11 +140,14 @@ impl Follower {
     }
 
     fn open(&mut self) -> io::Result<()> {
+        // Regular files only, checked before opening: opening a FIFO blocks until a writer
+        // appears, possibly forever, holding a blocking-pool thread that shutdown then waits
+        // for; a device may never end. Checked again on the opened file (the path may have
+        // been replaced in between).
+        check_kind(&std::fs::metadata(&self.path)?)?;
         let file = File::open(&self.path)?;
         let meta = file.metadata()?;
-        if meta.is_dir() {
-            return Err(io::Error::other("is a directory"));
-        }
+        check_kind(&meta)?;
         self.identity = (meta.dev(), meta.ino());
         self.file = Some(file);
         self.pos = 0;
@@ -352,6 +355,17 @@ impl Follower {
 fn push_lines(events: &mut Vec<Event>, lines: &mut Vec<String>) {
     if !lines.is_empty() {
         events.push(Event::Lines(std::mem::take(lines)));
+    }
+}
+
+/// `Ok` for a regular file; otherwise the error a viewer sees.
+fn check_kind(meta: &std::fs::Metadata) -> io::Result<()> {
+    if meta.is_dir() {
+        Err(io::Error::other("is a directory"))
+    } else if !meta.is_file() {
+        Err(io::Error::other("not a regular file"))
+    } else {
+        Ok(())
     }
 }
 
@@ -760,6 +774,28 @@ mod tests {
             "{events:?}"
         );
         assert_eq!(d.poll().0, vec![], "reported once");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.log");
+        let made = std::process::Command::new("mkfifo").arg(&path).status().unwrap();
+        assert!(made.success());
+        // On a thread, so a blocking open fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut f = Follower::new(&path, "p.log");
+            let started = f.start(5);
+            let polled = f.poll().0;
+            let _ = tx.send((started, polled));
+        });
+        let (started, polled) = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("start did not block");
+        assert!(
+            matches!(&started[..], [Event::Error(m)] if m == "cannot read p.log: not a regular file"),
+            "{started:?}"
+        );
+        assert_eq!(polled, vec![], "reported once");
     }
 
     #[test]
