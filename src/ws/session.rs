@@ -394,9 +394,16 @@ async fn write_loop<W>(
         metrics.messages_sent.inc_by(messages);
         metrics.bytes_sent.inc_by(wire as u64);
         if let Some(frame) = close {
+            let reader_finished = done.done.load(Ordering::Acquire);
             let _ = Box::pin(tokio::time::timeout(close_timeout, async {
                 writer.write_all(&frame).await?;
                 writer.flush().await?;
+                if reader_finished {
+                    // The peer's Close is in (or the peer is gone): the session ends now and
+                    // dropping the socket closes it; a half-close first would be one more
+                    // system call per connection for nothing.
+                    return Ok(());
+                }
                 // §7.1.1: the server closes the TCP connection first; half-close now, the
                 // reader keeps waiting for the peer's Close.
                 writer.shutdown().await
