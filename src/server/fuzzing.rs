@@ -55,7 +55,7 @@ pub fn config(data: &[u8]) {
     };
     // `check` reads the files the config names. A FIFO or a device (`/dev/stdin`,
     // `/dev/zero`) would block or never end: an operator's choice, not a parser's answer.
-    if !files_of(&config).all(|p| ordinary(p)) {
+    if !files_of(&config).all(ordinary) {
         return;
     }
     if let Err(problems) = super::check(&config) {
