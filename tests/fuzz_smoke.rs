@@ -1,10 +1,12 @@
-//! The fuzz bodies of `wsgate::ws::fuzzing` without libFuzzer: replays the committed seeds in
-//! `fuzz/seeds/<target>/` and runs a bounded random loop (structured frames and handshakes,
-//! then random mutations). The real fuzzing is `cargo +nightly fuzz run <target>` in `fuzz/`.
+//! The fuzz bodies of `wsgate::ws::fuzzing` and `wsgate::server::fuzzing` without libFuzzer:
+//! replays the committed seeds in `fuzz/seeds/<target>/` and runs a bounded random loop
+//! (structured frames, handshakes, config texts and request heads, then random mutations).
+//! The real fuzzing is `fuzz/run.sh` (cargo-fuzz) over the same bodies.
 
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use wsgate::server::fuzzing as server_fuzzing;
 use wsgate::ws::codec::{encode_frame, OpCode};
 use wsgate::ws::fuzzing;
 
@@ -151,4 +153,150 @@ fn inflater_smoke() {
             plain
         }
     });
+}
+
+/// Config text made of known sections, keys and values (some of them wrong), so the random
+/// loop reaches validation and `check` rather than stopping at TOML syntax.
+fn random_config(rng: &mut fastrand::Rng) -> Vec<u8> {
+    const LINES: &[&str] = &[
+        "[upstream]",
+        "url = \"http://127.0.0.1:8000\"",
+        "url = \"https://x\"",
+        "connect_timeout = \"2s\"",
+        "response_timeout = \"0s\"",
+        "trusted_proxies = [\"10.0.0.0/8\"]",
+        "[[listen]]",
+        "addr = \"127.0.0.1:0\"",
+        "addr = \"[::1]:99999\"",
+        "tls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }",
+        "[admin]",
+        "addr = \"off\"",
+        "addr = \"0.0.0.0:9090\"",
+        "token_file = \"/nonexistent/token\"",
+        "[limits]",
+        "max_connections = 0",
+        "max_header_bytes = \"16KiB\"",
+        "max_header_bytes = \"99999999999999999999 EiB\"",
+        "[websocket]",
+        "max_message_size = \"1MiB\"",
+        "send_queue = \"0\"",
+        "slow_consumer = \"drop\"",
+        "ping_interval = \"18446744073709551615s\"",
+        "allowed_origins = [\"*\"]",
+        "[broker]",
+        "kind = \"redis\"",
+        "url = \"redis://127.0.0.1:1\"",
+        "[log]",
+        "level = \"debug,[\"",
+        "[apps.a]",
+        "[apps.b]",
+        "kind = \"echo\"",
+        "kind = \"chat\"",
+        "kind = \"log-view\"",
+        "kind = \"backend\"",
+        "urls = [\"/ws\"]",
+        "urls = [\"/ws/\", \"/\"]",
+        "urls = [\"\"]",
+        "files = [\"/var/log/x.log\"]",
+        "callback = \"http://127.0.0.1:1/cb\"",
+        "auth = \"http://127.0.0.1:1/auth\"",
+        "allow = [\"::1/129\"]",
+        "history = 1e3",
+        "backlog_lines = -5",
+    ];
+    let mut text = String::new();
+    for _ in 0..rng.usize(1..24) {
+        text.push_str(LINES[rng.usize(0..LINES.len())]);
+        text.push('\n');
+    }
+    text.into_bytes()
+}
+
+/// Request heads built from parts that matter to routing and forwarding.
+fn random_request(rng: &mut fastrand::Rng) -> Vec<u8> {
+    const METHODS: &[&str] = &[
+        "GET", "HEAD", "POST", "CONNECT", "OPTIONS", "PATCH", "G\u{e9}T",
+    ];
+    const TARGETS: &[&str] = &[
+        "/websocket/echo",
+        "/websocket/echo/",
+        "/websocket/echo/connect",
+        "/websocket/chat?x=1",
+        "/websocket/chat/ops",
+        "/WEBSOCKET/echo",
+        "/websocket/%65cho",
+        "/websocket//echo",
+        "/",
+        "/connect",
+        "*",
+        "http://example.org:8080/websocket/echo",
+        "http://u@[::1]/a?b",
+        "example.org:443",
+    ];
+    const FIELDS: &[&str] = &[
+        "Host: example.org",
+        "Host: [::1]:8080",
+        "Host: a\"b",
+        "Upgrade: websocket",
+        "Upgrade: h2c",
+        "Upgrade:  ",
+        "Connection: Upgrade",
+        "Connection: keep-alive, upgrade, x-drop",
+        "Connection: close, , bad name",
+        "X-Drop: 1",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        "Origin: http://example.org",
+        "Origin: null",
+        "X-Forwarded-For: 203.0.113.1",
+        "X-Forwarded-For: ",
+        "Forwarded: for=\"[2001:db8::1]\"",
+        "Via: 1.1 proxy (via 1.1 wsgate)",
+        "Via: 1.1 wsgate",
+        "Proxy-Authorization: Basic x",
+        "Proxy-Connection: keep-alive",
+        "Transfer-Encoding: chunked",
+        "Content-Length: 0",
+        "TE: trailers",
+        "Cookie: a=b",
+        "X-Obs: \u{e9}t\u{e9}",
+    ];
+    let version = if rng.u8(0..5) == 0 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    let mut head = format!(
+        "{} {} {version}\r\n",
+        METHODS[rng.usize(0..METHODS.len())],
+        TARGETS[rng.usize(0..TARGETS.len())]
+    );
+    for _ in 0..rng.usize(0..10) {
+        head.push_str(FIELDS[rng.usize(0..FIELDS.len())]);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+#[test]
+fn config_smoke() {
+    run("config", server_fuzzing::config, random_config);
+}
+
+#[test]
+fn router_smoke() {
+    run("router", server_fuzzing::router, random_request);
+}
+
+#[test]
+fn router_parses_the_committed_seeds() {
+    // A seed hyper would refuse exercises nothing past the parser: keep them all parseable.
+    for seed in seeds("router") {
+        assert!(
+            server_fuzzing::parse_head(&seed).is_some(),
+            "{}",
+            String::from_utf8_lossy(&seed)
+        );
+    }
 }

@@ -124,16 +124,34 @@ impl fmt::Display for ErrorEntry {
             ErrorSource::File {
                 file,
                 line: Some(line),
-            } => write!(f, "{file}:{line}: ")?,
-            ErrorSource::File { file, line: None } => write!(f, "{file}: ")?,
-            ErrorSource::Env { var } => write!(f, "env {var}: ")?,
+            } => write!(f, "{}:{line}: ", OneLine(file))?,
+            ErrorSource::File { file, line: None } => write!(f, "{}: ", OneLine(file))?,
+            ErrorSource::Env { var } => write!(f, "env {}: ", OneLine(var))?,
             ErrorSource::Cli { flag } => write!(f, "option {flag}: ")?,
             ErrorSource::Unknown => {}
         }
         if !self.path.is_empty() {
-            write!(f, "{}: ", self.path)?;
+            write!(f, "{}: ", OneLine(&self.path))?;
         }
-        f.write_str(&self.message)
+        write!(f, "{}", OneLine(&self.message))
+    }
+}
+
+/// Text shown with its control characters escaped (`\n`, `\u{1b}`): a quoted TOML key or
+/// an environment variable may hold any of them, and one problem must stay one line (and
+/// must not move a terminal's cursor).
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -841,6 +859,15 @@ mod tests {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn control_characters_in_a_key_are_escaped_so_each_problem_stays_one_line() {
+        // Found by the `config` fuzz target: a quoted key with an escaped newline made
+        // the "unknown key" problem span two lines.
+        let e = load_err("[\"a\\nb\\u001b\"]\nx = 1\n");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.starts_with("wsgate.toml:1: a\\nb\\u{1b}: unknown key"), "{e}");
     }
 
     /// Runs `f` with no `WSGATE_*` variables from the outer environment.

@@ -130,6 +130,8 @@ pub fn via_has_pseudonym(headers: &HeaderMap) -> bool {
 
 /// Splits a `Via` field value into its comma-separated entries, ignoring commas
 /// inside comments (RFC 9110 §5.6.5: comments are parenthesised and may nest).
+/// A comment left open at the end is malformed: the value is then split at every
+/// comma, so that entries appended after it (ours, the loop marker) stay visible.
 fn via_entries(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut depth = 0usize;
     let mut start = 0usize;
@@ -146,6 +148,9 @@ fn via_entries(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         }
     }
     out.push(&value[start..]);
+    if depth > 0 {
+        out = value.split(|&b| b == b',').collect();
+    }
     out.into_iter()
 }
 
@@ -387,6 +392,19 @@ mod tests {
             ("upgrade", "websocket"),
         ]);
         assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+    }
+
+    #[test]
+    fn an_unclosed_comment_in_via_does_not_hide_our_loop_marker() {
+        // Found by the `router` fuzz target: our entry appended after a client's unbalanced
+        // `(` was read as part of that comment, so a request looping back through us was
+        // not recognised and would be forwarded again on every pass.
+        for sent in ["1.1 proxy (via", "1.0 a ((x)", "(", "1.1 p (a, 1.1 wsgate"] {
+            let mut h = map(&[("via", sent)]);
+            append_via(&mut h, Version::HTTP_11);
+            assert!(via_has_pseudonym(&h), "{sent:?}");
+        }
+        assert!(!via_has_pseudonym(&map(&[("via", "1.1 proxy (via")])));
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl Proxy {
 /// authority when it has one (HTTP/2 `:authority`, or HTTP/1.1 absolute-form, where
 /// RFC 9112 §3.2.2 makes it override `Host`), else the `Host` field. Userinfo is
 /// dropped (RFC 9110 §4.2.4 deprecates it).
-fn request_host(parts: &Parts) -> Option<HeaderValue> {
+pub fn request_host(parts: &Parts) -> Option<HeaderValue> {
     if let Some(auth) = parts.uri.authority() {
         let host = match auth.port() {
             Some(port) => format!("{}:{}", auth.host(), port.as_str()),

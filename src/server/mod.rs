@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod fuzzing;
 mod listen;
 pub mod reload;
 pub mod router;
