@@ -8,9 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +21,6 @@ use serde_json::Value;
 use tokio::net::TcpSocket;
 use wsgate::ws::codec::Incoming as WsIncoming;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
 /// Message size and count: 16 MiB published in total.
 const SIZE: usize = 16384;
 const COUNT: u64 = 1024;
@@ -31,68 +28,18 @@ const COUNT: u64 = 1024;
 /// healthy queues far below `send_queue`).
 const WINDOW: u64 = 4;
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_server(dir: &tempfile::TempDir, upstream: SocketAddr, policy: &str) -> Server {
-    let text = basic_config(&format!(
-        "[admin]\naddr = \"127.0.0.1:0\"\n[websocket]\nsend_queue = \"128KiB\"\nslow_consumer = \"{policy}\"\nmax_message_size = \"64KiB\"\nping_interval = \"10m\"\nidle_timeout = \"20m\"\n"
-    ))
-    .replace("{UPSTREAM}", &format!("http://{upstream}"));
-    let path = dir.path().join("wsgate.toml");
-    std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let find = |line: &str, key: &str| {
-            line.split(key)
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-        };
-        let (mut addr, mut admin) = (None, None);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            addr = addr.or(find(&line, " addr="));
-            admin = admin.or(find(&line, " admin="));
-            if let (Some(a), Some(b)) = (addr, admin) {
-                let _ = tx.send((a, b));
-                addr = None;
-                admin = Some(b);
-            }
-        }
-    });
-    let (addr, admin) = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("wsgate logged its addresses");
-    Server { child, addr, admin }
+fn spawn_server(dir: &tempfile::TempDir, upstream: SocketAddr, policy: &str) -> Spawned {
+    spawn_binary(
+        dir,
+        upstream,
+        &format!(
+            "[admin]\naddr = \"127.0.0.1:0\"\n[websocket]\nsend_queue = \"128KiB\"\nslow_consumer = \"{policy}\"\nmax_message_size = \"64KiB\"\nping_interval = \"10m\"\nidle_timeout = \"20m\"\n"
+        ),
+    )
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    proc_status_kib(pid, "VmRSS:")
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;

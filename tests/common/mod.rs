@@ -18,6 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wsgate::config::{self, CliOverrides, ConfigSource};
 use wsgate::server::RunningServer;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use wsgate::ws::codec::{encode_frame, Decoder, DecoderConfig, Incoming as WsIncoming, OpCode, Role};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -347,4 +350,126 @@ pub async fn http_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRe
 
 pub fn executor() -> TokioExecutor {
     TokioExecutor::new()
+}
+
+/// wsgate as its own process, so its RSS and file descriptors are its own.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on `basic_config(extra)` (which must put the admin listener on port 0)
+/// and reads its public and admin addresses from the startup log.
+pub fn spawn_binary(dir: &tempfile::TempDir, upstream: SocketAddr, extra: &str) -> Spawned {
+    use std::io::{BufRead, BufReader};
+    let text = basic_config(extra).replace("{UPSTREAM}", &format!("http://{upstream}"));
+    let path = dir.path().join("wsgate.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let find = |line: &str, key: &str| {
+            line.split(key)
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        };
+        let (mut addr, mut admin) = (None, None);
+        let mut sent = false;
+        // Keep draining stderr after the addresses so wsgate never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            addr = addr.or(find(&line, " addr="));
+            admin = admin.or(find(&line, " admin="));
+            if let (Some(a), Some(b), false) = (addr, admin, sent) {
+                let _ = tx.send((a, b));
+                sent = true;
+            }
+        }
+    });
+    let (addr, admin) = rx.recv_timeout(Duration::from_secs(20)).expect("wsgate logged its addresses");
+    Spawned { child, addr, admin }
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
+pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Accepts any server certificate and remembers the last one presented (the test checks which
+/// certificate the server used, not the PKI).
+#[derive(Debug)]
+pub struct RecordingVerifier {
+    /// The certificate of the last handshake.
+    pub last: std::sync::Mutex<Option<CertificateDer<'static>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.last.lock().unwrap() = Some(end_entity.clone().into_owned());
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+
+/// A TLS client configuration that trusts any server certificate (tests check the server's
+/// behaviour, not the PKI), and its verifier.
+pub fn trusting_client_config() -> (Arc<rustls::ClientConfig>, Arc<RecordingVerifier>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(RecordingVerifier { last: std::sync::Mutex::new(None), provider: provider.clone() });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    (Arc::new(config), verifier)
 }
