@@ -69,6 +69,10 @@ pub struct AppCounters {
     pub bytes_received: Counter,
     /// Bytes written to clients (frames, headers included).
     pub bytes_sent: Counter,
+    /// WebSocket connections accepted.
+    pub connections_total: Counter,
+    /// Open WebSocket connections.
+    pub connections_active: Gauge,
 }
 
 /// Every metric wsgate exports.
@@ -183,6 +187,8 @@ impl Metrics {
             messages_sent: self.messages_sent.get_or_create(&label).clone(),
             bytes_received: self.bytes_received.get_or_create(&label).clone(),
             bytes_sent: self.bytes_sent.get_or_create(&label).clone(),
+            connections_total: self.connections_total.get_or_create(&label).clone(),
+            connections_active: self.connections_active.get_or_create(&label).clone(),
         }
     }
 

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use super::access::{check_address, check_origin};
 use super::{empty_body, full_body, text_response, AppRoute, Body, ConnectionSlot, State};
 use crate::apps::UpgradeRequest;
-use crate::metrics::{AppLabel, ReasonLabel};
+use crate::metrics::ReasonLabel;
 use crate::proxy::ClientInfo;
 use crate::pubsub::channel::{ChannelHandle, ChannelInfo};
 use crate::ws::deflate::negotiate_server;
@@ -100,10 +100,10 @@ pub(super) async fn accept(
         match on_upgrade.await {
             Ok(upgraded) => {
                 tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), http = if h2 { "2" } else { "1.1" }, deflate = session_config.deflate.is_some(), "WebSocket open");
-                let label = AppLabel { app: route.name.to_string() };
-                let metrics = &session_state.metrics;
-                metrics.connections_total.get_or_create(&label).inc();
-                metrics.connections_active.get_or_create(&label).inc();
+                // The app's handles, resolved once per route (no label lookup per connection).
+                let active = session_config.metrics.connections_active.clone();
+                session_config.metrics.connections_total.inc();
+                active.inc();
                 session_state.hub.register(channel.clone());
                 if !session_state.runtime.load().apps.contains_key(&*route.name) {
                     // A reload removed the app while this upgrade was in flight: the reload's
@@ -112,7 +112,7 @@ pub(super) async fn accept(
                 }
                 let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), session_config, shutdown).await;
                 // Before unregistering: whoever sees the channel gone sees the gauge down.
-                metrics.connections_active.get_or_create(&label).dec();
+                active.dec();
                 session_state.hub.unregister(channel.id());
                 tracing::debug!(app = %route.name, channel = %channel.id(), ?end, "WebSocket closed");
             }
