@@ -8,6 +8,7 @@ pub mod codec;
 pub mod deflate;
 pub mod fuzzing;
 pub mod handshake;
+mod halves;
 pub mod session;
 
 pub use close::{is_valid_wire_code, CloseFrame};

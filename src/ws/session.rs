@@ -91,7 +91,9 @@ where
         reader_done.set();
         end
     };
-    let (end, ()) = tokio::join!(read_half, write_half);
+    // Each half is polled only when its own waker fired (a delivery does not poll the reader).
+    let (read_half, write_half) = (std::pin::pin!(read_half), std::pin::pin!(write_half));
+    let (end, ()) = super::halves::join_halves(read_half, write_half).await;
     let peer_code = match &end {
         SessionEnd::PeerClosed(c) => *c,
         _ => None,
