@@ -6,10 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{raw_request, start_gate, start_upstream, upgrade_request, WsClient};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use common::{http_get, raw_request, start_gate, start_upstream, upgrade_request, WsClient};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use wsgate::config::{self, CliOverrides, ConfigSource};
@@ -32,25 +29,6 @@ fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} missing; have {:?}", samples.keys().collect::<Vec<_>>()))
 }
 
-async fn get(addr: std::net::SocketAddr, path: &str) -> u16 {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(
-            hyper::Request::get(path)
-                .header("host", "t")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    resp.into_body().collect().await.unwrap();
-    status
-}
 
 const CONFIG: &str = r#"
 [upstream]
@@ -86,10 +64,10 @@ async fn counts_match_known_traffic() {
 
     // N proxied requests: 7 answered 200, 3 answered 404 by the upstream.
     for _ in 0..7 {
-        assert_eq!(get(gate.addr, "/echo").await, 200);
+        assert_eq!(http_get(gate.addr, "/echo").await.0, 200);
     }
     for _ in 0..3 {
-        assert_eq!(get(gate.addr, "/nothing-here").await, 404);
+        assert_eq!(http_get(gate.addr, "/nothing-here").await.0, 404);
     }
 
     // M = 5 WebSocket messages on one connection, echoed back; payloads < 126 bytes, so each
@@ -164,7 +142,7 @@ async fn counts_match_known_traffic() {
     );
     assert!(gate.server.reload(good).await.is_ok());
     for _ in 0..2 {
-        assert_eq!(get(gate.addr, "/echo").await, 502);
+        assert_eq!(http_get(gate.addr, "/echo").await.0, 502);
     }
 
     // The session's counters are updated when it ends; wait for the hub to see it gone.

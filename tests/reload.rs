@@ -4,32 +4,10 @@
 
 mod common;
 
-use bytes::Bytes;
-use common::{start_gate, start_upstream, WsClient};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use common::{http_get, start_gate, start_upstream, WsClient};
 use wsgate::config::{self, CliOverrides, ConfigSource};
 use wsgate::ws::codec::Incoming as WsIncoming;
 
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Bytes) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(
-            hyper::Request::get(path)
-                .header("host", "t")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.into_body().collect().await.unwrap().to_bytes())
-}
 
 fn load(text: String) -> Result<wsgate::config::Config, wsgate::config::ConfigError> {
     config::load(
@@ -62,7 +40,7 @@ async fn in_flight_requests_finish_on_the_old_upstream() {
     let toml = common::basic_config("").replace("response_timeout = \"2s\"", "response_timeout = \"10s\"");
     let gate = start_gate(&toml, old_up.addr).await;
     let addr = gate.addr;
-    let slow = tokio::spawn(async move { get(addr, "/slow").await });
+    let slow = tokio::spawn(async move { http_get(addr, "/slow").await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     // Switch the upstream, lower max_connections to 1 and add an app while /slow is in flight.
@@ -81,13 +59,13 @@ async fn in_flight_requests_finish_on_the_old_upstream() {
     // New requests go to the new upstream (one connection at a time now; the /slow client's
     // connection frees its slot once the server has seen it close).
     idle(&gate.server).await;
-    assert_eq!(get(addr, "/echo").await.0, 200);
+    assert_eq!(http_get(addr, "/echo").await.0, 200);
     assert_eq!(new_up.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(old_up.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
     idle(&gate.server).await;
     let mut ws = WsClient::connect(addr, "/websocket/more").await;
     // max_connections = 1 is taken by the WebSocket: a second connection is refused with 503.
-    assert_eq!(get(addr, "/echo").await.0, 503);
+    assert_eq!(http_get(addr, "/echo").await.0, 503);
     ws.send_text("more").await;
     assert!(matches!(ws.next().await, Some(WsIncoming::Text(t)) if &t[..] == b"more"));
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -346,6 +346,19 @@ pub async fn http_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRe
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     sender
+}
+
+/// One GET on a fresh HTTP/1.1 connection (Host `t`): the status and the whole body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Bytes) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(Request::get(path).header("host", "t").body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
 }
 
 pub fn executor() -> TokioExecutor {
