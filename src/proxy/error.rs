@@ -56,26 +56,15 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Classifies an error of the hyper-util client.
-    ///
-    /// Connect errors are told apart by the `io::Error` in their cause chain
-    /// (`TimedOut` is what `HttpConnector` reports for its connect timeout).
-    pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
-        if err.is_connect() {
-            let timed_out =
-                find_cause::<io::Error>(&err).is_some_and(|e| e.kind() == io::ErrorKind::TimedOut);
-            return if timed_out {
-                UpstreamError::ConnectTimeout
-            } else {
-                UpstreamError::Connect(Box::new(err))
-            };
-        }
-        let hyper_err = find_cause::<hyper::Error>(&err);
+    /// Classifies an error of the upstream connection (connect errors are made by the
+    /// pool itself, with their `io::Error` as the cause).
+    pub fn from_hyper(err: hyper::Error) -> Self {
         let io_kind = find_cause::<io::Error>(&err).map(io::Error::kind);
-        if hyper_err.is_some_and(hyper::Error::is_parse) {
+        if err.is_parse() {
             UpstreamError::Protocol(Box::new(err))
-        } else if hyper_err
-            .is_some_and(|e| e.is_incomplete_message() || e.is_canceled() || e.is_closed())
+        } else if err.is_incomplete_message()
+            || err.is_canceled()
+            || err.is_closed()
             || matches!(
                 io_kind,
                 Some(
@@ -115,6 +104,11 @@ impl UpstreamError {
             UpstreamError::Body(_) => "body",
             UpstreamError::Upgrade(_) => "upgrade",
         }
+    }
+
+    /// The body of our answer: `<code> <reason>: <sentence>\n`.
+    pub fn answer_text(&self) -> String {
+        status_text(self.status(), self.public_message())
     }
 
     /// The sentence shown to the client: fixed text, no addresses or causes.
@@ -231,8 +225,7 @@ pub fn error_response(err: &UpstreamError) -> Response<ProxyBody> {
 
 /// `<code> <reason>: <message>\n` as `text/plain; charset=utf-8`.
 fn text_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let reason = status.canonical_reason().unwrap_or("Error");
-    let text = format!("{} {reason}: {message}\n", status.as_u16());
+    let text = status_text(status, message);
     let mut resp = Response::new(
         Full::new(Bytes::from(text))
             .map_err(|never| match never {})
@@ -246,6 +239,11 @@ fn text_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+fn status_text(status: StatusCode, message: &str) -> String {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    format!("{} {reason}: {message}\n", status.as_u16())
 }
 
 /// The first cause of type `T` in `err`'s `source()` chain (including `err` itself).

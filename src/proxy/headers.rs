@@ -121,10 +121,13 @@ pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 /// through this gateway before, i.e. the upstream points back at us (a loop;
 /// answered with 508 like linkerd's `loop_detected`).
 pub fn via_has_pseudonym(headers: &HeaderMap) -> bool {
-    headers.get_all(header::VIA).iter().any(|v| {
-        via_entries(v.as_bytes()).any(|entry| {
-            via_received_by(entry).is_some_and(|by| by.eq_ignore_ascii_case(PSEUDONYM))
-        })
+    headers.get_all(header::VIA).iter().any(|v| via_has_pseudonym_bytes(v.as_bytes()))
+}
+
+/// [`via_has_pseudonym`] for one `Via` field line.
+pub fn via_has_pseudonym_bytes(value: &[u8]) -> bool {
+    via_entries(value).any(|entry| {
+        via_received_by(entry).is_some_and(|by| by.eq_ignore_ascii_case(PSEUDONYM))
     })
 }
 
@@ -258,14 +261,15 @@ fn forwarded_value(s: &str) -> String {
 
 /// The `Forwarded` element for this hop: `for=…;proto=…[;host=…]` (RFC 7239 §4-§5).
 /// IPv6 addresses are bracketed and quoted (`for="[2001:db8::17]"`, §6).
-pub fn forwarded_element(ctx: &ForwardContext, host: Option<&HeaderValue>) -> String {
+/// `host` is the request's authority when it is visible ASCII (else it is left out).
+pub fn forwarded_element(ctx: &ForwardContext, host: Option<&str>) -> String {
     let node = match ctx.peer {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
     let mut element = format!("for={node};proto={}", ctx.proto());
     // A host that is not visible ASCII cannot be quoted faithfully: leave it out.
-    if let Some(host) = host.and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()) {
+    if let Some(host) = host.filter(|h| !h.is_empty()) {
         element.push_str(";host=");
         element.push_str(&forwarded_value(host));
     }
@@ -302,7 +306,7 @@ pub fn to_upstream(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(ctx.proto()),
     );
-    let element = forwarded_element(ctx, host.as_ref());
+    let element = forwarded_element(ctx, host.as_ref().and_then(|h| h.to_str().ok()));
     set_list(headers, &header::FORWARDED, element.as_bytes(), ctx.trusted);
     match host {
         Some(host) => {
@@ -540,9 +544,8 @@ mod tests {
     #[test]
     fn forwarded_host_quoting() {
         let c = ctx("192.0.2.1", false, false);
-        let weird = HeaderValue::from_static("a\"b\\c");
         assert_eq!(
-            forwarded_element(&c, Some(&weird)),
+            forwarded_element(&c, Some("a\"b\\c")),
             "for=192.0.2.1;proto=http;host=\"a\\\"b\\\\c\""
         );
     }

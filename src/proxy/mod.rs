@@ -10,6 +10,8 @@
 //! This module knows nothing about apps: the router decides what reaches it.
 
 pub mod error;
+pub mod fast;
+pub mod h1;
 pub mod headers;
 pub mod pool;
 pub mod tunnel;
@@ -25,7 +27,6 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use ipnet::IpNet;
 
 pub use error::{error_response, ProxyError, ProxyFailure, Side, UpstreamError};
@@ -82,6 +83,8 @@ struct Inner {
     scheme: Scheme,
     authority: Option<Authority>,
     pool: Pool,
+    /// Idle upstream connections of the fast path ([`fast`]).
+    idle_streams: fast::IdleStreams,
 }
 
 // === impl Proxy ===
@@ -101,6 +104,7 @@ impl Proxy {
                 scheme,
                 authority,
                 pool,
+                idle_streams: fast::IdleStreams::default(),
             }),
         }
     }
@@ -222,7 +226,7 @@ pub fn upstream_uri(
 /// ([`headers::to_downstream`]), body streamed through with upstream errors mapped
 /// to [`UpstreamError::Body`].
 fn downstream_response(
-    resp: Response<Incoming>,
+    resp: Response<pool::PooledBody>,
     upgrade: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();

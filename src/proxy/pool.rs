@@ -1,28 +1,36 @@
-//! The upstream client: hyper-util's legacy `Client` with its keep-alive pool, the
-//! connect timeout (in the connector) and the response timeout (here).
+//! The upstream client: a keep-alive pool of HTTP/1.1 connections (hyper's
+//! connection-level client), the connect timeout and the response timeout.
 //!
 //! Bodies are streamed both ways: the request body is pulled by hyper as it writes
 //! to the upstream socket and the response body is handed on unread, so memory per
 //! request stays at hyper's buffer sizes whatever the body length.
+//!
+//! Why not hyper-util's pooled client: per request it hashes the pool key, runs a
+//! checkout future, and spawns a task (plus a oneshot) that waits for the connection
+//! to become idle again. Profiles of the proxy under load put that at several percent
+//! of wsgate's CPU per request. Here a connection goes back to the pool from the
+//! response body itself, the moment its last byte has been handed on.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::uri::{Authority, PathAndQuery};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::error::UpstreamError;
 use super::BoxError;
+use crate::sync::lock;
 
 /// Body type of requests sent upstream: any client body, boxed (not `Sync`, as the
 /// bodies handed to [`Proxy::forward`](super::Proxy::forward) need not be).
@@ -31,11 +39,32 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 /// How long an idle upstream connection is kept in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The keep-alive pool towards the upstream and the response timeout.
+/// Idle connections kept per upstream at most; more are closed when they fall idle.
+const MAX_IDLE: usize = 1024;
+
+/// The keep-alive pool towards the upstream and the response timeout. Cheap to clone
+/// (the idle list is shared).
 #[derive(Debug, Clone)]
 pub struct Pool {
-    client: Client<HttpConnector, UpstreamBody>,
+    idle: Arc<Mutex<IdleList>>,
+    connect_timeout: Duration,
     response_timeout: Duration,
+}
+
+/// Idle connections, most recently used last (reused first: it is the least likely
+/// to have been closed by the upstream's keep-alive timeout).
+#[derive(Debug, Default)]
+struct IdleList {
+    /// The upstream these connections lead to: a pool serves one authority (the
+    /// proxy's upstream, or one `auth` endpoint).
+    authority: Option<Authority>,
+    connections: Vec<Idle>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
 }
 
 impl Pool {
@@ -43,56 +72,213 @@ impl Pool {
     /// requests give up when no response head arrived within `response_timeout` of
     /// the last request byte sent (504).
     pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        // Small request/response heads must not wait for Nagle.
-        connector.set_nodelay(true);
-        // Only http:// upstreams: TLS to the upstream is not part of the design.
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         Self {
-            client,
+            idle: Arc::new(Mutex::new(IdleList::default())),
+            connect_timeout,
             response_timeout,
         }
     }
 
-    /// Sends `req` (absolute URI towards the upstream) and waits for the response
-    /// head.
+    /// Sends `req` (absolute `http://` URI towards the upstream) and waits for the
+    /// response head.
     ///
     /// The response timeout restarts whenever a chunk of the request body is handed
     /// to the upstream connection, so a long upload is not cut off while it makes
     /// progress (like nginx's `proxy_send_timeout` followed by `proxy_read_timeout`).
     ///
     /// Cancel safety: dropping the future drops the request and its connection.
-    pub async fn send<B>(&self, req: Request<B>) -> Result<Response<Incoming>, UpstreamError>
+    pub async fn send<B>(&self, req: Request<B>) -> Result<Response<PooledBody>, UpstreamError>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let activity = Activity::new();
-        let req = req.map(|body| {
+        let (mut parts, body) = req.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| UpstreamError::Connect("the upstream URI has no authority".into()))?;
+        if parts.uri.scheme_str().is_some_and(|s| s != "http") {
+            // Only http:// upstreams: TLS to the upstream is not part of the design.
+            return Err(UpstreamError::Connect("only http:// upstreams are supported".into()));
+        }
+        // HTTP/1.1 to an origin server: origin-form target (RFC 9112 §3.2.1) and a Host.
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+        if !parts.headers.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        let mut req = Request::from_parts(
+            parts,
             UnsyncBoxBody::new(Tracked {
                 inner: Box::pin(body),
                 activity: activity.clone(),
-            })
-        });
-        let response = self.client.request(req);
+            }),
+        );
+
+        let response = async {
+            let authority = &authority;
+            // A pooled connection the upstream closed in the meantime refuses the request
+            // before sending any of it; then the request is tried on the next one.
+            while let Some(mut sender) = self.checkout(authority) {
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                match sender.try_send_request(req).await {
+                    Ok(response) => return Ok((sender, response)),
+                    Err(mut failed) => match failed.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(UpstreamError::from_hyper(failed.into_error())),
+                    },
+                }
+            }
+            let mut sender = self.connect(authority).await?;
+            match sender.send_request(req).await {
+                Ok(response) => Ok((sender, response)),
+                Err(error) => Err(UpstreamError::from_hyper(error)),
+            }
+        };
         tokio::pin!(response);
-        loop {
+        let (sender, response) = loop {
             let deadline = activity.last() + self.response_timeout;
             tokio::select! {
-                res = &mut response => return res.map_err(UpstreamError::from_client),
+                res = &mut response => break res?,
                 () = tokio::time::sleep_until(deadline) => {
                     if activity.last() + self.response_timeout <= Instant::now() {
                         return Err(UpstreamError::ResponseTimeout);
                     }
                 }
             }
+        };
+        // After a 101 the connection belongs to the upgrade (the tunnel): never pooled.
+        let sender = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(sender);
+        let returner = Returner { pool: Arc::downgrade(&self.idle), sender, authority: authority.clone() };
+        Ok(response.map(|body| PooledBody::new(body, returner)))
+    }
+
+    /// The most recently idled connection that is still open, if any.
+    fn checkout(&self, authority: &Authority) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = lock(&self.idle);
+        if idle.authority.as_ref() != Some(authority) {
+            return None;
         }
+        while let Some(entry) = idle.connections.pop() {
+            if entry.sender.is_closed() || entry.since.elapsed() >= POOL_IDLE_TIMEOUT {
+                continue;
+            }
+            return Some(entry.sender);
+        }
+        None
+    }
+
+    /// A new connection, its HTTP/1.1 state machine driven by a task of its own.
+    async fn connect(&self, authority: &Authority) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let stream = connect(authority, self.connect_timeout).await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::from_hyper)?;
+        tokio::spawn(async move {
+            // Upgrades (the tunnel's 101) take the connection over when it ends here.
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A TCP connection to `authority` (name resolution and connect within `timeout`), with
+/// `TCP_NODELAY`: small request and response heads must not wait for Nagle.
+pub(super) async fn connect(authority: &Authority, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let stream = match tokio::time::timeout(timeout, connect_any(host, port)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(UpstreamError::Connect(Box::new(error))),
+        Err(_) => return Err(UpstreamError::ConnectTimeout),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Resolves `host` and connects to its addresses in turn; the last error if none answers.
+async fn connect_any(host: String, port: u16) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host.as_str(), port)).await? {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no addresses"))))
+}
+
+/// Puts a connection back into its pool once its response is complete.
+struct Returner {
+    pool: std::sync::Weak<Mutex<IdleList>>,
+    sender: Option<SendRequest<UpstreamBody>>,
+    authority: Authority,
+}
+
+impl Returner {
+    fn give_back(&mut self) {
+        let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) else { return };
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&pool);
+        if idle.authority.as_ref() != Some(&self.authority) {
+            idle.authority = Some(self.authority.clone());
+            idle.connections.clear();
+        }
+        if idle.connections.len() < MAX_IDLE {
+            idle.connections.push(Idle { sender, since: Instant::now() });
+        }
+    }
+}
+
+/// The upstream's response body, handed on frame by frame; at its end the connection
+/// returns to the pool. Dropped before its end, the connection is dropped with it (hyper
+/// closes a connection whose response was not read to the end).
+pub struct PooledBody {
+    inner: Incoming,
+    returner: Returner,
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, mut returner: Returner) -> Self {
+        if inner.is_end_stream() {
+            returner.give_back();
+        }
+        Self { inner, returner }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.returner.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.returner.give_back(),
+            Poll::Ready(Some(Err(_))) => self.returner.sender = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -106,7 +106,7 @@ fn is_fd_exhaustion(error: &std::io::Error) -> bool {
 
 /// Which HTTP version a connection speaks, when known before hyper sees it.
 #[derive(Debug, Clone, Copy)]
-enum Protocol {
+pub(super) enum Protocol {
     /// Detect from the first bytes (HTTP/1.1, or HTTP/2 prior knowledge).
     Detect,
     Http1,
@@ -140,7 +140,10 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientIn
             };
             // Boxed: a TLS connection's state (rustls buffers and all) is twice a plain one's,
             // and inline it would make every plain connection's task as big.
-            Box::pin(serve_io(state, stream, client, slot, protocol)).await;
+            match protocol {
+                Protocol::Http2 => Box::pin(serve_io(state, stream, client, slot, protocol)).await,
+                _ => Box::pin(super::fastpath::serve(state, stream, client, slot, protocol)).await,
+            }
         }
         None => {
             // Wait for the first byte under the header deadline: hyper's own timeout starts only
@@ -150,12 +153,13 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientIn
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            serve_io(state, stream, client, slot, Protocol::Detect).await;
+            super::fastpath::serve(state, stream, client, slot, Protocol::Detect).await;
         }
     }
 }
 
-async fn serve_io<I>(state: Arc<State>, io: I, client: ClientInfo, slot: Option<Arc<ConnectionSlot>>, protocol: Protocol)
+/// Serves a connection with hyper (HTTP/1.1 with upgrades, or HTTP/2).
+pub(super) async fn serve_io<I>(state: Arc<State>, io: I, client: ClientInfo, slot: Option<Arc<ConnectionSlot>>, protocol: Protocol)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

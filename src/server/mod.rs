@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod auth;
+mod fastpath;
 pub mod fuzzing;
 mod listen;
 pub mod reload;
@@ -433,12 +434,17 @@ async fn handle(
 /// Counts a proxied request: status class, time to the response head, and the upstream's
 /// failure kind when the proxy answered for it (its [`ProxyFailure`] extension).
 fn record_proxied<B>(metrics: &Metrics, response: &Response<B>, started: Instant) {
-    metrics.proxy_request_duration.observe(started.elapsed().as_secs_f64());
-    metrics.proxy_requests.get_or_create(&Metrics::status_class(response.status())).inc();
-    if let Some(failure) = response.extensions().get::<ProxyFailure>() {
-        if failure.side == Side::Upstream {
-            metrics.upstream_errors.get_or_create(&KindLabel { kind: failure.kind }).inc();
-        }
+    let upstream_failure = response.extensions().get::<ProxyFailure>().filter(|f| f.side == Side::Upstream).map(|f| f.kind);
+    record_proxy_outcome(metrics, response.status(), upstream_failure, started.elapsed());
+}
+
+/// Counts a proxied request from its parts: status, the upstream failure's kind if we
+/// answered for the upstream, and the time to the response head.
+fn record_proxy_outcome(metrics: &Metrics, status: StatusCode, upstream_failure: Option<&'static str>, head_time: Duration) {
+    metrics.proxy_request_duration.observe(head_time.as_secs_f64());
+    metrics.proxy_requests.get_or_create(&Metrics::status_class(status)).inc();
+    if let Some(kind) = upstream_failure {
+        metrics.upstream_errors.get_or_create(&KindLabel { kind }).inc();
     }
 }
 
