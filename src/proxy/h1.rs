@@ -147,7 +147,39 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
     })
 }
 
-/// What the bytes at the start of an upstream connection's buffer are.
+/// For a head the fast path leaves to hyper: when it is a body-less HTTP/1.1 request on an
+/// app URL that asks for an upgrade, the head's length and the request (for the handshake
+/// to be answered without hyper; RFC 6455 §4.2.1 checks are the caller's). `None` for
+/// anything else, including fields that `http` would not accept.
+pub fn app_upgrade_request(buf: &[u8], is_app_url: impl Fn(&str) -> bool) -> Option<(usize, http::Request<()>)> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let Ok(httparse::Status::Complete(head_len)) = req.parse(buf) else { return None };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else { return None };
+    if !is_plain_origin_form(target) || !is_app_url(target.split('?').next().unwrap_or(target)) {
+        return None;
+    }
+    let mut headers = http::HeaderMap::with_capacity(req.headers.len());
+    let mut upgrade = false;
+    for field in req.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("transfer-encoding") || (name.eq_ignore_ascii_case("content-length") && field.value.trim_ascii() != b"0") {
+            return None;
+        }
+        upgrade |= name.eq_ignore_ascii_case("upgrade");
+        let name = http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let value = http::HeaderValue::from_bytes(field.value).ok()?;
+        headers.append(name, value);
+    }
+    if !upgrade {
+        return None;
+    }
+    let mut request = http::Request::builder().method(method).uri(target).version(http::Version::HTTP_11).body(()).ok()?;
+    *request.headers_mut() = headers;
+    Some((head_len, request))
+}
+
+/// What the bytes at the start of an upstream connection's buffer are./// What the bytes at the start of an upstream connection's buffer are.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResponsePlan {
     /// The head is not complete yet.
@@ -564,6 +596,25 @@ mod tests {
         let closing = forward("HEAD / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false);
         assert!(!closing.keep_alive && closing.head_method);
         assert!(!forward("POST /p HTTP/1.1\r\nHost: h\r\n\r\n", false).idempotent);
+    }
+
+    #[test]
+    fn app_upgrades_are_recognised() {
+        let app = |p: &str| p == "/app";
+        let ws = "GET /app?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: k\r\n\r\nframe";
+        let (len, req) = app_upgrade_request(ws.as_bytes(), app).unwrap();
+        assert_eq!(len, ws.len() - "frame".len());
+        assert_eq!((req.method().as_str(), req.uri().path(), req.uri().query()), ("GET", "/app", Some("x=1")));
+        assert_eq!(req.headers()["sec-websocket-key"], "k");
+        for other in [
+            "GET /app HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET /other HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET /app HTTP/1.0\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "POST /app HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nContent-Length: 3\r\n\r\nabc",
+            "GET /app HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n",
+        ] {
+            assert!(app_upgrade_request(other.as_bytes(), app).is_none(), "{other:?}");
+        }
     }
 
     fn ready(raw: &str, head_method: bool, keep_alive: bool) -> ResponseHead {

@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::listen::{serve_io, Protocol};
-use super::{record_proxy_outcome, ConnectionSlot, State};
+use super::router::Route;
+use super::{record_proxy_outcome, upgrade, Body, ConnectionSlot, State};
 use crate::proxy::fast::{Prefixed, UpstreamConn};
 use crate::proxy::h1::{self, RequestPlan};
 use crate::proxy::headers::ForwardContext;
@@ -26,14 +27,38 @@ const READ_CHUNK: usize = 4096;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one HTTP/1.1 (or not yet known) connection; see the module documentation.
-pub(super) async fn serve<I>(state: Arc<State>, mut io: I, client: ClientInfo, slot: Option<Arc<ConnectionSlot>>, protocol: Protocol)
+pub(super) async fn serve<I>(state: Arc<State>, io: I, client: ClientInfo, slot: Option<Arc<ConnectionSlot>>, protocol: Protocol)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if slot.is_none() {
+    let Some(slot) = slot else {
         // Full: hyper answers the 503.
-        return serve_io(state, io, client, slot, protocol).await;
+        return Box::pin(serve_io(state, io, client, None, protocol)).await;
+    };
+    match serve_requests(&state, io, &client).await {
+        Handover::Closed => {}
+        // A task of its own, sized for the session alone: idle WebSockets are many, and this
+        // task's state (the request loop's, the layers above) would stay with each of them.
+        Handover::Session(start, io) => drop(tokio::spawn(upgrade::run_session(state, slot, start, io))),
+        Handover::Hyper(io) => Box::pin(serve_io(state, io, client, Some(slot), protocol)).await,
     }
+}
+
+/// How the request loop left the connection.
+enum Handover<I> {
+    /// It is closed (or to be dropped).
+    Closed,
+    /// A WebSocket was accepted: its session runs on the connection.
+    Session(upgrade::SessionStart, Prefixed<I>),
+    /// hyper serves the rest of it.
+    Hyper(Prefixed<I>),
+}
+
+/// Serves fast-path requests until the connection ends or needs more than the fast path.
+async fn serve_requests<I>(state: &Arc<State>, mut io: I, client: &ClientInfo) -> Handover<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = BytesMut::new();
     let mut upstream: Option<UpstreamConn> = None;
     let mut drain = state.drain.clone();
@@ -68,18 +93,56 @@ where
                 // without an answer, as hyper does.
                 _ => {
                     Proxy::release_upstream(upstream);
-                    return;
+                    return Handover::Closed;
                 }
             }
         };
         let plan = match plan {
             // A head over the limit is hyper's to refuse (431), however it arrived.
             RequestPlan::Forward(plan) if plan.head_len <= limits.max_header_bytes => plan,
+            RequestPlan::Fallback => {
+                let upgrade = h1::app_upgrade_request(&buf, |path| runtime.router.app(path).is_some())
+                    .filter(|(head_len, _)| *head_len <= limits.max_header_bytes);
+                let route = upgrade.as_ref().and_then(|(_, req)| {
+                    match runtime.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |_| false) {
+                        Route::WebSocket(app) => Some(app.clone()),
+                        _ => None,
+                    }
+                });
+                if let (Some((head_len, req)), Some(route)) = (upgrade, route) {
+                    // A WebSocket on an app URL: answered here, and the session runs in this
+                    // task (no hand-over through hyper's upgrade machinery).
+                    buf.advance(head_len);
+                    drop(runtime);
+                    // The auth subrequest (a whole HTTP exchange) is boxed: only some apps
+                    // have one, and inline it would size every connection's task.
+                    let refused = match route.auth.is_some() {
+                        true => Box::pin(upgrade::authorize(state, client, &route, &req)).await,
+                        false => None,
+                    };
+                    let (response, start) = match refused {
+                        Some(refused) => (refused, None),
+                        None => upgrade::decide(state, client, route, &req).await,
+                    };
+                    if !write_response(&mut io, response).await {
+                        Proxy::release_upstream(upstream.take());
+                        return Handover::Closed;
+                    }
+                    if let Some(start) = start {
+                        Proxy::release_upstream(upstream.take());
+                        return Handover::Session(start, Prefixed::new(leftover(buf), io));
+                    }
+                    // Refused: the connection goes on, as with hyper.
+                    continue;
+                }
+                Proxy::release_upstream(upstream.take());
+                drop(runtime);
+                return Handover::Hyper(Prefixed::new(leftover(buf), io));
+            }
             _ => {
                 Proxy::release_upstream(upstream.take());
                 drop(runtime);
-                let io = Prefixed::new(buf.freeze(), io);
-                return serve_io(state, io, client, slot, protocol).await;
+                return Handover::Hyper(Prefixed::new(leftover(buf), io));
             }
         };
         buf.advance(plan.head_len);
@@ -88,7 +151,48 @@ where
         if !exchange.keep_alive || drain.is_signalled() {
             Proxy::release_upstream(upstream.take());
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
-            return;
+            return Handover::Closed;
         }
     }
+}
+
+/// The bytes read past the last request, in an allocation of their own: the read buffer
+/// (4 KiB and more) is not kept alive for a few bytes by a long-lived connection.
+fn leftover(buf: BytesMut) -> bytes::Bytes {
+    if buf.is_empty() {
+        bytes::Bytes::new()
+    } else {
+        bytes::Bytes::copy_from_slice(&buf)
+    }
+}
+
+/// Writes one of our own responses (a 101, or a refusal with its short body) in HTTP/1.1;
+/// `false` when the client is gone.
+async fn write_response<I: AsyncWrite + Unpin>(io: &mut I, response: http::Response<Body>) -> bool {
+    use http_body_util::BodyExt;
+    let (parts, body) = response.into_parts();
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", parts.status.as_u16(), parts.status.canonical_reason().unwrap_or("")).as_bytes());
+    for (name, value) in &parts.headers {
+        // Framing is ours (below), whatever an app's rejection carried.
+        if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        out.extend_from_slice(b"\r\n");
+    } else {
+        // Our refusals are short texts in memory: collecting them does not wait.
+        let body = match body.collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => bytes::Bytes::new(),
+        };
+        out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        out.extend_from_slice(&body);
+    }
+    io.write_all(&out).await.is_ok() && io.flush().await.is_ok()
 }

@@ -120,31 +120,9 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientIn
     }
     let deadline = state.runtime.load().config.limits.header_read_timeout;
     match tls {
-        Some(acceptor) => {
-            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    state.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(peer = %client.peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    state.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(peer = %client.peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let protocol = match stream.get_ref().1.alpn_protocol() {
-                Some(b"h2") => Protocol::Http2,
-                _ => Protocol::Http1,
-            };
-            // Boxed: a TLS connection's state (rustls buffers and all) is twice a plain one's,
-            // and inline it would make every plain connection's task as big.
-            match protocol {
-                Protocol::Http2 => Box::pin(serve_io(state, stream, client, slot, protocol)).await,
-                _ => Box::pin(super::fastpath::serve(state, stream, client, slot, protocol)).await,
-            }
-        }
+        // Boxed: rustls' state is kilobytes; inline it would size every plain connection's
+        // task (which lives on as the session of a WebSocket on it).
+        Some(acceptor) => Box::pin(serve_tls(state, stream, client, slot, acceptor, deadline)).await,
         None => {
             // Wait for the first byte under the header deadline: hyper's own timeout starts only
             // once HTTP/1 parsing has begun.
@@ -155,6 +133,34 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientIn
             }
             super::fastpath::serve(state, stream, client, slot, Protocol::Detect).await;
         }
+    }
+}
+
+/// A TLS connection: the handshake within `deadline`, then HTTP/2 (by ALPN) or HTTP/1.1.
+async fn serve_tls(
+    state: Arc<State>,
+    stream: TcpStream,
+    client: ClientInfo,
+    slot: Option<Arc<ConnectionSlot>>,
+    acceptor: TlsAcceptor,
+    deadline: Duration,
+) {
+    let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            state.metrics.tls_handshake_failures.inc();
+            tracing::debug!(peer = %client.peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            state.metrics.tls_handshake_failures.inc();
+            tracing::debug!(peer = %client.peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => serve_io(state, stream, client, slot, Protocol::Http2).await,
+        _ => super::fastpath::serve(state, stream, client, slot, Protocol::Http1).await,
     }
 }
 

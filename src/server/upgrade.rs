@@ -6,13 +6,14 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::access::{check_address, check_origin};
 use super::{empty_body, full_body, text_response, AppRoute, Body, ConnectionSlot, State};
 use crate::apps::UpgradeRequest;
 use crate::metrics::ReasonLabel;
 use crate::proxy::ClientInfo;
-use crate::pubsub::channel::{ChannelHandle, ChannelInfo};
+use crate::pubsub::channel::{ChannelHandle, ChannelInfo, ChannelQueue};
 use crate::ws::deflate::negotiate_server;
 use crate::ws::handshake::{
     accept_key, extended_connect_response_headers, response_headers, select_protocol, validate_extended_connect, validate_upgrade,
@@ -26,8 +27,8 @@ pub(super) fn is_extended_connect<B>(req: &Request<B>) -> bool {
         && req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
-/// Answers the upgrade request on `route` and, when accepted, spawns the session. An app with
-/// a [`pre_accept`](crate::apps::App::pre_accept) hook decides before the 101.
+/// Answers the upgrade request on `route` and, when accepted, spawns the session once hyper
+/// hands the connection over.
 pub(super) async fn accept(
     state: Arc<State>,
     client: ClientInfo,
@@ -35,17 +36,59 @@ pub(super) async fn accept(
     route: Arc<AppRoute>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (response, start) = decide(&state, &client, route, &req).await;
+    if let Some(start) = start {
+        let task = async move {
+            match on_upgrade.await {
+                // The slot and the state (with its drain watch) live as long as the session.
+                Ok(upgraded) => run_session(state, slot, start, TokioIo::new(upgraded)).await,
+                Err(error) => {
+                    tracing::debug!(app = %start.route.name, %error, "upgrade failed after the handshake");
+                    if start.decided {
+                        start.route.app.on_accept_failed(&start.channel);
+                    }
+                }
+            }
+        };
+        tokio::spawn(task);
+    }
+    response
+}
+
+/// An accepted WebSocket, waiting for its connection.
+pub(super) struct SessionStart {
+    route: Arc<AppRoute>,
+    channel: ChannelHandle,
+    queue: ChannelQueue,
+    session_config: session::SessionConfig,
+    /// RFC 8441 (HTTP/2) rather than an HTTP/1.1 upgrade.
+    h2: bool,
+    /// The app's `pre_accept` hook admitted it.
+    decided: bool,
+}
+
+/// The answer to the upgrade request on `route` (HTTP/1.1, or RFC 8441 over HTTP/2): a
+/// refusal, or the 101/200 with what the session needs. Access, Origin and handshake checks
+/// and an app's [`pre_accept`](crate::apps::App::pre_accept) hook run here, before the 101.
+pub(super) async fn decide<B>(
+    state: &State,
+    client: &ClientInfo,
+    route: Arc<AppRoute>,
+    req: &Request<B>,
+) -> (Response<Body>, Option<SessionStart>) {
+    let refusal = |response| (response, None);
     let refused = |reason: &'static str| state.metrics.handshake_failures.get_or_create(&ReasonLabel { reason }).inc();
     if let Err(denied) = check_address(client.peer.ip(), &route.allow) {
         refused(denied.reason());
         tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "WebSocket refused");
-        return text_response(StatusCode::FORBIDDEN, "403 Forbidden: client address not allowed\n");
+        return refusal(text_response(StatusCode::FORBIDDEN, "403 Forbidden: client address not allowed\n"));
     }
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     if let Err(denied) = check_origin(req.headers(), authority.as_deref(), &route.allowed_origins) {
         refused(denied.reason());
         tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "WebSocket refused");
-        return text_response(StatusCode::FORBIDDEN, "403 Forbidden: origin not allowed\n");
+        return refusal(text_response(StatusCode::FORBIDDEN, "403 Forbidden: origin not allowed\n"));
     }
     // RFC 8441: over HTTP/2 the handshake is an extended CONNECT, answered with 200 and no key.
     let h2 = req.version() == http::Version::HTTP_2;
@@ -59,7 +102,7 @@ pub(super) async fn accept(
         Ok(upgrade) => upgrade,
         Err(error) => {
             refused(error.reason());
-            return handshake_refused(&route, &client, error);
+            return refusal(handshake_refused(&route, client, error));
         }
     };
     let protocol = select_protocol(&upgrade.protocols, &route.subprotocols).map(str::to_owned);
@@ -67,7 +110,6 @@ pub(super) async fn accept(
     let deflate = if route.compression { negotiate_server(&upgrade.extensions) } else { None };
     let mut session_config = route.session.clone();
     session_config.deflate = deflate.as_ref().map(|(params, _)| *params);
-    let on_upgrade = hyper::upgrade::on(&mut req);
 
     let info = ChannelInfo {
         id: state.ids.next_id(),
@@ -88,44 +130,10 @@ pub(super) async fn accept(
             let mut response = Response::new(full_body(rejection.body));
             *response.status_mut() = rejection.status;
             *response.headers_mut() = rejection.headers;
-            return response;
+            return refusal(response);
         }
     }
     let (channel, queue) = ChannelHandle::new(info, route.send_queue, route.slow_consumer);
-    let session_state = state.clone();
-    let task = async move {
-        // The slot and the state (with its drain watch) live as long as the session.
-        let _slot = slot;
-        let shutdown = session_state.drain.receiver();
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), http = if h2 { "2" } else { "1.1" }, deflate = session_config.deflate.is_some(), "WebSocket open");
-                // The app's handles, resolved once per route (no label lookup per connection).
-                let active = session_config.metrics.connections_active.clone();
-                session_config.metrics.connections_total.inc();
-                active.inc();
-                session_state.hub.register(channel.clone());
-                if !session_state.runtime.load().apps.contains_key(&*route.name) {
-                    // A reload removed the app while this upgrade was in flight: the reload's
-                    // sweep could not see the channel yet (RFC 6455 §7.4.1, 1001 going away).
-                    channel.close(crate::ws::close::code::GOING_AWAY, "app removed");
-                }
-                let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), session_config, shutdown).await;
-                // Before unregistering: whoever sees the channel gone sees the gauge down.
-                active.dec();
-                session_state.hub.unregister(channel.id());
-                tracing::debug!(app = %route.name, channel = %channel.id(), ?end, "WebSocket closed");
-            }
-            Err(error) => {
-                tracing::debug!(app = %route.name, %error, "upgrade failed after the handshake");
-                if decided {
-                    route.app.on_accept_failed(&channel);
-                }
-            }
-        }
-        drop(session_state);
-    };
-    tokio::spawn(task);
 
     let mut response = Response::new(empty_body());
     if h2 {
@@ -138,14 +146,42 @@ pub(super) async fn accept(
     if let Some(Ok(value)) = deflate.map(|(_, answer)| http::HeaderValue::from_str(&answer)) {
         response.headers_mut().insert(http::header::SEC_WEBSOCKET_EXTENSIONS, value);
     }
-    response
+    (response, Some(SessionStart { route, channel, queue, session_config, h2, decided }))
+}
+
+/// Runs an accepted WebSocket over `io` (the connection after the 101) until it ends: the
+/// app's metrics, the hub's registration, the session. `slot` (and the state with its drain
+/// watch) live as long as the session.
+pub(super) async fn run_session<S>(state: Arc<State>, slot: Arc<ConnectionSlot>, start: SessionStart, io: S)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let SessionStart { route, channel, queue, session_config, h2, decided: _ } = start;
+    let shutdown = state.drain.receiver();
+    tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), http = if h2 { "2" } else { "1.1" }, deflate = session_config.deflate.is_some(), "WebSocket open");
+    // The app's handles, resolved once per route (no label lookup per connection).
+    let active = session_config.metrics.connections_active.clone();
+    session_config.metrics.connections_total.inc();
+    active.inc();
+    state.hub.register(channel.clone());
+    if !state.runtime.load().apps.contains_key(&*route.name) {
+        // A reload removed the app while this upgrade was in flight: the reload's
+        // sweep could not see the channel yet (RFC 6455 §7.4.1, 1001 going away).
+        channel.close(crate::ws::close::code::GOING_AWAY, "app removed");
+    }
+    let end = session::run(io, channel.clone(), queue, route.app.clone(), session_config, shutdown).await;
+    // Before unregistering: whoever sees the channel gone sees the gauge down.
+    active.dec();
+    state.hub.unregister(channel.id());
+    tracing::debug!(app = %route.name, channel = %channel.id(), ?end, "WebSocket closed");
+    drop(slot);
 }
 
 /// The `auth` subrequest step (DESIGN §3), run before [`accept`] for apps with `auth`:
 /// `Some(403)` refuses the client. A client that the address or Origin check will refuse
 /// anyway is not asked about (`None`: `accept` refuses it with its own reason), so a refused
 /// address never makes wsgate send a subrequest.
-pub(super) async fn authorize(state: &State, client: &ClientInfo, route: &AppRoute, req: &Request<Incoming>) -> Option<Response<Body>> {
+pub(super) async fn authorize<B>(state: &State, client: &ClientInfo, route: &AppRoute, req: &Request<B>) -> Option<Response<Body>> {
     let auth = route.auth.as_ref()?;
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     if check_address(client.peer.ip(), &route.allow).is_err()
