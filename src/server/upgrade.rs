@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use super::access::{check_address, check_origin};
 use super::{empty_body, full_body, text_response, AppRoute, Body, ConnectionSlot, State};
@@ -18,7 +17,6 @@ use crate::ws::handshake::{
     accept_key, extended_connect_response_headers, response_headers, select_protocol, validate_extended_connect, validate_upgrade,
     HandshakeError,
 };
-use crate::ws::session;
 
 /// Whether `req` is an HTTP/2 WebSocket bootstrap (RFC 8441 §4): CONNECT with `:protocol`.
 pub(super) fn is_extended_connect<B>(req: &Request<B>) -> bool {
@@ -110,7 +108,7 @@ pub(super) async fn accept(
                     // sweep could not see the channel yet (RFC 6455 §7.4.1, 1001 going away).
                     channel.close(crate::ws::close::code::GOING_AWAY, "app removed");
                 }
-                let end = session::run(TokioIo::new(upgraded), channel.clone(), queue, route.app.clone(), session_config, shutdown).await;
+                let end = crate::ws::direct::run_upgraded(upgraded, channel.clone(), queue, route.app.clone(), session_config, shutdown).await;
                 // Before unregistering: whoever sees the channel gone sees the gauge down.
                 active.dec();
                 session_state.hub.unregister(channel.id());
