@@ -314,6 +314,11 @@ async fn concurrent_publishers_app_replies_and_pongs_never_interleave() {
                 for seq in 0..PER_PUBLISHER {
                     let (status, body) = admin(&mut sender, "POST", "/v1/subscriptions/t/publish", Bytes::from(published(p, seq))).await;
                     assert_eq!((status, body.trim()), (200, format!("{{\"delivered\":{total}}}").as_str()));
+                    // Pauses now and then: a fan-out after a pause writes directly, one in a
+                    // burst queues (src/pubsub/burst.rs); both, and the switches between them.
+                    if (seq + p) % 3 == 0 {
+                        tokio::time::sleep(Duration::from_millis(2 + (seq % 4) as u64)).await;
+                    }
                 }
             })
         })
@@ -379,6 +384,10 @@ async fn nothing_follows_a_close_while_deliveries_keep_coming() {
                         assert_eq!(status, 200, "{body}");
                         if body.contains("\"delivered\":0") {
                             return seq;
+                        }
+                        // Some fan-outs after a pause (direct writes), some in a burst (queued).
+                        if seq % 3 == p {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
                         }
                     }
                     unreachable!()

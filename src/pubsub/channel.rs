@@ -254,12 +254,18 @@ impl ChannelHandle {
     /// Queues a shared message (a reference-count bump; its frames are encoded and compressed
     /// at most once for all channels). The budget counts its plain size.
     pub fn send_shared(&self, message: &Arc<SharedMessage>) -> Result<(), SendError> {
+        self.send_shared_with(message, true)
+    }
+
+    /// [`send_shared`](Self::send_shared), writing straight to the socket only when `direct`
+    /// (a fan-out in a burst queues instead, see [`super::burst`]).
+    pub(crate) fn send_shared_with(&self, message: &Arc<SharedMessage>, direct: bool) -> Result<(), SendError> {
         if self.0.closing.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
         // The fast path: straight to the socket when nothing is queued (direct-written bytes
         // are never reserved in the budget; they are in the kernel's buffer already).
-        if self.0.tx.try_direct(message, &self.0.budget) {
+        if direct && self.0.tx.try_direct(message, &self.0.budget) {
             return Ok(());
         }
         self.enqueue(message.plain().len(), Outbound::Message(message.clone()))

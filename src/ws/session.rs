@@ -355,6 +355,7 @@ async fn write_loop<W>(
                             return;
                         }
                         queue.budget.release(rest.len());
+                        metrics.bytes_sent.inc_by(rest.len() as u64);
                     }
                     if let Outbound::Close { code, reason } = item {
                         let frame = encode_close(code, &reason);
