@@ -108,7 +108,9 @@ pub(super) async fn accept(
                     // sweep could not see the channel yet (RFC 6455 §7.4.1, 1001 going away).
                     channel.close(crate::ws::close::code::GOING_AWAY, "app removed");
                 }
-                let end = crate::ws::direct::run_upgraded(upgraded, channel.clone(), queue, route.app.clone(), session_config, shutdown).await;
+                // Boxed: inline, the session's state machine was laid out twice in this task's
+                // (measured: 5.0 KiB instead of 2.6 KiB per connection).
+                let end = Box::pin(crate::ws::direct::run_upgraded(upgraded, channel.clone(), queue, route.app.clone(), session_config, shutdown)).await;
                 // Before unregistering: whoever sees the channel gone sees the gauge down.
                 active.dec();
                 session_state.hub.unregister(channel.id());
