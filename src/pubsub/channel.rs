@@ -72,6 +72,10 @@ pub enum Outbound {
     /// fragment outgoing messages, so a shared message can never land between the fragments
     /// of another.
     Message(Arc<SharedMessage>),
+    /// The unwritten tail of a message frame that a direct write (see
+    /// [`crate::ws::direct`]) wrote only in part. Written as it is, before anything queued
+    /// after it; it is not a frame of its own (not a message, never a Pong).
+    Rest(Bytes),
     /// Send a Close frame with this code and reason, then stop writing.
     Close {
         /// Close code (RFC 6455 §7.4); `None` sends a Close without a body (the answer to a
@@ -84,12 +88,12 @@ pub enum Outbound {
 
 impl Outbound {
     /// The uncompressed frame of a `Frame` or `Message` item (what a connection without
-    /// permessage-deflate receives); `None` for `Close`. Handy for tests reading a queue.
+    /// permessage-deflate receives); `None` for `Close` and `Rest`. Handy for tests reading a queue.
     pub fn plain_frame(&self) -> Option<Bytes> {
         match self {
             Outbound::Frame(frame) => Some(frame.clone()),
             Outbound::Message(message) => Some(message.plain().clone()),
-            Outbound::Close { .. } => None,
+            Outbound::Rest(_) | Outbound::Close { .. } => None,
         }
     }
 }
@@ -250,6 +254,20 @@ impl ChannelHandle {
     /// Queues a shared message (a reference-count bump; its frames are encoded and compressed
     /// at most once for all channels). The budget counts its plain size.
     pub fn send_shared(&self, message: &Arc<SharedMessage>) -> Result<(), SendError> {
+        self.send_shared_with(message, true)
+    }
+
+    /// [`send_shared`](Self::send_shared), writing straight to the socket only when `direct`
+    /// (a fan-out in a burst queues instead, see [`super::burst`]).
+    pub(crate) fn send_shared_with(&self, message: &Arc<SharedMessage>, direct: bool) -> Result<(), SendError> {
+        if self.0.closing.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        // The fast path: straight to the socket when nothing is queued (direct-written bytes
+        // are never reserved in the budget; they are in the kernel's buffer already).
+        if direct && self.0.tx.try_direct(message, &self.0.budget) {
+            return Ok(());
+        }
         self.enqueue(message.plain().len(), Outbound::Message(message.clone()))
     }
 

@@ -374,7 +374,11 @@ impl Hub {
     /// gets the same plain frame, and the members with permessage-deflate share one compressed
     /// frame per window size (computed by the first writer that needs it).
     pub fn multicast_shared(&self, name: &str, message: &Arc<SharedMessage>, exclude: &[ChannelId]) -> Delivery {
-        self.recorded(|| self.fan_out(name, exclude, |handle| handle.send_shared(message)))
+        // Direct writes to the members' sockets unless the node is in a burst (pubsub::burst).
+        let gate = super::burst::FanOut::start();
+        let delivery = self.recorded(|| self.fan_out(name, exclude, |handle| handle.send_shared_with(message, gate.next_direct())));
+        gate.end(delivery.delivered);
+        delivery
     }
 
     /// Runs one fan-out and records it in the multicast metrics.

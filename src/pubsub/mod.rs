@@ -2,6 +2,7 @@
 //! outbound queues, and the [`Hub`] of subscriptions with encode-once multicast.
 
 pub mod broker;
+pub mod burst;
 pub mod channel;
 pub mod hub;
 pub mod outbox;

@@ -6,6 +6,13 @@
 //! allocates nothing (tokio's unbounded channel allocates a 32-slot block and a cache-padded
 //! header, ≈ 1.8 KiB, up front). The lock is held for a push or a pop only, and the writer
 //! takes everything ready in one lock ([`OutboxReceiver::drain_into`]) for one vectored write.
+//!
+//! The same lock orders direct writes ([`crate::ws::direct`]): a delivered message is written
+//! straight to the session's socket, under the lock, only while nothing is queued and the
+//! writer is not between taking items and having written them (`writer_busy`). So the bytes
+//! of two frames never interleave and the order of the queue is the order on the wire. A Close
+//! queued, or the writer gone, turns the direct path off for good, under the lock, before the
+//! session can drop its socket: nothing is ever written after a Close (RFC 6455 §5.5.1).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -13,14 +20,34 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
 use super::channel::Outbound;
+use super::queue::ByteBudget;
 use crate::sync::lock;
+use crate::ws::deflate::SharedMessage;
+use crate::ws::direct::DirectSocket;
 
 struct State {
     items: VecDeque<Outbound>,
     /// The receiver's waker, set while it waits on an empty outbox.
     waker: Option<Waker>,
+    /// The session's socket while direct writes are allowed.
+    direct: Option<Arc<DirectSocket>>,
     sender_gone: bool,
     receiver_gone: bool,
+    /// The writer has taken items and not come back for more: its write may be in flight.
+    writer_busy: bool,
+    /// A Close was queued or the receiver is gone: no direct write ever again.
+    direct_closed: bool,
+}
+
+impl State {
+    /// Whether a direct write may go out now without passing or interleaving with queued bytes.
+    fn direct_ready(&self) -> Option<&Arc<DirectSocket>> {
+        if self.items.is_empty() && !self.writer_busy {
+            self.direct.as_ref()
+        } else {
+            None
+        }
+    }
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -28,7 +55,15 @@ type Shared = Arc<Mutex<State>>;
 /// Creates an empty outbox: the sending half (one per channel, shared by its handles) and
 /// the receiving half (the session's writer).
 pub fn outbox() -> (OutboxSender, OutboxReceiver) {
-    let shared = Arc::new(Mutex::new(State { items: VecDeque::new(), waker: None, sender_gone: false, receiver_gone: false }));
+    let shared = Arc::new(Mutex::new(State {
+        items: VecDeque::new(),
+        waker: None,
+        direct: None,
+        sender_gone: false,
+        receiver_gone: false,
+        writer_busy: false,
+        direct_closed: false,
+    }));
     (OutboxSender(shared.clone()), OutboxReceiver(shared))
 }
 
@@ -51,19 +86,85 @@ pub enum TryRecvError {
 impl OutboxSender {
     /// Appends `item`; fails only when the receiver is gone.
     pub fn send(&self, item: Outbound) -> Result<(), Disconnected> {
-        let waker = {
+        let (waker, _socket) = {
             let mut state = lock(&self.0);
             if state.receiver_gone {
                 return Err(Disconnected(item));
             }
+            // Nothing may follow a Close (RFC 6455 §5.5.1): from here on only the writer
+            // writes, and it stops after the Close.
+            let socket = match item {
+                Outbound::Close { .. } => {
+                    state.direct_closed = true;
+                    state.direct.take()
+                }
+                _ => None,
+            };
             state.items.push_back(item);
-            state.waker.take()
+            (state.waker.take(), socket)
         };
         // Woken outside the lock: the woken task may run at once on another worker.
         if let Some(waker) = waker {
             waker.wake();
         }
         Ok(())
+    }
+
+    /// Writes `message` straight to the session's socket when that keeps the order (nothing
+    /// queued, the writer idle; see the module docs). `true` when the message is delivered:
+    /// written whole, or written in part with the rest queued for the writer (reserved in
+    /// `budget`, released by the writer like any queued bytes). `false` when nothing was
+    /// written: the caller queues the message as usual.
+    pub(crate) fn try_direct(&self, message: &SharedMessage, budget: &ByteBudget) -> bool {
+        let mut state = lock(&self.0);
+        let Some(socket) = state.direct_ready() else { return false };
+        let frame = if socket.deflates() {
+            // Compressing (once per message, shared) can take a while: not under the lock.
+            let socket = socket.clone();
+            drop(state);
+            let frame = socket.frame_for(message);
+            state = lock(&self.0);
+            if state.direct_ready().is_none() {
+                return false;
+            }
+            frame
+        } else {
+            // The plain frame: a reference-count bump.
+            message.plain().clone()
+        };
+        let Some(socket) = state.direct.as_ref() else { return false };
+        // The one system call made under the lock; it never blocks.
+        match socket.try_write(&frame) {
+            Ok(n) if n == frame.len() => {
+                socket.count(true, n);
+                true
+            }
+            Ok(0) => false,
+            Ok(n) => {
+                // A partial write: the rest goes first in the queue, as raw bytes (it is not a
+                // frame of its own), and the writer finishes it once the socket drains.
+                socket.count(true, n);
+                let rest = frame.slice(n..);
+                budget.force_reserve(rest.len());
+                state.items.push_back(Outbound::Rest(rest));
+                let waker = state.waker.take();
+                drop(state);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(_) => {
+                // A dead connection: the writer meets the same error with the queued message
+                // and ends the session as before.
+                let socket = state.direct.take();
+                state.direct_closed = true;
+                drop(state);
+                drop(socket);
+                false
+            }
+        }
     }
 
     /// Whether the receiver is gone (the session's writer has finished).
@@ -94,8 +195,11 @@ impl OutboxReceiver {
         poll_fn(|cx| {
             let mut state = lock(&self.0);
             if let Some(item) = state.items.pop_front() {
+                state.writer_busy = true;
                 return Poll::Ready(Some(item));
             }
+            // The writer is back for more: whatever it took is written.
+            state.writer_busy = false;
             if state.sender_gone {
                 return Poll::Ready(None);
             }
@@ -107,11 +211,23 @@ impl OutboxReceiver {
         .await
     }
 
+    /// Lets deliveries write straight to `socket` (the session's own) from now on, unless a
+    /// Close is already queued or the receiver is gone.
+    pub(crate) fn attach_direct(&self, socket: Arc<DirectSocket>) {
+        let mut state = lock(&self.0);
+        if !state.direct_closed && !state.receiver_gone {
+            state.direct = Some(socket);
+        }
+    }
+
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
         let mut state = lock(&self.0);
         match state.items.pop_front() {
-            Some(item) => Ok(item),
+            Some(item) => {
+                state.writer_busy = true;
+                Ok(item)
+            }
             None if state.sender_gone => Err(TryRecvError::Disconnected),
             None => Err(TryRecvError::Empty),
         }
@@ -122,6 +238,7 @@ impl OutboxReceiver {
         let mut state = lock(&self.0);
         let n = state.items.len().min(max);
         into.extend(state.items.drain(..n));
+        state.writer_busy |= n > 0;
         // A burst can leave a large ring behind; an idle connection should not keep it.
         if state.items.is_empty() && state.items.capacity() > SHRINK_ABOVE {
             state.items = VecDeque::new();
@@ -132,14 +249,17 @@ impl OutboxReceiver {
 
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
-        let items = {
+        let (items, socket) = {
             let mut state = lock(&self.0);
             state.receiver_gone = true;
             state.waker = None;
-            std::mem::take(&mut state.items)
+            // The session is ending and will close its socket: no direct write from now on.
+            state.direct_closed = true;
+            (std::mem::take(&mut state.items), state.direct.take())
         };
         // Dropped outside the lock (a shared message may be the last reference).
         drop(items);
+        drop(socket);
     }
 }
 
@@ -194,6 +314,115 @@ mod tests {
         batch.clear();
         assert_eq!(rx.drain_into(&mut batch, 1000), 136);
         assert_eq!(lock(&rx.0).items.capacity(), 0);
+    }
+
+    mod direct {
+        use super::*;
+        use crate::pubsub::queue::ByteBudget;
+        use crate::ws::codec::OpCode;
+        use crate::ws::deflate::SharedMessage;
+        use crate::ws::direct::DirectSocket;
+        use prometheus_client::metrics::counter::Counter;
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt;
+        use tokio::net::{TcpListener, TcpStream};
+
+        /// A connected pair: the server side wrapped for direct writes, the peer, the counters.
+        async fn pair() -> (Arc<DirectSocket>, TcpStream, Counter, Counter) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let (messages, bytes) = (Counter::default(), Counter::default());
+            (Arc::new(DirectSocket::new(server, None, messages.clone(), bytes.clone())), peer, messages, bytes)
+        }
+
+        fn message(text: &str) -> SharedMessage {
+            SharedMessage::new(OpCode::Text, text.as_bytes())
+        }
+
+        async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+            let mut got = vec![0; n];
+            tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got)).await.unwrap().unwrap();
+            got
+        }
+
+        #[tokio::test]
+        async fn writes_only_when_nothing_is_queued_and_the_writer_is_idle() {
+            let (socket, mut peer, messages, bytes) = pair().await;
+            let (tx, mut rx) = outbox();
+            let budget = ByteBudget::new(1 << 20);
+            let m = message("hello");
+            assert!(!tx.try_direct(&m, &budget), "no socket attached yet");
+            rx.attach_direct(socket);
+            assert!(tx.try_direct(&m, &budget));
+            assert_eq!(read_exactly(&mut peer, m.plain().len()).await, &m.plain()[..]);
+            assert_eq!((messages.get(), bytes.get(), budget.queued()), (1, m.plain().len() as u64, 0));
+            // Something queued: the message must wait behind it.
+            tx.send(frame(1)).unwrap();
+            assert!(!tx.try_direct(&m, &budget));
+            // The writer took it and may be writing it: still no direct write.
+            assert_eq!(byte(rx.try_recv().unwrap()), 1);
+            assert!(!tx.try_direct(&m, &budget));
+            // Back for more with nothing queued: the writer is idle again.
+            assert!(tokio::time::timeout(Duration::from_millis(10), rx.recv()).await.is_err());
+            assert!(tx.try_direct(&m, &budget));
+            assert_eq!(messages.get(), 2);
+        }
+
+        #[tokio::test]
+        async fn a_partial_write_queues_the_rest_and_reserves_it() {
+            let (socket, mut peer, _messages, bytes) = pair().await;
+            let (tx, mut rx) = outbox();
+            rx.attach_direct(socket);
+            let budget = ByteBudget::new(1 << 30);
+            let big = message(&"x".repeat(256 << 10));
+            // The peer does not read: the socket fills, and a write goes partial or would block.
+            let mut written = 0usize;
+            let mut rounds = 0;
+            while tx.try_direct(&big, &budget) && budget.queued() == 0 {
+                written += big.plain().len();
+                rounds += 1;
+                assert!(rounds < 1000, "the socket never filled");
+            }
+            match rx.try_recv() {
+                Ok(Outbound::Rest(rest)) => {
+                    // The head went out; the rest is queued (reserved) and the path is closed
+                    // until the writer has written it.
+                    assert_eq!(budget.queued(), rest.len());
+                    assert_eq!(&big.plain()[big.plain().len() - rest.len()..], &rest[..]);
+                    written += big.plain().len() - rest.len();
+                    assert!(!tx.try_direct(&big, &budget));
+                }
+                Err(TryRecvError::Empty) => assert_eq!(budget.queued(), 0, "a write that would block wrote nothing"),
+                other => panic!("unexpected {other:?}"),
+            }
+            assert_eq!(bytes.get(), written as u64);
+            let mut got = vec![0; written];
+            tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut got)).await.unwrap().unwrap();
+            assert!(got.chunks(big.plain().len()).all(|c| c == &big.plain()[..c.len()]), "whole frames, in order");
+        }
+
+        #[tokio::test]
+        async fn a_close_or_the_end_of_the_writer_turns_it_off_for_good() {
+            let (socket, _peer, _, _) = pair().await;
+            let (tx, mut rx) = outbox();
+            rx.attach_direct(socket.clone());
+            let budget = ByteBudget::new(1 << 20);
+            let m = message("x");
+            tx.send(Outbound::Close { code: Some(1000), reason: String::new() }).unwrap();
+            assert!(matches!(rx.try_recv(), Ok(Outbound::Close { .. })));
+            assert!(tokio::time::timeout(Duration::from_millis(10), rx.recv()).await.is_err());
+            assert!(!tx.try_direct(&m, &budget), "nothing after a Close");
+            rx.attach_direct(socket.clone());
+            assert!(!tx.try_direct(&m, &budget), "not even when attached again");
+            assert_eq!(Arc::strong_count(&socket), 1, "the outbox let go of the socket");
+
+            let (tx, rx) = outbox();
+            rx.attach_direct(socket.clone());
+            drop(rx);
+            assert!(!tx.try_direct(&m, &budget));
+            assert_eq!(Arc::strong_count(&socket), 1);
+        }
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::listen::{serve_io, Protocol};
@@ -19,6 +20,7 @@ use crate::proxy::fast::{Prefixed, UpstreamConn};
 use crate::proxy::h1::{self, RequestPlan};
 use crate::proxy::headers::ForwardContext;
 use crate::proxy::{ClientInfo, Proxy};
+use crate::ws::direct::{SessionIo, Stream};
 
 /// Buffer space asked of the kernel per read of a request head.
 const READ_CHUNK: usize = 4096;
@@ -27,9 +29,7 @@ const READ_CHUNK: usize = 4096;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one HTTP/1.1 (or not yet known) connection; see the module documentation.
-pub(super) async fn serve<I>(state: Arc<State>, io: I, client: ClientInfo, slot: Option<Arc<ConnectionSlot>>, protocol: Protocol)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+pub(super) async fn serve<I: Connection>(state: Arc<State>, io: I, client: ClientInfo, slot: Option<Arc<ConnectionSlot>>, protocol: Protocol)
 {
     let Some(slot) = slot else {
         // Full: hyper answers the 503.
@@ -39,7 +39,7 @@ where
         Handover::Closed => {}
         // A task of its own, sized for the session alone: idle WebSockets are many, and this
         // task's state (the request loop's, the layers above) would stay with each of them.
-        Handover::Session(start, io) => drop(tokio::spawn(upgrade::run_session(state, slot, start, io))),
+        Handover::Session(start, io) => drop(tokio::spawn(upgrade::run_session(state, slot, start, I::session_io(io)))),
         Handover::Hyper(io) => Box::pin(serve_io(state, io, client, Some(slot), protocol)).await,
     }
 }
@@ -155,6 +155,25 @@ where
         }
     }
 }
+
+/// A client connection the fast path serves: what its WebSocket sessions run over.
+pub(super) trait Connection: Stream + Sized {
+    /// The session's connection after the handshake; by default a boxed stream (the queued
+    /// path).
+    fn session_io(io: Prefixed<Self>) -> SessionIo {
+        SessionIo::Other(Box::new(io))
+    }
+}
+
+/// Plain TCP takes the direct-write path ([`crate::ws::direct`]).
+impl Connection for TcpStream {
+    fn session_io(io: Prefixed<Self>) -> SessionIo {
+        let (pending, stream) = io.into_parts();
+        SessionIo::Tcp(stream, pending)
+    }
+}
+
+impl Connection for tokio_rustls::server::TlsStream<TcpStream> {}
 
 /// The bytes read past the last request, in an allocation of their own: the read buffer
 /// (4 KiB and more) is not kept alive for a few bytes by a long-lived connection.

@@ -5,8 +5,6 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::access::{check_address, check_origin};
 use super::{empty_body, full_body, text_response, AppRoute, Body, ConnectionSlot, State};
@@ -19,6 +17,7 @@ use crate::ws::handshake::{
     accept_key, extended_connect_response_headers, response_headers, select_protocol, validate_extended_connect, validate_upgrade,
     HandshakeError,
 };
+use crate::ws::direct::{self, SessionIo};
 use crate::ws::session;
 
 /// Whether `req` is an HTTP/2 WebSocket bootstrap (RFC 8441 §4): CONNECT with `:protocol`.
@@ -42,7 +41,7 @@ pub(super) async fn accept(
         let task = async move {
             match on_upgrade.await {
                 // The slot and the state (with its drain watch) live as long as the session.
-                Ok(upgraded) => run_session(state, slot, start, TokioIo::new(upgraded)).await,
+                Ok(upgraded) => run_session(state, slot, start, SessionIo::from_upgraded(upgraded)).await,
                 Err(error) => {
                     tracing::debug!(app = %start.route.name, %error, "upgrade failed after the handshake");
                     if start.decided {
@@ -152,10 +151,7 @@ pub(super) async fn decide<B>(
 /// Runs an accepted WebSocket over `io` (the connection after the 101) until it ends: the
 /// app's metrics, the hub's registration, the session. `slot` (and the state with its drain
 /// watch) live as long as the session.
-pub(super) async fn run_session<S>(state: Arc<State>, slot: Arc<ConnectionSlot>, start: SessionStart, io: S)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
+pub(super) async fn run_session(state: Arc<State>, slot: Arc<ConnectionSlot>, start: SessionStart, io: SessionIo) {
     let SessionStart { route, channel, queue, session_config, h2, decided: _ } = start;
     let shutdown = state.drain.receiver();
     tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), http = if h2 { "2" } else { "1.1" }, deflate = session_config.deflate.is_some(), "WebSocket open");
@@ -169,7 +165,9 @@ where
         // sweep could not see the channel yet (RFC 6455 §7.4.1, 1001 going away).
         channel.close(crate::ws::close::code::GOING_AWAY, "app removed");
     }
-    let end = session::run(io, channel.clone(), queue, route.app.clone(), session_config, shutdown).await;
+    // Boxed: inline, the session's state machine would be laid out twice in this task's
+    // (measured by the direct-write work: 5.0 KiB instead of 2.6 KiB per connection).
+    let end = Box::pin(direct::run(io, channel.clone(), queue, route.app.clone(), session_config, shutdown)).await;
     // Before unregistering: whoever sees the channel gone sees the gauge down.
     active.dec();
     state.hub.unregister(channel.id());

@@ -6,6 +6,7 @@ pub mod client_cli;
 pub mod close;
 pub mod codec;
 pub mod deflate;
+pub mod direct;
 pub mod fuzzing;
 pub mod handshake;
 mod halves;

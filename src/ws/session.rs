@@ -82,6 +82,23 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(io);
+    run_halves(reader, writer, channel, queue, app, config, shutdown).await
+}
+
+/// [`run`] over a reader and a writer that need no split (see [`super::direct`]).
+pub(crate) async fn run_halves<R, W>(
+    reader: R,
+    writer: W,
+    channel: ChannelHandle,
+    queue: ChannelQueue,
+    app: Arc<dyn App>,
+    config: SessionConfig,
+    shutdown: watch::Receiver<bool>,
+) -> SessionEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let reader_done = ReaderDone::default();
     let pong = LatestPong::default();
     app.on_open(&channel);
@@ -331,6 +348,15 @@ async fn write_loop<W>(
             _ = reader_done(done) => {
                 // The reader has finished: write a pending Close (if any) and leave.
                 while let Ok(item) = queue.rx.try_recv() {
+                    if let Outbound::Rest(rest) = &item {
+                        // The tail of a frame already partly on the wire: a Close may only
+                        // follow a complete frame (RFC 6455 §5.4).
+                        if Box::pin(tokio::time::timeout(close_timeout, writer.write_all(rest))).await.map_or(true, |r| r.is_err()) {
+                            return;
+                        }
+                        queue.budget.release(rest.len());
+                        metrics.bytes_sent.inc_by(rest.len() as u64);
+                    }
                     if let Outbound::Close { code, reason } = item {
                         let frame = encode_close(code, &reason);
                         // Boxed, like the other close-path waits: rare, and inline they
@@ -352,16 +378,24 @@ async fn write_loop<W>(
         // Bytes reserved in the budget by these items (a compressed frame is smaller than the
         // plain size that was reserved).
         let mut reserved = 0usize;
+        let mut messages = 0u64;
         let mut close = None;
         for item in items.drain(..) {
             match item {
                 Outbound::Frame(frame) => {
                     reserved += frame.len();
+                    messages += u64::from(starts_message(&frame));
                     batch.push(pong.latest(frame));
                 }
                 Outbound::Message(message) => {
                     reserved += message.plain().len();
+                    messages += 1;
                     batch.push(message.frame_for(deflate.as_ref()));
+                }
+                Outbound::Rest(rest) => {
+                    // Counted as a message by the direct write that started it.
+                    reserved += rest.len();
+                    batch.push(rest);
                 }
                 Outbound::Close { code, reason } => {
                     // Nothing may follow a Close (RFC 6455 §5.5.1); later items are dropped.
@@ -371,7 +405,6 @@ async fn write_loop<W>(
             }
         }
         let wire: usize = batch.iter().map(Bytes::len).sum();
-        let messages = batch.iter().filter(|f| starts_message(f)).count() as u64;
         let result = {
             let write = write_all_vectored(&mut writer, &mut batch);
             tokio::pin!(write);

@@ -1,0 +1,281 @@
+//! The direct-write fast path: a plain-TCP WebSocket whose socket the delivering task may
+//! write to itself.
+//!
+//! Fan-out used to cost, per delivery, a wake-up of the subscriber's session task and a poll
+//! of its writer (timers, wakers, readiness: cold cache lines per subscriber), on top of the
+//! one `send` the delivery needs (perf at 10,000 subscribers: about 30 % of the server's CPU
+//! in user space). Like nchan, wsgate now writes a delivered message straight to the
+//! subscriber's socket from the task that delivers it, when nothing is queued before it and
+//! the session's writer is not in the middle of a write (the outbox's lock decides, see
+//! [`crate::pubsub::outbox`]). A write that would block, or writes only part of the frame,
+//! queues the rest for the session's writer exactly as before.
+//!
+//! The socket is shared as an `Arc<DirectSocket>` by the session's reader, its writer and the
+//! outbox: `tokio::net::TcpStream` reads and writes through `&self` (readiness plus
+//! `try_read`/`try_write`), so no lock is needed between the halves (`tokio::io::split`
+//! needed one). TLS, HTTP/2 (RFC 8441) and any connection that does not downcast to a plain
+//! TCP stream keep the queued path.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::deflate::{DeflateParams, SharedMessage};
+use super::session::{self, SessionConfig, SessionEnd};
+use crate::apps::App;
+use crate::proxy::fast::Prefixed;
+use crate::pubsub::channel::{ChannelHandle, ChannelQueue};
+
+/// A session's TCP socket as the delivering tasks see it: the stream, how the session encodes
+/// messages (deflate or not), and the counters a write must bump.
+pub struct DirectSocket {
+    stream: TcpStream,
+    deflate: Option<DeflateParams>,
+    messages_sent: Counter,
+    bytes_sent: Counter,
+}
+
+impl DirectSocket {
+    /// Wraps the session's stream; `messages_sent`/`bytes_sent` are the app's counters.
+    pub(crate) fn new(stream: TcpStream, deflate: Option<DeflateParams>, messages_sent: Counter, bytes_sent: Counter) -> Self {
+        Self { stream, deflate, messages_sent, bytes_sent }
+    }
+
+    /// The exact bytes the session's writer would send for `message` (RFC 7692: the shared
+    /// compressed frame when deflate was negotiated, else the plain frame).
+    pub(crate) fn frame_for(&self, message: &SharedMessage) -> Bytes {
+        message.frame_for(self.deflate.as_ref())
+    }
+
+    /// Whether the session negotiated permessage-deflate (its frames may need compressing).
+    pub(crate) fn deflates(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// One non-blocking write of `frame`; how many bytes went out.
+    pub(crate) fn try_write(&self, frame: &[u8]) -> io::Result<usize> {
+        self.stream.try_write(frame)
+    }
+
+    /// Counts a direct write in the app's metrics: `started` when it wrote the first bytes of
+    /// a message (the rest, if any, is counted as bytes by the writer).
+    pub(crate) fn count(&self, started: bool, bytes: usize) {
+        if started {
+            self.messages_sent.inc();
+        }
+        self.bytes_sent.inc_by(bytes as u64);
+    }
+}
+
+/// Any byte stream a session can run over without the direct path (TLS, HTTP/2 streams).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// The connection a session runs over.
+pub enum SessionIo {
+    /// Plain TCP, with the bytes already read past the handshake (RFC 6455 §4.1: a client
+    /// may send frames right behind its request): the direct-write path.
+    Tcp(TcpStream, Bytes),
+    /// Anything else: the queued path.
+    Other(Box<dyn Stream>),
+}
+
+impl SessionIo {
+    /// The connection hyper handed over after a 101: plain TCP when it unwraps to one (the
+    /// fast path's [`Prefixed`] stream, inside hyper-util's rewind type).
+    pub fn from_upgraded(upgraded: Upgraded) -> Self {
+        match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<Prefixed<TcpStream>>>(upgraded) {
+            Ok(parts) => {
+                let (prefix, stream) = parts.io.into_inner().into_parts();
+                // A copy (or nothing): `read_buf` is a view of hyper's whole read buffer (8 KiB
+                // or more), which must not stay alive for the life of an idle connection.
+                let pending = match (prefix.is_empty(), parts.read_buf.is_empty()) {
+                    (true, true) => Bytes::new(),
+                    (true, false) => Bytes::copy_from_slice(&parts.read_buf),
+                    // hyper read everything it holds before anything still in the prefix.
+                    _ => Bytes::from([&parts.read_buf[..], &prefix[..]].concat()),
+                };
+                SessionIo::Tcp(stream, pending)
+            }
+            Err(upgraded) => SessionIo::Other(Box::new(TokioIo::new(upgraded))),
+        }
+    }
+}
+
+/// Runs a session: with the direct-write path over plain TCP, else as before.
+pub async fn run(
+    io: SessionIo,
+    channel: ChannelHandle,
+    queue: ChannelQueue,
+    app: Arc<dyn App>,
+    config: SessionConfig,
+    shutdown: watch::Receiver<bool>,
+) -> SessionEnd {
+    let (reader, writer) = match io {
+        SessionIo::Tcp(stream, pending) => {
+            let socket = Arc::new(DirectSocket::new(
+                stream,
+                config.deflate,
+                config.metrics.messages_sent.clone(),
+                config.metrics.bytes_sent.clone(),
+            ));
+            queue.rx.attach_direct(socket.clone());
+            (SessionReader::Direct(DirectReader { socket: socket.clone(), pending }), SessionWriter::Direct(DirectWriter(socket)))
+        }
+        SessionIo::Other(stream) => {
+            let (reader, writer) = tokio::io::split(stream);
+            (SessionReader::Queued(reader), SessionWriter::Queued(writer))
+        }
+    };
+    // One session type for both: two separately awaited session futures would both be laid
+    // out in this state machine (measured: 5 KiB instead of 2.2 KiB per connection).
+    session::run_halves(reader, writer, channel, queue, app, config, shutdown).await
+}
+
+/// A session's reading side: the shared socket, or a half of hyper's upgraded connection
+/// (TLS, HTTP/2).
+pub enum SessionReader {
+    /// Plain TCP, shared with direct writes.
+    Direct(DirectReader),
+    /// Anything else.
+    Queued(ReadHalf<Box<dyn Stream>>),
+}
+
+/// A session's writing side, as [`SessionReader`].
+pub enum SessionWriter {
+    /// Plain TCP, shared with direct writes.
+    Direct(DirectWriter),
+    /// Anything else.
+    Queued(WriteHalf<Box<dyn Stream>>),
+}
+
+impl AsyncRead for SessionReader {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SessionReader::Direct(r) => Pin::new(r).poll_read(cx, buf),
+            SessionReader::Queued(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SessionWriter {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SessionWriter::Direct(w) => Pin::new(w).poll_write(cx, buf),
+            SessionWriter::Queued(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SessionWriter::Direct(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            SessionWriter::Queued(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            SessionWriter::Direct(w) => w.is_write_vectored(),
+            SessionWriter::Queued(w) => w.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SessionWriter::Direct(w) => Pin::new(w).poll_flush(cx),
+            SessionWriter::Queued(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SessionWriter::Direct(w) => Pin::new(w).poll_shutdown(cx),
+            SessionWriter::Queued(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The session's reading side of a shared socket.
+pub struct DirectReader {
+    socket: Arc<DirectSocket>,
+    /// Bytes read past the handshake by the HTTP server (RFC 6455 §4.1: the client may send
+    /// frames right after its request); returned before anything read from the socket.
+    pending: Bytes,
+}
+
+impl AsyncRead for DirectReader {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pending.is_empty() {
+            let n = this.pending.len().min(buf.remaining());
+            buf.put_slice(&this.pending.split_to(n));
+            if this.pending.is_empty() {
+                // Let go of the copy.
+                this.pending = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.socket.stream.poll_read_ready(cx))?;
+            match this.socket.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; `try_read` cleared it, so the next poll registers.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// The session's writing side of a shared socket. It writes only while the outbox marks the
+/// writer busy, so it never interleaves with a direct write.
+pub struct DirectWriter(Arc<DirectSocket>);
+
+impl AsyncWrite for DirectWriter {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.stream.poll_write_ready(cx))?;
+            match self.0.stream.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.stream.poll_write_ready(cx))?;
+            match self.0.stream.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes go straight to the socket; nothing is buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The half-close after our Close (RFC 6455 §7.1.1). `TcpStream` offers it only through
+        // `&mut`; the socket is shared, so go through socket2 (a plain `shutdown(2)`).
+        Poll::Ready(socket2::SockRef::from(&self.0.stream).shutdown(std::net::Shutdown::Write))
+    }
+}
