@@ -274,6 +274,14 @@ async fn a_connection_moves_to_hyper_for_a_body_and_an_upgrade() {
     let response = raw_request(&mut client, GET).await;
     assert_eq!(response.status, 200);
 
+    // Now served by hyper: a WebSocket upgrade there too (hyper hands the connection over;
+    // the session still gets the plain TCP stream underneath).
+    let response = raw_request(&mut client, upgrade_request("/websocket/echo", "").as_bytes()).await;
+    assert_eq!(response.status, 101, "{}", response.head);
+    let mut ws = common::WsClient::from_parts(client, response.rest);
+    ws.send_text("through hyper").await;
+    assert!(matches!(ws.next().await, Some(wsgate::ws::codec::Incoming::Text(t)) if &t[..] == b"through hyper"));
+
     // Fast-path requests, then a WebSocket upgrade to the echo app on the same connection.
     let mut client = TcpStream::connect(gate.addr).await.unwrap();
     for _ in 0..2 {
