@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-60}"
-for target in frame_decoder handshake inflater config router; do
+for target in frame_decoder handshake inflater config router proxy_h1; do
   mkdir -p "fuzz/corpus/$target"
   echo "== $target: ${SECS}s"
   cargo ${FUZZ_TOOLCHAIN:-} fuzz run -s "${FUZZ_SANITIZER:-none}" -O "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \

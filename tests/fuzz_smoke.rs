@@ -290,6 +290,11 @@ fn router_smoke() {
 }
 
 #[test]
+fn proxy_h1_smoke() {
+    run("proxy_h1", server_fuzzing::proxy_h1, random_request);
+}
+
+#[test]
 fn router_parses_the_committed_seeds() {
     // A seed hyper would refuse exercises nothing past the parser: keep them all parseable.
     for seed in seeds("router") {

@@ -236,6 +236,9 @@ pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> Respons
         return ResponsePlan::Invalid("unparsable response head");
     };
     match status {
+        // RFC 9110 §15: three digits, the first 1 to 5 (what `http::StatusCode` takes is
+        // 100-999; beyond 599 is passed on like hyper does).
+        0..=99 => return ResponsePlan::Invalid("status code out of range"),
         101 => return ResponsePlan::Invalid("101 without an upgrade request"),
         100..=199 => return ResponsePlan::Interim(head_len),
         _ => {}
@@ -662,6 +665,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
             "HTTTP/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 051 Early\r\n\r\n",
         ] {
             assert!(matches!(plan_response(raw.as_bytes(), false, true), ResponsePlan::Invalid(_)), "{raw:?}");
         }
