@@ -108,21 +108,11 @@ async fn channel_ids(admin_addr: SocketAddr, n: usize) -> HashMap<SocketAddr, St
 /// past the 101 and whether deflate was accepted.
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, deflate: bool) -> (BytesMut, bool) {
     let extra = if deflate { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
-    io.write_all(upgrade_request("/websocket/echo", extra).as_bytes()).await.unwrap();
-    let mut buf = BytesMut::new();
-    let end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        let n = tokio::time::timeout(TIMEOUT, io.read_buf(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed before the 101");
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let (head, rest) = common::upgrade_over(io, "/websocket/echo", extra).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     let accepted = head.contains("sec-websocket-extensions: permessage-deflate");
     assert_eq!(accepted, deflate, "deflate negotiated as offered: {head}");
-    let _ = buf.split_to(end + 4);
-    (buf, accepted)
+    (rest, accepted)
 }
 
 /// Reads server frames, inflating compressed messages (RFC 7692 §7.2.2).

@@ -88,17 +88,8 @@ async fn tls_client_served(addr: SocketAddr, round: usize) {
 
 /// Upgrades `io` at /websocket/echo, sends `text` and returns the echoed text.
 async fn ws_echo<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, text: &str) -> String {
-    io.write_all(upgrade_request("/websocket/echo", "").as_bytes()).await.unwrap();
-    let mut buf = BytesMut::new();
-    let end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        let n = tokio::time::timeout(TIMEOUT, io.read_buf(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed before the 101");
-    };
-    assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf[..end]));
-    let _ = buf.split_to(end + 4);
+    let (head, mut buf) = common::upgrade_over(io, "/websocket/echo", "").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
     let mut out = BytesMut::new();
     encode_frame(&mut out, OpCode::Text, true, false, text.as_bytes(), Some([1, 2, 3, 4]));
     io.write_all(&out).await.unwrap();

@@ -138,7 +138,7 @@ pub async fn run(
     };
     // One session type for both: two separately awaited session futures would both be laid
     // out in this state machine (measured: 5 KiB instead of 2.2 KiB per connection).
-    session::run_halves(reader, writer, channel, queue, app, config, shutdown).await
+    session::run(reader, writer, channel, queue, app, config, shutdown).await
 }
 
 /// A session's reading side: the shared socket, or a half of hyper's upgraded connection

@@ -68,25 +68,11 @@ pub enum SessionEnd {
     Dropped,
 }
 
-/// Runs one WebSocket session over `io` until it ends. `shutdown` turning `true` closes the
-/// session with 1001 (going away).
-pub async fn run<S>(
-    io: S,
-    channel: ChannelHandle,
-    queue: ChannelQueue,
-    app: Arc<dyn App>,
-    config: SessionConfig,
-    shutdown: watch::Receiver<bool>,
-) -> SessionEnd
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (reader, writer) = tokio::io::split(io);
-    run_halves(reader, writer, channel, queue, app, config, shutdown).await
-}
-
-/// [`run`] over a reader and a writer that need no split (see [`super::direct`]).
-pub(crate) async fn run_halves<R, W>(
+/// Runs one WebSocket session over its connection's reading and writing sides until it ends
+/// (the connection is chosen by [`super::direct::run`]: a shared plain TCP socket, or the
+/// halves of any other stream). `shutdown` turning `true` closes the session with 1001 (going
+/// away).
+pub async fn run<R, W>(
     reader: R,
     writer: W,
     channel: ChannelHandle,

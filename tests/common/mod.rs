@@ -255,6 +255,23 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Sends a WebSocket upgrade for `path` (with `extra` header lines) over any stream and reads
+/// the response head; returns it (lower-cased) and the bytes received after it.
+pub async fn upgrade_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut S, path: &str, extra: &str) -> (String, BytesMut) {
+    io.write_all(upgrade_request(path, extra).as_bytes()).await.unwrap();
+    let mut buf = BytesMut::new();
+    let end = loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            break end;
+        }
+        let n = tokio::time::timeout(TIMEOUT, io.read_buf(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before the response head");
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let _ = buf.split_to(end + 4);
+    (head, buf)
+}
+
 pub fn upgrade_request(path: &str, extra: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
