@@ -10,7 +10,7 @@
 //! Failures answer like the full path (502/504 with the same text, DESIGN §9).
 
 use std::io::IoSlice;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -22,16 +22,11 @@ use tokio::time::Instant;
 use super::error::UpstreamError;
 use super::h1::{self, ChunkedEnd, ForwardPlan, Framing, ResponseHead, ResponsePlan};
 use super::Proxy;
-use crate::sync::lock;
 
 /// A response head larger than this is refused (502), like hyper's client buffer limit.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Bytes asked of the kernel per read of a body.
 const READ_CHUNK: usize = 16 * 1024;
-/// How long an idle upstream connection is kept for other client connections.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle upstream connections kept at most.
-const MAX_IDLE: usize = 1024;
 
 /// An upstream connection held by a client connection between its requests.
 pub struct UpstreamConn {
@@ -42,10 +37,6 @@ pub struct UpstreamConn {
     /// upstream, a held connection goes back to its own pool, not to the new one.
     home: Proxy,
 }
-
-/// Idle upstream connections of the fast path, shared by all client connections.
-#[derive(Debug, Default)]
-pub(super) struct IdleStreams(Mutex<Vec<(TcpStream, Instant)>>);
 
 /// How one fast-path exchange went, for metrics and for the client connection.
 #[derive(Debug)]
@@ -133,10 +124,8 @@ impl Proxy {
 
     /// Hands the connection a client connection held back to its proxy's idle pool.
     pub fn release_upstream(conn: Option<UpstreamConn>) {
-        let Some(conn) = conn.filter(|c| c.buf.is_empty()) else { return };
-        let mut idle = lock(&conn.home.inner.idle_streams.0);
-        if idle.len() < MAX_IDLE {
-            idle.push((conn.stream, Instant::now()));
+        if let Some(conn) = conn.filter(|c| c.buf.is_empty()) {
+            conn.home.inner.idle_streams.put(conn.stream);
         }
     }
 
@@ -146,13 +135,7 @@ impl Proxy {
 
     /// The most recently idled upstream connection that is still open.
     fn take_idle(&self) -> Option<TcpStream> {
-        let mut idle = lock(&self.inner.idle_streams.0);
-        while let Some((stream, since)) = idle.pop() {
-            if is_open(&stream) && since.elapsed() < IDLE_TIMEOUT {
-                return Some(stream);
-            }
-        }
-        None
+        self.inner.idle_streams.take(is_open)
     }
 
     async fn connect_upstream(&self) -> Result<TcpStream, UpstreamError> {
@@ -203,65 +186,35 @@ impl UpstreamConn {
         }
     }
 
-    /// Writes the head and passes the body on. Returns whether the body was complete and
-    /// whether the client took everything.
+    /// Writes the head and passes the body on, in its own framing. Returns whether the body
+    /// was complete and whether the client took everything.
     async fn pass_response<C>(&mut self, client: &mut C, head: &ResponseHead) -> (bool, bool)
     where
         C: AsyncWrite + Unpin,
     {
         self.buf.advance(head.head_len);
-        match head.framing {
-            Framing::Empty => (true, write_both(client, &head.client_head, &[]).await),
-            Framing::Length(mut left) => {
-                let mut first = Some(&head.client_head[..]);
-                loop {
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(self.buf.len());
-                    let sent = write_both(client, first.take().unwrap_or(&[]), &self.buf[..take]).await;
-                    self.buf.advance(take);
-                    left -= take as u64;
-                    if !sent {
-                        return (false, false);
-                    }
-                    if left == 0 {
-                        return (true, true);
-                    }
-                    if !self.fill().await {
-                        // The upstream ended early: the client must not take a short body
-                        // for a whole one, so its connection is closed too.
-                        return (false, false);
-                    }
-                }
+        let mut body = BodyEnd::new(head.framing);
+        let mut first = &head.client_head[..];
+        loop {
+            // How much of what is buffered belongs to the body, and whether that ends it.
+            let Ok((used, done)) = body.advance(&self.buf) else { return (false, false) };
+            let sent = write_both(client, first, &self.buf[..used]).await;
+            first = &[];
+            self.buf.advance(used);
+            if !sent {
+                // The client is gone; the upstream connection is still clean if the body
+                // was read to its end.
+                return (done, false);
             }
-            Framing::Chunked => {
-                let mut end = ChunkedEnd::default();
-                let mut first = Some(&head.client_head[..]);
-                loop {
-                    let Ok(used) = end.advance(&self.buf) else { return (false, false) };
-                    let sent = write_both(client, first.take().unwrap_or(&[]), &self.buf[..used]).await;
-                    self.buf.advance(used);
-                    if !sent {
-                        return (false, false);
-                    }
-                    if end.is_done() {
-                        return (true, true);
-                    }
-                    if !self.fill().await {
-                        return (false, false);
-                    }
-                }
+            if done {
+                return (true, true);
             }
-            Framing::UntilClose => {
-                let mut first = Some(&head.client_head[..]);
-                loop {
-                    let sent = write_both(client, first.take().unwrap_or(&[]), &self.buf).await;
-                    self.buf.clear();
-                    if !sent {
-                        return (false, false);
-                    }
-                    if !self.fill().await {
-                        return (true, true);
-                    }
-                }
+            if !self.fill().await {
+                // The upstream's end completes a body delimited by it; any other body ended
+                // early, and the client must not take a short body for a whole one, so its
+                // connection is closed too.
+                let complete = head.framing == Framing::UntilClose;
+                return (complete, complete);
             }
         }
     }
@@ -270,6 +223,43 @@ impl UpstreamConn {
     async fn fill(&mut self) -> bool {
         self.buf.reserve(READ_CHUNK);
         matches!(self.stream.read_buf(&mut self.buf).await, Ok(n) if n > 0)
+    }
+}
+
+/// Where a response body ends in the bytes passing through (RFC 9112 §6.3).
+enum BodyEnd {
+    /// This many bytes are left.
+    Length(u64),
+    /// The chunked body's last chunk and trailer section.
+    Chunked(ChunkedEnd),
+    /// Whatever comes, until the upstream closes.
+    UntilClose,
+}
+
+impl BodyEnd {
+    fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => BodyEnd::Length(0),
+            Framing::Length(n) => BodyEnd::Length(n),
+            Framing::Chunked => BodyEnd::Chunked(ChunkedEnd::default()),
+            Framing::UntilClose => BodyEnd::UntilClose,
+        }
+    }
+
+    /// How many of `buf`'s bytes belong to the body, and whether the body ends with them.
+    fn advance(&mut self, buf: &[u8]) -> Result<(usize, bool), h1::ChunkError> {
+        Ok(match self {
+            BodyEnd::Length(left) => {
+                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                *left -= take as u64;
+                (take, *left == 0)
+            }
+            BodyEnd::Chunked(end) => {
+                let used = end.advance(buf)?;
+                (used, end.is_done())
+            }
+            BodyEnd::UntilClose => (buf.len(), false),
+        })
     }
 }
 

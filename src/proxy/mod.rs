@@ -84,7 +84,7 @@ struct Inner {
     authority: Option<Authority>,
     pool: Pool,
     /// Idle upstream connections of the fast path ([`fast`]).
-    idle_streams: fast::IdleStreams,
+    idle_streams: pool::IdleList<tokio::net::TcpStream>,
 }
 
 // === impl Proxy ===
@@ -104,7 +104,7 @@ impl Proxy {
                 scheme,
                 authority,
                 pool,
-                idle_streams: fast::IdleStreams::default(),
+                idle_streams: pool::IdleList::default(),
             }),
         }
     }

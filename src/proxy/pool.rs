@@ -36,35 +36,55 @@ use crate::sync::lock;
 /// bodies handed to [`Proxy::forward`](super::Proxy::forward) need not be).
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// How long an idle upstream connection is kept in the pool.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an idle upstream connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Idle connections kept per upstream at most; more are closed when they fall idle.
+/// Idle connections kept per pool at most; more are closed when they fall idle.
 const MAX_IDLE: usize = 1024;
+
+/// Idle upstream connections (of this pool, or of the fast path's), most recently idled last:
+/// taken first, as the least likely to have been closed by the upstream's keep-alive timeout.
+#[derive(Debug)]
+pub(super) struct IdleList<T>(Mutex<Vec<(T, Instant)>>);
+
+impl<T> Default for IdleList<T> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> IdleList<T> {
+    /// Keeps `connection` for later, unless the list is full.
+    pub(super) fn put(&self, connection: T) {
+        let mut idle = lock(&self.0);
+        if idle.len() < MAX_IDLE {
+            idle.push((connection, Instant::now()));
+        }
+    }
+
+    /// The most recently idled connection that is not too old and is `usable`; the ones
+    /// passed over are closed.
+    pub(super) fn take(&self, usable: impl Fn(&T) -> bool) -> Option<T> {
+        let mut idle = lock(&self.0);
+        while let Some((connection, since)) = idle.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && usable(&connection) {
+                return Some(connection);
+            }
+        }
+        None
+    }
+}
+
+/// A pooled connection and the upstream it leads to.
+type Pooled = (Authority, SendRequest<UpstreamBody>);
 
 /// The keep-alive pool towards the upstream and the response timeout. Cheap to clone
 /// (the idle list is shared).
 #[derive(Debug, Clone)]
 pub struct Pool {
-    idle: Arc<Mutex<IdleList>>,
+    idle: Arc<IdleList<Pooled>>,
     connect_timeout: Duration,
     response_timeout: Duration,
-}
-
-/// Idle connections, most recently used last (reused first: it is the least likely
-/// to have been closed by the upstream's keep-alive timeout).
-#[derive(Debug, Default)]
-struct IdleList {
-    /// The upstream these connections lead to: a pool serves one authority (the
-    /// proxy's upstream, or one `auth` endpoint).
-    authority: Option<Authority>,
-    connections: Vec<Idle>,
-}
-
-#[derive(Debug)]
-struct Idle {
-    sender: SendRequest<UpstreamBody>,
-    since: Instant,
 }
 
 impl Pool {
@@ -73,7 +93,7 @@ impl Pool {
     /// the last request byte sent (504).
     pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
         Self {
-            idle: Arc::new(Mutex::new(IdleList::default())),
+            idle: Arc::new(IdleList::default()),
             connect_timeout,
             response_timeout,
         }
@@ -159,19 +179,9 @@ impl Pool {
         Ok(response.map(|body| PooledBody::new(body, returner)))
     }
 
-    /// The most recently idled connection that is still open, if any.
+    /// The most recently idled connection to `authority` that is still open, if any.
     fn checkout(&self, authority: &Authority) -> Option<SendRequest<UpstreamBody>> {
-        let mut idle = lock(&self.idle);
-        if idle.authority.as_ref() != Some(authority) {
-            return None;
-        }
-        while let Some(entry) = idle.connections.pop() {
-            if entry.sender.is_closed() || entry.since.elapsed() >= POOL_IDLE_TIMEOUT {
-                continue;
-            }
-            return Some(entry.sender);
-        }
-        None
+        self.idle.take(|(to, sender)| to == authority && !sender.is_closed()).map(|(_, sender)| sender)
     }
 
     /// A new connection, its HTTP/1.1 state machine driven by a task of its own.
@@ -219,7 +229,7 @@ async fn connect_any(host: String, port: u16) -> std::io::Result<TcpStream> {
 
 /// Puts a connection back into its pool once its response is complete.
 struct Returner {
-    pool: std::sync::Weak<Mutex<IdleList>>,
+    pool: std::sync::Weak<IdleList<Pooled>>,
     sender: Option<SendRequest<UpstreamBody>>,
     authority: Authority,
 }
@@ -227,16 +237,8 @@ struct Returner {
 impl Returner {
     fn give_back(&mut self) {
         let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) else { return };
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = lock(&pool);
-        if idle.authority.as_ref() != Some(&self.authority) {
-            idle.authority = Some(self.authority.clone());
-            idle.connections.clear();
-        }
-        if idle.connections.len() < MAX_IDLE {
-            idle.connections.push(Idle { sender, since: Instant::now() });
+        if !sender.is_closed() {
+            pool.put((self.authority.clone(), sender));
         }
     }
 }
