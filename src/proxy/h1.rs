@@ -28,7 +28,29 @@ pub enum RequestPlan {
     Fallback,
     /// Forward upstream.
     Forward(ForwardPlan),
+    /// A WebSocket upgrade (or another upgrade) on an app URL, for the handshake to be
+    /// answered without hyper.
+    Upgrade(AppUpgrade),
 }
+
+/// A body-less HTTP/1.1 request on an app URL that asks for an upgrade (RFC 6455 §4.2.1 checks
+/// are the caller's).
+#[derive(Debug)]
+pub struct AppUpgrade {
+    /// Bytes of the client's buffer taken by the head.
+    pub head_len: usize,
+    /// The request, as the handshake code takes it.
+    pub request: http::Request<()>,
+}
+
+impl PartialEq for AppUpgrade {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.request, &other.request);
+        self.head_len == other.head_len && a.method() == b.method() && a.uri() == b.uri() && a.version() == b.version() && a.headers() == b.headers()
+    }
+}
+
+impl Eq for AppUpgrade {}
 
 /// A request the fast path forwards.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,7 +69,8 @@ pub struct ForwardPlan {
 }
 
 /// Plans the request at the start of `buf`. `is_app_url` tells the paths that belong to
-/// apps (their requests go the full way: handshakes, pages).
+/// apps: an upgrade there is [`RequestPlan::Upgrade`], anything else there (pages) goes the
+/// full way.
 pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) -> bool) -> RequestPlan {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
@@ -65,7 +88,7 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
     }
     let path = target.split('?').next().unwrap_or(target);
     if is_app_url(path) {
-        return RequestPlan::Fallback;
+        return app_upgrade(req.headers, method, target, head_len).map_or(RequestPlan::Fallback, RequestPlan::Upgrade);
     }
     let mut keep_alive = true;
     let mut host: Option<&[u8]> = None;
@@ -147,21 +170,12 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
     })
 }
 
-/// For a head the fast path leaves to hyper: when it is a body-less HTTP/1.1 request on an
-/// app URL that asks for an upgrade, the head's length and the request (for the handshake
-/// to be answered without hyper; RFC 6455 §4.2.1 checks are the caller's). `None` for
-/// anything else, including fields that `http` would not accept.
-pub fn app_upgrade_request(buf: &[u8], is_app_url: impl Fn(&str) -> bool) -> Option<(usize, http::Request<()>)> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let Ok(httparse::Status::Complete(head_len)) = req.parse(buf) else { return None };
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else { return None };
-    if !is_plain_origin_form(target) || !is_app_url(target.split('?').next().unwrap_or(target)) {
-        return None;
-    }
-    let mut headers = http::HeaderMap::with_capacity(req.headers.len());
+/// The request on an app URL when it is body-less and asks for an upgrade; `None` for anything
+/// else, including fields that `http` would not accept.
+fn app_upgrade(fields: &[httparse::Header<'_>], method: &str, target: &str, head_len: usize) -> Option<AppUpgrade> {
+    let mut headers = http::HeaderMap::with_capacity(fields.len());
     let mut upgrade = false;
-    for field in req.headers.iter() {
+    for field in fields {
         let name = field.name;
         if name.eq_ignore_ascii_case("transfer-encoding") || (name.eq_ignore_ascii_case("content-length") && field.value.trim_ascii() != b"0") {
             return None;
@@ -176,10 +190,10 @@ pub fn app_upgrade_request(buf: &[u8], is_app_url: impl Fn(&str) -> bool) -> Opt
     }
     let mut request = http::Request::builder().method(method).uri(target).version(http::Version::HTTP_11).body(()).ok()?;
     *request.headers_mut() = headers;
-    Some((head_len, request))
+    Some(AppUpgrade { head_len, request })
 }
 
-/// What the bytes at the start of an upstream connection's buffer are./// What the bytes at the start of an upstream connection's buffer are.
+/// What the bytes at the start of an upstream connection's buffer are.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResponsePlan {
     /// The head is not complete yet.
@@ -605,8 +619,11 @@ mod tests {
     fn app_upgrades_are_recognised() {
         let app = |p: &str| p == "/app";
         let ws = "GET /app?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: k\r\n\r\nframe";
-        let (len, req) = app_upgrade_request(ws.as_bytes(), app).unwrap();
-        assert_eq!(len, ws.len() - "frame".len());
+        let c = ctx(false);
+        let RequestPlan::Upgrade(AppUpgrade { head_len, request: req }) = plan_request(ws.as_bytes(), &c, app) else {
+            panic!("not an app upgrade")
+        };
+        assert_eq!(head_len, ws.len() - "frame".len());
         assert_eq!((req.method().as_str(), req.uri().path(), req.uri().query()), ("GET", "/app", Some("x=1")));
         assert_eq!(req.headers()["sec-websocket-key"], "k");
         for other in [
@@ -616,7 +633,7 @@ mod tests {
             "POST /app HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nContent-Length: 3\r\n\r\nabc",
             "GET /app HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n",
         ] {
-            assert!(app_upgrade_request(other.as_bytes(), app).is_none(), "{other:?}");
+            assert!(!matches!(plan_request(other.as_bytes(), &c, app), RequestPlan::Upgrade(_)), "{other:?}");
         }
     }
 

@@ -73,7 +73,7 @@ where
         let deadline = Instant::now() + limits.header_read_timeout;
         let plan = loop {
             let plan = h1::plan_request(&buf, &ctx, |path| runtime.router.app(path).is_some());
-            if plan != RequestPlan::Incomplete {
+            if !matches!(plan, RequestPlan::Incomplete) {
                 break plan;
             }
             if buf.len() >= limits.max_header_bytes {
@@ -97,22 +97,30 @@ where
                 }
             }
         };
-        let plan = match plan {
-            // A head over the limit is hyper's to refuse (431), however it arrived.
-            RequestPlan::Forward(plan) if plan.head_len <= limits.max_header_bytes => plan,
-            RequestPlan::Fallback => {
-                let upgrade = h1::app_upgrade_request(&buf, |path| runtime.router.app(path).is_some())
-                    .filter(|(head_len, _)| *head_len <= limits.max_header_bytes);
-                let route = upgrade.as_ref().and_then(|(_, req)| {
-                    match runtime.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |_| false) {
-                        Route::WebSocket(app) => Some(app.clone()),
-                        _ => None,
-                    }
-                });
-                if let (Some((head_len, req)), Some(route)) = (upgrade, route) {
-                    // A WebSocket on an app URL: answered here, and the session runs in this
-                    // task (no hand-over through hyper's upgrade machinery).
-                    buf.advance(head_len);
+        // A head over the limit is hyper's to refuse (431), however it arrived.
+        match plan {
+            RequestPlan::Forward(plan) if plan.head_len <= limits.max_header_bytes => {
+                buf.advance(plan.head_len);
+                let exchange = proxy.forward_fast(&mut io, &plan, &mut upstream).await;
+                record_proxy_outcome(&state.metrics, exchange.status, exchange.failure, exchange.head_time);
+                if !exchange.keep_alive || drain.is_signalled() {
+                    Proxy::release_upstream(upstream.take());
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
+                    return Handover::Closed;
+                }
+                continue;
+            }
+            RequestPlan::Upgrade(upgrade) if upgrade.head_len <= limits.max_header_bytes => {
+                let req = upgrade.request;
+                let route = match runtime.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |_| false) {
+                    Route::WebSocket(app) => Some(app.clone()),
+                    _ => None,
+                };
+                // A WebSocket on an app URL: answered here, the session started in a task of
+                // its own (no hand-over through hyper's upgrade machinery). Any other upgrade
+                // there is hyper's, below.
+                if let Some(route) = route {
+                    buf.advance(upgrade.head_len);
                     drop(runtime);
                     // The auth subrequest (a whole HTTP exchange) is boxed: only some apps
                     // have one, and inline it would size every connection's task.
@@ -135,24 +143,12 @@ where
                     // Refused: the connection goes on, as with hyper.
                     continue;
                 }
-                Proxy::release_upstream(upstream.take());
-                drop(runtime);
-                return Handover::Hyper(Prefixed::new(leftover(buf), io));
             }
-            _ => {
-                Proxy::release_upstream(upstream.take());
-                drop(runtime);
-                return Handover::Hyper(Prefixed::new(leftover(buf), io));
-            }
-        };
-        buf.advance(plan.head_len);
-        let exchange = proxy.forward_fast(&mut io, &plan, &mut upstream).await;
-        record_proxy_outcome(&state.metrics, exchange.status, exchange.failure, exchange.head_time);
-        if !exchange.keep_alive || drain.is_signalled() {
-            Proxy::release_upstream(upstream.take());
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
-            return Handover::Closed;
+            _ => {}
         }
+        // Anything else: hyper serves this request and the rest of the connection.
+        Proxy::release_upstream(upstream.take());
+        return Handover::Hyper(Prefixed::new(leftover(buf), io));
     }
 }
 
