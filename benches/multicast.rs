@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use wsgate::apps::Message;
 use wsgate::metrics::Metrics;
-use wsgate::pubsub::channel::{ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
+use wsgate::pubsub::channel::{ChannelIdGenerator, ChannelInfo, ChannelQueue};
 use wsgate::pubsub::queue::SlowConsumerPolicy;
 use wsgate::pubsub::{ChannelHandle, Hub};
 
@@ -63,7 +63,9 @@ fn drain(queues: &mut [ChannelQueue]) -> usize {
     let mut distinct = 0;
     for queue in queues {
         while let Ok(item) = queue.rx.try_recv() {
-            if let Outbound::Frame(frame) = item {
+            // A multicast queues the shared message; its plain frame is what a member without
+            // permessage-deflate is sent.
+            if let Some(frame) = item.plain_frame() {
                 if first != Some(frame.as_ptr()) {
                     first = Some(frame.as_ptr());
                     distinct += 1;

@@ -2,9 +2,10 @@
 //!
 //! - A multicast encodes its frame **once** and queues the same shared bytes to every member
 //!   (a reference-count bump each, no copy of the payload).
-//! - Fan-out on one subscription is serialised by that subscription's own lock, so every
-//!   member sees the subscription's messages in the same order; unrelated subscriptions live
-//!   in different shards and never contend.
+//! - Fan-out on one subscription is serialised by that subscription's own order lock, so
+//!   every member sees the subscription's messages in the same order; unrelated subscriptions
+//!   live in different shards and never contend. Membership has a lock of its own, held only
+//!   briefly: a fan-out iterates a snapshot, so joining and leaving never wait for one.
 //! - Queues never block: a full queue triggers that channel's slow-consumer policy only.
 //! - Subscribing twice is idempotent; a closed channel leaves every subscription at once.
 //! - The reserved subscription [`ALL`] reaches every open channel of every app; its fan-out
@@ -102,9 +103,44 @@ struct ChannelEntry {
     subscriptions: BTreeSet<Arc<str>>,
 }
 
+/// One named subscription: who is in it, and the order of its fan-outs.
+///
+/// Two locks, so that joining or leaving never waits for a fan-out: a direct fan-out to
+/// 10,000 members writes to 10,000 sockets (tens of milliseconds), and holding the member
+/// lock that long would stall every subscribe, unsubscribe and close meanwhile.
 #[derive(Default)]
 struct Subscription {
-    members: Mutex<HashMap<ChannelId, ChannelHandle>>,
+    /// Membership; held only to change it or to take a snapshot.
+    members: Mutex<Members>,
+    /// Held across one fan-out, so concurrent multicasts reach every member in one order.
+    order: Mutex<()>,
+}
+
+/// A subscription's members, with the snapshot fan-outs iterate.
+#[derive(Default)]
+struct Members {
+    map: HashMap<ChannelId, ChannelHandle>,
+    /// The members as of the last change; shared by every fan-out until the next change,
+    /// so a stable subscription costs its fan-outs no copying.
+    snapshot: Option<Arc<[(ChannelId, ChannelHandle)]>>,
+}
+
+impl Members {
+    fn insert(&mut self, id: ChannelId, handle: ChannelHandle) {
+        self.snapshot = None;
+        self.map.insert(id, handle);
+    }
+
+    fn remove(&mut self, id: &ChannelId) {
+        if self.map.remove(id).is_some() {
+            self.snapshot = None;
+        }
+    }
+
+    fn snapshot(&mut self) -> Arc<[(ChannelId, ChannelHandle)]> {
+        let map = &self.map;
+        self.snapshot.get_or_insert_with(|| map.iter().map(|(id, handle)| (id.clone(), handle.clone())).collect()).clone()
+    }
 }
 
 /// Channels and subscriptions of one node.
@@ -191,7 +227,7 @@ impl Hub {
         if name == ALL {
             return self.channel_count() > 0;
         }
-        read(self.subscription_shard(name)).get(name).is_some_and(|s| !lock(&s.members).is_empty())
+        read(self.subscription_shard(name)).get(name).is_some_and(|s| !lock(&s.members).map.is_empty())
     }
 
     /// Names of the subscriptions with local members (excluding `all`), for resubscribing.
@@ -276,7 +312,7 @@ impl Hub {
         let first = {
             let mut members = lock(&subscription.members);
             members.insert(id.clone(), handle);
-            members.len() == 1
+            members.map.len() == 1
         };
         if first {
             self.interest_changed(&name);
@@ -312,12 +348,12 @@ impl Hub {
         let now_empty = {
             let mut members = lock(&subscription.members);
             members.remove(id);
-            members.is_empty()
+            members.map.is_empty()
         };
         if now_empty {
             let mut shard = write(self.subscription_shard(name));
             // Re-check under the shard lock: a subscribe may have raced in.
-            if shard.get(name).is_some_and(|s| lock(&s.members).is_empty()) {
+            if shard.get(name).is_some_and(|s| lock(&s.members).map.is_empty()) {
                 shard.remove(name);
             }
             drop(shard);
@@ -417,7 +453,9 @@ impl Hub {
         }
         let subscription = read(self.subscription_shard(name)).get(name).cloned();
         if let Some(subscription) = subscription {
-            for (id, handle) in lock(&subscription.members).iter() {
+            let _order = lock(&subscription.order);
+            let members = lock(&subscription.members).snapshot();
+            for (id, handle) in members.iter() {
                 deliver(id, handle);
             }
         }
@@ -429,7 +467,7 @@ impl Hub {
         let mut list: Vec<(String, usize)> = self
             .subscriptions
             .iter()
-            .flat_map(|shard| read(shard).iter().map(|(n, s)| (n.to_string(), lock(&s.members).len())).collect::<Vec<_>>())
+            .flat_map(|shard| read(shard).iter().map(|(n, s)| (n.to_string(), lock(&s.members).map.len())).collect::<Vec<_>>())
             .collect();
         list.sort();
         list.insert(0, (ALL.to_owned(), self.channel_count()));
@@ -442,7 +480,7 @@ impl Hub {
             return self.channel_summaries().into_iter().map(|c| c.id).collect();
         }
         let subscription = read(self.subscription_shard(name)).get(name).cloned();
-        let mut ids: Vec<ChannelId> = subscription.map(|s| lock(&s.members).keys().cloned().collect()).unwrap_or_default();
+        let mut ids: Vec<ChannelId> = subscription.map(|s| lock(&s.members).map.keys().cloned().collect()).unwrap_or_default();
         ids.sort();
         ids
     }
@@ -563,6 +601,38 @@ mod tests {
         assert!(frames.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()));
         assert_eq!(messages[0].compressed_copies(), 1, "compressed once");
         assert_eq!(messages[3].frame_for(None).as_ptr(), messages[3].plain().as_ptr(), "plain member gets the plain frame");
+    }
+
+    #[test]
+    fn joining_and_leaving_do_not_wait_for_a_fan_out_in_progress() {
+        let hub = Arc::new(Hub::new());
+        let ids = ChannelIdGenerator::new("n1");
+        let (a, mut qa) = open(&hub, &ids);
+        let (b, mut qb) = open(&hub, &ids);
+        hub.subscribe(a.id(), "room").unwrap();
+        assert_eq!(hub.multicast("room", &Message::Text("1".into()), &[]).delivered, 1, "snapshot taken");
+        let subscription = read(hub.subscription_shard("room")).get("room").cloned().unwrap();
+        // What a fan-out holds across its sends (tens of milliseconds for 10,000 sockets).
+        let fan_out_in_progress = lock(&subscription.order);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let worker = {
+            let (hub, a, b) = (hub.clone(), a.id().clone(), b.id().clone());
+            std::thread::spawn(move || {
+                hub.subscribe(&b, "room").unwrap();
+                hub.unsubscribe(&a, "room").unwrap();
+                done_tx.send(hub.members("room")).unwrap();
+            })
+        };
+        let members = done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("subscribe/unsubscribe waited for the fan-out in progress");
+        assert_eq!(members, vec![b.id().clone()]);
+        drop(fan_out_in_progress);
+        worker.join().unwrap();
+        // The next fan-out sees the new membership, not the old snapshot.
+        assert_eq!(hub.multicast("room", &Message::Text("2".into()), &[]).delivered, 1);
+        assert_eq!(frames(&mut qa).len(), 1, "a left before the second message");
+        assert_eq!(frames(&mut qb).len(), 1, "b joined before the second message");
     }
 
     #[test]
