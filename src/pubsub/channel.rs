@@ -76,6 +76,10 @@ pub enum Outbound {
     /// [`crate::ws::direct`]) wrote only in part. Written as it is, before anything queued
     /// after it; it is not a frame of its own (not a message, never a Pong).
     Rest(Bytes),
+    /// Our HTTP response that switched the connection to WebSocket (the 101 and its header
+    /// fields), queued ahead of everything so that the app's first messages leave in the same
+    /// write. Not a frame; not counted in the WebSocket byte metrics.
+    Head(Bytes),
     /// Send a Close frame with this code and reason, then stop writing.
     Close {
         /// Close code (RFC 6455 §7.4); `None` sends a Close without a body (the answer to a
@@ -93,7 +97,7 @@ impl Outbound {
         match self {
             Outbound::Frame(frame) => Some(frame.clone()),
             Outbound::Message(message) => Some(message.plain().clone()),
-            Outbound::Rest(_) | Outbound::Close { .. } => None,
+            Outbound::Rest(_) | Outbound::Head(_) | Outbound::Close { .. } => None,
         }
     }
 }
@@ -296,6 +300,17 @@ impl ChannelHandle {
             return Err(SendError::Closed);
         }
         Ok(())
+    }
+
+    /// Queues the handshake response ahead of any frame ([`Outbound::Head`]); called once,
+    /// before the session starts, so nothing can be queued before it.
+    pub(crate) fn queue_head(&self, head: Bytes) -> Result<(), SendError> {
+        let len = head.len();
+        self.0.budget.force_reserve(len);
+        self.0.tx.send(Outbound::Head(head)).map_err(|_| {
+            self.0.budget.release(len);
+            SendError::Closed
+        })
     }
 
     /// Queues a control frame (ping/pong), which is never subject to the budget policy.

@@ -39,7 +39,7 @@ pub(super) async fn serve<I: Connection>(state: Arc<State>, io: I, client: Clien
         Handover::Closed => {}
         // A task of its own, sized for the session alone: idle WebSockets are many, and this
         // task's state (the request loop's, the layers above) would stay with each of them.
-        Handover::Session(start, io) => drop(tokio::spawn(upgrade::run_session(state, slot, start, I::session_io(io)))),
+        Handover::Session(start, io, head) => drop(tokio::spawn(upgrade::run_session(state, slot, start, I::session_io(io), head))),
         Handover::Hyper(io) => Box::pin(serve_io(state, io, client, Some(slot), protocol)).await,
     }
 }
@@ -48,8 +48,9 @@ pub(super) async fn serve<I: Connection>(state: Arc<State>, io: I, client: Clien
 enum Handover<I> {
     /// It is closed (or to be dropped).
     Closed,
-    /// A WebSocket was accepted: its session runs on the connection.
-    Session(upgrade::SessionStart, Prefixed<I>),
+    /// A WebSocket was accepted: its session runs on the connection and writes the 101 (the
+    /// bytes given) ahead of its first frames.
+    Session(upgrade::SessionStart, Prefixed<I>, bytes::Bytes),
     /// hyper serves the rest of it.
     Hyper(Prefixed<I>),
 }
@@ -132,13 +133,15 @@ where
                         Some(refused) => (refused, None),
                         None => upgrade::decide(state, client, route, &req).await,
                     };
+                    if let Some(start) = start {
+                        // The 101 leaves with the app's first messages (one write, not two).
+                        Proxy::release_upstream(upstream.take());
+                        let head = response_head(&response.into_parts().0).into();
+                        return Handover::Session(start, Prefixed::new(leftover(buf), io), head);
+                    }
                     if !write_response(&mut io, response).await {
                         Proxy::release_upstream(upstream.take());
                         return Handover::Closed;
-                    }
-                    if let Some(start) = start {
-                        Proxy::release_upstream(upstream.take());
-                        return Handover::Session(start, Prefixed::new(leftover(buf), io));
                     }
                     // Refused: the connection goes on, as with hyper.
                     continue;
@@ -181,15 +184,29 @@ fn leftover(buf: BytesMut) -> bytes::Bytes {
     }
 }
 
-/// Writes one of our own responses (a 101, or a refusal with its short body) in HTTP/1.1;
-/// `false` when the client is gone.
+/// Writes one of our own refusals (with its short body) in HTTP/1.1; `false` when the client
+/// is gone.
 async fn write_response<I: AsyncWrite + Unpin>(io: &mut I, response: http::Response<Body>) -> bool {
     use http_body_util::BodyExt;
     let (parts, body) = response.into_parts();
+    let mut out = response_head(&parts);
+    // Our refusals are short texts in memory: collecting them does not wait.
+    let body = match body.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => bytes::Bytes::new(),
+    };
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    io.write_all(&out).await.is_ok() && io.flush().await.is_ok()
+}
+
+/// The status line and header fields of one of our responses in HTTP/1.1; a 101 is complete,
+/// anything else still needs its framing and body.
+fn response_head(parts: &http::response::Parts) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", parts.status.as_u16(), parts.status.canonical_reason().unwrap_or("")).as_bytes());
     for (name, value) in &parts.headers {
-        // Framing is ours (below), whatever an app's rejection carried.
+        // Framing is ours (write_response), whatever an app's rejection carried.
         if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
             continue;
         }
@@ -200,14 +217,6 @@ async fn write_response<I: AsyncWrite + Unpin>(io: &mut I, response: http::Respo
     }
     if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
         out.extend_from_slice(b"\r\n");
-    } else {
-        // Our refusals are short texts in memory: collecting them does not wait.
-        let body = match body.collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(_) => bytes::Bytes::new(),
-        };
-        out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
-        out.extend_from_slice(&body);
     }
-    io.write_all(&out).await.is_ok() && io.flush().await.is_ok()
+    out
 }

@@ -334,14 +334,16 @@ async fn write_loop<W>(
             _ = reader_done(done) => {
                 // The reader has finished: write a pending Close (if any) and leave.
                 while let Ok(item) = queue.rx.try_recv() {
-                    if let Outbound::Rest(rest) = &item {
-                        // The tail of a frame already partly on the wire: a Close may only
-                        // follow a complete frame (RFC 6455 §5.4).
-                        if Box::pin(tokio::time::timeout(close_timeout, writer.write_all(rest))).await.map_or(true, |r| r.is_err()) {
+                    if let Outbound::Rest(bytes) | Outbound::Head(bytes) = &item {
+                        // The tail of a frame already partly on the wire (a Close may only
+                        // follow a complete frame, RFC 6455 §5.4), or the 101 itself.
+                        if Box::pin(tokio::time::timeout(close_timeout, writer.write_all(bytes))).await.map_or(true, |r| r.is_err()) {
                             return;
                         }
-                        queue.budget.release(rest.len());
-                        metrics.bytes_sent.inc_by(rest.len() as u64);
+                        queue.budget.release(bytes.len());
+                        if matches!(item, Outbound::Rest(_)) {
+                            metrics.bytes_sent.inc_by(bytes.len() as u64);
+                        }
                     }
                     if let Outbound::Close { code, reason } = item {
                         let frame = encode_close(code, &reason);
@@ -365,6 +367,7 @@ async fn write_loop<W>(
         // plain size that was reserved).
         let mut reserved = 0usize;
         let mut messages = 0u64;
+        let mut head_len = 0usize;
         let mut close = None;
         for item in items.drain(..) {
             match item {
@@ -382,6 +385,11 @@ async fn write_loop<W>(
                     // Counted as a message by the direct write that started it.
                     reserved += rest.len();
                     batch.push(rest);
+                }
+                Outbound::Head(head) => {
+                    reserved += head.len();
+                    head_len += head.len();
+                    batch.push(head);
                 }
                 Outbound::Close { code, reason } => {
                     // Nothing may follow a Close (RFC 6455 §5.5.1); later items are dropped.
@@ -413,7 +421,7 @@ async fn write_loop<W>(
             items = Vec::new();
         }
         metrics.messages_sent.inc_by(messages);
-        metrics.bytes_sent.inc_by(wire as u64);
+        metrics.bytes_sent.inc_by((wire - head_len) as u64);
         if let Some(frame) = close {
             let reader_finished = done.done.load(Ordering::Acquire);
             let _ = Box::pin(tokio::time::timeout(close_timeout, async {
