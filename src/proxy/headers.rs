@@ -241,39 +241,46 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// A `Forwarded` parameter value: a token as is, anything else as a quoted-string
-/// (RFC 7239 §4, RFC 9110 §5.6.4), escaping `"` and `\`.
-fn forwarded_value(s: &str) -> String {
-    if is_token(s) {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
+/// The `Forwarded` element for this hop, written by its `Display`: `for=…;proto=…[;host=…]`
+/// (RFC 7239 §4-§5). IPv6 addresses are bracketed and quoted (`for="[2001:db8::17]"`, §6).
+/// `host` is the request's authority when it is visible ASCII (else it is left out); a host
+/// that is not a token is a quoted-string (RFC 9110 §5.6.4), escaping `"` and `\`.
+/// Written straight into the outgoing head by the fast path: no allocation per request.
+pub struct ForwardedElement<'a> {
+    /// The connection's client and scheme.
+    pub ctx: &'a ForwardContext,
+    /// The request's authority, if visible ASCII.
+    pub host: Option<&'a str>,
 }
 
-/// The `Forwarded` element for this hop: `for=…;proto=…[;host=…]` (RFC 7239 §4-§5).
-/// IPv6 addresses are bracketed and quoted (`for="[2001:db8::17]"`, §6).
-/// `host` is the request's authority when it is visible ASCII (else it is left out).
-pub fn forwarded_element(ctx: &ForwardContext, host: Option<&str>) -> String {
-    let node = match ctx.peer {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={}", ctx.proto());
-    // A host that is not visible ASCII cannot be quoted faithfully: leave it out.
-    if let Some(host) = host.filter(|h| !h.is_empty()) {
-        element.push_str(";host=");
-        element.push_str(&forwarded_value(host));
+impl std::fmt::Display for ForwardedElement<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        match self.ctx.peer {
+            IpAddr::V4(v4) => write!(f, "for={v4}")?,
+            IpAddr::V6(v6) => write!(f, "for=\"[{v6}]\"")?,
+        }
+        write!(f, ";proto={}", self.ctx.proto())?;
+        // A host that is not visible ASCII cannot be quoted faithfully: leave it out.
+        let Some(host) = self.host.filter(|h| !h.is_empty()) else { return Ok(()) };
+        f.write_str(";host=")?;
+        if is_token(host) {
+            return f.write_str(host);
+        }
+        f.write_char('"')?;
+        for c in host.chars() {
+            if c == '"' || c == '\\' {
+                f.write_char('\\')?;
+            }
+            f.write_char(c)?;
+        }
+        f.write_char('"')
     }
-    element
+}
+
+/// [`ForwardedElement`] as a string.
+pub fn forwarded_element(ctx: &ForwardContext, host: Option<&str>) -> String {
+    ForwardedElement { ctx, host }.to_string()
 }
 
 /// Rewrites a request's header section for the upstream (RFC 9110 §7.6):
