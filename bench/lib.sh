@@ -72,6 +72,17 @@ nginx_start() {
     log "$name up on 127.0.0.1:$port (master $(cat "$PREFIX/nginx.pid"))"
 }
 
+# stop_pidfile FILE [TENTHS]: TERM the process whose pid FILE holds, KILL it if it is still
+# there after TENTHS tenths of a second (50), and remove FILE.
+stop_pidfile() {
+    local f=$1 pid
+    [ -f "$f" ] || return 0
+    pid=$(cat "$f"); kill "$pid" 2>/dev/null || true
+    for _ in $(seq "${2:-50}"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    rm -f "$f"
+}
+
 nginx_stop() {
     local name=$1 PREFIX=$RUN_DIR/$1 pid
     [ -f "$PREFIX/nginx.pid" ] || return 0

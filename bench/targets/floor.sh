@@ -13,14 +13,7 @@ floor_start() {
     wait_port "$FLOOR_PORT" 10 || die "floor server did not start (see $P/log)"
     log "floor server up on 127.0.0.1:$FLOOR_PORT (pid $(cat "$P/pid"))"
 }
-floor_stop() {
-    local P=$RUN_DIR/floor pid
-    [ -f "$P/pid" ] || return 0
-    pid=$(cat "$P/pid"); kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-    rm -f "$P/pid"
-}
+floor_stop() { stop_pidfile "$RUN_DIR/floor/pid"; }
 floor_pids() { cat "$RUN_DIR/floor/pid" 2>/dev/null || true; }
 floor_fanout_args() {
     FANOUT_ARGS=(--sub-url "ws://127.0.0.1:$FLOOR_PORT/sub/$1" --pub-url "http://127.0.0.1:$FLOOR_PORT/pub/$1")

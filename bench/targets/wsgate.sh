@@ -24,14 +24,7 @@ wsgate_launch() {
     wait_port "$2" 20 && wait_port "$3" 10 || die "$name did not start (see $P/log)"
     log "$name up on 127.0.0.1:$2, admin :$3, compression=$4 (pid $(cat "$P/pid"))"
 }
-wsgate_halt() {
-    local f=$RUN_DIR/$1/pid pid
-    [ -f "$f" ] || return 0
-    pid=$(cat "$f"); kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-    rm -f "$f"
-}
+wsgate_halt() { stop_pidfile "$RUN_DIR/$1/pid" 100; }
 # wsgate_fanout_for PORT ADMIN_PORT: FANOUT_ARGS for the chat room /sub (the channel name is
 # not used: each target is its own process, and wsload ignores other runs' messages).
 wsgate_fanout_for() {
