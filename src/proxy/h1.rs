@@ -1,11 +1,12 @@
 //! The HTTP/1.1 proxy fast path, protocol part (no I/O, STYLE-ANCHORS §5.1): which
 //! request heads it takes, the heads it sends on each way, and where a chunked body ends.
 //!
-//! The fast path serves the common case of a reverse proxy, a body-less HTTP/1.1 request
-//! for the upstream, byte for byte: the client's head is rewritten straight into the
-//! upstream's (no header map), and the response head likewise; bodies are passed through
-//! in their own framing (`Content-Length`, `chunked`, or until close). Everything else —
-//! request bodies, `Expect`, `Upgrade`, app URLs, HTTP/1.0, absolute-form targets, heads
+//! The fast path serves the common case of a reverse proxy, an HTTP/1.1 request for the
+//! upstream without a body or with a small one ([`MAX_FAST_BODY`], one plain
+//! `Content-Length`), byte for byte: the client's head is rewritten straight into the
+//! upstream's (no header map), and the response head likewise; response bodies are passed
+//! through in their own framing (`Content-Length`, `chunked`, or until close). Everything
+//! else — larger or chunked request bodies, `Expect`, `Upgrade`, app URLs, HTTP/1.0, absolute-form targets, heads
 //! that do not parse — is left to hyper ([`RequestPlan::Fallback`]), which then serves the
 //! rest of that connection with the bytes read so far. So each defined answer to bad input
 //! (DESIGN §9: 400, 431, 508, …) stays hyper's and the existing path's.
@@ -54,11 +55,18 @@ impl PartialEq for AppUpgrade {
 
 impl Eq for AppUpgrade {}
 
+/// Largest request body the fast path forwards: read whole and sent with the head (so a
+/// request lost to a stale upstream connection can be sent again). Larger bodies, and bodies
+/// without a plain `Content-Length`, stream through hyper.
+pub const MAX_FAST_BODY: usize = 16 * 1024;
+
 /// A request the fast path forwards.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ForwardPlan {
-    /// Bytes of the client's buffer taken by the head (the request has no body).
+    /// Bytes of the client's buffer taken by the head.
     pub head_len: usize,
+    /// The body's `Content-Length` (at most [`MAX_FAST_BODY`]); its bytes follow the head.
+    pub body_len: usize,
     /// The head to send upstream.
     pub upstream_head: Vec<u8>,
     /// `HEAD`: the response has no body whatever its headers say (RFC 9112 §6.3).
@@ -93,15 +101,19 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
         return app_upgrade(req.headers, method, target, head_len).map_or(RequestPlan::Fallback, RequestPlan::Upgrade);
     }
     let mut keep_alive = true;
+    let mut body_len = None;
     let mut host: Option<&[u8]> = None;
     let mut hosts = 0;
     let mut named: Vec<&str> = Vec::new();
     for field in req.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
-            // A body (or a length that is not plainly zero) takes the full path.
-            if field.value.trim_ascii() != b"0" {
-                return RequestPlan::Fallback;
+            // One plain length up to MAX_FAST_BODY. A second field (even an identical one), a
+            // list or a larger body takes the full path, which judges (RFC 9112 §6.3) or
+            // streams it.
+            match (body_len, plain_length(field.value)) {
+                (None, Some(n)) if n <= MAX_FAST_BODY => body_len = Some(n),
+                _ => return RequestPlan::Fallback,
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
@@ -165,6 +177,7 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
     out.extend_from_slice(b"\r\n");
     RequestPlan::Forward(ForwardPlan {
         head_len,
+        body_len: body_len.unwrap_or(0),
         upstream_head: out,
         head_method: method == "HEAD",
         keep_alive,
@@ -496,6 +509,15 @@ fn visible_ascii(value: &[u8]) -> Option<&str> {
     }
 }
 
+/// A `Content-Length` value that is plain digits (RFC 9110 §8.6), small enough to matter here.
+fn plain_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |n, d| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
+}
+
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -591,7 +613,12 @@ mod tests {
         let c = ctx(false);
         let plan = |raw: &str| plan_request(raw.as_bytes(), &c, |p| p == "/app");
         for raw in [
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 16385\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: \r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\nabc",
             "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
             "PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
             "GET /x HTTP/1.1\r\nHost: h\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
@@ -616,6 +643,18 @@ mod tests {
         let closing = forward("HEAD / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false);
         assert!(!closing.keep_alive && closing.head_method);
         assert!(!forward("POST /p HTTP/1.1\r\nHost: h\r\n\r\n", false).idempotent);
+    }
+
+    #[test]
+    fn a_small_body_with_a_plain_length_is_forwarded() {
+        let raw = "POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET /next";
+        let plan = forward(raw, false);
+        assert_eq!((plan.head_len, plan.body_len), (raw.len() - "abcGET /next".len(), 3));
+        assert!(text(&plan.upstream_head).contains("\r\nContent-Length: 3\r\n"), "the length goes on as it came");
+        assert_eq!(forward("PUT /p HTTP/1.1\r\nHost: h\r\nContent-Length: 16384\r\n\r\n", false).body_len, MAX_FAST_BODY);
+        assert_eq!(forward("GET / HTTP/1.1\r\nHost: h\r\ncontent-length:  007 \r\n\r\n", false).body_len, 7);
+        assert_eq!(forward("GET / HTTP/1.1\r\nHost: h\r\n\r\n", false).body_len, 0);
+        assert_eq!(plain_length(b"18446744073709551616"), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Serving an HTTP/1.1 connection: body-less requests for the upstream take the proxy's
-//! fast path ([`crate::proxy::fast`]) in this task; at the first request that needs more
-//! (an app URL, a WebSocket or other upgrade, a request body, anything that does not parse
-//! plainly) the connection is handed to hyper with every byte read so far, and hyper serves
+//! Serving an HTTP/1.1 connection: requests for the upstream without a body or with a small
+//! one of plain `Content-Length` take the proxy's fast path ([`crate::proxy::fast`]) in this
+//! task; at the first request that needs more (an app URL, a WebSocket or other upgrade, a
+//! larger or chunked body, a body that is late, anything that does not parse plainly) the
+//! connection is handed to hyper with every byte read so far, and hyper serves
 //! it from there on ([`super::listen::serve_io`]). HTTP/2 connections go to hyper at once
 //! (their preface does not parse as HTTP/1.1).
 
@@ -100,8 +101,24 @@ where
         };
         // A head over the limit is hyper's to refuse (431), however it arrived.
         match plan {
-            RequestPlan::Forward(plan) if plan.head_len <= limits.max_header_bytes => {
-                buf.advance(plan.head_len);
+            RequestPlan::Forward(mut plan) if plan.head_len <= limits.max_header_bytes => {
+                // A small body is read whole and sent with the head. One that does not come
+                // by the header deadline goes to hyper with what came, which streams it as
+                // before: the fast path never turns a request down.
+                let whole = plan.head_len + plan.body_len;
+                match fill(&mut io, &mut buf, whole, deadline).await {
+                    Fill::Done => {}
+                    Fill::Late => {
+                        Proxy::release_upstream(upstream.take());
+                        return Handover::Hyper(Prefixed::new(leftover(buf), io));
+                    }
+                    Fill::Closed => {
+                        Proxy::release_upstream(upstream.take());
+                        return Handover::Closed;
+                    }
+                }
+                plan.upstream_head.extend_from_slice(&buf[plan.head_len..whole]);
+                buf.advance(whole);
                 let exchange = proxy.forward_fast(&mut io, &plan, &mut upstream).await;
                 record_proxy_outcome(&state.metrics, exchange.status, exchange.failure, exchange.head_time);
                 if !exchange.keep_alive || drain.is_signalled() {
@@ -153,6 +170,28 @@ where
         Proxy::release_upstream(upstream.take());
         return Handover::Hyper(Prefixed::new(leftover(buf), io));
     }
+}
+
+/// How reading a request body into the buffer ended.
+enum Fill {
+    Done,
+    /// The deadline passed first.
+    Late,
+    /// The client closed or the read failed.
+    Closed,
+}
+
+/// Reads until `buf` holds `want` bytes or `deadline` passes.
+async fn fill<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, want: usize, deadline: Instant) -> Fill {
+    while buf.len() < want {
+        buf.reserve(want - buf.len());
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Fill::Closed,
+            Err(_) => return Fill::Late,
+        }
+    }
+    Fill::Done
 }
 
 /// A client connection the fast path serves: what its WebSocket sessions run over.

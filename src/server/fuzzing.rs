@@ -349,8 +349,8 @@ fn forwarded(request: &Request<()>, peer: SocketAddr, trusted: bool, tls: bool, 
 /// The proxy fast path's HTTP/1.1 parsing ([`crate::proxy::h1`]) on arbitrary bytes, read as
 /// a client's request head, as an upstream's response head and as a chunked body. Properties:
 /// no panic; a forwarded request's head lies within the input, and the head sent upstream is
-/// one complete HTTP/1.1 head without hop-by-hop fields, with one `X-Forwarded-For` and our
-/// `Via` last; a final response's head lies within the input, and the head for the client is
+/// one complete HTTP/1.1 head without hop-by-hop fields, with one `X-Forwarded-For`, our
+/// `Via` last and at most one `Content-Length`, which frames the body forwarded with it; a final response's head lies within the input, and the head for the client is
 /// one complete head that frames the body as planned; where a chunked body ends does not
 /// depend on how its bytes arrive.
 pub fn proxy_h1(data: &[u8]) {
@@ -369,6 +369,12 @@ pub fn proxy_h1(data: &[u8]) {
         assert_eq!(req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")).count(), 1);
         let via: Vec<&[u8]> = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("via")).map(|h| h.value).collect();
         assert!(via.len() == 1 && via[0].ends_with(b"1.1 wsgate"), "Via: {via:?}");
+        // The body forwarded with the head is the one the upstream will read: one plain length.
+        assert!(plan.body_len <= h1::MAX_FAST_BODY);
+        let lengths: Vec<&[u8]> = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")).map(|h| h.value).collect();
+        assert!(lengths.len() <= 1, "Content-Length sent twice");
+        let sent = lengths.first().map_or(Some(0), |v| std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<usize>().ok()));
+        assert_eq!(sent, Some(plan.body_len), "Content-Length sent upstream does not frame the body");
     }
     for head_method in [false, true] {
         let mut rest = data;
