@@ -62,8 +62,13 @@ impl DirectSocket {
     }
 
     /// One non-blocking write of `frame`; how many bytes went out.
+    ///
+    /// Straight to the socket, without tokio's readiness flag: in a fan-out that flag is one
+    /// more cold cache line per delivery (perf: 3 % of the CPU of a paced fan-out to 1,000).
+    /// The socket is non-blocking, so a full buffer still answers `WouldBlock`; the message
+    /// is then queued, and the writer's next write learns the same from the kernel.
     pub(crate) fn try_write(&self, frame: &[u8]) -> io::Result<usize> {
-        self.stream.try_write(frame)
+        socket2::SockRef::from(&self.stream).send(frame)
     }
 
     /// Counts a direct write in the app's metrics: `started` when it wrote the first bytes of
