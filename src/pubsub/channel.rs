@@ -264,11 +264,12 @@ impl ChannelHandle {
     /// [`send_shared`](Self::send_shared), writing straight to the socket only when `direct`
     /// (a fan-out in a burst queues instead, see [`super::burst`]).
     pub(crate) fn send_shared_with(&self, message: &Arc<SharedMessage>, direct: bool) -> Result<(), SendError> {
-        if self.0.closing.load(Ordering::Acquire) {
-            return Err(SendError::Closed);
-        }
         // The fast path: straight to the socket when nothing is queued (direct-written bytes
-        // are never reserved in the budget; they are in the kernel's buffer already).
+        // are never reserved in the budget; they are in the kernel's buffer already). It needs
+        // no look at `closing` (`enqueue` has it): a queued Close or the writer's end turns
+        // direct writes off in the outbox, and a message that slips in between `close` and
+        // its Close being queued simply goes out before the Close. That saves a fan-out one
+        // cold cache line per member (perf).
         if direct && self.0.tx.try_direct(message, &self.0.budget) {
             return Ok(());
         }
