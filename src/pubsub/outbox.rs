@@ -233,6 +233,15 @@ impl OutboxReceiver {
         }
     }
 
+    /// Gives the queue's memory back if nothing is queued (after the handshake's first write,
+    /// before the connection settles into being idle).
+    pub fn release_if_empty(&mut self) {
+        let mut state = lock(&self.0);
+        if state.items.is_empty() {
+            state.items = VecDeque::new();
+        }
+    }
+
     /// Moves up to `max` queued items into `into` under one lock; returns how many.
     pub fn drain_into(&mut self, into: &mut Vec<Outbound>, max: usize) -> usize {
         let mut state = lock(&self.0);

@@ -416,9 +416,14 @@ async fn write_loop<W>(
         if result.is_err() {
             return;
         }
-        if batch.capacity() > KEEP_BATCH_CAPACITY {
+        // After a burst, and after the handshake's write (the 101 and the app's first
+        // messages): most connections then sit idle, holding no buffer.
+        if batch.capacity() > KEEP_BATCH_CAPACITY || head_len > 0 {
             batch = Vec::new();
             items = Vec::new();
+            if head_len > 0 {
+                queue.rx.release_if_empty();
+            }
         }
         metrics.messages_sent.inc_by(messages);
         metrics.bytes_sent.inc_by((wire - head_len) as u64);
