@@ -40,7 +40,10 @@ pub(super) async fn serve<I: Connection>(state: Arc<State>, io: I, client: Clien
         Handover::Closed => {}
         // A task of its own, sized for the session alone: idle WebSockets are many, and this
         // task's state (the request loop's, the layers above) would stay with each of them.
-        Handover::Session(start, io, head) => drop(tokio::spawn(upgrade::run_session(state, slot, start, I::session_io(io), head))),
+        Handover::Session(start, io, head) => {
+            start.queue_head(head);
+            drop(tokio::spawn(upgrade::run_session(state, slot, start, I::session_io(io))));
+        }
         Handover::Hyper(io) => Box::pin(serve_io(state, io, client, Some(slot), protocol)).await,
     }
 }

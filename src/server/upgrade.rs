@@ -42,7 +42,7 @@ pub(super) async fn accept(
         let task = async move {
             match on_upgrade.await {
                 // The slot and the state (with its drain watch) live as long as the session.
-                Ok(upgraded) => run_session(state, slot, start, SessionIo::from_upgraded(upgraded), Bytes::new()).await,
+                Ok(upgraded) => run_session(state, slot, start, SessionIo::from_upgraded(upgraded)).await,
                 Err(error) => {
                     tracing::debug!(app = %start.route.name, %error, "upgrade failed after the handshake");
                     if start.decided {
@@ -66,6 +66,16 @@ pub(super) struct SessionStart {
     h2: bool,
     /// The app's `pre_accept` hook admitted it.
     decided: bool,
+}
+
+impl SessionStart {
+    /// Queues the 101 ahead of anything the session will send (the fast path's handshakes),
+    /// so it leaves with the app's first messages in one write. Done before the session's
+    /// task starts: nothing else can be queued yet (the channel is not registered), and the
+    /// bytes are not carried in the session's future for its whole life.
+    pub(super) fn queue_head(&self, head: Bytes) {
+        let _ = self.channel.queue_head(head);
+    }
 }
 
 /// The answer to the upgrade request on `route` (HTTP/1.1, or RFC 8441 over HTTP/2): a
@@ -152,15 +162,8 @@ pub(super) async fn decide<B>(
 /// Runs an accepted WebSocket over `io` (the connection after the 101) until it ends: the
 /// app's metrics, the hub's registration, the session. `slot` (and the state with its drain
 /// watch) live as long as the session.
-///
-/// `head` is the 101 when it is still to be written (the fast path's handshakes): it is queued
-/// before anything else, so the app's first messages go out with it in one write.
-pub(super) async fn run_session(state: Arc<State>, slot: Arc<ConnectionSlot>, start: SessionStart, io: SessionIo, head: Bytes) {
+pub(super) async fn run_session(state: Arc<State>, slot: Arc<ConnectionSlot>, start: SessionStart, io: SessionIo) {
     let SessionStart { route, channel, queue, session_config, h2, decided: _ } = start;
-    if !head.is_empty() {
-        // Nothing else can be queued yet: the channel is not registered.
-        let _ = channel.queue_head(head);
-    }
     let shutdown = state.drain.receiver();
     tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), http = if h2 { "2" } else { "1.1" }, deflate = session_config.deflate.is_some(), "WebSocket open");
     // The app's handles, resolved once per route (no label lookup per connection).

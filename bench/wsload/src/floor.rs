@@ -14,6 +14,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,10 @@ const MAX_BODY: usize = 1 << 20;
 
 type Subscribers = Arc<Mutex<Vec<TcpStream>>>;
 
+/// Set by every fan-out: the first connection after one starts a new run, whose load
+/// generator has closed the previous run's subscribers.
+static PUBLISHED: AtomicBool = AtomicBool::new(false);
+
 /// Serves until the process is killed; returns only when the listener cannot be bound.
 pub fn serve(listen: SocketAddr) -> Result<(), String> {
     if !listen.ip().is_loopback() {
@@ -33,7 +38,14 @@ pub fn serve(listen: SocketAddr) -> Result<(), String> {
     eprintln!("wsload floor: listening on {listen}");
     let subscribers: Subscribers = Arc::default();
     for conn in listener.incoming() {
-        let Ok(mut stream) = conn else { continue };
+        let Ok(mut stream) = conn else {
+            // Out of descriptors, most likely: do not spin.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        if PUBLISHED.swap(false, Ordering::Relaxed) {
+            reap(&subscribers);
+        }
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
         let mut buf = Vec::with_capacity(1024);
@@ -59,6 +71,17 @@ pub fn serve(listen: SocketAddr) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Drops the subscribers whose client closed or sent anything (a Close): outside the measured
+/// phase, at the start of the next run, so they neither hold descriptors nor cost writes.
+fn reap(subscribers: &Subscribers) {
+    let mut subs = subscribers.lock().unwrap_or_else(|p| p.into_inner());
+    subs.retain(|s| {
+        let open = s.set_nonblocking(true).is_ok()
+            && matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        open && s.set_nonblocking(false).is_ok()
+    });
 }
 
 /// Reads until the end of a request head; returns its length (the buffer may hold more).
@@ -114,6 +137,7 @@ fn serve_publisher(mut stream: TcpStream, mut buf: Vec<u8>, mut head_len: usize,
 
 /// One blocking write per subscriber; a subscriber whose write fails is dropped.
 fn fan_out(frame: &[u8], subscribers: &Subscribers) -> usize {
+    PUBLISHED.store(true, Ordering::Relaxed);
     let mut subs = subscribers.lock().unwrap_or_else(|p| p.into_inner());
     subs.retain_mut(|s| s.write_all(frame).is_ok());
     subs.len()
