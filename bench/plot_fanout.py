@@ -2,7 +2,7 @@
 """Plots fan-out latency (p50 and p99, median over rounds) against the number of subscribers
 for every target of a fanout.sh results file, as a self-contained SVG (no plotting library).
 
-    bench/plot_fanout.py RESULTS.jsonl [--mode paced|burst] > plot.svg
+    bench/plot_fanout.py RESULTS.jsonl [MORE.jsonl ...] [--mode paced|burst] > plot.svg
 """
 import json
 import math
@@ -11,7 +11,7 @@ import sys
 from collections import defaultdict
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 400, 70, 150, 40, 50
-COLORS = {"nchan": "#c0392b", "candidate": "#2471a3", "pushpin": "#7d3c98"}
+COLORS = {"nchan": "#c0392b", "candidate": "#2471a3", "wsgate": "#2471a3", "pushpin": "#7d3c98", "floor": "#7f8c8d"}
 NAMES = {"candidate": "wsgate"}
 
 
@@ -20,16 +20,18 @@ def main():
     mode = "paced"
     if "--mode" in args:
         mode = args[args.index("--mode") + 1]
-    path = args[0]
+    paths = [a for i, a in enumerate(args) if a != "--mode" and (i == 0 or args[i - 1] != "--mode")]
+    path = " ".join(paths)
     points = defaultdict(lambda: defaultdict(list))  # target -> (n, stat) -> values
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            if row.get("fmode") != mode or "latency" not in row:
-                continue
-            n = row.get("subs") or row.get("connected")
-            for stat in ("p50_us", "p99_us"):
-                points[row["target"]][(n, stat)].append(row["latency"][stat] / 1000.0)
+    for one in paths:
+        with open(one) as f:
+            for line in f:
+                row = json.loads(line)
+                if row.get("fmode") != mode or "latency" not in row:
+                    continue
+                n = row.get("subs") or row.get("connected")
+                for stat in ("p50_us", "p99_us"):
+                    points[row["target"]][(n, stat)].append(row["latency"][stat] / 1000.0)
     series = {t: {k: statistics.median(v) for k, v in d.items()} for t, d in points.items()}
     ns = sorted({n for d in series.values() for (n, _) in d})
     values = [v for d in series.values() for v in d.values()]
