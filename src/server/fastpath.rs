@@ -122,6 +122,10 @@ where
                 }
                 plan.upstream_head.extend_from_slice(&buf[plan.head_len..whole]);
                 buf.advance(whole);
+                if buf.is_empty() && buf.capacity() > 2 * READ_CHUNK {
+                    // A body made it large: a kept-alive connection waits with a small one.
+                    buf = BytesMut::new();
+                }
                 let exchange = proxy.forward_fast(&mut io, &plan, &mut upstream).await;
                 record_proxy_outcome(&state.metrics, exchange.status, exchange.failure, exchange.head_time);
                 if !exchange.keep_alive || drain.is_signalled() {
