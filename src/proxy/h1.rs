@@ -509,13 +509,14 @@ fn visible_ascii(value: &[u8]) -> Option<&str> {
     }
 }
 
-/// A `Content-Length` value that is plain digits (RFC 9110 §8.6), small enough to matter here.
+/// A `Content-Length` value that is plain digits (RFC 9110 §8.6; no sign, which `parse`
+/// would take) and fits a `usize`.
 fn plain_length(value: &[u8]) -> Option<usize> {
     let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    digits.iter().try_fold(0usize, |n, d| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

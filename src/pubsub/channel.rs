@@ -306,12 +306,7 @@ impl ChannelHandle {
     /// Queues the handshake response ahead of any frame ([`Outbound::Head`]); called once,
     /// before the session starts, so nothing can be queued before it.
     pub(crate) fn queue_head(&self, head: Bytes) -> Result<(), SendError> {
-        let len = head.len();
-        self.0.budget.force_reserve(len);
-        self.0.tx.send(Outbound::Head(head)).map_err(|_| {
-            self.0.budget.release(len);
-            SendError::Closed
-        })
+        self.enqueue_unbudgeted(head.len(), Outbound::Head(head))
     }
 
     /// Queues a control frame (ping/pong), which is never subject to the budget policy.
@@ -319,9 +314,13 @@ impl ChannelHandle {
         if self.0.closing.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
-        let len = frame.len();
+        self.enqueue_unbudgeted(frame.len(), Outbound::Frame(frame))
+    }
+
+    /// Queues `item` (`len` bytes) past the budget's limit: counted, never refused by it.
+    fn enqueue_unbudgeted(&self, len: usize, item: Outbound) -> Result<(), SendError> {
         self.0.budget.force_reserve(len);
-        self.0.tx.send(Outbound::Frame(frame)).map_err(|_| {
+        self.0.tx.send(item).map_err(|_| {
             self.0.budget.release(len);
             SendError::Closed
         })

@@ -87,8 +87,8 @@ fn reap(subscribers: &Subscribers) {
 /// Reads until the end of a request head; returns its length (the buffer may hold more).
 fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Ok(end + 4);
+        if let Some(end) = crate::raw::find_head_end(buf) {
+            return Ok(end);
         }
         if buf.len() > MAX_HEAD {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));

@@ -174,7 +174,8 @@ async fn open_inner(target: &Target, idx: usize, opts: &ConnOpts, deflate: bool)
     Ok((RawWs { stream, buf, inflater, server_no_context, mask_state: seed | 1, partial: None, close_sent: false }, times))
 }
 
-fn find_head_end(b: &[u8]) -> Option<usize> {
+/// The length of the HTTP head at the start of `b` (through its blank line), once complete.
+pub(crate) fn find_head_end(b: &[u8]) -> Option<usize> {
     b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
