@@ -1071,7 +1071,7 @@ kind = "echo"
             let e = load_err("[upstream]\nurll = \"http://x:1\"\n");
             assert_eq!(
                 e,
-                "wsgate.toml:2: upstream.urll: unknown key (expected one of: url, connect_timeout, response_timeout, trusted_proxies)"
+                "wsgate.toml:2: upstream.urll: unknown key (expected one of: url, connect_timeout, response_timeout, trusted_proxies, fast_path)"
             );
             Ok(())
         });

@@ -178,6 +178,10 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// Peers whose `X-Forwarded-For`/`Forwarded` are extended rather than replaced.
     pub trusted_proxies: Vec<IpNet>,
+    /// Whether plain HTTP/1.1 requests take the proxy's fast path (default true). `false`
+    /// sends every request through hyper: the reference the fast path is tested against
+    /// (`tests/proxy_oracle.rs`), and an operator's escape hatch.
+    pub fast_path: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -190,6 +194,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
+            fast_path: true,
         }
     }
 }
@@ -264,6 +269,10 @@ pub struct LimitsConfig {
     /// Largest request head; 431 above it (default 16KiB).
     #[serde(with = "units::size")]
     pub max_header_bytes: usize,
+    /// Time allowed for a request body wsgate reads before forwarding (408 after it), and the
+    /// longest pause between two reads of a body that streams (default 10s).
+    #[serde(with = "units::duration")]
+    pub body_read_timeout: Duration,
     /// Drain time for in-flight requests on SIGTERM (default 10s).
     #[serde(with = "units::duration")]
     pub shutdown_timeout: Duration,
@@ -275,6 +284,7 @@ impl Default for LimitsConfig {
             max_connections: 100_000,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
+            body_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
         }
     }

@@ -171,6 +171,7 @@ fn limits(config: &Config, out: &mut Vec<Issue>) {
             "limits.header_read_timeout",
             config.limits.header_read_timeout,
         ),
+        ("limits.body_read_timeout", config.limits.body_read_timeout),
         ("websocket.ping_interval", config.websocket.ping_interval),
         ("websocket.idle_timeout", config.websocket.idle_timeout),
     ];

@@ -16,7 +16,7 @@
 
 use std::io::Write;
 
-use super::headers::{via_has_pseudonym_bytes, ForwardContext, ForwardedElement, PSEUDONYM};
+use super::headers::{is_dropped, is_valid_host, via_has_pseudonym_bytes, ForwardContext, ForwardedElement, PSEUDONYM};
 
 /// Field lines per head at most; a head with more is left to hyper (requests) or is a bad
 /// upstream response.
@@ -138,8 +138,9 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
             return RequestPlan::Fallback;
         }
     }
-    // RFC 9112 §3.2: exactly one Host; anything else is hyper's (and the upstream's) to judge.
-    let Some(host) = host.filter(|_| hosts == 1) else {
+    // RFC 9112 §3.2: exactly one valid Host; anything else is the full path's to refuse (400,
+    // headers::check_request).
+    let Some(host) = host.filter(|h| hosts == 1 && is_valid_host(h)) else {
         return RequestPlan::Fallback;
     };
 
@@ -153,10 +154,14 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
     let mut via = ListMerge::default();
     for field in req.headers.iter() {
         let name = field.name;
-        if is_hop_by_hop(name, &named) || name.eq_ignore_ascii_case("proxy-authorization") {
+        if is_dropped(name, &named) || name.eq_ignore_ascii_case("proxy-authorization") {
             continue;
         }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
+        if name.eq_ignore_ascii_case("content-length") {
+            // The framing sent on is the one parsed here (one plain length), whatever the
+            // field looked like and whatever `Connection` named.
+            let _ = write!(out, "content-length: {}\r\n", body_len.unwrap_or(0));
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
             xff.add(field.value);
         } else if name.eq_ignore_ascii_case("forwarded") {
             forwarded.add(field.value);
@@ -335,11 +340,9 @@ pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> Respons
     let mut via = ListMerge::default();
     for field in resp.headers.iter() {
         let name = field.name;
-        if is_hop_by_hop(name, &named) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("content-length") && framing == Framing::Chunked {
-            // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which must go.
+        // Framing fields are never copied: the client's framing is written below from what
+        // was parsed here (a `Connection` naming them cannot leave a body unframed).
+        if is_dropped(name, &named) || name.eq_ignore_ascii_case("content-length") {
             continue;
         }
         if name.eq_ignore_ascii_case("via") {
@@ -348,8 +351,19 @@ pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> Respons
             push_field(&mut out, name.as_bytes(), field.value);
         }
     }
-    if framing == Framing::Chunked {
-        push_field(&mut out, b"transfer-encoding", b"chunked");
+    match framing {
+        Framing::Chunked => push_field(&mut out, b"transfer-encoding", b"chunked"),
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        // A HEAD or 304 response's length describes the representation (RFC 9110 §8.6); a 204
+        // has none.
+        Framing::Empty if status != 204 && !chunked && !conflicting_length => {
+            if let Some(n) = length {
+                let _ = write!(out, "content-length: {n}\r\n");
+            }
+        }
+        Framing::Empty | Framing::UntilClose => {}
     }
     let received = if version == 0 { "1.0" } else { "1.1" };
     via.push(&mut out, b"via", true, format_args!("{received} {PSEUDONYM}"));
@@ -485,14 +499,6 @@ fn is_plain_origin_form(target: &str) -> bool {
         && target
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b))
-}
-
-/// Hop-by-hop fields (RFC 9110 §7.6.1) plus those the `Connection` field names.
-fn is_hop_by_hop(name: &str, named: &[&str]) -> bool {
-    ["connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
-        || named.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// The non-empty, trimmed items of a comma-separated field value.
@@ -651,11 +657,50 @@ mod tests {
         let raw = "POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET /next";
         let plan = forward(raw, false);
         assert_eq!((plan.head_len, plan.body_len), (raw.len() - "abcGET /next".len(), 3));
-        assert!(text(&plan.upstream_head).contains("\r\nContent-Length: 3\r\n"), "the length goes on as it came");
+        assert!(text(&plan.upstream_head).contains("\r\ncontent-length: 3\r\n"), "the length parsed goes on");
         assert_eq!(forward("PUT /p HTTP/1.1\r\nHost: h\r\nContent-Length: 16384\r\n\r\n", false).body_len, MAX_FAST_BODY);
         assert_eq!(forward("GET / HTTP/1.1\r\nHost: h\r\ncontent-length:  007 \r\n\r\n", false).body_len, 7);
         assert_eq!(forward("GET / HTTP/1.1\r\nHost: h\r\n\r\n", false).body_len, 0);
         assert_eq!(plain_length(b"18446744073709551616"), None);
+    }
+
+    #[test]
+    fn connection_never_removes_a_framing_or_routing_field() {
+        // Issue 15: `Connection: Content-Length` stripped the length while the body went on
+        // behind the head, and the upstream read the body as a request wsgate never parsed.
+        for connection in ["Content-Length", "keep-alive, content-length", "Host", "Transfer-Encoding, Upgrade-Insecure"] {
+            let raw = format!("POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 31\r\nConnection: {connection}\r\n\r\nGET /hidden HTTP/1.1\r\nHost: h\r\n\r\n");
+            let plan = forward(&raw, false);
+            assert_eq!(plan.body_len, 31, "{connection}");
+            let head = text(&plan.upstream_head);
+            assert!(head.contains("\r\ncontent-length: 31\r\n"), "{connection}: {head}");
+            assert!(head.starts_with("POST /a HTTP/1.1\r\nHost: h\r\n"), "{connection}: {head}");
+        }
+        for connection in ["Content-Length", "close, content-length"] {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: {connection}\r\n\r\nhello");
+            let r = ready(&raw, false, true);
+            assert_eq!(r.framing, Framing::Length(5));
+            assert!(text(&r.client_head).contains("\r\ncontent-length: 5\r\n"), "{connection}");
+        }
+        let r = ready("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: transfer-encoding\r\n\r\n", false, true);
+        assert!(text(&r.client_head).contains("\r\ntransfer-encoding: chunked\r\n"));
+        // A HEAD answer keeps the representation's length; a 204 has none.
+        let r = ready("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", true, true);
+        assert!(text(&r.client_head).contains("\r\ncontent-length: 12\r\n"));
+        let r = ready("HTTP/1.1 204 No Content\r\nContent-Length: 12\r\n\r\n", false, true);
+        assert!(!text(&r.client_head).contains("ontent-length"));
+    }
+
+    #[test]
+    fn an_unusual_host_goes_the_full_way() {
+        let c = ctx(false);
+        for host in ["a@evil.example:80", "h h", "h:80:90", "h:x", "[::1", "h\"x"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(plan_request(raw.as_bytes(), &c, |_| false), RequestPlan::Fallback, "{host}");
+        }
+        for host in ["h", "h:8080", "127.0.0.1:1", "[::1]:80", "xn--bcher-kva.example"] {
+            forward(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"), false);
+        }
     }
 
     #[test]
@@ -738,7 +783,7 @@ mod tests {
         let head = text(&ready(raw, false, false).client_head);
         assert_eq!(
             head,
-            "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\nvia: 1.1 cdn, 1.1 wsgate\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\ncontent-length: 2\r\nvia: 1.1 cdn, 1.1 wsgate\r\nconnection: close\r\n\r\n"
         );
     }
 

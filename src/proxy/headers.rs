@@ -86,12 +86,42 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The fields that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1, plus the
+/// legacy `Proxy-Connection` and `Keep-Alive`). The one list both proxy paths use.
+pub const HOP_BY_HOP: [&str; 6] = ["connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade"];
+
+/// Whether `name` is one of [`HOP_BY_HOP`] (any case).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Whether a `Connection` option naming `name` may remove that field on the way through.
+/// Fields that frame or route a message never go because a peer names them: `Content-Length`
+/// and `Transfer-Encoding` (the framing is re-derived from what wsgate parsed, and a peer
+/// that could strip a length would hide a request in the body: request smuggling), `Host`
+/// and the upgrade fields (`Upgrade`, `Sec-WebSocket-*`), which the tunnel needs.
+pub fn connection_may_remove(name: &str) -> bool {
+    const PROTECTED: [&str; 4] = ["content-length", "transfer-encoding", "host", "upgrade"];
+    const PROTECTED_PREFIX: &str = "sec-websocket-";
+    !(PROTECTED.iter().any(|p| name.eq_ignore_ascii_case(p))
+        || name.get(..PROTECTED_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(PROTECTED_PREFIX)))
+}
+
+/// Whether a field named `name` is dropped on the way through, given the options of the
+/// message's `Connection` fields (`named`): [`HOP_BY_HOP`], or named and
+/// [`connection_may_remove`].
+pub fn is_dropped<S: AsRef<str>>(name: &str, named: &[S]) -> bool {
+    is_hop_by_hop(name) || (named.iter().any(|n| name.eq_ignore_ascii_case(n.as_ref())) && connection_may_remove(name))
+}
+
 /// Removes the hop-by-hop fields of RFC 9110 §7.6.1: `Connection` and every field
-/// it names, plus `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding` and
-/// `Upgrade`. Framing is redone by hyper on the next hop.
+/// it names (but those [`connection_may_remove`] protects), plus `Proxy-Connection`,
+/// `Keep-Alive`, `TE`, `Transfer-Encoding` and `Upgrade`. Framing is redone by hyper on the
+/// next hop.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Names are collected first: the map cannot be mutated while borrowed.
     let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| connection_may_remove(t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
@@ -107,6 +137,94 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
+}
+
+/// A request the proxy refuses before anything of it reaches the upstream (RFC 9112 §3.2,
+/// §6.1): the status and a fixed sentence for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// 400, or 501 for a transfer coding wsgate does not forward faithfully.
+    pub status: http::StatusCode,
+    /// The sentence of the answer (fixed text, never peer data).
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    const fn bad(reason: &'static str) -> Self {
+        Self { status: http::StatusCode::BAD_REQUEST, reason }
+    }
+}
+
+/// Judges a request's `Host` and framing fields once, for both proxy paths (the fast path
+/// hands anything unusual to the path that calls this):
+/// * HTTP/1.1 without `Host`, more than one `Host`, or a `Host` that is not a valid
+///   `uri-host [":" port]` (userinfo included) → 400 (RFC 9112 §3.2);
+/// * `Transfer-Encoding` in HTTP/1.0 (RFC 9112 §6.1) or `chunked` more than once → 400;
+/// * a coding other than a single `chunked` (e.g. `gzip, chunked`) → 501: wsgate re-frames
+///   bodies and would drop the coding.
+pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(Refusal::bad("more than one Host field")),
+        (None, None) if version == Version::HTTP_11 => return Err(Refusal::bad("HTTP/1.1 request without Host")),
+        (Some(host), None) if !is_valid_host(host.as_bytes()) => return Err(Refusal::bad("invalid Host field")),
+        _ => {}
+    }
+    let codings = headers.get_all(header::TRANSFER_ENCODING);
+    if codings.iter().next().is_none() {
+        return Ok(());
+    }
+    if version == Version::HTTP_10 || version == Version::HTTP_09 {
+        return Err(Refusal::bad("Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    let mut chunked = 0;
+    let mut other = false;
+    for value in codings {
+        for coding in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                chunked += 1;
+            } else {
+                other = true;
+            }
+        }
+    }
+    if chunked > 1 {
+        return Err(Refusal::bad("chunked applied more than once"));
+    }
+    if other {
+        return Err(Refusal { status: http::StatusCode::NOT_IMPLEMENTED, reason: "transfer coding other than chunked" });
+    }
+    Ok(())
+}
+
+/// Whether a `Host` value is `uri-host [":" port]` (RFC 9110 §7.2) or empty: an IP literal,
+/// a reg-name of unreserved and sub-delim characters or percent-escapes, and digits after
+/// the colon. Userinfo (`a@b`), spaces, controls and a second colon outside brackets are not.
+pub fn is_valid_host(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else { return false };
+        let literal = &value[1..end];
+        if literal.is_empty() || !literal.iter().all(|&b| b.is_ascii_hexdigit() || b":.".contains(&b) || b.is_ascii_alphanumeric()) {
+            return false;
+        }
+        (&value[..=end], &value[end + 1..])
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &value[value.len()..]),
+        }
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    let host_ok = host.first() == Some(&b'[')
+        || (!host.is_empty() && host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)));
+    host_ok && port_ok
 }
 
 /// Re-adds `Connection: upgrade` and `Upgrade: <protocol>` after
@@ -301,6 +419,9 @@ pub fn to_upstream(
     version: Version,
     upgrade: Option<HeaderValue>,
 ) {
+    // The framing is hyper's on the next hop, from the body wsgate parsed (its exact length,
+    // or chunked): the client's own length never goes on, so it cannot disagree with the body.
+    headers.remove(header::CONTENT_LENGTH);
     remove_hop_by_hop(headers);
     headers.remove(header::PROXY_AUTHORIZATION);
     if let Some(protocol) = upgrade {
@@ -331,6 +452,11 @@ pub fn to_upstream(
 /// `Via` appended. For the `101` of a tunnelled upgrade, `upgrade` carries the
 /// protocol the upstream switched to and `Upgrade`/`Connection: upgrade` are kept.
 pub fn to_downstream(headers: &mut HeaderMap, version: Version, upgrade: Option<HeaderValue>) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which must not reach the
+        // client beside the body hyper re-frames.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     remove_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
         restore_upgrade(headers, protocol);

@@ -131,7 +131,11 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientIn
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            super::fastpath::serve(state, stream, client, slot, Protocol::Detect).await;
+            if fast_path_on(&state) {
+                super::fastpath::serve(state, stream, client, slot, Protocol::Detect).await;
+            } else {
+                serve_io(state, stream, client, slot, Protocol::Detect).await;
+            }
         }
     }
 }
@@ -160,8 +164,14 @@ async fn serve_tls(
     };
     match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => serve_io(state, stream, client, slot, Protocol::Http2).await,
-        _ => super::fastpath::serve(state, stream, client, slot, Protocol::Http1).await,
+        _ if fast_path_on(&state) => super::fastpath::serve(state, stream, client, slot, Protocol::Http1).await,
+        _ => serve_io(state, stream, client, slot, Protocol::Http1).await,
     }
+}
+
+/// `[upstream] fast_path`: whether HTTP/1.1 connections start on the fast path.
+fn fast_path_on(state: &State) -> bool {
+    state.runtime.load().config.upstream.fast_path
 }
 
 /// Serves a connection with hyper (HTTP/1.1 with upgrades, or HTTP/2).
