@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use super::body::BodyFailure;
+use super::headers::Refusal;
 use super::{BoxError, ProxyBody};
 
 /// Whose fault a failure is.
@@ -145,6 +147,13 @@ pub enum ProxyError {
     /// forwarded: wsgate is a reverse proxy, not a forward proxy.
     #[error("CONNECT is not forwarded")]
     ConnectMethod,
+    /// The request's `Host` or framing fields are refused (400, or 501 for a transfer coding
+    /// wsgate does not forward): nothing of it was sent.
+    #[error("request refused: {}", .0.reason)]
+    Refused(Refusal),
+    /// The client's body failed (400) or was too slow (408).
+    #[error(transparent)]
+    ClientBody(#[from] BodyFailure),
     /// The upstream failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -157,7 +166,9 @@ impl ProxyError {
     /// Whose fault it is.
     pub fn side(&self) -> Side {
         match self {
-            ProxyError::LoopDetected | ProxyError::ConnectMethod => Side::Downstream,
+            ProxyError::LoopDetected | ProxyError::ConnectMethod | ProxyError::Refused(_) | ProxyError::ClientBody(_) => {
+                Side::Downstream
+            }
             ProxyError::Upstream(_) => Side::Upstream,
             ProxyError::Internal(_) => Side::Internal,
         }
@@ -168,6 +179,9 @@ impl ProxyError {
         match self {
             ProxyError::LoopDetected => StatusCode::LOOP_DETECTED,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Refused(refusal) => refusal.status,
+            ProxyError::ClientBody(BodyFailure::Malformed) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody(BodyFailure::Timeout) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(e) => e.status(),
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -179,6 +193,9 @@ impl ProxyError {
         match self {
             ProxyError::LoopDetected => "loop",
             ProxyError::ConnectMethod => "connect_method",
+            ProxyError::Refused(_) => "bad_request",
+            ProxyError::ClientBody(BodyFailure::Malformed) => "bad_body",
+            ProxyError::ClientBody(BodyFailure::Timeout) => "body_timeout",
             ProxyError::Upstream(e) => e.kind(),
             ProxyError::Internal(_) => "internal",
         }
@@ -192,6 +209,13 @@ impl ProxyError {
                 text_response(self.status(), "the request already passed through wsgate")
             }
             ProxyError::ConnectMethod => text_response(self.status(), "CONNECT is not supported"),
+            ProxyError::Refused(refusal) => closing(text_response(self.status(), refusal.reason)),
+            ProxyError::ClientBody(BodyFailure::Malformed) => {
+                closing(text_response(self.status(), "malformed or incomplete request body"))
+            }
+            ProxyError::ClientBody(BodyFailure::Timeout) => {
+                closing(text_response(self.status(), "the request body did not arrive in time"))
+            }
             ProxyError::Internal(_) => text_response(self.status(), "internal proxy error"),
         };
         resp.extensions_mut().insert(ProxyFailure {
@@ -221,6 +245,13 @@ pub fn error_response(err: &UpstreamError) -> Response<ProxyBody> {
         kind: err.kind(),
     });
     resp
+}
+
+/// `response` with `Connection: close`: after a request whose framing is in doubt, nothing
+/// more is read from that connection (DESIGN §9).
+fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// `<code> <reason>: <message>\n` as `text/plain; charset=utf-8`.

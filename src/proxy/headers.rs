@@ -197,6 +197,22 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), Refusa
     Ok(())
 }
 
+/// Whether a message's `Transfer-Encoding` is absent or exactly one `chunked` (the only coding
+/// the proxy passes on: anything else would have to be undone to re-frame the body).
+pub fn is_plain_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(first), None) => first.eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    }
+}
+
 /// Whether a `Host` value is `uri-host [":" port]` (RFC 9110 §7.2) or empty: an IP literal,
 /// a reg-name of unreserved and sub-delim characters or percent-escapes, and digits after
 /// the colon. Userinfo (`a@b`), spaces, controls and a second colon outside brackets are not.

@@ -9,6 +9,7 @@
 //!
 //! This module knows nothing about apps: the router decides what reaches it.
 
+pub mod body;
 pub mod error;
 pub mod fast;
 pub mod h1;
@@ -55,6 +56,9 @@ pub struct ProxySettings {
     /// Peers whose `X-Forwarded-For` / `Forwarded` values are kept and appended to;
     /// for anyone else they are replaced by the peer's address.
     pub trusted_proxies: Vec<IpNet>,
+    /// Time for a request body read before forwarding, and the longest pause of a streamed
+    /// one (408 after it; [`body`]).
+    pub body_read_timeout: Duration,
 }
 
 /// The client connection a request arrived on.
@@ -119,7 +123,7 @@ impl Proxy {
     /// tagged with a [`ProxyFailure`] extension for metrics.
     pub async fn forward<B>(&self, req: Request<B>, client: &ClientInfo) -> Response<ProxyBody>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         match self.try_forward(req, client).await {
@@ -135,13 +139,25 @@ impl Proxy {
         client: &ClientInfo,
     ) -> Result<Response<ProxyBody>, ProxyError>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let (parts, body) = req.into_parts();
+        check_forwardable(&parts)?;
+        // Read ahead before anything is sent: a body that fails or is too slow is refused
+        // with nothing of the request at the upstream.
+        let body = body::prefetch(body, self.settings().body_read_timeout).await?;
+        let body_failure = body.failure();
         let upstream_req = self.upstream_request(parts, body, client, None)?;
-        let resp = self.inner.pool.send(upstream_req).await?;
-        Ok(downstream_response(resp, None))
+        let resp = match self.inner.pool.send(upstream_req).await {
+            Ok(resp) => resp,
+            // The upstream exchange failed because the client's streamed body did.
+            Err(_) if body_failure.get().is_some() => {
+                return Err(ProxyError::ClientBody(*body_failure.get().unwrap_or(&body::BodyFailure::Malformed)))
+            }
+            Err(error) => return Err(error.into()),
+        };
+        downstream_response(resp, None)
     }
 
     /// Builds the request sent upstream: refuses loops and `CONNECT`, rewrites the
@@ -154,12 +170,7 @@ impl Proxy {
         client: &ClientInfo,
         upgrade: Option<HeaderValue>,
     ) -> Result<Request<B>, ProxyError> {
-        if parts.method == Method::CONNECT {
-            return Err(ProxyError::ConnectMethod);
-        }
-        if headers::via_has_pseudonym(&parts.headers) {
-            return Err(ProxyError::LoopDetected);
-        }
+        check_forwardable(&parts)?;
         let authority = self
             .inner
             .authority
@@ -184,6 +195,19 @@ impl Proxy {
         *req.headers_mut() = parts.headers;
         Ok(req)
     }
+}
+
+/// What refuses a request before anything of it is sent: `CONNECT`, a loop through wsgate,
+/// and `Host` or framing fields that [`headers::check_request`] refuses.
+fn check_forwardable(parts: &Parts) -> Result<(), ProxyError> {
+    headers::check_request(parts.version, &parts.headers).map_err(ProxyError::Refused)?;
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::ConnectMethod);
+    }
+    if headers::via_has_pseudonym(&parts.headers) {
+        return Err(ProxyError::LoopDetected);
+    }
+    Ok(())
 }
 
 /// The request's authority as the origin should see it in `Host`: the target URI's
@@ -228,8 +252,13 @@ pub fn upstream_uri(
 fn downstream_response(
     resp: Response<pool::PooledBody>,
     upgrade: Option<HeaderValue>,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = resp.into_parts();
+    if !headers::is_plain_chunked(&parts.headers) {
+        // A coding hyper does not undo would reach the client unlabelled (the fast path
+        // refuses it alike).
+        return Err(UpstreamError::Protocol("transfer coding other than chunked".into()).into());
+    }
     headers::to_downstream(&mut parts.headers, parts.version, upgrade);
     // The client's version is chosen by the server connection, not by the upstream.
     parts.version = Version::default();
@@ -239,7 +268,7 @@ fn downstream_response(
             Box::new(UpstreamError::Body(Box::new(e))) as BoxError
         })
         .boxed();
-    Response::from_parts(parts, body)
+    Ok(Response::from_parts(parts, body))
 }
 
 /// The synthetic answer for `err`, logged at the level its side deserves.

@@ -49,7 +49,7 @@ impl Proxy {
         let upstream_req = self.upstream_request(parts, body, client, Some(protocol.clone()))?;
         let mut resp = self.inner.pool.send(upstream_req).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(downstream_response(resp, None));
+            return downstream_response(resp, None);
         }
 
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -60,7 +60,7 @@ impl Proxy {
             .get(header::UPGRADE)
             .cloned()
             .unwrap_or(protocol);
-        let mut answer = downstream_response(resp, Some(switched_to));
+        let mut answer = downstream_response(resp, Some(switched_to))?;
         // A 101 has no body; the upgraded bytes flow through the spliced sockets.
         *answer.body_mut() = Empty::new().map_err(|never| match never {}).boxed();
         tokio::spawn(splice(client_upgrade, upstream_upgrade, *client));

@@ -349,12 +349,15 @@ fn build_runtime(
         }
     }
     let proxy = match previous {
-        Some(p) if p.config.upstream == config.upstream => p.proxy.clone(),
+        Some(p) if p.config.upstream == config.upstream && p.config.limits.body_read_timeout == config.limits.body_read_timeout => {
+            p.proxy.clone()
+        }
         _ => Proxy::new(ProxySettings {
             upstream: config.upstream.url.uri().clone(),
             connect_timeout: config.upstream.connect_timeout,
             response_timeout: config.upstream.response_timeout,
             trusted_proxies: config.upstream.trusted_proxies.clone(),
+            body_read_timeout: config.limits.body_read_timeout,
         }),
     };
     Ok(Runtime { router, apps: built, proxy, config: config.clone() })

@@ -286,6 +286,7 @@ pub fn settings(upstream: SocketAddr) -> ProxySettings {
         connect_timeout: Duration::from_secs(2),
         response_timeout: Duration::from_secs(10),
         trusted_proxies: Vec::new(),
+        body_read_timeout: Duration::from_secs(10),
     }
 }
 
