@@ -228,3 +228,22 @@ async fn invalid_utf8_closes_with_1007_and_oversize_with_1009() {
     assert_eq!(ws.expect_close().await, Some(1009));
     gate.server.shutdown().await;
 }
+
+/// Issue 15: idle connections past `max_connections` were accepted and held until the header
+/// timeout. Now the third is answered 503 at once, without sending a byte, and holds nothing.
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_at_accept() {
+    use tokio::io::AsyncReadExt;
+    let up = start_upstream().await;
+    let gate = start_gate(&basic_config("[limits]\nmax_connections = 2\nheader_read_timeout = \"30s\"\n"), up.addr).await;
+    let _idle_a = TcpStream::connect(gate.addr).await.unwrap();
+    let _idle_b = TcpStream::connect(gate.addr).await.unwrap();
+    let mut third = TcpStream::connect(gate.addr).await.unwrap();
+    let mut answer = Vec::new();
+    // Well before the 30 s header timeout: the refusal does not wait for a request.
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer)).await.expect("refused at once").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.ends_with("too many connections\n"), "{answer}");
+    gate.server.shutdown().await;
+}

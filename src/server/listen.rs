@@ -114,10 +114,11 @@ pub(super) enum Protocol {
 }
 
 async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientInfo, tls: Option<TlsAcceptor>) {
-    let slot = ConnectionSlot::acquire(&state).map(Arc::new);
-    if slot.is_none() {
-        tracing::debug!(peer = %client.peer, "max_connections reached; answering 503");
-    }
+    let Some(slot) = ConnectionSlot::acquire(&state).map(Arc::new) else {
+        tracing::debug!(peer = %client.peer, "max_connections reached; refused at accept");
+        return refuse_full(stream, tls.is_some()).await;
+    };
+    let slot = Some(slot);
     let deadline = state.runtime.load().config.limits.header_read_timeout;
     match tls {
         // Boxed: rustls' state is kilobytes; inline it would size every plain connection's
@@ -127,7 +128,13 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientIn
             // Wait for the first byte under the header deadline: hyper's own timeout starts only
             // once HTTP/1 parsing has begun.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
+            let mut drain = state.drain.clone();
+            let peeked = tokio::select! {
+                peeked = tokio::time::timeout(deadline, stream.peek(&mut first)) => peeked,
+                // Draining: a connection that has sent nothing yet is not waited for.
+                _ = drain.signalled() => return,
+            };
+            match peeked {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
@@ -138,6 +145,28 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientIn
             }
         }
     }
+}
+
+/// The answer past `max_connections`, given at once: the connection is not read and holds no
+/// slot. Plain HTTP gets a complete 503 (then a short linger so the client reads it rather than
+/// a reset); TLS is closed without a handshake, which would cost more than the refusal.
+async fn refuse_full(mut stream: TcpStream, tls: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: 46\r\n\r\n503 Service Unavailable: too many connections\n";
+    const LINGER: Duration = Duration::from_millis(200);
+    if tls {
+        return;
+    }
+    let refused = async {
+        stream.write_all(ANSWER).await?;
+        stream.shutdown().await?;
+        // Read what the client sent meanwhile, so that closing does not reset the connection
+        // before the client has read the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(LINGER, refused).await;
 }
 
 /// A TLS connection: the handshake within `deadline`, then HTTP/2 (by ALPN) or HTTP/1.1.

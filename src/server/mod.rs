@@ -4,6 +4,7 @@
 pub mod access;
 pub mod auth;
 mod fastpath;
+mod fd_budget;
 pub mod fuzzing;
 mod listen;
 pub mod reload;
@@ -123,6 +124,9 @@ pub(crate) struct State {
     active_connections: AtomicUsize,
     /// Accept loops running (the watchdog probe compares it with the listener count).
     accept_loops: AtomicUsize,
+    /// Connections the descriptor limit carries ([`fd_budget`]); `max_connections` above it
+    /// is capped here.
+    connection_capacity: usize,
     ids: ChannelIdGenerator,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -247,11 +251,20 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let mut listeners = reload::Listeners::new(passed);
     let prepared = listeners.prepare(config)?;
 
+    let connection_capacity = fd_budget::connection_capacity(fd_budget::raise_nofile());
+    if config.limits.max_connections > connection_capacity {
+        tracing::warn!(
+            max_connections = config.limits.max_connections,
+            capacity = connection_capacity,
+            "limits.max_connections exceeds what the open-file limit carries (two descriptors per connection and a reserve); connections past the capacity are refused with 503: raise LimitNOFILE= (ulimit -n)"
+        );
+    }
     let drain = Drain::new();
     let state = Arc::new(State {
         runtime: ArcSwap::from_pointee(runtime),
         active_connections: AtomicUsize::new(0),
         accept_loops: AtomicUsize::new(0),
+        connection_capacity,
         ids: ChannelIdGenerator::new(node),
         hub,
         metrics,
@@ -372,7 +385,7 @@ impl ConnectionSlot {
     /// Takes a slot, or `None` when the server is full (`max_connections` of the current
     /// runtime: a reload lowering it refuses new connections only).
     fn acquire(state: &Arc<State>) -> Option<Self> {
-        let max = state.runtime.load().config.limits.max_connections;
+        let max = state.runtime.load().config.limits.max_connections.min(state.connection_capacity);
         let previous = state.active_connections.fetch_add(1, Ordering::AcqRel);
         if previous >= max {
             state.active_connections.fetch_sub(1, Ordering::AcqRel);
