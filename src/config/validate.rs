@@ -395,6 +395,7 @@ mod tests {
     use super::*;
     use crate::config::{AdminConfig, BrokerConfig, HttpUrl, ListenConfig};
     use std::path::PathBuf;
+    use std::time::Duration;
 
     fn app(kind: AppKind, urls: &[&str]) -> AppConfig {
         AppConfig {
