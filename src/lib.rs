@@ -15,6 +15,7 @@ pub mod pubsub;
 pub mod server;
 pub mod sync;
 pub mod systemd;
+pub mod time;
 pub mod ws;
 
 /// The WebSocket client (`wsgate::client::{connect, Client}`), the seed's `ws::client`.

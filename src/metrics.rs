@@ -85,6 +85,9 @@ pub struct Metrics {
     pub connections_total: Family<AppLabel, Counter>,
     /// Refused WebSocket handshakes by reason.
     pub handshake_failures: Family<ReasonLabel, Counter>,
+    /// Admin requests refused by the Host rule, by reason (`host_denied`, `cross_site`,
+    /// `origin_denied`).
+    pub admin_refused: Family<ReasonLabel, Counter>,
     /// Messages received from clients per app.
     pub messages_received: Family<AppLabel, Counter>,
     /// Messages sent to clients per app.
@@ -136,6 +139,7 @@ impl Metrics {
             connections_active: Family::default(),
             connections_total: Family::default(),
             handshake_failures: Family::default(),
+            admin_refused: Family::default(),
             messages_received: Family::default(),
             messages_sent: Family::default(),
             bytes_received: Family::default(),
@@ -158,6 +162,7 @@ impl Metrics {
         r.register("connections_active", "Open WebSocket connections", m.connections_active.clone());
         r.register("connections", "WebSocket connections accepted", m.connections_total.clone());
         r.register("handshake_failures", "WebSocket handshakes refused", m.handshake_failures.clone());
+        r.register("admin_requests_refused", "Admin requests refused by the Host rule", m.admin_refused.clone());
         r.register("messages_received", "WebSocket messages received from clients", m.messages_received.clone());
         r.register("messages_sent", "WebSocket messages sent to clients", m.messages_sent.clone());
         r.register("bytes_received", "WebSocket payload bytes received from clients", m.bytes_received.clone());

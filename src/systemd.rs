@@ -55,9 +55,11 @@ pub fn stopping() {
 }
 
 /// Half of the watchdog timeout systemd asked for (`WATCHDOG_USEC`, honouring
-/// `WATCHDOG_PID`), or `None` when the watchdog is off.
+/// `WATCHDOG_PID`), at most a day, or `None` when the watchdog is off. The cap keeps the
+/// timers built from it clear of `Instant` overflow whatever the environment says; pinging
+/// more often than asked is harmless.
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().filter(|d| !d.is_zero()).map(|d| d / 2)
+    sd_notify::watchdog_enabled().filter(|d| !d.is_zero()).map(|d| (d / 2).min(Duration::from_secs(86_400)))
 }
 
 /// Sends `WATCHDOG=1` every `interval` while `probe` succeeds. A probe that fails or does not
@@ -88,7 +90,7 @@ where
     L: Fn() -> String + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut tick = tokio::time::interval_at(crate::time::deadline(interval), interval);
         loop {
             tick.tick().await;
             status(&line());

@@ -45,6 +45,41 @@ fn check_names_the_bad_key_and_its_file_line() {
     assert!(err.contains("wsgate.toml:3") && err.contains("upstream.connect_timeout"), "{err}");
 }
 
+/// Issue 16: values `check` used to accept and that broke the server (a header deadline that
+/// overflows `Instant`, a 1 TiB head buffer, a 1 ns ping, 10^12 history lines). Each is one
+/// line naming file:line, the key and the allowed range; the exit status is 1.
+#[test]
+fn check_rejects_absurd_durations_sizes_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[upstream]\nurl = \"http://127.0.0.1:8000\"\nresponse_timeout = \"400days\"\n\
+                [limits]\nheader_read_timeout = \"5000000000000000h\"\nmax_header_bytes = \"1TiB\"\nmax_connections = 0\n\
+                [websocket]\nping_interval = \"1ns\"\nsend_queue = \"2GiB\"\n\
+                [apps.chat]\nkind = \"chat\"\nurls = [\"/chat\"]\nhistory = 1000000000000\n\
+                [apps.lv]\nkind = \"log-view\"\nurls = [\"/logs\"]\nfiles = [\"/var/log/x.log\"]\nbacklog_lines = 1000000000000\nrefresh = \"1ns\"\n";
+    let path = write_config(&dir, text);
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    let expected = [
+        ("3", "upstream.response_timeout", "allowed \"1ms\" to \"1day\""),
+        ("5", "limits.header_read_timeout", "allowed \"100ms\" to \"1h\""),
+        ("6", "limits.max_header_bytes", "\"1TiB\" is out of range: allowed \"1KiB\" to \"1MiB\""),
+        ("7", "limits.max_connections", "0 is out of range: allowed 1 to 10000000"),
+        ("9", "websocket.ping_interval", "\"1ns\" is out of range: allowed \"100ms\" to \"1day\""),
+        ("10", "websocket.send_queue", "allowed \"1B\" to \"1GiB\""),
+        ("14", "apps.chat.history", "1000000000000 is out of range: allowed 0 to 100000"),
+        ("19", "apps.lv.backlog_lines", "allowed 0 to 100000"),
+        ("20", "apps.lv.refresh", "allowed \"10ms\" to \"1h\""),
+    ];
+    assert_eq!(lines.len(), expected.len() + 1, "one line per problem, then the verdict: {err}");
+    for (line, (at, key, range)) in lines.iter().zip(expected) {
+        let prefix = format!("{}:{at}: {key}: ", path.display());
+        assert!(line.starts_with(&prefix) && line.contains(range), "{line:?} should be {prefix}...{range}");
+    }
+    assert!(lines[expected.len()].contains("test failed"), "{err}");
+}
+
 #[test]
 fn check_reports_an_env_override_by_its_variable_name() {
     let dir = tempfile::tempdir().unwrap();

@@ -67,7 +67,7 @@ async fn admin(
 ) -> (u16, String) {
     // A keep-alive connection takes the next request once the last answer is read.
     tokio::time::timeout(TIMEOUT, sender.ready()).await.expect("admin connection ready").unwrap();
-    let req = http::Request::builder().method(method).uri(path).header("host", "t").body(Full::new(body)).unwrap();
+    let req = http::Request::builder().method(method).uri(path).header("host", "localhost").body(Full::new(body)).unwrap();
     let resp = tokio::time::timeout(TIMEOUT, sender.send_request(req)).await.expect("admin answered in time").unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();

@@ -203,6 +203,28 @@ fn random_config(rng: &mut fastrand::Rng) -> Vec<u8> {
         "allow = [\"::1/129\"]",
         "history = 1e3",
         "backlog_lines = -5",
+        // Numeric extremes (issue 16): each just inside or outside its bound, or absurd.
+        "header_read_timeout = \"5000000000000000h\"",
+        "header_read_timeout = \"1h\"",
+        "header_read_timeout = \"99ms\"",
+        "max_header_bytes = \"1TiB\"",
+        "max_header_bytes = \"1MiB\"",
+        "max_header_bytes = 1023",
+        "max_connections = 10000001",
+        "max_connections = 18446744073709551615",
+        "shutdown_timeout = \"0s\"",
+        "ping_interval = \"1ns\"",
+        "idle_timeout = \"1day\"",
+        "idle_timeout = \"584542046090years\"",
+        "max_message_size = \"1GiB\"",
+        "max_message_size = \"1025MiB\"",
+        "send_queue = \"16EiB\"",
+        "history = 100000",
+        "history = 1000000000000",
+        "backlog_lines = 100001",
+        "refresh = \"1ns\"",
+        "refresh = \"1h\"",
+        "callback_timeout = \"18446744073709551615s\"",
     ];
     let mut text = String::new();
     for _ in 0..rng.usize(1..24) {

@@ -63,7 +63,7 @@ async fn request(
     let req = http::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "admin")
+        .header("host", "localhost")
         .header("content-type", "application/octet-stream")
         .body(Full::new(body))
         .unwrap();

@@ -5,6 +5,13 @@
 //! `[admin] token_file` is set; configuration validation refuses a non-loopback `addr`
 //! without one, so the API is never open to the network. Metrics and health stay
 //! unauthenticated: scrapers and load balancers do not carry tokens.
+//!
+//! Browsers are kept out of `/v1/` by the Host rule ([`crate::server::host_rule`]): a `Host`
+//! that is not an IP literal, `localhost` or a name in `[admin] allowed_hosts` gets 421 (DNS
+//! rebinding), and a state-changing request a browser marks as cross-site (`Sec-Fetch-Site`)
+//! or from another origin (`Origin`) gets 403, whether or not a token is configured.
+//! `/metrics`, `/healthz` and `/readyz` answer any Host: they are read-only, carry no ids,
+//! and scrapers and load balancers address nodes by whatever name they know.
 
 pub mod client;
 pub mod control;
@@ -25,8 +32,9 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::pubsub::Hub;
+use crate::server::host_rule::{HostDenied, HostRule};
 use crate::server::{full_body, Body};
 
 /// Time allowed for a complete request head on the admin listener.
@@ -107,6 +115,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Required on `/v1/` when set.
     pub token: Option<Token>,
+    /// Which `Host`s `/v1/` answers (`[admin] allowed_hosts` besides IP literals and localhost).
+    pub host_rule: HostRule,
     /// Largest message accepted by publish/send (`[websocket] max_message_size`).
     pub max_body: usize,
     /// What `/readyz` checks.
@@ -177,6 +187,11 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body
             None => health::readyz(&state.readiness).await,
         },
         _ if path == "/v1" || path.starts_with("/v1/") => {
+            if let Err(denied) = browser_guard(&state.host_rule, &req) {
+                state.metrics.admin_refused.get_or_create(&ReasonLabel { reason: denied.reason() }).inc();
+                tracing::debug!(method = %req.method(), path, reason = denied.reason(), "admin request refused");
+                return text(denied.status(), denied.body());
+            }
             if let Some(token) = &state.token {
                 if !authorized(token, req.headers()) {
                     let mut response =
@@ -192,6 +207,26 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body
         }
         _ => error(StatusCode::NOT_FOUND, "no such admin route"),
     }
+}
+
+/// The Host rule for every `/v1/` request, and the cross-site rule for the state-changing
+/// ones (every method but GET, HEAD and OPTIONS).
+fn browser_guard<B>(rule: &HostRule, req: &Request<B>) -> Result<(), HostDenied> {
+    rule.check_request(req.headers(), req.uri())?;
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        rule.check_cross_site(req.headers(), req.uri())?;
+    }
+    Ok(())
+}
+
+/// A short plain-text answer (the Host rule's refusals).
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(full_body(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
 }
 
 fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {

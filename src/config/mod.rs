@@ -5,6 +5,7 @@
 //! denies unknown keys, so a typo is an error instead of a silently ignored setting.
 //! `Serialize` writes the tree back in the file's own format (`wsgate check --print`).
 
+pub mod bounds;
 pub mod load;
 pub mod units;
 pub mod validate;
@@ -246,6 +247,10 @@ pub struct AdminConfig {
     /// File holding the bearer token for `/v1/`; required when `addr` is not loopback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Names the control API answers to besides IP literals, `localhost` and
+    /// `*.localhost`: any other `Host` gets 421, so a DNS-rebinding page cannot reach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -253,6 +258,7 @@ impl Default for AdminConfig {
         AdminConfig {
             addr: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             token_file: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -448,6 +454,10 @@ pub struct AppConfig {
     /// Client address allow list; empty = everyone (log-view: loopback only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<IpNet>,
+    /// Names a restricted app (one with an `allow` list, log-view by default) answers to
+    /// besides IP literals, `localhost` and `*.localhost`; other `Host`s get 421.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
     /// Overrides `[websocket] allowed_origins` for this app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_origins: Option<Vec<String>>,
@@ -496,6 +506,7 @@ impl AppConfig {
             kind,
             urls: Vec::new(),
             allow: Vec::new(),
+            allowed_hosts: Vec::new(),
             allowed_origins: None,
             auth: None,
             subprotocols: Vec::new(),

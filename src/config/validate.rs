@@ -6,7 +6,6 @@
 //! parts that open them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use super::{is_loopback, AppConfig, AppKind, BrokerKind, Config};
 
@@ -20,7 +19,7 @@ pub struct Issue {
 }
 
 impl Issue {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Issue {
             path: path.into(),
             message: message.into(),
@@ -33,6 +32,7 @@ const COMMON_APP_KEYS: &[&str] = &[
     "kind",
     "urls",
     "allow",
+    "allowed_hosts",
     "allowed_origins",
     "auth",
     "subprotocols",
@@ -65,6 +65,7 @@ pub fn validate(config: &Config) -> Vec<Issue> {
     listeners(config, &mut out);
     admin(config, &mut out);
     limits(config, &mut out);
+    super::bounds::check(config, &mut out);
     broker(config, &mut out);
     if config.log.level.trim().is_empty() {
         out.push(Issue::new("log.level", "must not be empty (e.g. \"info\")"));
@@ -134,6 +135,7 @@ fn listeners(config: &Config, out: &mut Vec<Issue>) {
 }
 
 fn admin(config: &Config, out: &mut Vec<Issue>) {
+    host_names("admin.allowed_hosts", &config.admin.allowed_hosts, out);
     if let Some(addr) = config.admin.addr {
         if !is_loopback(addr.ip()) && config.admin.token_file.is_none() {
             out.push(Issue::new(
@@ -146,40 +148,8 @@ fn admin(config: &Config, out: &mut Vec<Issue>) {
     }
 }
 
+/// Rules between limits; each value's own range is in `bounds`.
 fn limits(config: &Config, out: &mut Vec<Issue>) {
-    let nonzero_sizes = [
-        ("limits.max_connections", config.limits.max_connections),
-        ("limits.max_header_bytes", config.limits.max_header_bytes),
-        (
-            "websocket.max_message_size",
-            config.websocket.max_message_size,
-        ),
-        ("websocket.send_queue", config.websocket.send_queue),
-    ];
-    for (path, v) in nonzero_sizes {
-        if v == 0 {
-            out.push(Issue::new(path, "must be greater than zero"));
-        }
-    }
-    let nonzero_times = [
-        ("upstream.connect_timeout", config.upstream.connect_timeout),
-        (
-            "upstream.response_timeout",
-            config.upstream.response_timeout,
-        ),
-        (
-            "limits.header_read_timeout",
-            config.limits.header_read_timeout,
-        ),
-        ("limits.body_read_timeout", config.limits.body_read_timeout),
-        ("websocket.ping_interval", config.websocket.ping_interval),
-        ("websocket.idle_timeout", config.websocket.idle_timeout),
-    ];
-    for (path, v) in nonzero_times {
-        if v == Duration::ZERO {
-            out.push(Issue::new(path, "must be greater than zero"));
-        }
-    }
     let ws = &config.websocket;
     if ws.ping_interval >= ws.idle_timeout {
         out.push(Issue::new(
@@ -237,6 +207,18 @@ fn broker(config: &Config, out: &mut Vec<Issue>) {
     }
 }
 
+/// `allowed_hosts` entries: plain DNS names (IP literals and localhost are always allowed).
+fn host_names(path: &str, list: &[String], out: &mut Vec<Issue>) {
+    for (i, name) in list.iter().enumerate() {
+        if !crate::server::host_rule::valid_name(name) {
+            out.push(Issue::new(
+                format!("{path}.{i}"),
+                format!("{name:?} is not a host name: write a DNS name without port or wildcard (IP addresses and localhost are always allowed)"),
+            ));
+        }
+    }
+}
+
 fn origins(path: &str, list: &[String], out: &mut Vec<Issue>) {
     for (i, o) in list.iter().enumerate() {
         let ok =
@@ -278,6 +260,13 @@ fn apps(config: &Config, out: &mut Vec<Issue>) {
             ));
         }
         foreign_keys(&base, app, out);
+        host_names(&format!("{base}.allowed_hosts"), &app.allowed_hosts, out);
+        if !app.allowed_hosts.is_empty() && app.allow().is_empty() {
+            out.push(Issue::new(
+                format!("{base}.allowed_hosts"),
+                "only used by an app with an allow list (the Host rule guards restricted apps)",
+            ));
+        }
         if let Some(list) = &app.allowed_origins {
             origins(&format!("{base}.allowed_origins"), list, out);
         }
@@ -388,24 +377,12 @@ fn kind_rules(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
                     ));
                 }
             }
-            if app.refresh == Some(Duration::ZERO) {
-                out.push(Issue::new(
-                    format!("{base}.refresh"),
-                    "must be greater than zero",
-                ));
-            }
         }
         AppKind::Backend => {
             if app.callback.is_none() {
                 out.push(Issue::new(
                     format!("{base}.callback"),
                     "a backend app needs callback = \"http://…\"",
-                ));
-            }
-            if app.callback_timeout == Some(Duration::ZERO) {
-                out.push(Issue::new(
-                    format!("{base}.callback_timeout"),
-                    "must be greater than zero",
                 ));
             }
         }
@@ -418,6 +395,7 @@ mod tests {
     use super::*;
     use crate::config::{AdminConfig, BrokerConfig, HttpUrl, ListenConfig};
     use std::path::PathBuf;
+    use std::time::Duration;
 
     fn app(kind: AppKind, urls: &[&str]) -> AppConfig {
         AppConfig {
@@ -496,6 +474,7 @@ mod tests {
             admin: AdminConfig {
                 addr: Some("0.0.0.0:9090".parse().unwrap()),
                 token_file: None,
+                allowed_hosts: Vec::new(),
             },
             ..Config::default()
         };
@@ -505,6 +484,7 @@ mod tests {
         c.admin = AdminConfig {
             addr: Some("[::1]:9090".parse().unwrap()),
             token_file: None,
+            allowed_hosts: Vec::new(),
         };
         assert!(validate(&c).is_empty());
         c.admin.addr = None;
@@ -563,7 +543,7 @@ mod tests {
             "shorter than websocket.idle_timeout (2m)",
         );
         c.websocket.ping_interval = Duration::ZERO;
-        one(&c, "websocket.ping_interval", "greater than zero");
+        one(&c, "websocket.ping_interval", "out of range: allowed \"100ms\" to \"1day\"");
     }
 
     #[test]

@@ -163,11 +163,11 @@ impl Pool {
         };
         tokio::pin!(response);
         let (sender, response) = loop {
-            let deadline = activity.last() + self.response_timeout;
+            let deadline = crate::time::deadline_after(activity.last(), self.response_timeout);
             tokio::select! {
                 res = &mut response => break res?,
                 () = tokio::time::sleep_until(deadline) => {
-                    if activity.last() + self.response_timeout <= Instant::now() {
+                    if crate::time::deadline_after(activity.last(), self.response_timeout) <= Instant::now() {
                         return Err(UpstreamError::ResponseTimeout);
                     }
                 }

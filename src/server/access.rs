@@ -1,5 +1,6 @@
-//! Access checks before a WebSocket handshake (pure): client address allow list, Origin, and
-//! the headers of the `auth` subrequest (sent by `server/auth.rs`).
+//! Access checks before a WebSocket handshake (pure): client address allow list, the Host
+//! rule of restricted apps ([`super::host_rule`]), Origin, and the headers of the `auth`
+//! subrequest (sent by `server/auth.rs`).
 //!
 //! The Origin check stops cross-site WebSocket hijacking (RFC 6455 §10.2). Browsers always send
 //! `Origin`; other clients may omit it and are then allowed (Origin is not authentication).
@@ -9,12 +10,17 @@ use std::net::IpAddr;
 use http::{header, HeaderMap};
 use ipnet::IpNet;
 
+use super::host_rule::HostRule;
+
 /// Why a client was refused (also the `reason` label of `handshake_failures_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     /// The client address is not in the app's `allow` list.
     #[error("client address not allowed")]
     Address,
+    /// A restricted app was asked for under a `Host` the Host rule refuses (DNS rebinding).
+    #[error("host not allowed")]
+    Host,
     /// The `Origin` header is not allowed.
     #[error("origin not allowed")]
     Origin,
@@ -31,6 +37,7 @@ impl Denied {
     pub fn reason(self) -> &'static str {
         match self {
             Denied::Address => "address_denied",
+            Denied::Host => "host_denied",
             Denied::Origin => "origin_denied",
             Denied::Auth => "auth_denied",
             Denied::AuthUnavailable => "auth_error",
@@ -49,6 +56,15 @@ pub fn check_address(peer: IpAddr, allow: &[IpNet]) -> Result<(), Denied> {
         Ok(())
     } else {
         Err(Denied::Address)
+    }
+}
+
+/// Checks the authorities a request names against a restricted app's Host rule (`None`, for
+/// an app open to everyone: any Host).
+pub fn check_host(rule: Option<&HostRule>, headers: &HeaderMap, uri: &http::Uri) -> Result<(), Denied> {
+    match rule {
+        Some(rule) => rule.check_request(headers, uri).map_err(|_| Denied::Host),
+        None => Ok(()),
     }
 }
 

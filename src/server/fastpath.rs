@@ -75,7 +75,7 @@ where
         let ctx = ForwardContext::new(client.peer, client.tls, &proxy.settings().trusted_proxies);
         // The header deadline covers the whole head, from the moment we wait for it (hyper's
         // `header_read_timeout`, which also bounds an idle keep-alive connection).
-        let deadline = Instant::now() + limits.header_read_timeout;
+        let deadline = crate::time::deadline(limits.header_read_timeout);
         let plan = loop {
             let plan = h1::plan_request(&buf, &ctx, |path| runtime.router.app(path).is_some());
             if !matches!(plan, RequestPlan::Incomplete) {

@@ -53,6 +53,29 @@ pub fn config(data: &[u8]) {
             return;
         }
     };
+    // Numeric extremes (issue 16): an accepted config holds every duration, size and count
+    // inside its bound, so no `Instant + Duration` or size arithmetic of the server overflows.
+    for bound in config::bounds::BOUNDS {
+        let value = (bound.get)(&config);
+        assert!(bound.range.contains(value), "{} = {value:?} accepted outside {}", bound.path, bound.range.describe());
+    }
+    for app in config.apps.values() {
+        for bound in config::bounds::APP_BOUNDS {
+            if let Some(value) = (bound.get)(app) {
+                assert!(bound.range.contains(value), "{} = {value:?} accepted outside {}", bound.key, bound.range.describe());
+            }
+        }
+    }
+    for d in [
+        config.upstream.connect_timeout,
+        config.upstream.response_timeout,
+        config.limits.header_read_timeout,
+        config.limits.shutdown_timeout,
+        config.websocket.ping_interval,
+        config.websocket.idle_timeout,
+    ] {
+        assert!(std::time::Instant::now().checked_add(d).is_some(), "{d:?} overflows a deadline");
+    }
     // `check` reads the files the config names. A FIFO or a device (`/dev/stdin`,
     // `/dev/zero`) would block or never end: an operator's choice, not a parser's answer.
     if !files_of(&config).all(ordinary) {

@@ -6,6 +6,7 @@ pub mod auth;
 mod fastpath;
 mod fd_budget;
 pub mod fuzzing;
+pub mod host_rule;
 mod listen;
 pub mod reload;
 pub mod router;
@@ -85,6 +86,8 @@ pub struct AppRoute {
     pub app: Arc<dyn App>,
     /// Client address allow list (empty = all).
     pub allow: Vec<IpNet>,
+    /// The Host rule, for an app with an allow list (DNS rebinding); `None` = any Host.
+    pub host_rule: Option<host_rule::HostRule>,
     /// Allowed origins (empty = same origin).
     pub allowed_origins: Vec<String>,
     /// The `auth` subrequest, when configured.
@@ -279,6 +282,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
             hub: state.hub.clone(),
             metrics: state.metrics.clone(),
             token,
+            host_rule: host_rule::HostRule::new(&config.admin.allowed_hosts),
             max_body: config.websocket.max_message_size,
             readiness: admin::health::Readiness {
                 draining: state.drain.receiver(),
@@ -340,6 +344,7 @@ fn build_runtime(
             name: name.as_str().into(),
             app,
             allow: app_config.allow().into_owned(),
+            host_rule: (!app_config.allow().is_empty()).then(|| host_rule::HostRule::new(&app_config.allowed_hosts)),
             allowed_origins: app_config.allowed_origins(ws).to_vec(),
             auth: app_config.auth.clone().map(|url| auth::AuthCheck::new(url, config.upstream.connect_timeout)),
             subprotocols: app_config.subprotocols.clone(),
@@ -430,7 +435,7 @@ async fn handle(
                 None => upgrade::accept(state.clone(), client, slot, app, req).await,
             }
         }
-        Route::Page(app) => page_response(&req, app.app.page().unwrap_or_default()),
+        Route::Page(app) => upgrade::refuse_page(&state, &client, app, &req).unwrap_or_else(|| page_response(&req, app.app.page().unwrap_or_default())),
         Route::Tunnel => {
             let started = Instant::now();
             let response = runtime.proxy.tunnel(req, &client).await;

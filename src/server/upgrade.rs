@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::access::{check_address, check_origin};
+use super::access::{check_address, check_host, check_origin, Denied};
 use super::{empty_body, full_body, text_response, AppRoute, Body, ConnectionSlot, State};
 use crate::apps::UpgradeRequest;
 use crate::metrics::ReasonLabel;
@@ -93,6 +93,11 @@ pub(super) async fn decide<B>(
         refused(denied.reason());
         tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "WebSocket refused");
         return refusal(text_response(StatusCode::FORBIDDEN, "403 Forbidden: client address not allowed\n"));
+    }
+    if let Err(denied) = check_host(route.host_rule.as_ref(), req.headers(), req.uri()) {
+        refused(denied.reason());
+        tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "WebSocket refused");
+        return refusal(host_refused());
     }
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     if let Err(denied) = check_origin(req.headers(), authority.as_deref(), &route.allowed_origins) {
@@ -194,6 +199,7 @@ pub(super) async fn authorize<B>(state: &State, client: &ClientInfo, route: &App
     let auth = route.auth.as_ref()?;
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     if check_address(client.peer.ip(), &route.allow).is_err()
+        || check_host(route.host_rule.as_ref(), req.headers(), req.uri()).is_err()
         || check_origin(req.headers(), authority.as_deref(), &route.allowed_origins).is_err()
     {
         return None;
@@ -213,6 +219,27 @@ pub(super) async fn authorize<B>(state: &State, client: &ClientInfo, route: &App
             Some(text_response(StatusCode::FORBIDDEN, "403 Forbidden: not authorized\n"))
         }
     }
+}
+
+/// The page of a restricted app (one with an allow list) follows the same address and Host
+/// rules as its WebSocket, so a rebinding page cannot load it either: `Some(refusal)`, or
+/// `None` to serve it. Apps open to everyone serve their page to anyone.
+pub(super) fn refuse_page<B>(state: &State, client: &ClientInfo, route: &AppRoute, req: &Request<B>) -> Option<Response<Body>> {
+    let denied = check_address(client.peer.ip(), &route.allow)
+        .and_then(|()| check_host(route.host_rule.as_ref(), req.headers(), req.uri()))
+        .err()?;
+    state.metrics.handshake_failures.get_or_create(&ReasonLabel { reason: denied.reason() }).inc();
+    tracing::info!(app = %route.name, peer = %client.peer, reason = denied.reason(), "app page refused");
+    Some(match denied {
+        Denied::Host => host_refused(),
+        _ => text_response(StatusCode::FORBIDDEN, "403 Forbidden: client address not allowed\n"),
+    })
+}
+
+/// 421 for a Host outside the Host rule (see [`super::host_rule::HostDenied::status`]).
+fn host_refused() -> Response<Body> {
+    let denied = super::host_rule::HostDenied::Host;
+    text_response(denied.status(), denied.body())
 }
 
 fn handshake_refused(route: &AppRoute, client: &ClientInfo, error: HandshakeError) -> Response<Body> {

@@ -514,7 +514,7 @@ impl Client {
     /// and pongs skipped on the way. A server Close is answered with the same code (RFC 6455
     /// §5.5.1) and returned; after it, receiving fails with [`ClientError::Closed`].
     pub async fn receive(&mut self, timeout: Option<Duration>) -> Result<Received, ClientError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(crate::time::deadline);
         match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, self.receive_inner()).await {
                 Ok(result) => result,

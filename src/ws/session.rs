@@ -130,14 +130,14 @@ where
     let mut last_received = Instant::now();
     // One timer serves both the keepalive ping (every `ping_interval` while open) and the
     // close deadline (once closing): one timer entry per connection instead of two.
-    let timer = sleep_until(Instant::now() + config.ping_interval);
+    let timer = sleep_until(crate::time::deadline(config.ping_interval));
     tokio::pin!(timer);
     // Set once we have sent a Close: from then on we only wait for the peer's.
     let mut closing: Option<(u16, Instant)> = None;
     let mut shutdown_seen = *shutdown.borrow();
     if shutdown_seen {
         channel.close(code::GOING_AWAY, "server shutting down");
-        closing = Some((code::GOING_AWAY, Instant::now() + config.close_timeout));
+        closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
     }
 
     loop {
@@ -227,7 +227,7 @@ where
                 if changed.is_err() || *shutdown.borrow() {
                     if closing.is_none() {
                         channel.close(code::GOING_AWAY, "server shutting down");
-                        closing = Some((code::GOING_AWAY, Instant::now() + config.close_timeout));
+                        closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
                     }
                 }
             }
@@ -239,11 +239,11 @@ where
                 let quiet = last_received.elapsed();
                 if quiet >= config.idle_timeout {
                     channel.close(code::GOING_AWAY, "idle timeout");
-                    closing = Some((code::GOING_AWAY, Instant::now() + config.close_timeout));
+                    closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
                 } else if quiet >= config.ping_interval {
                     let _ = channel.send_control(server_frame(OpCode::Ping, b""));
                 }
-                timer.as_mut().reset(Instant::now() + config.ping_interval);
+                timer.as_mut().reset(crate::time::deadline(config.ping_interval));
             }
             // The app, the control API or the slow-consumer policy started a close: start the
             // close deadline now rather than at the next ping tick.
@@ -251,7 +251,7 @@ where
         }
         if channel.is_closing() && closing.is_none() {
             // The app or the slow-consumer policy started the close: wait for the answer.
-            closing = Some((code::POLICY, Instant::now() + config.close_timeout));
+            closing = Some((code::POLICY, crate::time::deadline(config.close_timeout)));
         }
     }
 }

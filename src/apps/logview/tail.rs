@@ -283,7 +283,7 @@ impl Follower {
         let len = file.metadata()?.len();
         // Scan back in blocks until enough newlines are seen, bounded by what `backlog`
         // capped lines can take.
-        let budget = (backlog as u64 + 1).saturating_mul(MAX_LINE_BYTES as u64 + 1);
+        let budget = (backlog as u64).saturating_add(1).saturating_mul(MAX_LINE_BYTES as u64 + 1);
         let mut start = len;
         let mut newlines = 0usize;
         let mut block = vec![0u8; 64 * 1024];
