@@ -23,8 +23,9 @@ use super::error::UpstreamError;
 use super::h1::{self, ChunkedEnd, ForwardPlan, Framing, ResponseHead, ResponsePlan};
 use super::Proxy;
 
-/// A response head larger than this is refused (502), like hyper's client buffer limit.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// A response head larger than this is refused (502); the full path's client has the same
+/// buffer limit (`proxy::pool`).
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Bytes asked of the kernel per read of a body.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -197,7 +198,15 @@ impl UpstreamConn {
         let mut first = &head.client_head[..];
         loop {
             // How much of what is buffered belongs to the body, and whether that ends it.
-            let Ok((used, done)) = body.advance(&self.buf) else { return (false, false) };
+            let Ok((used, done)) = body.advance(&self.buf) else {
+                // A body that breaks its framing: the client's connection is closed, after the
+                // head when a chunk had begun, as the full path does (hyper sends the head with
+                // the first data): the client sees a short body, or no answer.
+                if body.has_begun() {
+                    let _ = write_both(client, first, &[]).await;
+                }
+                return (false, false);
+            };
             let sent = write_both(client, first, &self.buf[..used]).await;
             first = &[];
             self.buf.advance(used);
@@ -244,6 +253,11 @@ impl BodyEnd {
             Framing::Chunked => BodyEnd::Chunked(ChunkedEnd::default()),
             Framing::UntilClose => BodyEnd::UntilClose,
         }
+    }
+
+    /// Whether a chunked body's data has begun.
+    fn has_begun(&self) -> bool {
+        matches!(self, BodyEnd::Chunked(end) if end.has_begun())
     }
 
     /// How many of `buf`'s bytes belong to the body, and whether the body ends with them.

@@ -18,9 +18,10 @@ use std::io::Write;
 
 use super::headers::{is_dropped, is_valid_host, via_has_pseudonym_bytes, ForwardContext, ForwardedElement, PSEUDONYM};
 
-/// Field lines per head at most; a head with more is left to hyper (requests) or is a bad
-/// upstream response.
+/// Field lines per request head at most; a head with more is left to hyper.
 pub const MAX_HEADERS: usize = 64;
+/// Field lines per response head at most (hyper's client default, so both paths agree).
+pub const MAX_RESPONSE_HEADERS: usize = 100;
 
 /// What to do with the bytes at the start of a client connection's buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -258,7 +259,7 @@ pub enum Framing {
 /// Plans the response at the start of `buf`, for a request that was a `HEAD` or not; the
 /// client connection stays open after it when `keep_alive` (and the body has an end).
 pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> ResponsePlan {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -313,6 +314,10 @@ pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> Respons
                 }
             }
         }
+    }
+    if version == 0 && (chunked || other_coding) {
+        // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 makes the framing faulty.
+        return ResponsePlan::Invalid("Transfer-Encoding in an HTTP/1.0 response");
     }
     let framing = if head_method || status == 204 || status == 304 {
         Framing::Empty
@@ -386,6 +391,8 @@ pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> Respons
 #[derive(Debug, Default)]
 pub struct ChunkedEnd {
     state: ChunkState,
+    /// Some chunk data has been seen (a body that fails after it has begun).
+    began: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -428,6 +435,7 @@ impl ChunkedEnd {
                     }
                     Ok(httparse::Status::Complete((used, size))) => {
                         pos += used;
+                        self.began = true;
                         self.state = ChunkState::Data(size);
                     }
                     Ok(httparse::Status::Partial) if rest.len() < MAX_CHUNK_LINE => return Ok(pos),
@@ -466,6 +474,11 @@ impl ChunkedEnd {
                 }
             }
         }
+    }
+
+    /// Whether a chunk with data has begun (hyper's client has then produced body data).
+    pub fn has_begun(&self) -> bool {
+        self.began
     }
 
     /// Whether the whole body (last chunk and trailer section) has been seen.

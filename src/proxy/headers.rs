@@ -213,6 +213,21 @@ pub fn is_plain_chunked(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Writes a `Content-Length` that came as a list of equal values (`5, 5`, which the upstream's
+/// parser accepts, RFC 9110 §8.6) as the one value: the client gets one length, as from the fast
+/// path.
+fn single_content_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(first), None) = (values.next(), values.next()) else { return };
+    if !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let Some(one) = first.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).find(|v| !v.is_empty()) else { return };
+    if let Ok(value) = HeaderValue::from_bytes(one) {
+        headers.insert(header::CONTENT_LENGTH, value);
+    }
+}
+
 /// Whether a `Host` value is `uri-host [":" port]` (RFC 9110 §7.2) or empty: an IP literal,
 /// a reg-name of unreserved and sub-delim characters or percent-escapes, and digits after
 /// the colon. Userinfo (`a@b`), spaces, controls and a second colon outside brackets are not.
@@ -472,6 +487,8 @@ pub fn to_downstream(headers: &mut HeaderMap, version: Version, upgrade: Option<
         // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which must not reach the
         // client beside the body hyper re-frames.
         headers.remove(header::CONTENT_LENGTH);
+    } else {
+        single_content_length(headers);
     }
     remove_hop_by_hop(headers);
     if let Some(protocol) = upgrade {

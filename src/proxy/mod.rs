@@ -157,6 +157,10 @@ impl Proxy {
             }
             Err(error) => return Err(error.into()),
         };
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // No upgrade was asked for (tunnels go through `try_tunnel`).
+            return Err(UpstreamError::Protocol("101 without an upgrade request".into()).into());
+        }
         downstream_response(resp, None)
     }
 
@@ -254,6 +258,12 @@ fn downstream_response(
     upgrade: Option<HeaderValue>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = resp.into_parts();
+    // hyper's client enforces its buffer limit only on a head that comes in pieces; the size of
+    // the fields makes the limit the fast path's, whatever the timing.
+    let head_size: usize = parts.headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if head_size > fast::MAX_RESPONSE_HEAD {
+        return Err(UpstreamError::Protocol("response head too large".into()).into());
+    }
     if !headers::is_plain_chunked(&parts.headers) {
         // A coding hyper does not undo would reach the client unlabelled (the fast path
         // refuses it alike).

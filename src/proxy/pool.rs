@@ -188,6 +188,8 @@ impl Pool {
     async fn connect(&self, authority: &Authority) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
         let stream = connect(authority, self.connect_timeout).await?;
         let (sender, connection) = http1::Builder::new()
+            // The same response-head limit as the fast path (proxy::fast::MAX_RESPONSE_HEAD).
+            .max_buf_size(super::fast::MAX_RESPONSE_HEAD)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::from_hyper)?;
