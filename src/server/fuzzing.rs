@@ -369,6 +369,34 @@ fn forwarded(request: &Request<()>, peer: SocketAddr, trusted: bool, tls: bool, 
     }
 }
 
+/// The differential property of the fast path: the request it forwards is one the full path
+/// would forward too (`headers::check_request` accepts it), and the head it sends upstream
+/// (`fast`, parsed back) has the same fields as `headers::to_upstream` makes of the same client
+/// head, and the same framing: the full path re-derives the length from the body, which is the
+/// client's one `Content-Length`.
+fn same_as_full_path(client_head: &[u8], fast: &httparse::Request<'_, '_>, body_len: usize, ctx: &ForwardContext) {
+    let Some(request) = parse_head(client_head) else {
+        panic!("the fast path forwarded a head hyper refuses: {:?}", String::from_utf8_lossy(client_head));
+    };
+    let (mut parts, ()) = request.into_parts();
+    assert_eq!(fwd::check_request(parts.version, &parts.headers), Ok(()), "the full path refuses what the fast path forwarded");
+    let client_length = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).map_or(Some(0), |v| v.trim().parse::<usize>().ok());
+    assert_eq!(client_length, Some(body_len), "the fast path framed the body differently from the client's length");
+    let host = crate::proxy::request_host(&parts);
+    fwd::to_upstream(&mut parts.headers, ctx, host, parts.version, None);
+    let mut full: Vec<(String, Vec<u8>)> = parts.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+    let mut fast: Vec<(String, Vec<u8>)> = fast
+        .headers
+        .iter()
+        // The length is compared as framing above (the full path leaves it to hyper).
+        .filter(|h| !h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+        .collect();
+    full.sort();
+    fast.sort();
+    assert_eq!(fast, full, "the fast path's upstream fields differ from the full path's for {:?}", String::from_utf8_lossy(client_head));
+}
+
 /// The proxy fast path's HTTP/1.1 parsing ([`crate::proxy::h1`]) on arbitrary bytes, read as
 /// a client's request head, as an upstream's response head and as a chunked body. Properties:
 /// no panic; a forwarded request's head lies within the input, and the head sent upstream is
@@ -398,6 +426,7 @@ pub fn proxy_h1(data: &[u8]) {
         assert!(lengths.len() <= 1, "Content-Length sent twice");
         let sent = lengths.first().map_or(Some(0), |v| std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<usize>().ok()));
         assert_eq!(sent, Some(plan.body_len), "Content-Length sent upstream does not frame the body");
+        same_as_full_path(&data[..plan.head_len], &req, plan.body_len, &ctx);
     }
     for head_method in [false, true] {
         let mut rest = data;
