@@ -161,7 +161,7 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
         if name.eq_ignore_ascii_case("content-length") {
             // The framing sent on is the one parsed here (one plain length), whatever the
             // field looked like and whatever `Connection` named.
-            let _ = write!(out, "content-length: {}\r\n", body_len.unwrap_or(0));
+            push_length(&mut out, body_len.unwrap_or(0) as u64);
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
             xff.add(field.value);
         } else if name.eq_ignore_ascii_case("forwarded") {
@@ -259,23 +259,34 @@ pub enum Framing {
 /// Plans the response at the start of `buf`, for a request that was a `HEAD` or not; the
 /// client connection stays open after it when `keep_alive` (and the body has an end).
 pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> ResponsePlan {
+    // Most heads fit the smaller array (less to initialise per response); the rest are parsed
+    // again with room for hyper's limit.
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    if let Some(plan) = plan_response_in(&mut fields, buf, head_method, keep_alive) {
+        return plan;
+    }
     let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
+    plan_response_in(&mut fields, buf, head_method, keep_alive).unwrap_or(ResponsePlan::Invalid("too many header fields"))
+}
+
+/// [`plan_response`] with room for `fields.len()` field lines; `None` when the head has more.
+fn plan_response_in<'b>(fields: &mut [httparse::Header<'b>], buf: &'b [u8], head_method: bool, keep_alive: bool) -> Option<ResponsePlan> {
+    let mut resp = httparse::Response::new(fields);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return ResponsePlan::Incomplete,
-        Err(httparse::Error::TooManyHeaders) => return ResponsePlan::Invalid("too many header fields"),
-        Err(_) => return ResponsePlan::Invalid("unparsable response head"),
+        Ok(httparse::Status::Partial) => return Some(ResponsePlan::Incomplete),
+        Err(httparse::Error::TooManyHeaders) => return None,
+        Err(_) => return Some(ResponsePlan::Invalid("unparsable response head")),
     };
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
-        return ResponsePlan::Invalid("unparsable response head");
+        return Some(ResponsePlan::Invalid("unparsable response head"));
     };
     match status {
         // RFC 9110 §15: three digits, the first 1 to 5 (what `http::StatusCode` takes is
         // 100-999; beyond 599 is passed on like hyper does).
-        0..=99 => return ResponsePlan::Invalid("status code out of range"),
-        101 => return ResponsePlan::Invalid("101 without an upgrade request"),
-        100..=199 => return ResponsePlan::Interim(head_len),
+        0..=99 => return Some(ResponsePlan::Invalid("status code out of range")),
+        101 => return Some(ResponsePlan::Invalid("101 without an upgrade request")),
+        100..=199 => return Some(ResponsePlan::Interim(head_len)),
         _ => {}
     }
     let mut chunked = false;
@@ -317,18 +328,18 @@ pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> Respons
     }
     if version == 0 && (chunked || other_coding) {
         // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 makes the framing faulty.
-        return ResponsePlan::Invalid("Transfer-Encoding in an HTTP/1.0 response");
+        return Some(ResponsePlan::Invalid("Transfer-Encoding in an HTTP/1.0 response"));
     }
     let framing = if head_method || status == 204 || status == 304 {
         Framing::Empty
     } else if chunked || other_coding {
         if other_coding {
             // A coding we would have to undo to re-frame; hyper's path would lose it too.
-            return ResponsePlan::Invalid("transfer coding other than chunked");
+            return Some(ResponsePlan::Invalid("transfer coding other than chunked"));
         }
         Framing::Chunked
     } else if conflicting_length {
-        return ResponsePlan::Invalid("invalid Content-Length");
+        return Some(ResponsePlan::Invalid("invalid Content-Length"));
     } else if let Some(n) = length {
         Framing::Length(n)
     } else {
@@ -359,13 +370,13 @@ pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> Respons
     match framing {
         Framing::Chunked => push_field(&mut out, b"transfer-encoding", b"chunked"),
         Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            push_length(&mut out, n);
         }
         // A HEAD or 304 response's length describes the representation (RFC 9110 §8.6); a 204
         // has none.
         Framing::Empty if status != 204 && !chunked && !conflicting_length => {
             if let Some(n) = length {
-                let _ = write!(out, "content-length: {n}\r\n");
+                push_length(&mut out, n);
             }
         }
         Framing::Empty | Framing::UntilClose => {}
@@ -376,13 +387,13 @@ pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> Respons
         push_field(&mut out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    ResponsePlan::Ready(ResponseHead {
+    Some(ResponsePlan::Ready(ResponseHead {
         head_len,
         status,
         client_head: out,
         framing,
         upstream_keep_alive: !upstream_close && framing != Framing::UntilClose,
-    })
+    }))
 }
 
 /// Finds the end of a chunked body (RFC 9112 §7.1) in the bytes passing through, without
@@ -536,6 +547,22 @@ fn plain_length(value: &[u8]) -> Option<usize> {
         return None;
     }
     std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Writes the field line `content-length: <n>` (digits formatted by hand: once per response).
+fn push_length(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    push_field(out, b"content-length", &digits[at..]);
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
