@@ -269,7 +269,8 @@ impl Default for AdminConfig {
 pub struct LimitsConfig {
     /// Open client connections (all kinds) before new ones get 503 (default 100000).
     pub max_connections: usize,
-    /// Time allowed for a complete request head (default 10s).
+    /// Time allowed for a complete request head (default 10s); also the idle timeout of a
+    /// keep-alive connection with no request in flight (HTTP/2: GOAWAY).
     #[serde(with = "units::duration")]
     pub header_read_timeout: Duration,
     /// Largest request head; 431 above it (default 16KiB).

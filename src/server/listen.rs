@@ -14,8 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::h2_guard::{CloseReason, ConnectionGuard};
 use super::reload::ListenerShared;
-use super::{handle, ConnectionSlot, State};
+use super::{handle, upgrade, ConnectionSlot, State};
 use crate::proxy::ClientInfo;
 
 /// Pending connections the kernel keeps for us.
@@ -232,10 +233,24 @@ where
         Protocol::Http1 => builder.http1_only(),
         Protocol::Http2 => builder.http2_only(),
     };
+    // Idle timeout and cancel limit (see `h2_guard`). HTTP/1 connections get the idle rule
+    // too (hyper's own header timeout closes them first when nothing is in flight); only
+    // HTTP/2 streams count cancels.
+    let guard = ConnectionGuard::new();
     let service = {
         let state = state.clone();
         let client = client.clone();
-        service_fn(move |req| handle(state.clone(), client.clone(), slot.clone(), req))
+        let guard = guard.clone();
+        service_fn(move |mut req| {
+            let stream = guard.stream(req.version() == http::Version::HTTP_2);
+            if upgrade::is_extended_connect(&req) {
+                // A WebSocket over HTTP/2 keeps the connection busy for its whole session
+                // (`upgrade::accept` moves this token into the session task).
+                req.extensions_mut().insert(guard.active());
+            }
+            let handled = handle(state.clone(), client.clone(), slot.clone(), req);
+            async move { handled.await.map(|response| stream.attach(response)) }
+        })
     };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -246,6 +261,22 @@ where
             // Finish in-flight requests, accept no new ones; the outer deadline bounds this.
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        reason = guard.close_reason(header_read_timeout) => {
+            match reason {
+                CloseReason::Idle => tracing::debug!(peer = %client.peer, "idle connection closed"),
+                CloseReason::Cancelled => tracing::info!(
+                    peer = %client.peer,
+                    cancelled = guard.cancelled(),
+                    "too many streams cancelled by the client; GOAWAY"
+                ),
+            }
+            // GOAWAY; streams already started may finish, within the same timeout.
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(header_read_timeout, connection.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
         }
     };
     if let Err(error) = result {

@@ -5,6 +5,7 @@ pub mod access;
 pub mod auth;
 mod fastpath;
 mod fd_budget;
+mod h2_guard;
 pub mod fuzzing;
 pub mod host_rule;
 mod listen;
@@ -442,6 +443,7 @@ async fn handle(
             record_proxied(&state.metrics, &response, started);
             response.map(|b| b.map_err(Into::into).boxed())
         }
+        Route::Proxy if req.version() == http::Version::HTTP_2 => forward_detached(state.clone(), runtime.clone(), client, req).await,
         Route::Proxy => {
             let started = Instant::now();
             let response = runtime.proxy.forward(req, &client).await;
@@ -450,6 +452,49 @@ async fn handle(
         }
     };
     Ok(response)
+}
+
+/// Bytes of an abandoned upstream response read to its end so that its connection returns
+/// to the pool; a longer one closes its connection instead.
+const ABANDONED_DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Forwards an HTTP/2 request in a task of its own. A client may reset its stream at any
+/// time (hyper then drops this future): dropping the exchange would abandon its upstream
+/// connection, so a reset storm opened one upstream connection per reset. The task instead
+/// finishes the exchange (bounded by the upstream timeouts) and, when nobody waits for the
+/// answer any more, reads a short response to its end so its connection returns to the pool.
+async fn forward_detached(state: Arc<State>, runtime: Arc<Runtime>, client: ClientInfo, req: Request<Incoming>) -> Response<Body> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let response = runtime.proxy.forward(req, &client).await;
+        record_proxied(&state.metrics, &response, started);
+        if let Err(response) = answer.send(response) {
+            let timeout = runtime.proxy.settings().response_timeout;
+            let _ = tokio::time::timeout(timeout, drain_abandoned(response.into_body())).await;
+        }
+    });
+    match answered.await {
+        Ok(response) => response.map(|b| b.map_err(Into::into).boxed()),
+        // The task panicked.
+        Err(_) => text_response(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
+    }
+}
+
+/// Reads `body` to its end, at most [`ABANDONED_DRAIN_LIMIT`] bytes.
+async fn drain_abandoned<B: http_body::Body + Unpin>(mut body: B)
+where
+    B::Data: bytes::Buf,
+{
+    let mut read = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            read = read.saturating_add(bytes::Buf::remaining(data));
+            if read > ABANDONED_DRAIN_LIMIT {
+                return;
+            }
+        }
+    }
 }
 
 /// Counts a proxied request: status class, time to the response head, and the upstream's

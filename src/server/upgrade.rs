@@ -37,9 +37,12 @@ pub(super) async fn accept(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // Over HTTP/2: keeps the connection from counting as idle while the session runs.
+    let active = req.extensions_mut().remove::<super::h2_guard::Active>();
     let (response, start) = decide(&state, &client, route, &req).await;
     if let Some(start) = start {
         let task = async move {
+            let _active = active;
             match on_upgrade.await {
                 // The slot and the state (with its drain watch) live as long as the session.
                 Ok(upgraded) => run_session(state, slot, start, SessionIo::from_upgraded(upgraded)).await,
