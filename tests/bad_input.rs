@@ -230,20 +230,29 @@ async fn invalid_utf8_closes_with_1007_and_oversize_with_1009() {
 }
 
 /// Issue 15: idle connections past `max_connections` were accepted and held until the header
-/// timeout. Now the third is answered 503 at once, without sending a byte, and holds nothing.
+/// timeout. Now a connection past the limit holds no slot: one that sends a request is answered
+/// 503 (after its request, so HTTP clients read it as the response), one that sends nothing is
+/// closed within a second, well before the header timeout.
 #[tokio::test]
 async fn connections_past_the_limit_are_refused_at_accept() {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = start_upstream().await;
     let gate = start_gate(&basic_config("[limits]\nmax_connections = 2\nheader_read_timeout = \"30s\"\n"), up.addr).await;
     let _idle_a = TcpStream::connect(gate.addr).await.unwrap();
     let _idle_b = TcpStream::connect(gate.addr).await.unwrap();
-    let mut third = TcpStream::connect(gate.addr).await.unwrap();
+    let mut silent = TcpStream::connect(gate.addr).await.unwrap();
+    let mut asking = TcpStream::connect(gate.addr).await.unwrap();
+    asking.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
-    // Well before the 30 s header timeout: the refusal does not wait for a request.
-    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer)).await.expect("refused at once").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), asking.read_to_end(&mut answer)).await.expect("refused at once").unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert!(answer.ends_with("too many connections\n"), "{answer}");
+    let mut nothing = Vec::new();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut nothing)).await.expect("closed well before the header timeout").unwrap();
+    assert!(nothing.is_empty() && started.elapsed() < Duration::from_secs(5));
+    // Using a hyper client (which sends its request first) on a full server: a clean 503.
+    assert_eq!(common::http_get(gate.addr, "/echo").await.0, 503);
     gate.server.shutdown().await;
 }

@@ -148,27 +148,46 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream, client: ClientIn
     }
 }
 
-/// The answer past `max_connections`, given at once: the connection is not read and holds no
-/// slot. Plain HTTP gets a complete 503 (then a short linger so the client reads it rather than
-/// a reset); TLS is closed without a handshake, which would cost more than the refusal.
+/// The answer past `max_connections`: the connection holds no slot. Plain HTTP waits (briefly)
+/// for the client's first bytes and answers them with a complete 503, so that the client reads
+/// a response to its request rather than an unsolicited one (HTTP clients treat a response that
+/// arrives before the request was sent as an error); then a short linger so closing does not
+/// reset the connection before the answer is read. A client that sends nothing within the wait
+/// is closed. TLS is closed without a handshake, which would cost more than the refusal. At
+/// most [`MAX_REFUSING`] refusals wait at once; past that a connection is closed at once, so a
+/// flood beyond the limit holds no more than that many descriptors.
 async fn refuse_full(mut stream: TcpStream, tls: bool) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: 46\r\n\r\n503 Service Unavailable: too many connections\n";
+    const WAIT: Duration = Duration::from_millis(1000);
     const LINGER: Duration = Duration::from_millis(200);
+    static REFUSING: AtomicUsize = AtomicUsize::new(0);
     if tls {
         return;
     }
-    let refused = async {
-        stream.write_all(ANSWER).await?;
-        stream.shutdown().await?;
-        // Read what the client sent meanwhile, so that closing does not reset the connection
-        // before the client has read the answer.
-        let mut sink = [0u8; 4096];
-        while stream.read(&mut sink).await? > 0 {}
-        std::io::Result::Ok(())
-    };
-    let _ = tokio::time::timeout(LINGER, refused).await;
+    if REFUSING.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
+        REFUSING.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let request = tokio::time::timeout(WAIT, stream.read(&mut sink)).await;
+    if matches!(request, Ok(Ok(n)) if n > 0) {
+        let refused = async {
+            stream.write_all(ANSWER).await?;
+            stream.shutdown().await?;
+            // Read what the client sent meanwhile, so that closing does not reset the
+            // connection before the client has read the answer.
+            while stream.read(&mut sink).await? > 0 {}
+            std::io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(LINGER, refused).await;
+    }
+    REFUSING.fetch_sub(1, Ordering::Relaxed);
 }
+
+/// How many over-limit connections may wait for their 503 at once.
+const MAX_REFUSING: usize = 256;
 
 /// A TLS connection: the handshake within `deadline`, then HTTP/2 (by ALPN) or HTTP/1.1.
 async fn serve_tls(
