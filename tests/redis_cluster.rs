@@ -532,3 +532,125 @@ async fn control_api_acts_cluster_wide_and_readyz_follows_the_broker() {
         gate.server.shutdown().await;
     }
 }
+
+/// The next JSON text message from a chat client (5 s at most).
+async fn chat_next(client: &mut WsClient) -> serde_json::Value {
+    match tokio::time::timeout(Duration::from_secs(5), client.next()).await {
+        Ok(Some(Incoming::Text(t))) => serde_json::from_slice(&t).expect("chat sends JSON"),
+        other => panic!("expected a chat message, got {other:?}"),
+    }
+}
+
+/// Opens a chat client on `gate` and reads its history up to `history_end`: the posts' texts.
+async fn chat_open(gate: &Gate) -> (WsClient, Vec<String>) {
+    let mut client = WsClient::connect(gate.addr, "/chat/room").await;
+    let mut history = Vec::new();
+    loop {
+        let message = chat_next(&mut client).await;
+        match message["type"].as_str() {
+            Some("history_end") => {
+                assert_eq!(message["count"].as_u64(), Some(history.len() as u64));
+                return (client, history);
+            }
+            Some("message") => history.push(message["text"].as_str().unwrap_or_default().to_owned()),
+            other => panic!("unexpected {other:?} before history_end"),
+        }
+    }
+}
+
+/// Issue 22: a chat room spans the nodes. Messages, joins and leaves posted on any node reach
+/// the room's members on every node exactly once, in each sender's order; a node keeps the
+/// posts relayed while it had no member in the room, so a newcomer there gets the whole
+/// history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_room_spans_nodes_exactly_once_in_order_with_history() {
+    const POSTS: usize = 30;
+    let bin = require_redis!();
+    let redis = Redis::start(&bin, &[]).await;
+    let upstream = start_upstream().await;
+    let mut gates = Vec::new();
+    for node in ["na", "nb", "nc"] {
+        let config = basic_config(&format!(
+            "\n[apps.chat]\nkind = \"chat\"\nurls = [\"/chat/room\"]\nhistory = 100\n\n[limits]\nshutdown_timeout = \"1s\"\n\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\nurl = \"{}\"\n",
+            redis.url()
+        ));
+        gates.push(start_gate(&config, upstream.addr).await);
+    }
+    wait_connected(&gates, true).await;
+    // Every node listens to the room before anyone is in it (the history needs it).
+    redis.wait_numsub("wsgate:sub:chat:chat:/chat/room", 3).await;
+
+    // Alice alone on node a posts twice: nodes b and c have no member yet.
+    let (mut alice, history) = chat_open(&gates[0]).await;
+    assert!(history.is_empty());
+    alice.send_text(r#"{"type":"message","user":"alice","text":"early 1"}"#).await;
+    alice.send_text(r#"{"type":"message","user":"alice","text":"early 2"}"#).await;
+    for want in ["join", "message", "message"] {
+        assert_eq!(chat_next(&mut alice).await["type"], want);
+    }
+    // A newcomer on node c gets them as history (relayed while c had no member).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut carol, history) = loop {
+        let (client, history) = chat_open(&gates[2]).await;
+        if history.len() == 2 || Instant::now() > deadline {
+            break (client, history);
+        }
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(history, ["early 1", "early 2"], "node c's history holds node a's posts");
+    let (mut bob, history) = chat_open(&gates[1]).await;
+    assert_eq!(history, ["early 1", "early 2"], "node b's history holds node a's posts");
+
+    // Joins cross nodes: carol's and bob's reach alice on node a.
+    carol.send_text(r#"{"type":"join","user":"carol"}"#).await;
+    bob.send_text(r#"{"type":"join","user":"bob"}"#).await;
+    let mut clients = [("alice", &mut alice), ("bob", &mut bob), ("carol", &mut carol)];
+    // Everyone posts POSTS messages, interleaved.
+    for i in 0..POSTS {
+        for (user, client) in clients.iter_mut() {
+            client.send_text(&format!(r#"{{"type":"message","user":"{user}","text":"{user} {i}"}}"#)).await;
+        }
+    }
+    // Each client sees every join it should and every post exactly once, each sender's in order.
+    for (me, client) in clients.iter_mut() {
+        let mut joins = Vec::new();
+        let mut next_of: std::collections::HashMap<String, usize> = Default::default();
+        let mut posts = 0;
+        while posts < 3 * POSTS {
+            let message = chat_next(client).await;
+            let user = message["user"].as_str().unwrap_or_default().to_owned();
+            match message["type"].as_str() {
+                Some("join") => joins.push(user),
+                Some("message") => {
+                    let text = message["text"].as_str().unwrap_or_default();
+                    let n: usize = text.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+                    let expected = next_of.entry(user.clone()).or_default();
+                    assert_eq!(n, *expected, "{me}: {user}'s posts out of order or duplicated");
+                    *expected += 1;
+                    posts += 1;
+                }
+                other => panic!("{me}: unexpected {other:?}"),
+            }
+        }
+        for user in ["alice", "bob", "carol"] {
+            assert_eq!(next_of.get(user), Some(&POSTS), "{me} got all of {user}'s posts");
+        }
+        joins.sort();
+        // A client sees the joins made after it entered: alice both, bob carol's (maybe) and his own.
+        for user in ["bob", "carol"] {
+            if *me == "alice" {
+                assert!(joins.contains(&user.to_owned()), "alice saw {user} join from another node: {joins:?}");
+            }
+        }
+        expect_silence(client, Duration::from_millis(200)).await;
+    }
+    // A leave crosses nodes too.
+    drop(clients);
+    drop(carol);
+    let leave = chat_next(&mut alice).await;
+    assert_eq!((leave["type"].as_str(), leave["user"].as_str()), (Some("leave"), Some("carol")));
+    for gate in gates {
+        gate.server.shutdown().await;
+    }
+}

@@ -16,6 +16,12 @@
 //! `chat:<app>:<url>`, so two rooms never see each other. A room's history is a bounded ring
 //! buffer of encoded frames; appending to it and multicasting happen under the room's lock, so
 //! a newcomer gets the history and then every later message exactly once, in order.
+//!
+//! Across nodes (`[broker]`): every message, join and leave is relayed to the other nodes,
+//! and each node observes its rooms' relayed messages ([`Hub::observe_relayed`]) whether or
+//! not it has members in the room, keeping them in its own history, so a newcomer on any node
+//! sees the room's messages from every node. Messages from different nodes that cross in
+//! flight may be ordered differently on different nodes; one node's messages keep their order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -26,7 +32,7 @@ use serde_json::{json, Value};
 use super::{App, Message};
 use crate::sync::lock;
 use crate::pubsub::hub::encode;
-use crate::pubsub::{ChannelHandle, ChannelId, Hub};
+use crate::pubsub::{ChannelHandle, ChannelId, Delivery, Hub, RelayObserver};
 
 /// Longest user name, in characters.
 pub const MAX_USER_CHARS: usize = 32;
@@ -45,12 +51,53 @@ struct Room {
     users: HashMap<ChannelId, String>,
 }
 
+/// Appends a frame to a room's history, dropping the oldest past `limit`.
+fn remember(history: &mut VecDeque<Bytes>, limit: usize, frame: Bytes) {
+    if limit == 0 {
+        return;
+    }
+    if history.len() == limit {
+        history.pop_front();
+    }
+    history.push_back(frame);
+}
+
+/// One room's hand in what other nodes relay to it: posts go into the history, then
+/// everything to the local members, under the room's lock as for local posts.
+struct RoomRelay {
+    room: Arc<Mutex<Room>>,
+    history: usize,
+}
+
+impl RelayObserver for RoomRelay {
+    fn relayed(&self, hub: &Hub, frame: Bytes, message: &Message, exclude: &[ChannelId]) -> Delivery {
+        let mut room = lock(&self.room);
+        if is_post(message) {
+            remember(&mut room.history, self.history, frame.clone());
+        }
+        hub.multicast_frame(&room.subscription, frame, exclude)
+    }
+}
+
+/// Whether a relayed room message is a post (kept in the history), not a join or leave.
+fn is_post(message: &Message) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    let Message::Text(text) = message else { return false };
+    serde_json::from_slice::<Kind>(text).is_ok_and(|k| k.kind.as_deref() == Some("message"))
+}
+
 /// The chat app: one room per URL.
 pub struct Chat {
     hub: Arc<Hub>,
     history: usize,
     /// Room by URL path; each URL's `/connect` alias maps to the same room.
     rooms: HashMap<String, Arc<Mutex<Room>>>,
+    /// Kept alive here: the hub holds them weakly (they stop observing with the app).
+    _relays: Vec<Arc<RoomRelay>>,
 }
 
 impl std::fmt::Debug for Chat {
@@ -67,12 +114,18 @@ impl Chat {
     /// `history` messages to newcomers.
     pub fn new(app: &str, urls: &[String], history: usize, hub: Arc<Hub>) -> Self {
         let mut rooms = HashMap::new();
+        let mut relays = Vec::new();
         for url in urls {
+            let subscription = format!("chat:{app}:{url}");
             let room = Arc::new(Mutex::new(Room {
-                subscription: format!("chat:{app}:{url}"),
+                subscription: subscription.clone(),
                 history: VecDeque::with_capacity(history.min(1024)),
                 users: HashMap::new(),
             }));
+            let relay = Arc::new(RoomRelay { room: room.clone(), history });
+            let observer: Arc<dyn RelayObserver> = relay.clone();
+            hub.observe_relayed(&subscription, Arc::downgrade(&observer));
+            relays.push(relay);
             rooms.insert(
                 format!("{}/connect", url.trim_end_matches('/')),
                 room.clone(),
@@ -83,6 +136,7 @@ impl Chat {
             hub,
             history,
             rooms,
+            _relays: relays,
         }
     }
 
@@ -90,16 +144,16 @@ impl Chat {
         self.rooms.get(channel.url())
     }
 
-    /// Multicasts `value` to the room (under its lock), keeping it in the history when asked.
+    /// Multicasts `value` to the room (under its lock) and relays it to the other nodes,
+    /// keeping it in the history when asked.
     fn publish(&self, room: &mut Room, value: &Value, keep: bool) {
-        let frame = encode(&Message::Text(Bytes::from(value.to_string())));
-        if keep && self.history > 0 {
-            if room.history.len() == self.history {
-                room.history.pop_front();
-            }
-            room.history.push_back(frame.clone());
+        let message = Message::Text(Bytes::from(value.to_string()));
+        let frame = encode(&message);
+        if keep {
+            remember(&mut room.history, self.history, frame.clone());
         }
         self.hub.multicast_frame(&room.subscription, frame, &[]);
+        self.hub.relay(&room.subscription, &message, &[]);
     }
 
     fn handle(

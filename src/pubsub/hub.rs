@@ -17,7 +17,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -152,6 +152,17 @@ pub struct Hub {
     metrics: Option<Arc<Metrics>>,
     /// Relays to other nodes (`[broker]`); unset = this node alone.
     broker: OnceLock<Arc<dyn Broker>>,
+    /// Apps that take the messages other nodes relay on a subscription (see
+    /// [`Hub::observe_relayed`]); held weakly, so a dropped app stops observing by itself.
+    relay_observers: RwLock<HashMap<String, Weak<dyn RelayObserver>>>,
+}
+
+/// An app's hand in the messages that other nodes relay on one of its subscriptions, e.g.
+/// chat, which keeps them in its room's history before they reach the local members.
+pub trait RelayObserver: Send + Sync {
+    /// Delivers a relayed message (`frame` is `message` encoded once) to this node's members
+    /// except `exclude`, doing whatever the app keeps of it; returns the local delivery.
+    fn relayed(&self, hub: &Hub, frame: Bytes, message: &Message, exclude: &[ChannelId]) -> Delivery;
 }
 
 impl Default for Hub {
@@ -189,6 +200,7 @@ impl Hub {
             all_order: Mutex::new(()),
             metrics: None,
             broker: OnceLock::new(),
+            relay_observers: RwLock::new(HashMap::new()),
         }
     }
 
@@ -222,17 +234,61 @@ impl Hub {
         self.broker.get()
     }
 
-    /// Whether subscription `name` has a member on this node (`all`: any open channel).
+    /// Whether this node wants the messages other nodes publish on subscription `name`: it
+    /// has a member there (`all`: any open channel), or an app observes it
+    /// ([`Hub::observe_relayed`]).
     pub fn has_local_members(&self, name: &str) -> bool {
         if name == ALL {
             return self.channel_count() > 0;
         }
-        read(self.subscription_shard(name)).get(name).is_some_and(|s| !lock(&s.members).map.is_empty())
+        self.observer(name).is_some()
+            || read(self.subscription_shard(name)).get(name).is_some_and(|s| !lock(&s.members).map.is_empty())
     }
 
-    /// Names of the subscriptions with local members (excluding `all`), for resubscribing.
+    /// Names of the subscriptions this node wants relayed (excluding `all`): those with local
+    /// members and those an app observes, for resubscribing.
     pub fn local_subscription_names(&self) -> Vec<String> {
-        self.subscriptions().into_iter().skip(1).filter(|(_, n)| *n > 0).map(|(name, _)| name).collect()
+        let mut names: Vec<String> =
+            self.subscriptions().into_iter().skip(1).filter(|(_, n)| *n > 0).map(|(name, _)| name).collect();
+        let observed = read(&self.relay_observers);
+        names.extend(observed.iter().filter(|(_, o)| o.strong_count() > 0).map(|(name, _)| name.clone()));
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Lets `observer` take every message other nodes relay on subscription `name`, whether
+    /// or not the subscription has local members, as long as the observer is alive (it is
+    /// held weakly; registering again for `name` replaces the previous one). The broker is
+    /// told, so this node receives the subscription's messages from then on.
+    pub fn observe_relayed(&self, name: &str, observer: Weak<dyn RelayObserver>) {
+        let mut observers = write(&self.relay_observers);
+        observers.retain(|_, o| o.strong_count() > 0);
+        observers.insert(name.to_owned(), observer);
+        drop(observers);
+        self.interest_changed(name);
+    }
+
+    fn observer(&self, name: &str) -> Option<Arc<dyn RelayObserver>> {
+        read(&self.relay_observers).get(name).and_then(Weak::upgrade)
+    }
+
+    /// Delivers a message relayed by another node on subscription `name` to this node's
+    /// members (the brokers' entry point): through the app observing `name` if there is one,
+    /// else straight to the members.
+    pub fn deliver_relayed(&self, name: &str, frame: Bytes, message: &Message, exclude: &[ChannelId]) -> Delivery {
+        match self.observer(name) {
+            Some(observer) => observer.relayed(self, frame, message, exclude),
+            None => self.multicast_frame(name, frame, exclude),
+        }
+    }
+
+    /// Relays a multicast on subscription `name` to the other nodes without delivering it
+    /// here (for an app that delivered it locally itself, e.g. with [`Hub::multicast_frame`]).
+    pub fn relay(&self, name: &str, message: &Message, exclude: &[ChannelId]) {
+        if let Some(broker) = self.broker.get() {
+            broker.publish(name, message, exclude);
+        }
     }
 
     fn interest_changed(&self, name: &str) {
@@ -387,9 +443,7 @@ impl Hub {
             Message::Binary(data) => SharedMessage::new(OpCode::Binary, data),
         };
         let delivery = self.multicast_shared(name, &Arc::new(shared), exclude);
-        if let Some(broker) = self.broker.get() {
-            broker.publish(name, message, exclude);
-        }
+        self.relay(name, message, exclude);
         delivery
     }
 

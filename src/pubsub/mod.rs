@@ -9,4 +9,4 @@ pub mod outbox;
 pub mod queue;
 
 pub use channel::{ChannelHandle, ChannelId, SendError};
-pub use hub::{Delivery, Hub, HubError, ALL};
+pub use hub::{Delivery, Hub, HubError, RelayObserver, ALL};

@@ -81,7 +81,7 @@ impl Broker for MemoryBroker {
         // One encoding serves every node here; Redis nodes encode once per node instead.
         let frame = encode(message);
         for hub in others {
-            hub.multicast_frame(name, frame.clone(), exclude);
+            hub.deliver_relayed(name, frame.clone(), message, exclude);
         }
     }
 

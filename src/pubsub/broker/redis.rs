@@ -428,7 +428,7 @@ fn deliver(shared: &Shared, hub: &Hub, node_channel: &str, channel: &str, payloa
     } else {
         return;
     };
-    hub.multicast_frame(name, encode(message), &envelope.exclude);
+    hub.deliver_relayed(name, encode(message), message, &envelope.exclude);
 }
 
 #[cfg(test)]
