@@ -118,8 +118,12 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     /// Failed TLS handshakes.
     pub tls_handshake_failures: Counter,
-    /// Broker (Redis) errors.
+    /// Broker (Redis) errors: the sum of the two counters below.
     pub broker_errors: Counter,
+    /// Messages the broker could not relay to the other nodes.
+    pub broker_undelivered: Counter,
+    /// Failed attempts to (re)connect to the broker.
+    pub broker_connect_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -156,6 +160,8 @@ impl Metrics {
             config_reloads: Family::default(),
             tls_handshake_failures: Counter::default(),
             broker_errors: Counter::default(),
+            broker_undelivered: Counter::default(),
+            broker_connect_failures: Counter::default(),
             registry: Registry::default(),
         };
         let r = registry;
@@ -178,7 +184,9 @@ impl Metrics {
         r.register("logview_lines", "Lines sent by log-view", m.logview_lines.clone());
         r.register("config_reloads", "Configuration reloads", m.config_reloads.clone());
         r.register("tls_handshake_failures", "Failed TLS handshakes", m.tls_handshake_failures.clone());
-        r.register("broker_errors", "Broker errors (messages that could not be relayed)", m.broker_errors.clone());
+        r.register("broker_errors", "Broker errors: messages not relayed plus failed connection attempts", m.broker_errors.clone());
+        r.register("broker_undelivered", "Messages that could not be relayed to the other nodes", m.broker_undelivered.clone());
+        r.register("broker_connect_failures", "Failed attempts to connect or reconnect to the broker", m.broker_connect_failures.clone());
         r.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Metrics { registry: root, ..m }
     }

@@ -251,7 +251,7 @@ async fn multicast_with_exclude_send_unsubscribe_and_close_over_the_control_api(
     let subs = get(admin, "/v1/subscriptions", None).await;
     assert_eq!(
         subs.json,
-        json!({"subscriptions": [{"name": "all", "channels": 3}, {"name": "room 1", "channels": 2}]})
+        json!({"scope": "node", "subscriptions": [{"name": "all", "channels": 3}, {"name": "room 1", "channels": 2}]})
     );
     let one = get(admin, &format!("/v1/channels/{}", ids[1]), None).await;
     assert_eq!(one.json["subscriptions"], json!(["room 1"]));
@@ -309,7 +309,7 @@ async fn multicast_with_exclude_send_unsubscribe_and_close_over_the_control_api(
     }
     assert_eq!(
         left,
-        json!({"subscriptions": [{"name": "all", "channels": 2}, {"name": "room 1", "channels": 1}]})
+        json!({"scope": "node", "subscriptions": [{"name": "all", "channels": 2}, {"name": "room 1", "channels": 1}]})
     );
     let a = call(
         admin,

@@ -506,7 +506,11 @@ async fn control_api_acts_cluster_wide_and_readyz_follows_the_broker() {
     redis.wait_numsub("wsgate:sub:room", 1).await;
     let (status, body) = admin_request(admin_a, "POST", &format!("/v1/subscriptions/{ROOM}/publish"), "cluster-wide").await;
     assert_eq!(status, 200, "{body}");
+    // Node a has no member: delivered counts this node's, relayed says the broker took it.
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap(), serde_json::json!({"delivered": 0, "relayed": true}));
     expect_text(&mut client_b, "cluster-wide").await;
+    let (_, body) = admin_request(admin_a, "GET", "/v1/subscriptions", "").await;
+    assert!(body.contains("\"scope\":\"node\""), "listings say they are node-local: {body}");
     // An id no node has: 404, not a silent success.
     let (status, _) = admin_request(admin_a, "DELETE", "/v1/channels/ca-000000009999", "").await;
     assert_eq!(status, 404);
@@ -519,14 +523,33 @@ async fn control_api_acts_cluster_wide_and_readyz_follows_the_broker() {
     let (status, body) = admin_request(admin_a, "GET", "/readyz", "").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("broker disconnected"), "{body}");
-    gates[0].server.hub().multicast(ROOM, &text("lost"), &[]);
+    // A publish through the control API is refused before anything is delivered (a retry
+    // cannot duplicate), with Retry-After.
+    let (status, body) = admin_request(admin_a, "POST", &format!("/v1/subscriptions/{ROOM}/publish"), "refused").await;
+    assert_eq!(status, 503, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((answer["delivered"].as_u64(), answer["relayed"].as_bool()), (Some(0), Some(false)), "{body}");
+    // In-process multicasts still reach local members and say they were not relayed.
+    let delivery = gates[0].server.hub().multicast(ROOM, &text("lost"), &[]);
+    assert_eq!(delivery.relayed, Some(false));
+    let metric = |metrics: &str, name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("wsgate_{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    // Node a: one message not relayed; failed reconnects are counted apart.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_, metrics) = admin_request(admin_a, "GET", "/metrics", "").await;
-    let errors: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("wsgate_broker_errors_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("broker_errors_total missing:\n{metrics}"));
-    assert!(errors >= 1.0, "broker_errors_total = {errors}");
+    let (errors, undelivered, failures) = (
+        metric(&metrics, "broker_errors_total"),
+        metric(&metrics, "broker_undelivered_total"),
+        metric(&metrics, "broker_connect_failures_total"),
+    );
+    assert_eq!(undelivered, 1.0, "{metrics}");
+    assert!(failures >= 1.0, "failed reconnects counted: {failures}");
+    assert!(errors >= undelivered + failures, "broker_errors_total is their sum: {errors} {undelivered} {failures}");
     drop(client_b);
     for gate in gates {
         gate.server.shutdown().await;

@@ -3,9 +3,9 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /v1/subscriptions/{name}/publish[?exclude=ID,ID]` | `{"delivered":N}` |
-//! | `GET /v1/subscriptions` | `{"subscriptions":[{"name":..,"channels":N}]}` |
-//! | `GET /v1/channels` | `{"channels":[{"id","app","url","peer","subscriptions"}]}` |
+//! | `POST /v1/subscriptions/{name}/publish[?exclude=ID,ID]` | `{"delivered":N}`, plus `"relayed":bool` in a cluster |
+//! | `GET /v1/subscriptions` | `{"scope":"node","subscriptions":[{"name":..,"channels":N}]}` |
+//! | `GET /v1/channels` | `{"scope":"node","channels":[{"id","app","url","peer","subscriptions"}]}` |
 //! | `GET /v1/channels/{id}` | one channel, as above |
 //! | `POST /v1/channels/{id}/send` | `{"sent":true}` |
 //! | `PUT`/`DELETE /v1/channels/{id}/subscriptions/{name}` | `{"subscribed":bool,"changed":bool}` |
@@ -15,6 +15,12 @@
 //! Errors are `{"error":".."}`: 400 bad parameters or body, 404 unknown channel or route,
 //! 405 wrong method (with `Allow`), 410 channel closing, 413 body over `max_message_size`,
 //! 503 the channel's send queue is full.
+//!
+//! In a cluster (`[broker] kind = "redis"`) counts and listings are this node's (`"scope":
+//! "node"`); a publish also goes to the other nodes through the broker, and `"relayed"` says
+//! whether the broker took it. When the broker is disconnected a publish is refused with 503,
+//! `Retry-After: 1` and `{"error":..,"delivered":0,"relayed":false}` *before* anything is
+//! delivered, so the publisher can retry it without duplicates.
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -78,7 +84,7 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body
                     .iter()
                     .map(channel_json)
                     .collect();
-                json(StatusCode::OK, &json!({ "channels": channels }))
+                json(StatusCode::OK, &json!({ "scope": "node", "channels": channels }))
             }
             _ => method_not_allowed("GET, HEAD"),
         },
@@ -110,7 +116,7 @@ fn list_subscriptions(state: &AdminState) -> Response<Body> {
         .into_iter()
         .map(|(name, channels)| json!({ "name": name, "channels": channels }))
         .collect();
-    json(StatusCode::OK, &json!({ "subscriptions": list }))
+    json(StatusCode::OK, &json!({ "scope": "node", "subscriptions": list }))
 }
 
 fn channel_json(c: &ChannelSummary) -> serde_json::Value {
@@ -155,8 +161,26 @@ async fn publish(state: &AdminState, name: &str, req: Request<Incoming>) -> Resp
         Ok(message) => message,
         Err(response) => return response,
     };
+    if let Some(broker) = state.hub.broker() {
+        if !broker.is_connected() {
+            let mut response = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({
+                    "error": "the broker is disconnected: nothing was delivered, retry later",
+                    "delivered": 0,
+                    "relayed": false,
+                }),
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return response;
+        }
+    }
     let delivery = state.hub.multicast(name, &message, &exclude);
-    json(StatusCode::OK, &json!({ "delivered": delivery.delivered }))
+    let mut answer = json!({ "delivered": delivery.delivered });
+    if let Some(relayed) = delivery.relayed {
+        answer["relayed"] = relayed.into();
+    }
+    json(StatusCode::OK, &answer)
 }
 
 async fn send(state: &AdminState, id: &str, req: Request<Incoming>) -> Response<Body> {

@@ -81,6 +81,10 @@ pub struct Delivery {
     pub overflowed: usize,
     /// Members that were already closing.
     pub closed: usize,
+    /// Whether the message was handed to the broker for the other nodes (`Hub::multicast`
+    /// only): `None` when there is no other node, `Some(false)` when it could not be relayed
+    /// (the counts above are this node's either way).
+    pub relayed: Option<bool>,
 }
 
 /// Summary of one open channel, for the control API.
@@ -285,10 +289,9 @@ impl Hub {
 
     /// Relays a multicast on subscription `name` to the other nodes without delivering it
     /// here (for an app that delivered it locally itself, e.g. with [`Hub::multicast_frame`]).
-    pub fn relay(&self, name: &str, message: &Message, exclude: &[ChannelId]) {
-        if let Some(broker) = self.broker.get() {
-            broker.publish(name, message, exclude);
-        }
+    /// The outcome is [`Delivery::relayed`]'s.
+    pub fn relay(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Option<bool> {
+        self.broker.get().and_then(|broker| broker.publish(name, message, exclude))
     }
 
     fn interest_changed(&self, name: &str) {
@@ -436,14 +439,15 @@ impl Hub {
 
     /// Sends `message` to every member of subscription `name` except the channels in
     /// `exclude`, encoding it once. With a broker, it is also relayed to the other nodes
-    /// (queued, never awaited); the returned counts are this node's.
+    /// (queued, never awaited); the returned counts are this node's, and
+    /// [`Delivery::relayed`] says whether the relay took it.
     pub fn multicast(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Delivery {
         let shared = match message {
             Message::Text(text) => SharedMessage::new(OpCode::Text, text),
             Message::Binary(data) => SharedMessage::new(OpCode::Binary, data),
         };
-        let delivery = self.multicast_shared(name, &Arc::new(shared), exclude);
-        self.relay(name, message, exclude);
+        let mut delivery = self.multicast_shared(name, &Arc::new(shared), exclude);
+        delivery.relayed = self.relay(name, message, exclude);
         delivery
     }
 
@@ -622,7 +626,7 @@ mod tests {
         assert_eq!(hub.subscribe(chans[0].0.id(), "room"), Ok(false), "idempotent");
         let sender = chans[0].0.id().clone();
         let d = hub.multicast("room", &Message::Text(Bytes::from_static(b"hi")), &[sender]);
-        assert_eq!(d, Delivery { delivered: 2, excluded: 1, overflowed: 0, closed: 0 });
+        assert_eq!(d, Delivery { delivered: 2, excluded: 1, overflowed: 0, closed: 0, relayed: None });
         assert!(frames(&mut chans[0].1).is_empty());
         let a = frames(&mut chans[1].1);
         let b = frames(&mut chans[2].1);

@@ -243,7 +243,16 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::with_metrics(metrics.clone()));
     let node = config.broker.node.clone().unwrap_or_else(node_name);
-    crate::pubsub::broker::attach(&config.broker, &node, &hub, metrics.broker_errors.clone()).map_err(StartError::Broker)?;
+    crate::pubsub::broker::attach(
+        &config.broker,
+        &node,
+        &hub,
+        crate::pubsub::broker::BrokerCounters {
+            errors: metrics.broker_errors.clone(),
+            undelivered: metrics.broker_undelivered.clone(),
+            connect_failures: metrics.broker_connect_failures.clone(),
+        },
+    ).map_err(StartError::Broker)?;
     let runtime = build_runtime(config, &hub, &metrics, None)?;
     let admin_listener = match config.admin.addr {
         Some(addr) => {

@@ -73,16 +73,17 @@ impl Broker for MemoryBroker {
         &self.node
     }
 
-    fn publish(&self, name: &str, message: &Message, exclude: &[ChannelId]) {
+    fn publish(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Option<bool> {
         let others = self.bus.others(&self.node);
         if others.is_empty() {
-            return;
+            return None;
         }
         // One encoding serves every node here; Redis nodes encode once per node instead.
         let frame = encode(message);
         for hub in others {
             hub.deliver_relayed(name, frame.clone(), message, exclude);
         }
+        Some(true)
     }
 
     fn send(&self, node: &str, id: &ChannelId, message: &Message) -> Result<(), BrokerError> {

@@ -57,7 +57,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Relays a multicast on subscription `name` to the other nodes, which deliver it to their
     /// members except the channels in `exclude`. The caller has already delivered locally. A
     /// message that cannot be relayed is counted and dropped (the node keeps serving).
-    fn publish(&self, name: &str, message: &Message, exclude: &[ChannelId]);
+    ///
+    /// Returns `Some(true)` when the message was handed to the relay, `Some(false)` when it
+    /// could not be (disconnected, overloaded), `None` when there is no other node to relay to.
+    fn publish(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Option<bool>;
 
     /// Relays `message` to channel `id` on node `node` (not this one).
     fn send(&self, node: &str, id: &ChannelId, message: &Message) -> Result<(), BrokerError>;
@@ -106,12 +109,38 @@ pub fn redis_settings(config: &BrokerConfig) -> Result<Option<redis::RedisSettin
     Ok(Some(settings))
 }
 
+/// The counters a broker keeps (exported as `broker_errors_total`, their sum,
+/// `broker_undelivered_total` and `broker_connect_failures_total`); cloning shares them.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerCounters {
+    /// Every error: the sum of the two below.
+    pub errors: Counter,
+    /// Messages that could not be relayed to the other nodes.
+    pub undelivered: Counter,
+    /// Failed attempts to connect or reconnect.
+    pub connect_failures: Counter,
+}
+
+impl BrokerCounters {
+    /// Counts `n` messages that could not be relayed.
+    pub fn undelivered(&self, n: u64) {
+        self.undelivered.inc_by(n);
+        self.errors.inc_by(n);
+    }
+
+    /// Counts one failed connection attempt.
+    pub fn connect_failed(&self) {
+        self.connect_failures.inc();
+        self.errors.inc();
+    }
+}
+
 /// Builds the broker `[broker]` asks for, as node `node`, and attaches it to `hub`. A Redis
 /// broker connects in the background (an unreachable Redis is retried, not fatal); only
-/// unusable settings are errors. `errors` is exported as `broker_errors_total`.
-pub fn attach(config: &BrokerConfig, node: &str, hub: &Arc<Hub>, errors: Counter) -> Result<Arc<dyn Broker>, String> {
+/// unusable settings are errors. `counters` are the metrics registry's broker counters.
+pub fn attach(config: &BrokerConfig, node: &str, hub: &Arc<Hub>, counters: BrokerCounters) -> Result<Arc<dyn Broker>, String> {
     match redis_settings(config)? {
-        Some(settings) => Ok(redis::RedisBroker::start(&settings, node, hub, errors)?),
+        Some(settings) => Ok(redis::RedisBroker::start(&settings, node, hub, counters)?),
         None => memory::MemoryBus::new()
             .attach(node, hub)
             .map(|b| b as Arc<dyn Broker>)

@@ -26,12 +26,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::Stream;
-use prometheus_client::metrics::counter::Counter;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::IntoConnectionInfo;
 use tokio::sync::{mpsc, watch};
 
-use super::{deliver_direct, Broker, BrokerError, Control, Envelope, Payload, ALL_CHANNEL, NODE_PREFIX, SUB_PREFIX};
+use super::{deliver_direct, Broker, BrokerCounters, BrokerError, Control, Envelope, Payload, ALL_CHANNEL, NODE_PREFIX, SUB_PREFIX};
 use crate::apps::Message;
 use crate::pubsub::channel::ChannelId;
 use crate::pubsub::hub::{encode, Hub, ALL};
@@ -88,7 +87,7 @@ impl RedisSettings {
 struct Shared {
     node: String,
     connected: AtomicBool,
-    errors: Counter,
+    counters: BrokerCounters,
     unrelayed: AtomicU64,
     connects: AtomicU64,
     /// Bytes in the outbound queue.
@@ -101,7 +100,7 @@ struct Shared {
 impl Shared {
     fn count_unrelayed(&self, n: u64) {
         self.unrelayed.fetch_add(n, Ordering::Relaxed);
-        self.errors.inc_by(n);
+        self.counters.undelivered(n);
     }
 }
 
@@ -125,14 +124,14 @@ impl std::fmt::Debug for RedisBroker {
 impl RedisBroker {
     /// Creates the broker for node `node`, attaches it to `hub` and starts its tasks (must run
     /// inside a tokio runtime). It connects in the background: an unreachable Redis is not an
-    /// error here, only a reason to retry. `errors` is the counter to export as
-    /// `broker_errors_total` (pass the metrics registry's).
-    pub fn start(settings: &RedisSettings, node: &str, hub: &Arc<Hub>, errors: Counter) -> Result<Arc<Self>, String> {
+    /// error here, only a reason to retry. `counters` are the ones to export (pass the
+    /// metrics registry's).
+    pub fn start(settings: &RedisSettings, node: &str, hub: &Arc<Hub>, counters: BrokerCounters) -> Result<Arc<Self>, String> {
         let client = settings.client()?;
         let shared = Arc::new(Shared {
             node: node.to_owned(),
             connected: AtomicBool::new(false),
-            errors,
+            counters,
             unrelayed: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
@@ -186,9 +185,9 @@ impl Broker for RedisBroker {
         &self.shared.node
     }
 
-    fn publish(&self, name: &str, message: &Message, exclude: &[ChannelId]) {
+    fn publish(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Option<bool> {
         let channel = if name == ALL { ALL_CHANNEL.to_owned() } else { format!("{SUB_PREFIX}{name}") };
-        let _ = self.enqueue(channel, Envelope::encode(&self.shared.node, "", exclude, message));
+        Some(self.enqueue(channel, Envelope::encode(&self.shared.node, "", exclude, message)).is_ok())
     }
 
     fn send(&self, node: &str, id: &ChannelId, message: &Message) -> Result<(), BrokerError> {
@@ -208,7 +207,7 @@ impl Broker for RedisBroker {
     }
 
     fn errors(&self) -> u64 {
-        self.shared.errors.get()
+        self.shared.counters.errors.get()
     }
 
     fn close(&self) {
@@ -287,7 +286,7 @@ async fn supervise(
             }
             Err(why) => {
                 failures += 1;
-                shared.errors.inc();
+                shared.counters.connect_failed();
                 // Log the first failure of a streak loudly, then once in a while.
                 if failures == 1 || failures % 30 == 0 {
                     tracing::warn!(node = %shared.node, %why, failures, "broker: cannot connect to Redis; retrying");
@@ -452,7 +451,7 @@ mod tests {
         let shared = Shared {
             node: "me".into(),
             connected: AtomicBool::new(true),
-            errors: Counter::default(),
+            counters: BrokerCounters::default(),
             unrelayed: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
