@@ -231,9 +231,9 @@ async fn backend_round_trip_open_message_close_with_ordered_actions() {
     alice.send_text("bye").await;
     assert_eq!(alice.next().await, text("closing"));
     assert_eq!(alice.expect_close().await, Some(4000));
-    alice
-        .send_frame(OpCode::Close, true, &4000u16.to_be_bytes())
-        .await;
+    // The client answers with an empty Close: the close event still carries the code the
+    // connection was closed with (ours), not 1005.
+    alice.send_frame(OpCode::Close, true, &[]).await;
     // bob leaves with his own code
     let mut payload = 4321u16.to_be_bytes().to_vec();
     payload.extend_from_slice(b"gone");
@@ -279,7 +279,11 @@ async fn backend_round_trip_open_message_close_with_ordered_actions() {
         &json!({"event": "close", "channel": bob_id, "code": 4321})
     );
     let alice_events = events_of(&events, alice_id);
-    assert_eq!(alice_events.last().unwrap()["event"], "close");
+    assert_eq!(
+        alice_events.last().unwrap(),
+        &json!({"event": "close", "channel": alice_id, "code": 4000}),
+        "a close wsgate started reports wsgate's code"
+    );
     assert_eq!(
         alice_events
             .iter()
@@ -341,6 +345,11 @@ async fn open_is_decided_before_the_101_reject_403_fail_502_timeout_504() {
     let metrics = gate.server.metrics().render();
     assert!(
         metrics.contains("wsgate_upstream_errors_total{kind=\"callback_error\"} 1"),
+        "{metrics}"
+    );
+    // 403, 502 and 504 are handshake failures too.
+    assert!(
+        metrics.contains("wsgate_handshake_failures_total{reason=\"app_refused\"} 3"),
         "{metrics}"
     );
     assert!(

@@ -4,8 +4,10 @@
 //!
 //! Events: `{"event":"open","channel":ID,"app":..,"url":..,"peer":..,"headers":{..}}`,
 //! `{"event":"message","channel":ID,"text":..}` (or `"binary":BASE64`),
-//! `{"event":"close","channel":ID,"code":N}` (1005 when the peer sent no code, 1006 when the
-//! connection was lost).
+//! `{"event":"close","channel":ID,"code":N}`: the connection's close code, the peer's when it
+//! closed first (1005 when its Close had no code), wsgate's when wsgate closed first (a
+//! `close` action's code, 1001 on shutdown, 1008 for a slow consumer, 1002/1007/1009 for
+//! protocol errors), 1006 when the connection was lost.
 //!
 //! Answer: empty, or `{"actions":[...]}` with, in any number and order:
 //! `{"send":"text"}` or `{"send":{"text"|"binary":..,"channel":ID?}}`, `{"subscribe":"room"}`,
@@ -266,11 +268,11 @@ impl App for Backend {
         }
     }
 
-    fn on_close(&self, channel: &ChannelHandle, peer_code: Option<u16>) {
+    fn on_close(&self, channel: &ChannelHandle, close_code: Option<u16>) {
         let Some(tx) = lock(&self.inner.workers).remove(channel.id()) else {
             return;
         };
-        let event = Event::Close(peer_code.unwrap_or(code::NO_STATUS));
+        let event = Event::Close(close_code.unwrap_or(code::NO_STATUS));
         // The close event must not be lost to a full queue: wait for room off this task.
         if let Err(mpsc::error::TrySendError::Full(event)) = tx.try_send(event) {
             tokio::spawn(async move {

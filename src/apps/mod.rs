@@ -83,7 +83,10 @@ pub trait App: Send + Sync + 'static {
     /// A complete message arrived from the client.
     fn on_message(&self, channel: &ChannelHandle, message: Message);
 
-    /// The connection ended; `code` is the peer's close code if it sent one.
+    /// The connection ended. `code` is the connection's close code: the peer's when the peer
+    /// closed first (`None` when its Close had no code), ours when this side closed first (an
+    /// app, the control API, a protocol error, shutdown), 1006 when the connection was lost
+    /// without a closing handshake.
     fn on_close(&self, _channel: &ChannelHandle, _code: Option<u16>) {}
 
     /// The HTML page served on a plain `GET` of the app's URLs, if the app has one.

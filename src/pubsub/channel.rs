@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -125,6 +125,8 @@ struct Inner {
     budget: Arc<ByteBudget>,
     policy: SlowConsumerPolicy,
     closing: AtomicBool,
+    /// The code of the Close this side sent first (0: none yet, or one without a code).
+    close_code: AtomicU32,
     /// Woken when `closing` is set, for [`ChannelHandle::closing`].
     closing_changed: Notify,
     dropped: AtomicU64,
@@ -178,6 +180,7 @@ impl ChannelHandle {
             budget: budget.clone(),
             policy,
             closing: AtomicBool::new(false),
+            close_code: AtomicU32::new(0),
             closing_changed: Notify::new(),
             dropped: AtomicU64::new(0),
             metrics: OnceLock::new(),
@@ -342,8 +345,14 @@ impl ChannelHandle {
         if self.0.closing.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.0.close_code.store(u32::from(code), Ordering::Release);
         let _ = self.0.tx.send(Outbound::Close { code: Some(code), reason: reason.to_owned() });
         self.0.closing_changed.notify_waiters();
+    }
+
+    /// The code of the Close this side started with [`ChannelHandle::close`], if it did.
+    pub fn close_code(&self) -> Option<u16> {
+        u16::try_from(self.0.close_code.load(Ordering::Acquire)).ok().filter(|c| *c != 0)
     }
 
     /// Answers the peer's Close (RFC 6455 §5.5.1: echo its status code) unless we already sent

@@ -145,6 +145,9 @@ pub(super) async fn decide<B>(
     let decided = pre_accept.is_some();
     if let Some(decision) = pre_accept {
         if let Err(rejection) = decision.await {
+            // The app (backend: its upstream callback, or the callback's failure) said no.
+            refused("app_refused");
+            tracing::info!(app = %route.name, peer = %client.peer, status = rejection.status.as_u16(), "WebSocket refused by the app");
             let mut response = Response::new(full_body(rejection.body));
             *response.status_mut() = rejection.status;
             *response.headers_mut() = rejection.headers;

@@ -97,13 +97,14 @@ where
     // Each half is polled only when its own waker fired (a delivery does not poll the reader).
     let (read_half, write_half) = (std::pin::pin!(read_half), std::pin::pin!(write_half));
     let (end, ()) = super::halves::join_halves(read_half, write_half).await;
-    let peer_code = match &end {
+    let close_code = match &end {
         SessionEnd::PeerClosed(c) => *c,
-        _ => None,
+        SessionEnd::Closed(c) => Some(*c),
+        SessionEnd::Dropped => Some(code::ABNORMAL),
     };
     // Make later sends fail fast; the writer is gone.
     channel.close(code::GOING_AWAY, "");
-    app.on_close(&channel, peer_code);
+    app.on_close(&channel, close_code);
     end
 }
 
@@ -251,7 +252,8 @@ where
         }
         if channel.is_closing() && closing.is_none() {
             // The app or the slow-consumer policy started the close: wait for the answer.
-            closing = Some((code::POLICY, crate::time::deadline(config.close_timeout)));
+            let started = channel.close_code().unwrap_or(code::POLICY);
+            closing = Some((started, crate::time::deadline(config.close_timeout)));
         }
     }
 }
