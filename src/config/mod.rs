@@ -376,6 +376,20 @@ pub struct BrokerConfig {
     /// PEM root certificate(s) to verify a `rediss://` server with, instead of the system's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Redis Sentinel instead of `url`: the sentinels' `host:port` addresses; the primary of
+    /// `master_name` is asked of them at every (re)connect.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+    /// A file holding the sentinels' own password (`requirepass` of the sentinels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_password_file: Option<PathBuf>,
+    /// With `sentinels`: TLS to the sentinels and to the primary (verified with `ca_file`, or
+    /// the system's roots).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 /// Log output format.

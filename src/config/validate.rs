@@ -163,11 +163,36 @@ fn limits(config: &Config, out: &mut Vec<Issue>) {
 }
 
 fn broker(config: &Config, out: &mut Vec<Issue>) {
-    if config.broker.kind == BrokerKind::Redis {
+    let b = &config.broker;
+    let sentinel_keys = !b.sentinels.is_empty() || b.master_name.is_some() || b.sentinel_password_file.is_some() || b.tls;
+    if b.kind == BrokerKind::Redis && sentinel_keys {
+        if b.url.is_some() {
+            out.push(Issue::new("broker.url", "give either url or sentinels (with master_name), not both"));
+        }
+        if b.sentinels.is_empty() {
+            out.push(Issue::new("broker.sentinels", "required with master_name: the sentinels' \"host:port\" addresses"));
+        }
+        for (i, addr) in b.sentinels.iter().enumerate() {
+            let valid = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid {
+                out.push(Issue::new(format!("broker.sentinels.{i}"), format!("{addr:?} is not a \"host:port\" address")));
+            }
+        }
+        match b.master_name.as_deref() {
+            None | Some("") => out.push(Issue::new("broker.master_name", "required with sentinels: the name the sentinels monitor the primary under")),
+            Some(name) if name.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                out.push(Issue::new("broker.master_name", format!("{name:?} must not contain spaces or control characters")))
+            }
+            Some(_) => {}
+        }
+        if b.ca_file.is_some() && !b.tls {
+            out.push(Issue::new("broker.ca_file", "only used with tls = true (or a rediss:// broker.url)"));
+        }
+    } else if b.kind == BrokerKind::Redis {
         match config.broker.url.as_deref() {
             None | Some("") => out.push(Issue::new(
                 "broker.url",
-                "required when broker.kind = \"redis\"",
+                "required when broker.kind = \"redis\" (or sentinels and master_name)",
             )),
             Some(u)
                 if !(u.starts_with("redis://")

@@ -104,7 +104,25 @@ pub fn redis_settings(config: &BrokerConfig) -> Result<Option<redis::RedisSettin
         Some(path) => Some(std::fs::read(path).map_err(|e| format!("broker.ca_file {}: {e}", path.display()))?),
         None => None,
     };
-    let settings = redis::RedisSettings { url, password, ca_pem };
+    let sentinel_password = match &config.sentinel_password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("broker.sentinel_password_file {}: {e}", path.display()))?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
+        }
+        None => None,
+    };
+    let settings = redis::RedisSettings {
+        url,
+        password,
+        ca_pem,
+        sentinel: (!config.sentinels.is_empty()).then(|| redis::SentinelSettings {
+            addrs: config.sentinels.clone(),
+            master_name: config.master_name.clone().unwrap_or_default(),
+            password: sentinel_password,
+            tls: config.tls,
+        }),
+    };
     settings.client()?; // parse the URL and certificates now, not on first connect
     Ok(Some(settings))
 }

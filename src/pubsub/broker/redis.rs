@@ -18,6 +18,11 @@
 //!   the hub has. What could not be relayed meanwhile is counted (`broker_errors_total`).
 //!   Messages published by other nodes while this one was disconnected are not replayed:
 //!   Redis pub/sub has no history.
+//! - With Redis Sentinel (`[broker] sentinels`, `master_name`) every (re)connect first asks
+//!   the sentinels, in order, for the current primary (`SENTINEL get-master-addr-by-name`)
+//!   and checks with `ROLE` that it is one; the liveness check repeats `ROLE`, so a primary
+//!   demoted by a failover (still reachable, now a replica) is left within
+//!   [`PING_INTERVAL`] for the new one.
 
 use std::collections::HashSet;
 use std::future::poll_fn;
@@ -50,12 +55,28 @@ const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// How to reach Redis.
 #[derive(Clone, Default)]
 pub struct RedisSettings {
-    /// `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS) or `unix://…`.
+    /// `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS) or `unix://…` (unused with
+    /// `sentinel`).
     pub url: String,
     /// Password (from `password_file`); overrides one in the URL.
     pub password: Option<String>,
     /// PEM root certificates for `rediss://` instead of the system's trust store.
     pub ca_pem: Option<Vec<u8>>,
+    /// Find the primary through Redis Sentinel instead of `url`.
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// Redis Sentinel: where the sentinels are and which primary to ask them for.
+#[derive(Clone, Default)]
+pub struct SentinelSettings {
+    /// The sentinels' `host:port` addresses, asked in order.
+    pub addrs: Vec<String>,
+    /// The monitored primary's name.
+    pub master_name: String,
+    /// The sentinels' own password, if they require one.
+    pub password: Option<String>,
+    /// TLS to the sentinels and the primary.
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -67,10 +88,27 @@ impl std::fmt::Debug for RedisSettings {
 }
 
 impl RedisSettings {
-    /// A `redis::Client` (no connection is made yet).
+    /// A `redis::Client` for `url` (no connection is made yet); with `sentinel`, one for
+    /// the first sentinel (to check the settings).
     pub fn client(&self) -> Result<redis::Client, String> {
-        let mut info = self.url.as_str().into_connection_info().map_err(|e| format!("broker.url: {e}"))?;
-        if let Some(password) = &self.password {
+        match &self.sentinel {
+            Some(sentinel) => {
+                let first = sentinel.addrs.first().ok_or("broker.sentinels: none given")?;
+                self.client_at(first, sentinel.password.as_deref(), sentinel.tls)
+            }
+            None => self.client_for(&self.url, self.password.as_deref()),
+        }
+    }
+
+    /// A client for `host:port`, with this broker's TLS roots.
+    fn client_at(&self, addr: &str, password: Option<&str>, tls: bool) -> Result<redis::Client, String> {
+        let scheme = if tls { "rediss" } else { "redis" };
+        self.client_for(&format!("{scheme}://{addr}"), password)
+    }
+
+    fn client_for(&self, url: &str, password: Option<&str>) -> Result<redis::Client, String> {
+        let mut info = url.into_connection_info().map_err(|e| format!("broker.url: {e}"))?;
+        if let Some(password) = password {
             let redis = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(redis);
         }
@@ -127,7 +165,7 @@ impl RedisBroker {
     /// error here, only a reason to retry. `counters` are the ones to export (pass the
     /// metrics registry's).
     pub fn start(settings: &RedisSettings, node: &str, hub: &Arc<Hub>, counters: BrokerCounters) -> Result<Arc<Self>, String> {
-        let client = settings.client()?;
+        settings.client()?; // unusable settings fail now, not at the first connect
         let shared = Arc::new(Shared {
             node: node.to_owned(),
             connected: AtomicBool::new(false),
@@ -146,7 +184,7 @@ impl RedisBroker {
         }
         let (conn_tx, conn_rx) = watch::channel(None);
         tokio::spawn(publisher(shared.clone(), outbound_rx, conn_rx, stop_rx.clone()));
-        tokio::spawn(supervise(shared, client, Arc::downgrade(hub), interest_rx, conn_tx, stop_rx));
+        tokio::spawn(supervise(shared, settings.clone(), Arc::downgrade(hub), interest_rx, conn_tx, stop_rx));
         Ok(broker)
     }
 
@@ -254,7 +292,7 @@ async fn publisher(
 /// reconnects with backoff; ends when stopped or when the hub is gone.
 async fn supervise(
     shared: Arc<Shared>,
-    client: redis::Client,
+    settings: RedisSettings,
     hub: Weak<Hub>,
     mut interest: mpsc::UnboundedReceiver<Arc<str>>,
     conn: watch::Sender<Option<(u64, MultiplexedConnection)>>,
@@ -266,15 +304,20 @@ async fn supervise(
         if *stop.borrow() {
             return;
         }
-        match connect(&client, &shared.node, &hub).await {
-            Ok(session) => {
+        let sentinel = settings.sentinel.is_some();
+        let connected = match settings.current_client().await {
+            Ok((client, primary)) => connect(&client, &shared.node, &hub, sentinel).await.map(|s| (s, primary)),
+            Err(why) => Err(why),
+        };
+        match connected {
+            Ok((session, primary)) => {
                 backoff = BACKOFF_MIN;
                 failures = 0;
                 let generation = shared.connects.fetch_add(1, Ordering::Relaxed) + 1;
                 conn.send_replace(Some((generation, session.conn.clone())));
                 shared.connected.store(true, Ordering::Release);
-                tracing::info!(node = %shared.node, subscriptions = session.subscribed.len(), "broker: connected to Redis");
-                let ended = run(&shared, generation, &hub, session, &mut interest, &mut stop).await;
+                tracing::info!(node = %shared.node, subscriptions = session.subscribed.len(), primary = primary.as_deref().unwrap_or("url"), "broker: connected to Redis");
+                let ended = run(&shared, generation, &hub, session, sentinel, &mut interest, &mut stop).await;
                 shared.connected.store(false, Ordering::Release);
                 conn.send_replace(None);
                 match ended {
@@ -320,6 +363,56 @@ enum Ended {
     Lost(String),
 }
 
+/// Fails unless the server `conn` is on answers `ROLE` with `master`.
+async fn check_primary(conn: &mut MultiplexedConnection) -> Result<(), String> {
+    let role = timed("ROLE", redis::cmd("ROLE").query_async::<redis::Value>(conn)).await?;
+    let first = match &role {
+        redis::Value::Array(items) => items.first(),
+        _ => None,
+    };
+    let name = match first {
+        Some(redis::Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        Some(redis::Value::SimpleString(text)) => text.clone(),
+        _ => format!("{role:?}"),
+    };
+    if name == "master" {
+        Ok(())
+    } else {
+        Err(format!("the server is a {name}, not the primary (a failover moved it)"))
+    }
+}
+
+impl RedisSettings {
+    /// The client to connect with now and, with Sentinel, the primary's address: `url`'s, or
+    /// the primary the first sentinel that answers names.
+    async fn current_client(&self) -> Result<(redis::Client, Option<String>), String> {
+        let Some(sentinel) = &self.sentinel else {
+            return self.client_for(&self.url, self.password.as_deref()).map(|c| (c, None));
+        };
+        let mut why = Vec::new();
+        for addr in &sentinel.addrs {
+            let asked = async {
+                let client = self.client_at(addr, sentinel.password.as_deref(), sentinel.tls)?;
+                let mut conn = timed("connect", client.get_multiplexed_async_connection()).await?;
+                let primary: Option<(String, u16)> = timed(
+                    "SENTINEL get-master-addr-by-name",
+                    redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(&sentinel.master_name).query_async(&mut conn),
+                )
+                .await?;
+                primary.ok_or_else(|| format!("does not monitor a primary named {:?}", sentinel.master_name))
+            };
+            match asked.await {
+                Ok((host, port)) => {
+                    let primary = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+                    return Ok((self.client_at(&primary, self.password.as_deref(), sentinel.tls)?, Some(primary)));
+                }
+                Err(error) => why.push(format!("sentinel {addr}: {error}")),
+            }
+        }
+        Err(format!("no sentinel named the primary: {}", why.join("; ")))
+    }
+}
+
 async fn timed<T>(what: &str, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
     match tokio::time::timeout(IO_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
@@ -328,9 +421,12 @@ async fn timed<T>(what: &str, f: impl std::future::Future<Output = redis::RedisR
     }
 }
 
-async fn connect(client: &redis::Client, node: &str, hub: &Weak<Hub>) -> Result<Session, String> {
+async fn connect(client: &redis::Client, node: &str, hub: &Weak<Hub>, must_be_primary: bool) -> Result<Session, String> {
+    let mut conn = timed("connect (publisher)", client.get_multiplexed_async_connection()).await?;
+    if must_be_primary {
+        check_primary(&mut conn).await?;
+    }
     let pubsub = timed("connect (subscriber)", client.get_async_pubsub()).await?;
-    let conn = timed("connect (publisher)", client.get_multiplexed_async_connection()).await?;
     let (mut sink, stream) = pubsub.split();
     timed("SUBSCRIBE", sink.subscribe(&[format!("{NODE_PREFIX}{node}"), ALL_CHANNEL.to_owned()])).await?;
     let names = hub.upgrade().map(|h| h.local_subscription_names()).unwrap_or_default();
@@ -346,6 +442,7 @@ async fn run(
     generation: u64,
     hub: &Weak<Hub>,
     mut session: Session,
+    must_be_primary: bool,
     interest: &mut mpsc::UnboundedReceiver<Arc<str>>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
@@ -374,6 +471,12 @@ async fn run(
                 }
                 if let Err(why) = timed("PING (subscriber)", session.sink.ping::<redis::Value>()).await {
                     return Ended::Lost(why);
+                }
+                // Sentinel: a failover may have demoted this server while it stayed reachable.
+                if must_be_primary {
+                    if let Err(why) = check_primary(&mut session.conn).await {
+                        return Ended::Lost(why);
+                    }
                 }
             }
             changed = failed.changed() => {
