@@ -23,8 +23,14 @@ enum Command {
     /// Print the manual page (roff) to stdout; used by packaging.
     #[command(hide = true)]
     Man,
-    /// Publish one message to a subscription through the admin listener's control API (like
-    /// the seed's ws::multicast); prints the number of channels it was queued to.
+    /// Send one message to every WebSocket of a subscription (through the admin listener's
+    /// control API); prints how many WebSockets it was queued to.
+    ///
+    /// A chat room can be named APP/ROOM, ROOM being the last part of one of the chat app's
+    /// URLs: with the demo config `wsgate publish chat/ops 'deploy done'` reaches the room
+    /// at /websocket/chat/ops (subscription `chat:chat:/websocket/chat/ops`), and plain text
+    /// is shown there as a message from "wsgate". `all` reaches every WebSocket; other names
+    /// are subscriptions made through the control API or a backend app.
     Publish(PublishArgs),
     /// Connect to a WebSocket URL: interactive (stdin lines out, messages in) or --send/--receive.
     Client(wsgate::ws::client_cli::ClientArgs),
@@ -34,7 +40,8 @@ enum Command {
 struct PublishArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// The subscription (`all` reaches every WebSocket).
+    /// The subscription: `all` (every WebSocket), a chat room as APP/ROOM (e.g. chat/ops), or
+    /// a subscription name.
     subscription: String,
     /// The message; `-` or nothing reads it from standard input.
     message: Option<String>,
@@ -72,14 +79,27 @@ struct RunArgs {
 struct CheckArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Also check that this user (the service runs as `wsgate`) can read every file the
+    /// configuration names: TLS certificates and keys, token, password and CA files, log-view
+    /// files (permission bits of each file and directory; ACLs are not evaluated).
+    #[arg(long, value_name = "USER")]
+    as_user: Option<String>,
+    /// With --as-user: a supplementary group the unit adds (`SupplementaryGroups=`; the
+    /// packaged unit adds adm). Repeatable.
+    #[arg(long, value_name = "GROUP", requires = "as_user")]
+    group: Vec<String>,
 }
 
 impl ConfigArgs {
-    fn load(&self) -> Result<(Config, String), config::ConfigError> {
-        let source = match &self.config {
+    fn source(&self) -> ConfigSource {
+        match &self.config {
             Some(path) => ConfigSource::File(path.clone()),
             None => ConfigSource::Default,
-        };
+        }
+    }
+
+    fn load(&self) -> Result<(Config, String), config::ConfigError> {
+        let source = self.source();
         let name = source.describe();
         let overrides = CliOverrides {
             listen: self.listen.clone(),
@@ -142,16 +162,86 @@ fn check(args: &CheckArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let source = args.config.source();
+    let mut failed = false;
     if let Err(errors) = wsgate::server::check(&config) {
         for error in errors {
-            eprintln!("{error}");
+            match &error.key {
+                Some(key) => eprintln!("{}{}", config::key_prefix(&source, key), error.message),
+                None => eprintln!("{error}"),
+            }
         }
+        failed = true;
+    }
+    if !check_files(args, &config, &source) {
+        failed = true;
+    }
+    if failed {
         eprintln!("wsgate: configuration {name} test failed");
         return ExitCode::from(1);
     }
+    for app in config::summary::apps(&config, None).iter().filter(|a| a.is_off()) {
+        eprintln!("wsgate: {app}");
+    }
     eprintln!("wsgate: configuration {name} syntax is ok");
     eprintln!("wsgate: configuration {name} test is successful");
+    if args.as_user.is_none() && rustix::process::geteuid().is_root() {
+        eprintln!(
+            "wsgate: hint: checked as root, which can read any file; the service runs as user wsgate: \
+             `wsgate check --as-user wsgate --group adm` also checks that it can read the files the configuration names"
+        );
+    }
     ExitCode::SUCCESS
+}
+
+/// `--as-user`: every named file readable by that user (errors); log-view files where the
+/// unit hides them (warnings, with or without `--as-user`). False when an error was printed.
+fn check_files(args: &CheckArgs, config: &Config, source: &ConfigSource) -> bool {
+    use config::readable;
+    let files = readable::named_files(config);
+    for file in files.iter().filter(|f| f.log_view) {
+        if let Some(setting) = readable::hidden_by_unit(&file.path) {
+            eprintln!(
+                "{}warning: {} is hidden from the service by its unit's {setting}: the log-view cannot follow it there",
+                config::key_prefix(source, &file.key),
+                file.path.display()
+            );
+        }
+    }
+    let Some(name) = &args.as_user else {
+        return true;
+    };
+    let user = match readable::User::lookup(name, &args.group) {
+        Ok(user) => user,
+        Err(error) => {
+            eprintln!("wsgate: --as-user: {error}");
+            return false;
+        }
+    };
+    let mut ok = true;
+    let config_file = match source {
+        ConfigSource::File(path) => Some(path.clone()),
+        ConfigSource::Default => Some(PathBuf::from(config::load::DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        ConfigSource::Text { .. } => None,
+    };
+    if let Some(path) = &config_file {
+        if let Err(reason) = readable::check_readable(&user, path) {
+            eprintln!("{}: configuration file: {reason}", path.display());
+            ok = false;
+        }
+    }
+    for file in &files {
+        match readable::check_readable(&user, &file.path) {
+            Ok(()) => {}
+            // A log-view file may appear later; the viewer reports it missing meanwhile.
+            Err(_) if file.log_view && !file.path.exists() => {}
+            Err(reason) => {
+                eprintln!("{}{}: {reason}", config::key_prefix(source, &file.key), file.path.display());
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 fn source_name(args: &ConfigArgs) -> String {
@@ -202,11 +292,20 @@ async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
     };
     let server = match wsgate::server::start(&config).await {
         Ok(server) => server,
+        Err(wsgate::server::StartError::Tls { addr, source }) => {
+            // Name the config line that gave the certificate or key, like config errors do.
+            let index = config.listen.iter().position(|l| l.addr == addr && l.tls.is_some()).unwrap_or_default();
+            let problem = wsgate::server::CheckProblem::tls(index, &source);
+            let key = problem.key.unwrap_or_default();
+            tracing::error!("cannot start: {}listen {addr}: {}", config::key_prefix(&args.source(), &key), problem.message);
+            return ExitCode::from(1);
+        }
         Err(error) => {
             tracing::error!("cannot start: {error}");
             return ExitCode::from(1);
         }
     };
+    startup_summary(&config, &server);
     let monitor = server.monitor();
     // DESIGN §8: READY=1 only now that every listener is bound or adopted.
     systemd::ready(&monitor.status_line());
@@ -246,22 +345,30 @@ async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What a newcomer needs from the first lines: each app with its URLs (or why it is off), and
+/// where everything else goes. A background probe warns when the upstream does not answer.
+fn startup_summary(config: &Config, server: &wsgate::server::RunningServer) {
+    use config::summary;
+    let base = server.listeners().first().map(|l| summary::Base { addr: l.addr, tls: l.tls });
+    for app in summary::apps(config, base) {
+        tracing::info!("{app}");
+    }
+    let upstream = config.upstream.url.clone();
+    tracing::info!("upstream {upstream}: every request no app serves is forwarded there");
+    let timeout = config.upstream.connect_timeout;
+    tokio::spawn(async move {
+        let connect = tokio::net::TcpStream::connect(upstream.authority());
+        let reason = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {timeout:?}"),
+        };
+        tracing::warn!(
+            "upstream {upstream} is not reachable ({reason}): requests no app serves get 502 Bad Gateway until it is; set [upstream] url or --upstream"
+        );
+    });
+}
+
 fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        // A failed log write (stderr on a full disk, a closed pipe) must not take the server
-        // down: by default tracing-subscriber reports it with `eprintln!`, which panics when
-        // stderr itself cannot be written, and that panic killed wsgate at its first log line.
-        .log_internal_errors(false)
-        .init();
+    wsgate::logging::init(&config.log);
 }

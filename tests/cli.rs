@@ -205,3 +205,228 @@ async fn sighup_does_not_kill_the_server() {
     assert!(status.success());
     reader.join().unwrap();
 }
+
+// ---- issue 17: log formats, check --as-user, what a newcomer sees ----
+
+/// A config whose TLS listener cannot start (the certificate is missing): `run` logs one
+/// ERROR and exits 1, after an INFO "starting" line. Returns the file, for line numbers.
+fn failing_tls_config(dir: &tempfile::TempDir, format: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[log]\nformat = \"{format}\"\n[[listen]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }}\n[admin]\naddr = \"off\"\n"
+    );
+    write_config(dir, &text)
+}
+
+/// Runs `run` with stderr in a file (so its device and inode are known) and returns it.
+fn run_to_file(config: &std::path::Path, journal_stream: Option<&str>) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["run", "--config"]).arg(config).env_remove("RUST_LOG").env_remove("JOURNAL_STREAM").stderr(file);
+    match journal_stream {
+        Some("this file") => command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())),
+        Some(other) => command.env("JOURNAL_STREAM", other),
+        None => &mut command,
+    };
+    let status = command.status().unwrap();
+    assert_eq!(status.code(), Some(1), "a missing certificate stops run");
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn log_format_text_json_journald() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = failing_tls_config(&dir, "text");
+    let text = run_to_file(&config, None);
+    let error = text.lines().find(|l| l.contains("ERROR")).unwrap_or_else(|| panic!("an ERROR line: {text}"));
+    assert!(error.starts_with("20") && error.contains(" ERROR cannot start: "), "timestamp, level, message: {error}");
+    assert!(!text.contains("<3>") && !text.contains('{'), "{text}");
+
+    let config = failing_tls_config(&dir, "json");
+    let json = run_to_file(&config, None);
+    let mut levels = Vec::new();
+    for line in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("one object per line ({e}): {line}"));
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(v[key].is_string(), "{key} in {line}");
+        }
+        levels.push(v["level"].as_str().unwrap_or_default().to_string());
+        if v["message"] == "starting" {
+            assert_eq!(v["fields"]["version"], env!("CARGO_PKG_VERSION"), "fields kept typed apart: {line}");
+        }
+    }
+    assert!(levels.contains(&"INFO".to_string()) && levels.contains(&"ERROR".to_string()), "{json}");
+
+    let config = failing_tls_config(&dir, "journald");
+    let journal = run_to_file(&config, None);
+    assert!(journal.lines().any(|l| l.starts_with("<6>") && l.contains("starting")), "{journal}");
+    assert!(journal.lines().any(|l| l.starts_with("<3>") && l.contains("cannot start")), "{journal}");
+    assert!(journal.lines().all(|l| l.starts_with('<')), "every line has a priority: {journal}");
+}
+
+/// `auto` (the default) writes journal priorities only when JOURNAL_STREAM names stderr
+/// itself: a variable inherited by a process whose stderr goes elsewhere changes nothing.
+#[test]
+fn log_format_auto_follows_journal_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = failing_tls_config(&dir, "auto");
+    let journal = run_to_file(&config, Some("this file"));
+    let error = journal.lines().find(|l| l.contains("cannot start")).unwrap_or_else(|| panic!("{journal}"));
+    assert!(error.starts_with("<3>"), "ERROR at priority 3 when stderr is the journal: {journal}");
+    assert!(journal.lines().any(|l| l.starts_with("<6>") && l.contains("starting")), "{journal}");
+    let elsewhere = run_to_file(&config, Some("1:2"));
+    assert!(!elsewhere.contains("<3>") && elsewhere.contains(" ERROR cannot start"), "{elsewhere}");
+    let plain = run_to_file(&config, None);
+    assert!(!plain.contains("<3>"), "{plain}");
+}
+
+/// A TLS file that cannot be read names the config line that gave it, in `check` and `run`.
+#[test]
+fn tls_file_errors_name_the_config_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = failing_tls_config(&dir, "text");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let prefix = format!("{}:5: listen.0.tls.cert: /nonexistent/cert.pem: cannot read certificate chain", config.display());
+    assert!(err.lines().any(|l| l.starts_with(&prefix)), "{prefix} in: {err}");
+    let run = run_to_file(&config, None);
+    assert!(run.contains(&format!("{}:5: listen.0.tls.cert: ", config.display())), "{run}");
+}
+
+#[test]
+fn check_as_user_finds_files_the_service_user_cannot_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "secret\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        "[admin]\naddr = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[apps.logs]\nkind = \"log-view\"\nurls = [\"/logs\"]\nfiles = [\"/var/log/wsgate-test-absent.log\", \"/tmp/wsgate-test-app.log\"]\n",
+        token.display()
+    );
+    let config = write_config(&dir, &text);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    // Without --as-user: passes, warns about /tmp, and (as root) suggests --as-user.
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warning = format!("{}:7: apps.logs.files.1: warning: /tmp/wsgate-test-app.log is hidden from the service by its unit's PrivateTmp=yes", config.display());
+    assert!(err.lines().any(|l| l.starts_with(&warning)), "{warning} in: {err}");
+    if rustix::process::geteuid().is_root() {
+        assert!(err.contains("--as-user wsgate"), "root gets the hint: {err}");
+    }
+
+    let out = Command::new(BIN).args(["check", "--as-user", "nobody", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = format!("{}:3: admin.token_file: {}: not readable by user nobody", config.display(), token.display());
+    assert!(err.lines().any(|l| l.starts_with(&line) && l.contains("mode 0600")), "{line} in: {err}");
+    assert!(!err.contains("wsgate-test-absent.log:"), "a log-view file that does not exist yet is not an error: {err}");
+    assert!(!err.contains("hint:"), "{err}");
+
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN).args(["check", "--as-user", "nobody", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN).args(["check", "--as-user", "no-such-user-here", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user \"no-such-user-here\""));
+}
+
+/// Every config problem in one run, in plain words: type errors, unknown keys and the
+/// semantic rules of the values that did parse, in the same section.
+#[test]
+fn check_reports_every_problem_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[limits]\nmax_connections = \"many\"\nfoo = 1\n[apps.e]\nkind = \"echo\"\nurls = [\"/e\"]\nhistory = 5\n[apps.c]\nkind = \"chat\"\nurls = [\"nope\"]\nhistory = true\n[apps.off]\nkind = \"echo\"\n";
+    let config = write_config(&dir, text);
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let p = config.display();
+    for expected in [
+        format!("{p}:2: limits.max_connections: wrong type: found \"many\", expected a whole number"),
+        format!("{p}:3: limits.foo: unknown key"),
+        format!("{p}:7: apps.e.history: not a setting of an `echo` app"),
+        format!("{p}:10: apps.c.urls.0: \"nope\" must start with '/'"),
+        format!("{p}:11: apps.c.history: wrong type: found true, expected a whole number"),
+    ] {
+        assert!(err.lines().any(|l| l.starts_with(&expected)), "{expected:?} in: {err}");
+    }
+    assert!(!err.contains("usize") && !err.contains("a `echo`"), "{err}");
+
+    // A URL without the scheme: the hint must not suggest a path (the upstream takes none).
+    let out = Command::new(BIN).args(["check", "--upstream", "127.0.0.1:8000", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("option --upstream: upstream.url: invalid URL \"127.0.0.1:8000\": expected an absolute http:// URL, e.g. \"http://127.0.0.1:8000\""), "{err}");
+    assert!(!err.contains("host:port/"), "{err}");
+}
+
+#[test]
+fn check_and_run_say_which_apps_are_on_and_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\n[[listen]]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"off\"\n[apps.chat]\nkind = \"chat\"\nurls = [\"/c\", \"/c/ops\"]\n[apps.echo]\nkind = \"echo\"\nurls = [\"/e\"]\n[apps.orders]\nkind = \"backend\"\ncallback = \"http://127.0.0.1:9/cb\"\n";
+    let config = write_config(&dir, text);
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("wsgate: app orders (backend) is off: no urls"), "{err}");
+
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let done = line.contains("is not reachable");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = seen.join("\n");
+    let addr = log
+        .split("addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("listening line: {log}"));
+    for expected in [
+        format!("app chat (chat): http://{addr}/c http://{addr}/c/ops"),
+        format!("app echo (echo): ws://{addr}/e"),
+        "app orders (backend) is off: no urls".to_string(),
+        "upstream http://127.0.0.1:9: every request no app serves is forwarded there".to_string(),
+        "upstream http://127.0.0.1:9 is not reachable".to_string(),
+    ] {
+        assert!(log.contains(&expected), "{expected:?} in: {log}");
+    }
+}
+
+#[test]
+fn publish_names_chat_rooms_and_speaks_to_users() {
+    let help = Command::new(BIN).args(["publish", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("chat/ops") && !help.contains("seed"), "{help}");
+    let out = Command::new(BIN).args(["publish", "--config", "config/wsgate.toml", "chat/dev", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chat app \"chat\" has no room \"dev\"; its rooms: chat/chat, chat/ops"), "{err}");
+}
+
+#[test]
+fn pages_carry_an_inline_icon() {
+    // Else every page load asks the upstream for /favicon.ico (a 502 while nothing runs there).
+    for page in [include_str!("../assets/chat.html"), include_str!("../assets/logview.html")] {
+        assert!(page.contains("<link rel=\"icon\" href=\"data:,\">"));
+    }
+}

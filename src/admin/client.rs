@@ -1,5 +1,7 @@
-//! The client side of the control API, for `wsgate publish` (the seed's `ws::multicast` from
-//! a shell): finds the admin listener and token from the configuration and POSTs one message.
+//! The client side of the control API, for `wsgate publish` (send one message to every
+//! WebSocket of a subscription, from a shell): finds the admin listener and token from the
+//! configuration and POSTs the message. A chat room can be named `APP/ROOM`
+//! ([`resolve_subscription`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -9,7 +11,7 @@ use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use crate::config::Config;
+use crate::config::{AppKind, Config};
 
 /// Time allowed for the whole publish request.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,6 +174,67 @@ async fn call(
     Ok((status, body))
 }
 
+/// What `wsgate publish` sends to: the subscription name and whether the text is to be
+/// wrapped as a chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The real subscription name (`chat:chat:/websocket/chat/ops`).
+    pub subscription: String,
+    /// The name was a chat room shorthand: plain text becomes a chat `message`.
+    pub chat_room: bool,
+}
+
+/// Resolves the room shorthand `APP/ROOM`: `APP` a chat app of `config` and `ROOM` the last
+/// segment of one of its URLs (`chat/ops` for `/websocket/chat/ops`) or the whole URL
+/// without its first `/` (`chat/websocket/chat/ops`). Names with a `:`, `all`, and names
+/// whose first part is no chat app are used as they are. A chat app with no such room is an
+/// error listing its rooms, rather than a publish that reaches nobody.
+pub fn resolve_subscription(config: &Config, name: &str) -> Result<Destination, String> {
+    let as_is = || Destination { subscription: name.to_string(), chat_room: false };
+    if name.contains(':') {
+        return Ok(as_is());
+    }
+    let Some((app_name, room)) = name.split_once('/') else {
+        return Ok(as_is());
+    };
+    let Some(app) = config.apps.get(app_name).filter(|a| a.kind == AppKind::Chat) else {
+        return Ok(as_is());
+    };
+    let found = app.urls.iter().find(|url| {
+        url.trim_start_matches('/') == room || url.rsplit('/').next().is_some_and(|last| last == room)
+    });
+    match found {
+        Some(url) => Ok(Destination { subscription: format!("chat:{app_name}:{url}"), chat_room: true }),
+        None => {
+            let rooms: Vec<String> = app
+                .urls
+                .iter()
+                .map(|u| format!("{app_name}/{}", u.rsplit('/').next().unwrap_or_default()))
+                .collect();
+            Err(format!(
+                "chat app {app_name:?} has no room {room:?}; its rooms: {}",
+                if rooms.is_empty() { "none (no urls)".to_string() } else { rooms.join(", ") }
+            ))
+        }
+    }
+}
+
+/// A chat room's message for `text`, as the chat app multicasts its users' messages
+/// (DESIGN §5), from the user `wsgate`. Text that already is a JSON object goes as it is.
+pub fn chat_message(text: &[u8]) -> Bytes {
+    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(text).is_ok() {
+        return Bytes::copy_from_slice(text);
+    }
+    let text = String::from_utf8_lossy(text);
+    let message = serde_json::json!({
+        "type": "message",
+        "user": "wsgate",
+        "text": text.trim_end_matches('\n'),
+        "ts": crate::apps::chat::now_rfc3339(),
+    });
+    Bytes::from(message.to_string())
+}
+
 /// `wsgate publish`: reads the message (`None` or `-` = standard input), publishes it through
 /// the admin listener named by `config`, and returns the delivered count.
 pub fn publish_command(
@@ -197,6 +260,9 @@ pub fn publish_command(
         .filter(|e| !e.is_empty())
         .map(str::to_owned)
         .collect();
+    let destination = resolve_subscription(config, &subscription).map_err(ClientError::Token)?;
+    let body = if destination.chat_room && !binary { chat_message(&body) } else { body };
+    let subscription = destination.subscription;
     let target = Target::from_config(config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -227,4 +293,50 @@ pub fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AppConfig;
+
+    fn demo() -> Config {
+        let mut config = Config::default();
+        config.apps.insert(
+            "chat".into(),
+            AppConfig {
+                urls: vec!["/websocket/chat".into(), "/websocket/chat/ops".into()],
+                ..AppConfig::new(AppKind::Chat)
+            },
+        );
+        config.apps.insert("echo".into(), AppConfig { urls: vec!["/e".into()], ..AppConfig::new(AppKind::Echo) });
+        config
+    }
+
+    #[test]
+    fn room_shorthand() {
+        let c = demo();
+        let ops = resolve_subscription(&c, "chat/ops").unwrap();
+        assert_eq!(ops.subscription, "chat:chat:/websocket/chat/ops");
+        assert!(ops.chat_room);
+        assert_eq!(resolve_subscription(&c, "chat/chat").unwrap().subscription, "chat:chat:/websocket/chat");
+        assert_eq!(
+            resolve_subscription(&c, "chat/websocket/chat/ops").unwrap().subscription,
+            "chat:chat:/websocket/chat/ops"
+        );
+        for as_is in ["all", "room1", "chat:chat:/websocket/chat", "echo/x", "other/ops"] {
+            assert_eq!(resolve_subscription(&c, as_is).unwrap(), Destination { subscription: as_is.into(), chat_room: false });
+        }
+        let e = resolve_subscription(&c, "chat/dev").unwrap_err();
+        assert!(e.contains("chat/chat, chat/ops"), "{e}");
+    }
+
+    #[test]
+    fn chat_message_wraps_plain_text_only() {
+        let v: serde_json::Value = serde_json::from_slice(&chat_message(b"deploy done\n")).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["user"], "wsgate");
+        assert_eq!(v["text"], "deploy done");
+        assert_eq!(&chat_message(br#"{"type":"message","user":"a","text":"b"}"#)[..], br#"{"type":"message","user":"a","text":"b"}"#);
+    }
 }

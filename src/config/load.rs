@@ -212,6 +212,39 @@ pub fn load(source: ConfigSource, overrides: &CliOverrides) -> Result<Config, Co
     load_text(name, text, overrides)
 }
 
+/// Where `key` (a dotted path such as `listen.0.tls.key`) is written in `source`'s TOML: the
+/// file name as messages show it and the 1-based line of the deepest part of the path the
+/// file writes. `None` when the file cannot be read or writes none of it (a default, a value
+/// from the environment). For messages about a value after loading (a TLS key that cannot
+/// be read), so they name the line like the loader's own errors.
+pub fn locate(source: &ConfigSource, key: &str) -> Option<(String, usize)> {
+    let (name, text) = match source {
+        ConfigSource::File(path) => (path.display().to_string(), std::fs::read_to_string(path).ok()?),
+        ConfigSource::Default => {
+            let path = Path::new(DEFAULT_CONFIG_PATH);
+            if path.exists() {
+                (DEFAULT_CONFIG_PATH.to_string(), std::fs::read_to_string(path).ok()?)
+            } else {
+                (DEMO_NAME.to_string(), DEMO_CONFIG.to_string())
+            }
+        }
+        ConfigSource::Text { name, text } => (name.clone(), text.clone()),
+    };
+    let doc = toml_edit::ImDocument::parse(text.as_str()).ok()?;
+    let mut offset = None;
+    walk_item(doc.as_item(), &split_path(key), &mut offset);
+    offset.map(|o| (name, line_at(&text, o)))
+}
+
+/// `file:line: key: ` for a message about the value at `key` (see [`locate`]); just
+/// `key: ` when the file does not write it.
+pub fn key_prefix(source: &ConfigSource, key: &str) -> String {
+    match locate(source, key) {
+        Some((file, line)) => format!("{}:{line}: {key}: ", OneLine(&file)),
+        None => format!("{key}: "),
+    }
+}
+
 fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| {
         ConfigError::single(
@@ -602,49 +635,162 @@ impl Errors<'_> {
     }
 
     /// Extracts one section (or app) on its own, so one bad section does not hide others.
+    ///
+    /// serde stops at the first bad value of a section, so each bad value is taken out and
+    /// the rest extracted again (up to [`MAX_PASSES`] times): every bad value is reported in
+    /// one run, and validation still sees the section's good values. The keys taken out are
+    /// recorded in `failed`, so no rule reports on the defaults that stood in for them. A
+    /// required key cannot be taken out: the section is then given up as a whole.
     fn section<T: DeserializeOwned>(&mut self, key: &str) -> Option<T> {
-        match self.attribution.figment.extract_inner::<T>(key) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let prefix = split_path(key);
-                self.failed.push(prefix.clone());
-                self.figment(e, &prefix);
-                None
+        let prefix = split_path(key);
+        let mut error = match self.attribution.figment.extract_inner::<T>(key) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let mut value = self.attribution.figment.find_value(key).ok();
+        let mut removed: Vec<Vec<String>> = Vec::new();
+        for _ in 0..MAX_PASSES {
+            let mut give_up = false;
+            for e in error {
+                let (path, message) = describe(&e, &prefix);
+                if matches!(e.kind, Kind::MissingField(_)) {
+                    give_up = true;
+                    if removed.iter().any(|r| path.starts_with(r)) {
+                        // Missing only because it was taken out: already reported.
+                        continue;
+                    }
+                }
+                let taken = value
+                    .as_mut()
+                    .and_then(|v| take_out(v, path.get(prefix.len()..).unwrap_or_default()));
+                match taken {
+                    Some(relative) => {
+                        let mut full = prefix.clone();
+                        full.extend(relative);
+                        removed.push(full);
+                    }
+                    None => give_up = true,
+                }
+                self.push(path, message);
+            }
+            let Some(rest) = value.as_ref().filter(|_| !give_up) else {
+                break;
+            };
+            let retry = Figment::from(Serialized::default(key, rest.clone()));
+            match retry.extract_inner::<T>(key) {
+                Ok(v) => {
+                    self.failed.extend(removed);
+                    return Some(v);
+                }
+                Err(e) => error = e,
             }
         }
+        self.failed.push(prefix);
+        None
     }
 
     /// Converts each error of figment's chain.
     fn figment(&mut self, error: figment::Error, prefix: &[String]) {
         for e in error {
-            let mut path = fix_path(e.path.clone(), prefix, e.profile.as_ref());
-            let message = match &e.kind {
-                Kind::UnknownField(field, expected) => {
-                    if path.last() != Some(field) {
-                        path.push(field.clone());
-                    }
-                    unknown_key_message(expected)
-                }
-                Kind::MissingField(field) => {
-                    path.push(field.to_string());
-                    "missing (required)".to_string()
-                }
-                Kind::UnknownVariant(found, expected) => {
-                    format!(
-                        "unknown value {found:?} (expected one of: {})",
-                        expected.join(", ")
-                    )
-                }
-                Kind::InvalidType(actual, expected) => {
-                    format!("wrong type: found {actual}, expected {expected}")
-                }
-                Kind::InvalidValue(actual, expected) => {
-                    format!("invalid value: found {actual}, expected {expected}")
-                }
-                other => other.to_string(),
-            };
+            let (path, message) = describe(&e, prefix);
             self.push(path, message);
         }
+    }
+}
+
+/// How many times one section is extracted again after taking out a bad value.
+const MAX_PASSES: usize = 32;
+
+/// The key path and plain-words message of one figment error.
+fn describe(e: &figment::Error, prefix: &[String]) -> (Vec<String>, String) {
+    let mut path = fix_path(e.path.clone(), prefix, e.profile.as_ref());
+    let message = match &e.kind {
+        Kind::UnknownField(field, expected) => {
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
+            unknown_key_message(expected)
+        }
+        Kind::MissingField(field) => {
+            path.push(field.to_string());
+            "missing (required)".to_string()
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!("unknown value {found:?} (expected one of: {})", expected.join(", "))
+        }
+        Kind::InvalidType(actual, expected) => {
+            format!("wrong type: found {}, expected {}", plain_actual(actual), plain_expected(expected))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid value: found {}, expected {}", plain_actual(actual), plain_expected(expected))
+        }
+        Kind::InvalidLength(len, expected) => {
+            format!("wrong length: found {len}, expected {}", plain_expected(expected))
+        }
+        other => other.to_string(),
+    };
+    (path, message)
+}
+
+/// A value as the config file spells it, not serde's type names ("string \"x\"", "map").
+fn plain_actual(actual: &figment::error::Actual) -> String {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(v) => v.to_string(),
+        Actual::Unsigned(v) => v.to_string(),
+        Actual::Signed(v) => v.to_string(),
+        Actual::Float(v) => v.to_string(),
+        Actual::Char(v) => format!("{:?}", v.to_string()),
+        Actual::Str(v) => format!("{v:?}"),
+        Actual::Seq => "a list".into(),
+        Actual::Map => "a table".into(),
+        other => other.to_string(),
+    }
+}
+
+/// serde's expectation in plain words: `usize` is "a whole number", `a boolean` is
+/// "true or false", `a sequence` is "a list", `struct X` / `a map` is "a table".
+fn plain_expected(expected: &str) -> String {
+    let words = match expected {
+        "usize" | "u8" | "u16" | "u32" | "u64" | "u128" => "a whole number (0 or more)",
+        "isize" | "i8" | "i16" | "i32" | "i64" | "i128" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" | "bool" => "true or false",
+        "a string" | "string" | "str" => "a string (in quotes)",
+        "a sequence" | "sequence" => "a list [...]",
+        "a map" | "map" => "a table",
+        other if other.starts_with("struct ") => "a table",
+        other => return other.to_string(),
+    };
+    words.to_string()
+}
+
+/// Takes the value at `path` (relative to `value`) out of its table, so the rest can be
+/// extracted again. An element of a list takes the whole list out (removing one element
+/// would renumber the others). Returns the path actually taken out, `None` when nothing was.
+fn take_out(value: &mut Value, path: &[String]) -> Option<Vec<String>> {
+    let (first, rest) = path.split_first()?;
+    match value {
+        Value::Dict(_, dict) => {
+            let child = dict.get_mut(first.as_str())?;
+            if !rest.is_empty() {
+                if let Some(mut deeper) = take_out_inner(child, rest) {
+                    deeper.insert(0, first.clone());
+                    return Some(deeper);
+                }
+            }
+            dict.remove(first.as_str());
+            Some(vec![first.clone()])
+        }
+        _ => None,
+    }
+}
+
+/// [`take_out`] below a key: a table recurses; a list (or a scalar) cannot lose a part.
+fn take_out_inner(value: &mut Value, path: &[String]) -> Option<Vec<String>> {
+    match value {
+        Value::Dict(..) => take_out(value, path),
+        _ => None,
     }
 }
 
@@ -1124,7 +1270,7 @@ kind = "echo"
             let e = load_err("[upstream]\n\nconnect_timeout = 30\n");
             assert_eq!(e, "wsgate.toml:3: upstream.connect_timeout: a duration needs a unit: write \"30s\" (or \"30ms\")");
             let e = load_err("[websocket]\ncompression = \"yes\"\n");
-            assert!(e.starts_with("wsgate.toml:2: websocket.compression: wrong type: found string \"yes\", expected a boolean"), "{e}");
+            assert!(e.starts_with("wsgate.toml:2: websocket.compression: wrong type: found \"yes\", expected true or false"), "{e}");
             let e =
                 load_err("[[listen]]\naddr = \"127.0.0.1:80\"\n[[listen]]\naddr = \"nowhere\"\n");
             assert!(e.starts_with("wsgate.toml:4: listen.1.addr: "), "{e}");
@@ -1167,14 +1313,19 @@ kind = "echo"
                 "{e}"
             );
             assert!(
-                lines.contains(&"wsgate.toml:8: apps.a.history: not a setting of a `echo` app"),
+                lines.contains(&"wsgate.toml:8: apps.a.history: not a setting of an `echo` app"),
                 "{e}"
             );
-            // Validation ran on what extracted: app a failed, so b's "/a/connect" is not
-            // compared with it, and nothing about the failed parts is reported twice.
-            assert_eq!(lines.len(), 5, "{e}");
+            // Validation ran on what extracted: app a extracted without its bad `history`,
+            // so b's "/a/connect" is compared with a's "/a" in the same run, and nothing
+            // about the parts taken out is reported twice.
             assert!(
-                lines[0].starts_with("wsgate.toml:2:") && lines[4].starts_with("wsgate.toml:12:"),
+                lines.contains(&"wsgate.toml:11: apps.b.urls.0: \"/a/connect\" overlaps apps.a.urls.0 \"/a\" (counting the /connect alias)"),
+                "{e}"
+            );
+            assert_eq!(lines.len(), 6, "{e}");
+            assert!(
+                lines[0].starts_with("wsgate.toml:2:") && lines[5].starts_with("wsgate.toml:12:"),
                 "{e}"
             );
             Ok(())
@@ -1188,7 +1339,7 @@ kind = "echo"
             assert_eq!(
                 e,
                 "wsgate.toml:9: apps.b.urls.1: \"/x/connect\" overlaps apps.a.urls.0 \"/x\" (counting the /connect alias)\n\
-                 wsgate.toml:13: apps.echo.files: not a setting of a `echo` app\n\
+                 wsgate.toml:13: apps.echo.files: not a setting of an `echo` app\n\
                  wsgate.toml:15: admin.addr: 0.0.0.0:9090 is not loopback: set admin.token_file so the control API needs a token"
             );
             Ok(())
@@ -1201,7 +1352,7 @@ kind = "echo"
             let e = load_err("[apps.echo]\nkind = \"echo\"\nurls = [\"/e\"]\nfiles = []\n[apps.chat]\nkind = \"chat\"\ncallback = \"http://127.0.0.1:1/cb\"\n");
             assert_eq!(
                 e,
-                "wsgate.toml:4: apps.echo.files: not a setting of a `echo` app\n\
+                "wsgate.toml:4: apps.echo.files: not a setting of an `echo` app\n\
                  wsgate.toml:7: apps.chat.callback: not a setting of a `chat` app"
             );
             let e = load_err("[apps.b]\nkind = \"backend\"\nurls = [\"/b\"]\ncallback = \"http://127.0.0.1:1/cb\"\nauth = \"https://127.0.0.1/auth\"\n");
@@ -1312,7 +1463,7 @@ kind = "echo"
         jail(|jail| {
             jail.set_env("WSGATE_LIMITS__MAX_CONNECTIONS", "lots");
             let e = load_err(DEMO_CONFIG);
-            assert!(e.starts_with("env WSGATE_LIMITS__MAX_CONNECTIONS: limits.max_connections: wrong type: found string \"lots\""), "{e}");
+            assert!(e.starts_with("env WSGATE_LIMITS__MAX_CONNECTIONS: limits.max_connections: wrong type: found \"lots\""), "{e}");
             Ok(())
         });
         jail(|jail| {

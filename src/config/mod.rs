@@ -7,11 +7,13 @@
 
 pub mod bounds;
 pub mod load;
+pub mod readable;
+pub mod summary;
 pub mod units;
 pub mod validate;
 
 pub use load::{
-    load, CliOverrides, ConfigError, ConfigSource, ErrorEntry, ErrorSource, DEMO_CONFIG,
+    key_prefix, load, locate, CliOverrides, ConfigError, ConfigSource, ErrorEntry, ErrorSource, DEMO_CONFIG,
 };
 pub use validate::{validate, Issue};
 
@@ -132,7 +134,7 @@ impl FromStr for HttpUrl {
             }
             None => {
                 return Err(format!(
-                    "invalid URL {text:?}: expected http://host:port/..."
+                    "invalid URL {text:?}: expected an absolute http:// URL, e.g. \"http://127.0.0.1:8000\""
                 ))
             }
         }
@@ -392,16 +394,19 @@ pub struct BrokerConfig {
     pub tls: bool,
 }
 
-/// Log output format.
+/// Log output format (`[log] format`; see `crate::logging`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
-    /// journald when stderr is the journal stream, plain otherwise.
+    /// journald when stderr is the journal stream (`JOURNAL_STREAM`), text otherwise.
     #[default]
     Auto,
-    /// One plain line per event on stderr.
-    Plain,
-    /// Native journald fields.
+    /// One human-readable line per event on stderr (`plain` is accepted as well).
+    #[serde(alias = "plain")]
+    Text,
+    /// One JSON object per line on stderr.
+    Json,
+    /// Lines on stderr with the journal's `<N>` priority prefix.
     Journald,
 }
 
@@ -411,7 +416,7 @@ pub enum LogFormat {
 pub struct LogConfig {
     /// A tracing filter: `info`, `debug`, `wsgate=debug,hyper=info`… (default `info`).
     pub level: String,
-    /// `auto` (default), `plain` or `journald`.
+    /// `auto` (default), `text`, `json` or `journald`.
     pub format: LogFormat,
 }
 

@@ -55,7 +55,8 @@ pub fn is_app_key(kind: AppKind, key: &str) -> bool {
 
 /// The message for a setting written on an app of another kind.
 pub fn foreign_key_message(kind: AppKind) -> String {
-    format!("not a setting of a `{kind}` app")
+    let article = if kind.as_str().starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    format!("not a setting of {article} `{kind}` app")
 }
 
 /// Checks every rule and returns all problems; empty means valid.
@@ -649,8 +650,8 @@ mod tests {
             text,
             [
                 "apps.chat.callback: not a setting of a `chat` app",
-                "apps.echo.files: not a setting of a `echo` app",
-                "apps.echo.history: not a setting of a `echo` app",
+                "apps.echo.files: not a setting of an `echo` app",
+                "apps.echo.history: not a setting of an `echo` app",
             ]
         );
     }

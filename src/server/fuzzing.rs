@@ -84,7 +84,7 @@ pub fn config(data: &[u8]) {
     if let Err(problems) = super::check(&config) {
         assert!(!problems.is_empty(), "check failed without a problem");
         for problem in problems {
-            assert!(!problem.trim().is_empty(), "empty problem from check");
+            assert!(!problem.message.trim().is_empty(), "empty problem from check");
         }
     }
 }

@@ -552,25 +552,59 @@ pub(crate) fn empty_body() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// One problem found by [`check`]: what is wrong, and the configuration key it is about
+/// when there is one (so the caller can name the file and line that set it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckProblem {
+    /// Dotted key path (`listen.0.tls.key`), when the problem is about one value.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for CheckProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{key}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl CheckProblem {
+    fn plain(message: String) -> Self {
+        CheckProblem { key: None, message }
+    }
+
+    /// A TLS problem of listener `index`, keyed to the file it is about.
+    pub fn tls(index: usize, error: &tls::TlsError) -> Self {
+        let file = match error {
+            tls::TlsError::Key { .. } => "key",
+            tls::TlsError::Certificate { .. } | tls::TlsError::Config { .. } => "cert",
+        };
+        CheckProblem { key: Some(format!("listen.{index}.tls.{file}")), message: error.to_string() }
+    }
+}
+
 /// Everything `start` would verify without binding ports: apps can be built and every TLS
 /// certificate and key can be used. Returns every problem found.
-pub fn check(config: &Config) -> Result<(), Vec<String>> {
+pub fn check(config: &Config) -> Result<(), Vec<CheckProblem>> {
     let mut problems = Vec::new();
     if let Err(error) = build_runtime(config, &Arc::new(Hub::new()), &Metrics::new(), None) {
-        problems.push(error.to_string());
+        problems.push(CheckProblem::plain(error.to_string()));
     }
     if config.admin.addr.is_some() {
         if let Err(error) = admin::load_token(config.admin.token_file.as_deref()) {
-            problems.push(error.to_string());
+            problems.push(CheckProblem::plain(error.to_string()));
         }
     }
     if let Err(error) = crate::pubsub::broker::redis_settings(&config.broker) {
-        problems.push(StartError::Broker(error).to_string());
+        problems.push(CheckProblem::plain(StartError::Broker(error).to_string()));
     }
-    for listen in &config.listen {
+    for (index, listen) in config.listen.iter().enumerate() {
         if let Some(tls) = &listen.tls {
             if let Err(source) = tls::load_server_config(&tls.cert, &tls.key) {
-                problems.push(StartError::Tls { addr: listen.addr, source }.to_string());
+                problems.push(CheckProblem::tls(index, &source));
             }
         }
     }
