@@ -1480,7 +1480,7 @@ kind = "echo"
             // A validation error whose value came from the environment.
             assert!(
                 lines.contains(
-                    &"env WSGATE_BROKER__KIND: broker.url: required when broker.kind = \"redis\""
+                    &"env WSGATE_BROKER__KIND: broker.url: required when broker.kind = \"redis\" (or sentinels and master_name)"
                 ),
                 "{e}"
             );

@@ -128,6 +128,9 @@ pub fn named_files(config: &Config) -> Vec<NamedFile> {
     if let Some(path) = &config.broker.ca_file {
         add("broker.ca_file".into(), path, false);
     }
+    if let Some(path) = &config.broker.sentinel_password_file {
+        add("broker.sentinel_password_file".into(), path, false);
+    }
     for (name, app) in &config.apps {
         for (i, path) in app.files.iter().enumerate() {
             add(format!("apps.{name}.files.{i}"), path, true);

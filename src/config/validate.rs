@@ -451,6 +451,31 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_settings_are_complete_and_exclusive_with_url() {
+        let sentinel = |f: &dyn Fn(&mut BrokerConfig)| {
+            let mut c = Config::default();
+            c.broker.kind = BrokerKind::Redis;
+            c.broker.sentinels = vec!["127.0.0.1:26379".into(), "[::1]:26380".into()];
+            c.broker.master_name = Some("mymaster".into());
+            f(&mut c.broker);
+            c
+        };
+        assert!(paths(&sentinel(&|_| {})).is_empty(), "{:?}", validate(&sentinel(&|_| {})));
+        one(&sentinel(&|b| b.master_name = None), "broker.master_name", "required with sentinels");
+        one(&sentinel(&|b| b.sentinels.clear()), "broker.sentinels", "required with master_name");
+        one(&sentinel(&|b| b.url = Some("redis://127.0.0.1:6379".into())), "broker.url", "not both");
+        one(&sentinel(&|b| b.sentinels.push("nohost".into())), "broker.sentinels.2", "not a \"host:port\"");
+        one(&sentinel(&|b| b.sentinels.push("h:0".into())), "broker.sentinels.2", "not a \"host:port\"");
+        one(&sentinel(&|b| b.master_name = Some("my master".into())), "broker.master_name", "spaces");
+        one(&sentinel(&|b| b.ca_file = Some("/ca.pem".into())), "broker.ca_file", "tls = true");
+        assert!(paths(&sentinel(&|b| {
+            b.ca_file = Some("/ca.pem".into());
+            b.tls = true;
+        }))
+        .is_empty());
+    }
+
+    #[test]
     fn upstream_url_must_be_bare() {
         let mut c = Config::default();
         c.upstream.url = "http://127.0.0.1:8000/app".parse().unwrap();
