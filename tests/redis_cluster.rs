@@ -842,3 +842,91 @@ async fn sentinel_failover_nodes_follow_the_new_primary_nothing_lost_silently() 
         gate.server.shutdown().await;
     }
 }
+
+/// A backend application for the 3-node test: every channel subscribes to `room` on open,
+/// and a message `pub:X` is published to `room` (the sender included).
+async fn start_room_callback() -> std::net::SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let actions = match (event["event"].as_str(), event["text"].as_str()) {
+                        (Some("open"), _) => serde_json::json!([{ "subscribe": ROOM }]),
+                        (Some("message"), Some(text)) if text.starts_with("pub:") => {
+                            serde_json::json!([{ "publish": { "subscription": ROOM, "text": &text[4..] } }])
+                        }
+                        _ => serde_json::json!([]),
+                    };
+                    let answer = serde_json::json!({ "actions": actions }).to_string();
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(answer)))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 22: the backend app's `publish` action spans the nodes: a client on each of three
+/// nodes publishes through its backend; every client gets every message exactly once, each
+/// sender's in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_publish_spans_nodes_exactly_once_in_order() {
+    const POSTS: usize = 20;
+    let bin = require_redis!();
+    let redis = Redis::start(&bin, &[]).await;
+    let upstream = start_upstream().await;
+    let callback = start_room_callback().await;
+    let mut gates = Vec::new();
+    for node in ["ba", "bb", "bc"] {
+        let config = basic_config(&format!(
+            "\n[apps.orders]\nkind = \"backend\"\nurls = [\"/ws/orders\"]\ncallback = \"http://{callback}/wsgate/callback\"\n\n[limits]\nshutdown_timeout = \"1s\"\n\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\nurl = \"{}\"\n",
+            redis.url()
+        ));
+        gates.push(start_gate(&config, upstream.addr).await);
+    }
+    wait_connected(&gates, true).await;
+    let mut clients = Vec::new();
+    for gate in &gates {
+        clients.push(WsClient::connect(gate.addr, "/ws/orders").await);
+    }
+    // Each node's channel joined `room` (the open callback's action) and Redis knows it.
+    redis.wait_numsub(&format!("wsgate:sub:{ROOM}"), 3).await;
+    for i in 0..POSTS {
+        for (n, client) in clients.iter_mut().enumerate() {
+            client.send_text(&format!("pub:{n} {i}")).await;
+        }
+    }
+    for (me, client) in clients.iter_mut().enumerate() {
+        let mut next = [0usize; 3];
+        for _ in 0..3 * POSTS {
+            match tokio::time::timeout(Duration::from_secs(5), client.next()).await {
+                Ok(Some(Incoming::Text(t))) => {
+                    let text = std::str::from_utf8(&t).unwrap();
+                    let (sender, i) = text.split_once(' ').unwrap();
+                    let (sender, i): (usize, usize) = (sender.parse().unwrap(), i.parse().unwrap());
+                    assert_eq!(i, next[sender], "client {me}: node {sender}'s messages out of order or duplicated");
+                    next[sender] += 1;
+                }
+                other => panic!("client {me}: expected a message, got {other:?} after {next:?}"),
+            }
+        }
+        assert_eq!(next, [POSTS; 3], "client {me} got every node's messages");
+        expect_silence(client, Duration::from_millis(200)).await;
+    }
+    drop(clients);
+    for gate in gates {
+        gate.server.shutdown().await;
+    }
+}
