@@ -200,7 +200,7 @@ async fn protocol_violations_close_with_1002() {
     expect_close_after(&gate, &[0x09, 0x80, 0, 0, 0, 0], 1002).await;
     // control frame over 125 bytes
     let mut big_ping = vec![0x89, 0xFE, 0x00, 0x7E, 0, 0, 0, 0];
-    big_ping.extend(std::iter::repeat(0).take(126));
+    big_ping.extend(std::iter::repeat_n(0, 126));
     expect_close_after(&gate, &big_ping, 1002).await;
     // continuation with nothing to continue
     expect_close_after(&gate, &[0x80, 0x80, 0, 0, 0, 0], 1002).await;

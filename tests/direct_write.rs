@@ -179,7 +179,7 @@ fn published(p: usize, seq: usize) -> String {
     let len = 30 + (seq * 997 + p * 331) % 6000;
     let mut text = format!("p{p}:{seq}:");
     let fill = (b'a' + ((p * 7 + seq) % 26) as u8) as char;
-    text.extend(std::iter::repeat(fill).take(len));
+    text.extend(std::iter::repeat_n(fill, len));
     text
 }
 

@@ -669,7 +669,7 @@ async fn chat_room_spans_nodes_exactly_once_in_order_with_history() {
         expect_silence(client, Duration::from_millis(200)).await;
     }
     // A leave crosses nodes too.
-    drop(clients);
+    let _ = clients;
     drop(carol);
     let leave = chat_next(&mut alice).await;
     assert_eq!((leave["type"].as_str(), leave["user"].as_str()), (Some("leave"), Some("carol")));

@@ -165,7 +165,9 @@ mod tests {
     use super::*;
     use http_body_util::{Full, StreamBody};
 
-    fn stream(parts: Vec<Result<Frame<Bytes>, std::io::Error>>) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>> {
+    type Part = Result<Frame<Bytes>, std::io::Error>;
+
+    fn stream(parts: Vec<Part>) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Part>>> {
         StreamBody::new(futures_util::stream::iter(parts))
     }
 

@@ -94,7 +94,7 @@ impl HostRule {
         match parse_authority(authority) {
             Some((Host::Ip(_), _)) => true,
             Some((Host::Name(name), _)) => {
-                name == "localhost" || name.ends_with(".localhost") || self.names.iter().any(|n| *n == name)
+                name == "localhost" || name.ends_with(".localhost") || self.names.contains(&name)
             }
             None => false,
         }

@@ -258,7 +258,6 @@ where
     let guard = ConnectionGuard::new();
     let service = {
         let state = state.clone();
-        let client = client.clone();
         let guard = guard.clone();
         service_fn(move |mut req| {
             let stream = guard.stream(req.version() == http::Version::HTTP_2);
@@ -267,7 +266,7 @@ where
                 // (`upgrade::accept` moves this token into the session task).
                 req.extensions_mut().insert(guard.active());
             }
-            let handled = handle(state.clone(), client.clone(), slot.clone(), req);
+            let handled = handle(state.clone(), client, slot.clone(), req);
             async move { handled.await.map(|response| stream.attach(response)) }
         })
     };

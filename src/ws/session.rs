@@ -225,11 +225,9 @@ where
             },
             changed = shutdown.changed(), if !shutdown_seen => {
                 shutdown_seen = true;
-                if changed.is_err() || *shutdown.borrow() {
-                    if closing.is_none() {
-                        channel.close(code::GOING_AWAY, "server shutting down");
-                        closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
-                    }
+                if (changed.is_err() || *shutdown.borrow()) && closing.is_none() {
+                    channel.close(code::GOING_AWAY, "server shutting down");
+                    closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
                 }
             }
             _ = &mut timer => {
