@@ -119,7 +119,7 @@ fn list_subscriptions(state: &AdminState) -> Response<Body> {
     json(StatusCode::OK, &json!({ "scope": "node", "subscriptions": list }))
 }
 
-fn channel_json(c: &ChannelSummary) -> serde_json::Value {
+pub(crate) fn channel_json(c: &ChannelSummary) -> serde_json::Value {
     json!({
         "id": c.id.as_str(),
         "app": c.app,

@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod control;
+pub mod dashboard;
 pub mod health;
 
 use std::convert::Infallible;
@@ -177,9 +178,17 @@ pub async fn serve(
 }
 
 /// Routes one admin request.
-pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     match path.as_str() {
+        // The page carries no data; what it shows comes from /v1/events under the API's rules.
+        "/" => match browser_guard(&state.host_rule, &req) {
+            Err(denied) => {
+                state.metrics.admin_refused.get_or_create(&ReasonLabel { reason: denied.reason() }).inc();
+                text(denied.status(), denied.body())
+            }
+            Ok(()) => only_get(&req).unwrap_or_else(dashboard::page),
+        },
         "/metrics" => only_get(&req).unwrap_or_else(|| health::metrics(state)),
         "/healthz" => only_get(&req).unwrap_or_else(health::healthz),
         "/readyz" => match only_get(&req) {
@@ -202,6 +211,9 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body
                     );
                     return response;
                 }
+            }
+            if path == "/v1/events" {
+                return only_get(&req).unwrap_or_else(|| dashboard::events(state));
             }
             control::handle(state, req).await
         }

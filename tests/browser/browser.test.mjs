@@ -7,6 +7,7 @@ import path from "node:path";
 import { chromium } from "playwright-core";
 
 const BASE = process.env.WSGATE_URL;
+const ADMIN = process.env.ADMIN_URL;
 const LOG_DIR = process.env.LOG_DIR;
 const ARTIFACTS = process.env.ARTIFACTS || "test-artifacts/browser";
 const TIMEOUT = 10000;
@@ -167,4 +168,60 @@ test("log-view shows appended lines across a rotation and a truncation, with fil
   await waitLine("other born");
   assert.deepEqual(page.errors, []);
   await page.context().close();
+});
+
+test("admin dashboard: live counts follow clients, a publish from it reaches a chat page, 1280 and 360 px", async () => {
+  assert.ok(ADMIN, "run through tests/browser/run.sh (ADMIN_URL)");
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const dash = await context.newPage();
+  dash.setDefaultTimeout(TIMEOUT);
+  const errors = [];
+  dash.on("pageerror", (e) => errors.push(e));
+  await dash.goto(ADMIN + "/");
+  await dash.waitForSelector('#live.ok');
+  await dash.waitForFunction(() => document.querySelector("#c-open").textContent !== "–");
+  const before = Number(await dash.textContent("#c-open"));
+
+  // A chat client connects: the dashboard's count goes up by itself (the event stream).
+  const chat = await openPage("/websocket/chat", 1280);
+  await say(chat, "carol", "hi from carol");
+  await dash.waitForFunction((n) => Number(document.querySelector("#c-open").textContent) === n + 1, before);
+  await dash.waitForFunction(() => [...document.querySelectorAll("#apps td")].some((td) => td.textContent === "chat"));
+  // The room's subscription is listed and searchable.
+  await dash.fill("#subs-filter", "chat:chat:/websocket/chat");
+  await dash.waitForFunction(() => [...document.querySelectorAll("#subs td")].some((td) => td.textContent === "chat:chat:/websocket/chat"));
+
+  // Publish from the dashboard, in the chat's message format: the chat page shows it.
+  await dash.click('#subs button[aria-label="Publish to chat:chat:/websocket/chat"]');
+  await dash.fill("#pub-text", JSON.stringify({ type: "message", user: "ops", text: "from the dashboard", ts: new Date().toISOString() }));
+  await dash.click('#publish button[type="submit"]');
+  await dash.waitForFunction(() => /Delivered to [1-9]/.test(document.querySelector("#pub-result").textContent));
+  await chat.waitForFunction(() => [...document.querySelectorAll("#messages .text")].some((e) => e.textContent === "from the dashboard"));
+  await dash.screenshot({ path: path.join(ARTIFACTS, "dashboard-1280.png"), fullPage: true });
+
+  // Close the chat's connection from the dashboard: the count goes back down.
+  // The chat page reconnects by itself (with backoff), so the proof is that this connection's
+  // row goes away, the page sees the close, and a new connection takes its place.
+  await dash.fill("#chan-filter", "/websocket/chat");
+  await dash.waitForFunction(() => document.querySelectorAll("#chans tr").length === 1);
+  const closedId = await dash.textContent("#chans tr td");
+  await chat.evaluate(() => {
+    const status = document.querySelector("#status");
+    new MutationObserver(() => { if (status.dataset.state === "closed") window.sawClose = true; })
+      .observe(status, { attributes: true });
+  });
+  await dash.click('#chans button.danger');
+  await chat.waitForFunction(() => window.sawClose === true);
+  await dash.waitForFunction((id) => ![...document.querySelectorAll("#chans tr td:first-child")].some((td) => td.textContent === id), closedId);
+  await chat.waitForFunction(() => document.querySelector("#status").dataset.state === "open");
+  await dash.waitForFunction((n) => Number(document.querySelector("#c-open").textContent) === n + 1, before);
+
+  // Phone width: nothing wider than the screen but the scrollable tables.
+  await dash.setViewportSize({ width: 360, height: 740 });
+  const overflow = await dash.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the page scrolls sideways by ${overflow}px at 360 px`);
+  await dash.screenshot({ path: path.join(ARTIFACTS, "dashboard-360.png"), fullPage: true });
+  assert.deepEqual(errors, []);
+  await context.close();
+  await chat.context().close();
 });

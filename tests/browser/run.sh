@@ -20,7 +20,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT="$(free_port)"
+ADMIN_PORT="$(free_port)"
 mkdir -p "$WORK/logs"
 : > "$WORK/logs/app.log"
 cat > "$WORK/wsgate.toml" <<TOML
@@ -29,7 +31,7 @@ url = "http://127.0.0.1:9"
 [[listen]]
 addr = "127.0.0.1:$PORT"
 [admin]
-addr = "off"
+addr = "127.0.0.1:$ADMIN_PORT"
 [apps.chat]
 kind = "chat"
 urls = ["/websocket/chat", "/websocket/chat/ops"]
@@ -50,7 +52,7 @@ done
 
 mkdir -p "$ROOT/test-artifacts/browser"
 status=0
-(cd "$HERE" && WSGATE_URL="http://127.0.0.1:$PORT" LOG_DIR="$WORK/logs" ARTIFACTS="$ROOT/test-artifacts/browser" \
+(cd "$HERE" && WSGATE_URL="http://127.0.0.1:$PORT" ADMIN_URL="http://127.0.0.1:$ADMIN_PORT" LOG_DIR="$WORK/logs" ARTIFACTS="$ROOT/test-artifacts/browser" \
   node --test --test-concurrency=1 browser.test.mjs) || status=$?
 if [ "$status" != 0 ]; then
   echo "--- wsgate log ---" >&2

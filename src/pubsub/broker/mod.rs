@@ -54,6 +54,11 @@ pub trait Broker: Send + Sync + 'static {
     /// This node's name: the prefix of the ids of its channels.
     fn node(&self) -> &str;
 
+    /// What relays: `memory` (in-process) or `redis`.
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     /// Relays a multicast on subscription `name` to the other nodes, which deliver it to their
     /// members except the channels in `exclude`. The caller has already delivered locally. A
     /// message that cannot be relayed is counted and dropped (the node keeps serving).

@@ -223,6 +223,10 @@ impl Broker for RedisBroker {
         &self.shared.node
     }
 
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
     fn publish(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Option<bool> {
         let channel = if name == ALL { ALL_CHANNEL.to_owned() } else { format!("{SUB_PREFIX}{name}") };
         Some(self.enqueue(channel, Envelope::encode(&self.shared.node, "", exclude, message)).is_ok())
