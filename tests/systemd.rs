@@ -715,7 +715,7 @@ async fn reload_subcommand_reports_the_daemons_answer() {
     let runtime_dir = dir.path().to_str().unwrap().to_owned();
     let mut gate = spawn(&config, dir.path(), &[("RUNTIME_DIRECTORY", &runtime_dir)]);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert_eq!(get_with_retry(addr, "/x").await.0, 200);
+    assert_eq!(get_with_retry(addr, "/echo").await.0, 200);
     let pid = gate.child.id();
 
     // A valid change: exit 0, the new app serves.
@@ -737,7 +737,7 @@ async fn reload_subcommand_reports_the_daemons_answer() {
     assert_eq!(out.status.code(), Some(1), "apply-time rejection must fail: {stderr}");
     assert!(stderr.contains("reload rejected") && stderr.contains(&taken.to_string()), "{stderr}");
     // The old configuration (echo2 included) keeps serving.
-    assert_eq!(get_with_retry(addr, "/x").await.0, 200);
+    assert_eq!(get_with_retry(addr, "/echo").await.0, 200);
     let mut ws = WsClient::connect(addr, "/websocket/echo2").await;
     ws.send_text("still").await;
     assert!(matches!(ws.next().await, Some(WsIncoming::Text(t)) if &t[..] == b"still"));
