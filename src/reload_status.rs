@@ -141,20 +141,20 @@ pub enum ReloadCommandError {
 /// the daemon's answer in `path`. Returns the daemon's summary on success.
 pub fn request_reload(path: &Path, pid: Option<u32>, timeout: Duration) -> Result<String, ReloadCommandError> {
     use rustix::process::{kill_process, test_kill_process, Pid, Signal};
-    let before = read(path);
-    let pid = match (pid, &before) {
-        (Some(pid), _) => pid,
-        (None, Some(status)) => status.pid,
-        (None, None) => {
-            return Err(ReloadCommandError::NoDaemon(format!(
-                "no running wsgate found: {} is missing (pass --pid, or run under systemd where $MAINPID is set)",
-                path.display()
-            )))
-        }
+    // The daemon writes the file at startup: without it no answer would ever come, so nothing
+    // is signalled (a daemon started without $RUNTIME_DIRECTORY is reloaded with kill -HUP).
+    let Some(before) = read(path) else {
+        return Err(ReloadCommandError::NoDaemon(format!(
+            "no running wsgate answers reloads: {} is missing or unreadable (the daemon writes it when \
+             started with $RUNTIME_DIRECTORY, i.e. systemd's RuntimeDirectory=; otherwise send SIGHUP \
+             yourself and read its log)",
+            path.display()
+        )));
     };
+    let pid = pid.unwrap_or(before.pid);
     let target = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or_else(|| ReloadCommandError::NoDaemon(format!("invalid pid {pid}")))?;
     // Generation to beat: the last one this process wrote (0 when the file is another's).
-    let last = before.filter(|s| s.pid == pid).map(|s| s.generation).unwrap_or(0);
+    let last = if before.pid == pid { before.generation } else { 0 };
     kill_process(target, Signal::HUP).map_err(|e| ReloadCommandError::Signal { pid, source: e.into() })?;
     let deadline = Instant::now() + timeout;
     loop {

@@ -764,8 +764,16 @@ async fn reload_subcommand_reports_the_daemons_answer() {
     gate.signal("-TERM");
     assert!(gate.wait_exit(Duration::from_secs(10)).success());
     // No daemon: a clear error, not a hang.
+    let started = Instant::now();
     let out = wsgate_reload(dir.path(), pid);
     assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", String::from_utf8_lossy(&out.stderr));
+    // No status file at all (a daemon without $RUNTIME_DIRECTORY): an error at once, no signal.
+    let empty = tempfile::tempdir().unwrap();
+    let out = wsgate_reload(empty.path(), std::process::id());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is missing"), "{stderr}");
 }
 
 #[test]

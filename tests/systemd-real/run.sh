@@ -300,6 +300,9 @@ addr = "127.0.0.1:9999"'
   [ "$(http_status $CHAT)" = 200 ] || fail "old config not serving"
   restore_config
 }
+# wsgate's ERROR lines must reach the journal at PRIORITY=3 (issue 17 part 3, journald
+# priorities when JOURNAL_STREAM says stderr is the journal); the rejected apply-time reload
+# above logged one.
 s_journal_err() {
   local out
   out=$(in_ct 'journalctl -u wsgate -p err -b --no-pager -o short-monotonic' || true)
