@@ -27,7 +27,7 @@ fn raise_with(
 ) -> Option<u64> {
     if limit.current < limit.maximum {
         let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
-        match set(raised.clone()) {
+        match set(raised) {
             Ok(()) => return raised.current,
             Err(error) => tracing::debug!(%error, "cannot raise the open-file limit; keeping the current one"),
         }
@@ -59,7 +59,7 @@ mod tests {
     fn a_refused_setrlimit_keeps_the_current_limit() {
         use rustix::process::Rlimit;
         let limit = Rlimit { current: Some(1024), maximum: Some(4096) };
-        let refused = raise_with(limit.clone(), |_| Err(std::io::Error::from_raw_os_error(1)));
+        let refused = raise_with(limit, |_| Err(std::io::Error::from_raw_os_error(1)));
         assert_eq!(refused, Some(1024));
         assert_eq!(raise_with(limit, |_| Ok(())), Some(4096));
         // Already at the hard limit: no call at all.
