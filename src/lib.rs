@@ -11,6 +11,7 @@ pub mod apps;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod reload_status;
 pub mod proxy;
 pub mod pubsub;
 pub mod server;

@@ -34,6 +34,25 @@ enum Command {
     Publish(PublishArgs),
     /// Connect to a WebSocket URL: interactive (stdin lines out, messages in) or --send/--receive.
     Client(wsgate::ws::client_cli::ClientArgs),
+    /// Ask the running daemon to reload its configuration (SIGHUP) and wait for its answer:
+    /// exit 0 when the new configuration is in force, 1 with the daemon's reason when it was
+    /// rejected (the old one keeps serving). Used by the unit's ExecReload=.
+    Reload(ReloadArgs),
+}
+
+#[derive(Args)]
+struct ReloadArgs {
+    /// The daemon's process id (default: $MAINPID, which systemd sets for ExecReload=, else
+    /// the pid recorded in the status file).
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// The daemon's reload status file (default: $RUNTIME_DIRECTORY/reload-status, else
+    /// /run/wsgate/reload-status).
+    #[arg(long, value_name = "FILE")]
+    status_file: Option<PathBuf>,
+    /// How long to wait for the answer.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -118,6 +137,27 @@ fn main() -> ExitCode {
         Command::Man => man(),
         Command::Publish(args) => publish(args),
         Command::Client(args) => wsgate::ws::client_cli::run(args),
+        Command::Reload(args) => reload(&args),
+    }
+}
+
+fn reload(args: &ReloadArgs) -> ExitCode {
+    use wsgate::reload_status;
+    let path = args
+        .status_file
+        .clone()
+        .or_else(reload_status::default_path)
+        .unwrap_or_else(|| PathBuf::from("/run/wsgate").join(reload_status::FILE_NAME));
+    let pid = args.pid.or_else(|| std::env::var("MAINPID").ok().and_then(|p| p.trim().parse().ok()).filter(|p| *p > 0));
+    match reload_status::request_reload(&path, pid, args.timeout) {
+        Ok(summary) => {
+            eprintln!("wsgate: configuration reloaded: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("wsgate reload: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -307,8 +347,23 @@ async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
     };
     startup_summary(&config, &server);
     let monitor = server.monitor();
+    // The answer channel of `wsgate reload` (generation 0: this process runs).
+    let status_file = wsgate::reload_status::default_path();
+    let mut generation = 0u64;
+    write_reload_status(status_file.as_deref(), generation, wsgate::reload_status::Outcome::Started, "running");
+    // The last reload's outcome, appended to STATUS=.
+    let last_reload = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let status_line = {
+        let monitor = monitor.clone();
+        let last_reload = last_reload.clone();
+        move || {
+            let line = monitor.status_line();
+            let last = wsgate::sync::lock(&last_reload).clone();
+            if last.is_empty() { line } else { format!("{line}; {last}") }
+        }
+    };
     // DESIGN §8: READY=1 only now that every listener is bound or adopted.
-    systemd::ready(&monitor.status_line());
+    systemd::ready(&status_line());
     let watchdog = systemd::watchdog_interval();
     if let Some(interval) = watchdog {
         let probe = monitor.clone();
@@ -318,8 +373,7 @@ async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
         });
     }
     if systemd::notify_enabled() {
-        let status = monitor.clone();
-        systemd::spawn_status(watchdog.unwrap_or(STATUS_INTERVAL).min(STATUS_INTERVAL), move || status.status_line());
+        systemd::spawn_status(watchdog.unwrap_or(STATUS_INTERVAL).min(STATUS_INTERVAL), status_line.clone());
     }
     loop {
         tokio::select! {
@@ -329,9 +383,20 @@ async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
                 systemd::reloading();
                 tracing::info!("SIGHUP: reloading the configuration");
                 // reload() logs and counts the outcome; a rejected config keeps the old one.
-                let _ = server.reload(args.load().map(|(config, _)| config)).await;
+                let outcome = server.reload(args.load().map(|(config, _)| config)).await;
+                generation += 1;
+                let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+                let (result, message, status) = match &outcome {
+                    Ok(summary) => (wsgate::reload_status::Outcome::Ok, format!("{summary:?}"), format!("reloaded at {now}")),
+                    Err(error) => {
+                        let reason = error.to_string().replace('\n', "; ");
+                        (wsgate::reload_status::Outcome::Rejected, reason.clone(), format!("last reload rejected at {now}: {reason}"))
+                    }
+                };
+                *wsgate::sync::lock(&last_reload) = status;
+                write_reload_status(status_file.as_deref(), generation, result, &message);
                 // READY=1 even after a rejected reload, or systemd stays in "reloading".
-                systemd::ready(&monitor.status_line());
+                systemd::ready(&status_line());
             }
         }
     }
@@ -367,6 +432,15 @@ fn startup_summary(config: &Config, server: &wsgate::server::RunningServer) {
             "upstream {upstream} is not reachable ({reason}): requests no app serves get 502 Bad Gateway until it is; set [upstream] url or --upstream"
         );
     });
+}
+
+/// Records a reload's outcome for `wsgate reload` (nothing outside systemd's RuntimeDirectory=).
+fn write_reload_status(path: Option<&std::path::Path>, generation: u64, result: wsgate::reload_status::Outcome, message: &str) {
+    let Some(path) = path else { return };
+    let status = wsgate::reload_status::Status { pid: std::process::id(), generation, result, message: message.to_owned() };
+    if let Err(error) = wsgate::reload_status::write(path, &status) {
+        tracing::warn!(path = %path.display(), %error, "cannot write the reload status; `wsgate reload` will not see the answer");
+    }
 }
 
 fn init_logging(config: &Config) {

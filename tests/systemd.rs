@@ -692,3 +692,106 @@ async fn reload_under_load_keeps_requests_and_websockets() {
     assert!(log.contains("configuration reloaded"), "{log}");
     drop(gate);
 }
+
+/// `wsgate reload` (ExecReload=) as systemd runs it: the daemon's runtime directory in
+/// $RUNTIME_DIRECTORY, the daemon's pid from --pid ($MAINPID under systemd).
+fn wsgate_reload(dir: &Path, pid: u32) -> std::process::Output {
+    Command::new(BIN)
+        .args(["reload", "--timeout", "10s", "--pid", &pid.to_string()])
+        .env("RUNTIME_DIRECTORY", dir)
+        .env_remove("MAINPID")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_subcommand_reports_the_daemons_answer() {
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("wsgate.toml");
+    let base = config_text(up.addr, "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&config, &base).unwrap();
+    let runtime_dir = dir.path().to_str().unwrap().to_owned();
+    let mut gate = spawn(&config, dir.path(), &[("RUNTIME_DIRECTORY", &runtime_dir)]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(get_with_retry(addr, "/echo").await.0, 200);
+    let pid = gate.child.id();
+
+    // A valid change: exit 0, the new app serves.
+    std::fs::write(&config, format!("{base}\n[apps.echo2]\nkind = \"echo\"\nurls = [\"/websocket/echo2\"]\n")).unwrap();
+    let out = wsgate_reload(dir.path(), pid);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "valid reload: {stderr}\nlog:\n{}", gate.log());
+    assert!(stderr.contains("configuration reloaded"), "{stderr}");
+    let mut ws = WsClient::connect(addr, "/websocket/echo2").await;
+    ws.send_text("hi").await;
+    assert!(matches!(ws.next().await, Some(WsIncoming::Text(t)) if &t[..] == b"hi"));
+
+    // Valid TOML that cannot be applied: a port another socket holds.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap();
+    std::fs::write(&config, format!("{base}\n[[listen]]\naddr = \"{taken}\"\n")).unwrap();
+    let out = wsgate_reload(dir.path(), pid);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "apply-time rejection must fail: {stderr}");
+    assert!(stderr.contains("reload rejected") && stderr.contains(&taken.to_string()), "{stderr}");
+    // The old configuration (echo2 included) keeps serving.
+    assert_eq!(get_with_retry(addr, "/echo").await.0, 200);
+    let mut ws = WsClient::connect(addr, "/websocket/echo2").await;
+    ws.send_text("still").await;
+    assert!(matches!(ws.next().await, Some(WsIncoming::Text(t)) if &t[..] == b"still"));
+
+    // Invalid at check time (does not parse): rejected as well.
+    std::fs::write(&config, "this is = = not toml").unwrap();
+    let out = wsgate_reload(dir.path(), pid);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Back to a good file: accepted again (the generation keeps counting).
+    std::fs::write(&config, &base).unwrap();
+    let out = wsgate_reload(dir.path(), pid);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Without --pid the status file names the daemon.
+    let out = Command::new(BIN)
+        .args(["reload", "--timeout", "10s"])
+        .env("RUNTIME_DIRECTORY", dir.path())
+        .env_remove("MAINPID")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    gate.signal("-TERM");
+    assert!(gate.wait_exit(Duration::from_secs(10)).success());
+    // No daemon: a clear error, not a hang.
+    let started = Instant::now();
+    let out = wsgate_reload(dir.path(), pid);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", String::from_utf8_lossy(&out.stderr));
+    // No status file at all (a daemon without $RUNTIME_DIRECTORY): an error at once, no signal.
+    let empty = tempfile::tempdir().unwrap();
+    let out = wsgate_reload(empty.path(), std::process::id());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is missing"), "{stderr}");
+}
+
+#[test]
+fn an_unadopted_passed_socket_is_named_in_the_bind_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("wsgate.toml");
+    // The passed socket is 127.0.0.1:PORT; the config asks for 0.0.0.0:PORT, which does not
+    // match it and collides with it.
+    std::fs::write(
+        &config,
+        config_text("127.0.0.1:9".parse().unwrap(), "", "").replace("127.0.0.1:0", &format!("0.0.0.0:{port}")),
+    )
+    .unwrap();
+    let mut gate = spawn_with_passed_socket(port, "http", &config, dir.path());
+    let status = gate.wait_exit(Duration::from_secs(10));
+    let log = gate.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("\"http\" (127.0.0.1:{port})")), "{log}");
+    assert!(log.contains("no [[listen]] entry adopted") && log.contains("disable"), "{log}");
+}

@@ -14,13 +14,22 @@ pub const PER_CONNECTION: u64 = 2;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (as nginx's `worker_rlimit_nofile` or Go's
 /// runtime do) and returns the soft limit in force after it; `None` when it cannot be read.
+/// A refused `setrlimit` (`EPERM`, e.g. from the unit's `SystemCallFilter=~@resources` with
+/// `SystemCallErrorNumber=EPERM`) keeps the current limit; the unit sets `LimitNOFILE=`.
 pub fn raise_nofile() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut limit = getrlimit(Resource::Nofile);
+    raise_with(getrlimit(Resource::Nofile), |raised| setrlimit(Resource::Nofile, raised).map_err(std::io::Error::from))
+}
+
+fn raise_with(
+    limit: rustix::process::Rlimit,
+    set: impl FnOnce(rustix::process::Rlimit) -> std::io::Result<()>,
+) -> Option<u64> {
     if limit.current < limit.maximum {
         let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
-        if setrlimit(Resource::Nofile, raised).is_ok() {
-            limit = raised;
+        match set(raised) {
+            Ok(()) => return raised.current,
+            Err(error) => tracing::debug!(%error, "cannot raise the open-file limit; keeping the current one"),
         }
     }
     limit.current
@@ -44,6 +53,18 @@ mod tests {
         assert_eq!(connection_capacity(Some(100)), 1);
         assert_eq!(connection_capacity(None), usize::MAX);
         assert_eq!(connection_capacity(Some(u64::MAX)), usize::try_from((u64::MAX - RESERVED) / 2).unwrap_or(usize::MAX));
+    }
+
+    #[test]
+    fn a_refused_setrlimit_keeps_the_current_limit() {
+        use rustix::process::Rlimit;
+        let limit = Rlimit { current: Some(1024), maximum: Some(4096) };
+        let refused = raise_with(limit, |_| Err(std::io::Error::from_raw_os_error(1)));
+        assert_eq!(refused, Some(1024));
+        assert_eq!(raise_with(limit, |_| Ok(())), Some(4096));
+        // Already at the hard limit: no call at all.
+        let at_max = Rlimit { current: Some(4096), maximum: Some(4096) };
+        assert_eq!(raise_with(at_max, |_| panic!("setrlimit called")), Some(4096));
     }
 
     #[test]

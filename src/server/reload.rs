@@ -222,13 +222,27 @@ impl Listeners {
                 tracing::info!(addr = %opened.1, fd_name = %passed.name, "adopted socket from systemd");
                 Ok((opened, Some(passed.name)))
             }
-            None => listen::bind(entry.addr)
-                .map(|opened| (opened, None))
-                .map_err(|source| StartError::Bind {
-                    addr: entry.addr,
-                    source,
-                }),
+            None => listen::bind(entry.addr).map(|opened| (opened, None)).map_err(|source| {
+                // The usual cause under systemd: wsgate.socket holds the port for an address
+                // no entry names, so the socket was not adopted and the bind collides with it.
+                match self.unadopted_on_port(entry.addr.port()) {
+                    Some(passed) if source.kind() == std::io::ErrorKind::AddrInUse => StartError::Activation(format!(
+                        "listen {addr}: cannot bind: {source}: systemd passed the socket {passed} (wsgate.socket), which no [[listen]] entry adopted; \
+                         make a [[listen]] addr equal its address (or set fd_name to its name), or disable the socket unit (systemctl disable --now wsgate.socket)",
+                        addr = entry.addr,
+                    )),
+                    _ => StartError::Bind { addr: entry.addr, source },
+                }
+            }),
         }
+    }
+
+    /// "`name` (address)" of a passed, not adopted socket listening on `port`.
+    fn unadopted_on_port(&self, port: u16) -> Option<String> {
+        self.passed.iter().find_map(|p| {
+            let addr = p.listener.local_addr().ok()?;
+            (addr.port() == port).then(|| format!("\"{}\" ({addr})", p.name))
+        })
     }
 
     /// Makes `prepared` the listener set: starts new listeners, updates TLS of kept ones,
@@ -285,7 +299,13 @@ impl Listeners {
 
     pub(crate) fn warn_unused_passed(&mut self) {
         for p in &self.passed {
-            tracing::warn!(fd_name = %p.name, addr = ?p.listener.local_addr().ok(), "socket passed by systemd matches no [[listen]] entry; not used");
+            let addr = p.listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown address".into());
+            tracing::warn!(
+                fd_name = %p.name,
+                %addr,
+                "socket passed by systemd matches no [[listen]] entry and is not used: make a [[listen]] addr equal {addr} (or set fd_name = \"{}\"), or disable the socket unit",
+                p.name
+            );
         }
     }
 }
