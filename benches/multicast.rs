@@ -49,11 +49,7 @@ fn setup() -> Setup {
         handles.push(handle);
         queues.push(queue);
     }
-    Setup {
-        hub,
-        queues,
-        _handles: handles,
-    }
+    Setup { hub, queues, _handles: handles }
 }
 
 /// Empties every member's queue the way a writer does (releasing the byte budget); returns the
@@ -97,14 +93,8 @@ fn count_allocations(s: &mut Setup, message: &Message) {
     );
     assert_eq!(delivery.delivered, MEMBERS);
     assert_eq!(distinct, 1, "every member must get the same encoded bytes");
-    assert!(
-        stats.allocations + stats.reallocations <= 4,
-        "no per-member allocation: {stats:?}"
-    );
-    assert!(
-        stats.bytes_allocated < 4 * PAYLOAD + 1024,
-        "no per-member copy of the payload: {stats:?}"
-    );
+    assert!(stats.allocations + stats.reallocations <= 4, "no per-member allocation: {stats:?}");
+    assert!(stats.bytes_allocated < 4 * PAYLOAD + 1024, "no per-member copy of the payload: {stats:?}");
 }
 
 fn bench(c: &mut Criterion) {

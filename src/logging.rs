@@ -108,11 +108,9 @@ pub fn init(config: &LogConfig) {
     match output {
         Output::Text => builder.init(),
         Output::Json => builder.event_format(Json).init(),
-        Output::Journald => builder
-            .event_format(Journald(
-                tracing_subscriber::fmt::format().without_time().with_target(false),
-            ))
-            .init(),
+        Output::Journald => {
+            builder.event_format(Journald(tracing_subscriber::fmt::format().without_time().with_target(false))).init()
+        }
     }
 }
 

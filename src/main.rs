@@ -319,17 +319,14 @@ async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
     // Handlers first: a SIGHUP (reload) or SIGTERM arriving while we bind must not hit the
     // default action, which kills the process.
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            return ExitCode::from(1);
-        }
-    };
+    let (mut term, mut int, mut hup) =
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                return ExitCode::from(1);
+            }
+        };
     let server = match wsgate::server::start(&config).await {
         Ok(server) => server,
         Err(wsgate::server::StartError::Tls { addr, source }) => {
@@ -337,7 +334,11 @@ async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
             let index = config.listen.iter().position(|l| l.addr == addr && l.tls.is_some()).unwrap_or_default();
             let problem = wsgate::server::CheckProblem::tls(index, &source);
             let key = problem.key.unwrap_or_default();
-            tracing::error!("cannot start: {}listen {addr}: {}", config::key_prefix(&args.source(), &key), problem.message);
+            tracing::error!(
+                "cannot start: {}listen {addr}: {}",
+                config::key_prefix(&args.source(), &key),
+                problem.message
+            );
             return ExitCode::from(1);
         }
         Err(error) => {
@@ -359,7 +360,11 @@ async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
         move || {
             let line = monitor.status_line();
             let last = wsgate::sync::lock(&last_reload).clone();
-            if last.is_empty() { line } else { format!("{line}; {last}") }
+            if last.is_empty() {
+                line
+            } else {
+                format!("{line}; {last}")
+            }
         }
     };
     // DESIGN §8: READY=1 only now that every listener is bound or adopted.
@@ -435,9 +440,15 @@ fn startup_summary(config: &Config, server: &wsgate::server::RunningServer) {
 }
 
 /// Records a reload's outcome for `wsgate reload` (nothing outside systemd's RuntimeDirectory=).
-fn write_reload_status(path: Option<&std::path::Path>, generation: u64, result: wsgate::reload_status::Outcome, message: &str) {
+fn write_reload_status(
+    path: Option<&std::path::Path>,
+    generation: u64,
+    result: wsgate::reload_status::Outcome,
+    message: &str,
+) {
     let Some(path) = path else { return };
-    let status = wsgate::reload_status::Status { pid: std::process::id(), generation, result, message: message.to_owned() };
+    let status =
+        wsgate::reload_status::Status { pid: std::process::id(), generation, result, message: message.to_owned() };
     if let Err(error) = wsgate::reload_status::write(path, &status) {
         tracing::warn!(path = %path.display(), %error, "cannot write the reload status; `wsgate reload` will not see the answer");
     }

@@ -175,18 +175,38 @@ impl Metrics {
         r.register("bytes_sent", "Bytes written to WebSocket clients", m.bytes_sent.clone());
         r.register("multicast", "Multicasts performed", m.multicast.clone());
         r.register("multicast_deliveries", "Frames queued to members by multicasts", m.multicast_deliveries.clone());
-        r.register("multicast_duration_seconds", "Time to queue one multicast to every member", m.multicast_duration.clone());
+        r.register(
+            "multicast_duration_seconds",
+            "Time to queue one multicast to every member",
+            m.multicast_duration.clone(),
+        );
         r.register("slow_consumer_events", "Slow-consumer policy actions", m.slow_consumer_events.clone());
         r.register("subscriptions_active", "Subscriptions with at least one member", m.subscriptions_active.clone());
         r.register("proxy_requests", "Requests proxied to the upstream", m.proxy_requests.clone());
-        r.register("proxy_request_duration_seconds", "Time to the upstream's response head", m.proxy_request_duration.clone());
+        r.register(
+            "proxy_request_duration_seconds",
+            "Time to the upstream's response head",
+            m.proxy_request_duration.clone(),
+        );
         r.register("upstream_errors", "Upstream failures", m.upstream_errors.clone());
         r.register("logview_lines", "Lines sent by log-view", m.logview_lines.clone());
         r.register("config_reloads", "Configuration reloads", m.config_reloads.clone());
         r.register("tls_handshake_failures", "Failed TLS handshakes", m.tls_handshake_failures.clone());
-        r.register("broker_errors", "Broker errors: messages not relayed plus failed connection attempts", m.broker_errors.clone());
-        r.register("broker_undelivered", "Messages that could not be relayed to the other nodes", m.broker_undelivered.clone());
-        r.register("broker_connect_failures", "Failed attempts to connect or reconnect to the broker", m.broker_connect_failures.clone());
+        r.register(
+            "broker_errors",
+            "Broker errors: messages not relayed plus failed connection attempts",
+            m.broker_errors.clone(),
+        );
+        r.register(
+            "broker_undelivered",
+            "Messages that could not be relayed to the other nodes",
+            m.broker_undelivered.clone(),
+        );
+        r.register(
+            "broker_connect_failures",
+            "Failed attempts to connect or reconnect to the broker",
+            m.broker_connect_failures.clone(),
+        );
         r.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Metrics { registry: root, ..m }
     }

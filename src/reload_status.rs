@@ -152,7 +152,10 @@ pub fn request_reload(path: &Path, pid: Option<u32>, timeout: Duration) -> Resul
         )));
     };
     let pid = pid.unwrap_or(before.pid);
-    let target = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or_else(|| ReloadCommandError::NoDaemon(format!("invalid pid {pid}")))?;
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| ReloadCommandError::NoDaemon(format!("invalid pid {pid}")))?;
     // Generation to beat: the last one this process wrote (0 when the file is another's).
     let last = if before.pid == pid { before.generation } else { 0 };
     kill_process(target, Signal::HUP).map_err(|e| ReloadCommandError::Signal { pid, source: e.into() })?;
@@ -182,7 +185,12 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let status = Status { pid: 42, generation: 3, result: Outcome::Rejected, message: "listen 1.2.3.4:80: cannot bind\nsecond".into() };
+        let status = Status {
+            pid: 42,
+            generation: 3,
+            result: Outcome::Rejected,
+            message: "listen 1.2.3.4:80: cannot bind\nsecond".into(),
+        };
         let parsed = Status::parse(&status.render()).expect("parses");
         assert_eq!(parsed.pid, 42);
         assert_eq!(parsed.generation, 3);

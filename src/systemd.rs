@@ -37,21 +37,14 @@ pub fn status(status: &str) {
 /// `RELOADING=1` with `MONOTONIC_USEC=` (systemd ≥ 253 requires both in one datagram).
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {
-        Ok(now) => send(&[
-            NotifyState::Reloading,
-            now,
-            NotifyState::Status("reloading configuration"),
-        ]),
+        Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status("reloading configuration")]),
         Err(_) => send(&[NotifyState::Reloading]),
     }
 }
 
 /// `STOPPING=1`: the drain has started.
 pub fn stopping() {
-    send(&[
-        NotifyState::Stopping,
-        NotifyState::Status("stopping: draining connections"),
-    ]);
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping: draining connections")]);
 }
 
 /// Half of the watchdog timeout systemd asked for (`WATCHDOG_USEC`, honouring

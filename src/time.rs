@@ -31,7 +31,11 @@ mod tests {
         let now = Instant::now();
         assert_eq!(deadline_after(now, Duration::ZERO), now);
         assert_eq!(deadline_after(now, Duration::from_secs(30)), now + Duration::from_secs(30));
-        for huge in [Duration::MAX, Duration::from_secs(u64::MAX), Duration::from_secs(5_000_000_000_000_000 * 3600) /* the "5000000000000000h" */] {
+        for huge in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(5_000_000_000_000_000 * 3600), /* the "5000000000000000h" */
+        ] {
             assert_eq!(deadline_after(now, huge), now + FAR_FUTURE);
         }
         assert!(deadline(Duration::MAX) > Instant::now());

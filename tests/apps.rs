@@ -66,7 +66,10 @@ async fn chat_rooms_are_isolated_and_messages_carry_user_text_and_ts() {
         let join = ws.json().await;
         assert_eq!((join["type"].as_str(), join["user"].as_str()), (Some("join"), Some("alice")));
         let m = ws.json().await;
-        assert_eq!((m["type"].as_str(), m["user"].as_str(), m["text"].as_str()), (Some("message"), Some("alice"), Some("hi")));
+        assert_eq!(
+            (m["type"].as_str(), m["user"].as_str(), m["text"].as_str()),
+            (Some("message"), Some("alice"), Some("hi"))
+        );
         let ts = m["ts"].as_str().unwrap();
         assert!(ts.len() == 24 && ts.ends_with('Z') && &ts[10..11] == "T", "RFC 3339: {ts}");
     }
@@ -230,7 +233,9 @@ async fn collect_lines(ws: &mut WsClient, want: usize) -> (Vec<String>, Vec<Stri
     while lines.len() < want {
         let m = ws.json().await;
         match m["type"].as_str() {
-            Some("lines") => lines.extend(m["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_owned())),
+            Some("lines") => {
+                lines.extend(m["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_owned()))
+            }
             Some("notice") => notices.push(m["message"].as_str().unwrap().to_owned()),
             _ => panic!("unexpected {m}"),
         }
@@ -315,7 +320,8 @@ async fn follow_rotation_truncation_and_copytruncate(extra: &str) {
         v.send_json(json!({"type":"subscribe","file":0})).await;
         assert_eq!(v.json().await["lines"], json!(["old 3", "old 4", "old 5"]), "the backlog");
     }
-    let members: Vec<_> = gate.server.hub().subscriptions().into_iter().filter(|(n, _)| n.starts_with("logview:")).collect();
+    let members: Vec<_> =
+        gate.server.hub().subscriptions().into_iter().filter(|(n, _)| n.starts_with("logview:")).collect();
     assert_eq!(members, [("logview:lv:0".to_owned(), 2)], "both viewers on one file subscription");
 
     append(&a, "new 1\nnew 2\n");
@@ -413,15 +419,23 @@ async fn start_auth_server() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let record = record.clone();
                     async move {
-                        let ok = req.headers().get_all("cookie").iter().any(|c| c.to_str().unwrap_or("").contains("session=good"));
+                        let ok = req
+                            .headers()
+                            .get_all("cookie")
+                            .iter()
+                            .any(|c| c.to_str().unwrap_or("").contains("session=good"));
                         let mut headers = req.headers().clone();
                         headers.insert("x-test-path", req.uri().path().parse().unwrap());
                         record.lock().unwrap().push(headers);
                         let status = if ok { 204 } else { 403 };
-                        Ok::<_, std::convert::Infallible>(hyper::Response::builder().status(status).body(Empty::<bytes::Bytes>::new()).unwrap())
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder().status(status).body(Empty::<bytes::Bytes>::new()).unwrap(),
+                        )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -435,7 +449,16 @@ async fn auth_subrequest_admits_2xx_and_refuses_anything_else_with_403() {
     let dir = tempfile::tempdir().unwrap();
     let config = logview_config(&[dir.path().join("a.log")], &format!("auth = \"http://{auth}/auth/check\""));
     let gate = start_gate(&config, up.addr).await;
-    assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/logs?x=1", "Cookie: session=good\r\nAuthorization: Basic eA==\r\n").await, 101);
+    assert_eq!(
+        upgrade_status_from(
+            "127.0.0.1",
+            gate.addr,
+            "/logs?x=1",
+            "Cookie: session=good\r\nAuthorization: Basic eA==\r\n"
+        )
+        .await,
+        101
+    );
     {
         let seen = seen.lock().unwrap();
         let h = &seen[0];
@@ -462,9 +485,14 @@ async fn auth_subrequest_admits_2xx_and_refuses_anything_else_with_403() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = closed.local_addr().unwrap();
     drop(closed);
-    let config = basic_config(&format!("[apps.chat]\nkind = \"chat\"\nurls = [\"/c\"]\nauth = \"http://{dead}/auth\"\n"));
+    let config =
+        basic_config(&format!("[apps.chat]\nkind = \"chat\"\nurls = [\"/c\"]\nauth = \"http://{dead}/auth\"\n"));
     let gate = start_gate(&config, up.addr).await;
     assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/c", "Cookie: session=good\r\n").await, 403);
-    assert_eq!(upgrade_status_from("127.0.0.1", gate.addr, "/websocket/echo", "").await, 101, "apps without auth are unaffected");
+    assert_eq!(
+        upgrade_status_from("127.0.0.1", gate.addr, "/websocket/echo", "").await,
+        101,
+        "apps without auth are unaffected"
+    );
     gate.server.shutdown().await;
 }

@@ -21,7 +21,12 @@ async fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
 async fn malformed_http_is_400_and_the_connection_closed() {
     let up = start_upstream().await;
     let gate = start_gate(&basic_config(""), up.addr).await;
-    for garbage in [&b"GARBAGE\r\n\r\n"[..], b"GET / HTTP/1.1\r\nHost h\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"GET /\x01 HTTP/1.1\r\n\r\n"] {
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost h\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /\x01 HTTP/1.1\r\n\r\n",
+    ] {
         let mut stream = TcpStream::connect(gate.addr).await.unwrap();
         stream.write_all(garbage).await.unwrap();
         let answer = read_to_eof(&mut stream).await;
@@ -116,7 +121,9 @@ async fn bad_handshakes_get_400_or_426() {
     let post = upgrade_request(path, "").replacen("GET", "POST", 1);
     assert_eq!(upgrade_status(&gate, post).await.status, 400);
     // version not 13
-    let resp = upgrade_status(&gate, base("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "Sec-WebSocket-Version: 8\r\n")).await;
+    let resp =
+        upgrade_status(&gate, base("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "Sec-WebSocket-Version: 8\r\n"))
+            .await;
     assert_eq!(resp.status, 426, "{}", resp.head);
     assert_eq!(resp.header("sec-websocket-version").as_deref(), Some("13"));
     // the good request still works on the same server
@@ -237,20 +244,27 @@ async fn invalid_utf8_closes_with_1007_and_oversize_with_1009() {
 async fn connections_past_the_limit_are_refused_at_accept() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = start_upstream().await;
-    let gate = start_gate(&basic_config("[limits]\nmax_connections = 2\nheader_read_timeout = \"30s\"\n"), up.addr).await;
+    let gate =
+        start_gate(&basic_config("[limits]\nmax_connections = 2\nheader_read_timeout = \"30s\"\n"), up.addr).await;
     let _idle_a = TcpStream::connect(gate.addr).await.unwrap();
     let _idle_b = TcpStream::connect(gate.addr).await.unwrap();
     let mut silent = TcpStream::connect(gate.addr).await.unwrap();
     let mut asking = TcpStream::connect(gate.addr).await.unwrap();
     asking.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), asking.read_to_end(&mut answer)).await.expect("refused at once").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), asking.read_to_end(&mut answer))
+        .await
+        .expect("refused at once")
+        .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert!(answer.ends_with("too many connections\n"), "{answer}");
     let mut nothing = Vec::new();
     let started = std::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut nothing)).await.expect("closed well before the header timeout").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut nothing))
+        .await
+        .expect("closed well before the header timeout")
+        .unwrap();
     assert!(nothing.is_empty() && started.elapsed() < Duration::from_secs(5));
     // Using a hyper client (which sends its request first) on a full server: a clean 503.
     assert_eq!(common::http_get(gate.addr, "/echo").await.0, 503);

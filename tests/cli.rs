@@ -20,7 +20,10 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
 #[test]
 fn check_accepts_a_good_config_and_the_embedded_demo() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, "[upstream]\nurl = \"http://127.0.0.1:8000\"\n\n[apps.echo]\nkind = \"echo\"\nurls = [\"/e\"]\n");
+    let path = write_config(
+        &dir,
+        "[upstream]\nurl = \"http://127.0.0.1:8000\"\n\n[apps.echo]\nkind = \"echo\"\nurls = [\"/e\"]\n",
+    );
     let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("test is successful"));
@@ -249,7 +252,8 @@ fn log_format_text_json_journald() {
     let json = run_to_file(&config, None);
     let mut levels = Vec::new();
     for line in json.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("one object per line ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("one object per line ({e}): {line}"));
         for key in ["timestamp", "level", "target", "message"] {
             assert!(v[key].is_string(), "{key} in {line}");
         }
@@ -291,7 +295,8 @@ fn tls_file_errors_name_the_config_line() {
     let out = Command::new(BIN).args(["check", "--config"]).arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    let prefix = format!("{}:5: listen.0.tls.cert: /nonexistent/cert.pem: cannot read certificate chain", config.display());
+    let prefix =
+        format!("{}:5: listen.0.tls.cert: /nonexistent/cert.pem: cannot read certificate chain", config.display());
     assert!(err.lines().any(|l| l.starts_with(&prefix)), "{prefix} in: {err}");
     let run = run_to_file(&config, None);
     assert!(run.contains(&format!("{}:5: listen.0.tls.cert: ", config.display())), "{run}");
@@ -333,7 +338,8 @@ fn check_as_user_finds_files_the_service_user_cannot_read() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = Command::new(BIN).args(["check", "--as-user", "nobody", "--config"]).arg(&config).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(BIN).args(["check", "--as-user", "no-such-user-here", "--config"]).arg(&config).output().unwrap();
+    let out =
+        Command::new(BIN).args(["check", "--as-user", "no-such-user-here", "--config"]).arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user \"no-such-user-here\""));
 }
@@ -361,7 +367,8 @@ fn check_reports_every_problem_in_plain_words() {
     assert!(!err.contains("usize") && !err.contains("a `echo`"), "{err}");
 
     // A URL without the scheme: the hint must not suggest a path (the upstream takes none).
-    let out = Command::new(BIN).args(["check", "--upstream", "127.0.0.1:8000", "--config"]).arg(&config).output().unwrap();
+    let out =
+        Command::new(BIN).args(["check", "--upstream", "127.0.0.1:8000", "--config"]).arg(&config).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("option --upstream: upstream.url: invalid URL \"127.0.0.1:8000\": expected an absolute http:// URL, e.g. \"http://127.0.0.1:8000\""), "{err}");
     assert!(!err.contains("host:port/"), "{err}");

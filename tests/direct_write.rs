@@ -67,7 +67,8 @@ async fn admin(
 ) -> (u16, String) {
     // A keep-alive connection takes the next request once the last answer is read.
     tokio::time::timeout(TIMEOUT, sender.ready()).await.expect("admin connection ready").unwrap();
-    let req = http::Request::builder().method(method).uri(path).header("host", "localhost").body(Full::new(body)).unwrap();
+    let req =
+        http::Request::builder().method(method).uri(path).header("host", "localhost").body(Full::new(body)).unwrap();
     let resp = tokio::time::timeout(TIMEOUT, sender.send_request(req)).await.expect("admin answered in time").unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -142,7 +143,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     assert!(self.deflate, "a compressed frame on a connection without deflate");
                     self.compressed_seen += 1;
                     // The server always imposes server_no_context_takeover.
-                    let params = DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: true };
+                    let params = DeflateParams {
+                        own_window_bits: 15,
+                        own_no_context_takeover: true,
+                        peer_no_context_takeover: true,
+                    };
                     let plain = Inflater::new(&params, 1 << 20).inflate(&data).expect("a valid compressed message");
                     return Some(WsIncoming::Text(plain));
                 }
@@ -152,13 +157,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             if self.trickle {
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                let n = tokio::time::timeout(within, (&mut self.io).take(2048).read_buf(&mut self.buf)).await.expect("server frames in time").ok()?;
+                let n = tokio::time::timeout(within, (&mut self.io).take(2048).read_buf(&mut self.buf))
+                    .await
+                    .expect("server frames in time")
+                    .ok()?;
                 if n == 0 {
                     return None;
                 }
                 continue;
             }
-            let n = tokio::time::timeout(within, self.io.read_buf(&mut self.buf)).await.expect("server frames in time").ok()?;
+            let n = tokio::time::timeout(within, self.io.read_buf(&mut self.buf))
+                .await
+                .expect("server frames in time")
+                .ok()?;
             if n == 0 {
                 return None;
             }
@@ -198,7 +209,13 @@ const PINGS: usize = 10;
 /// that every published message arrives once, whole and in order per publisher, and the echo
 /// replies and Pongs in order. `stall` delays its first read (its socket fills up), and a
 /// stalled subscriber then reads slowly, so its socket keeps filling while deliveries come.
-async fn subscriber<S>(io: S, rest: BytesMut, deflate: bool, stall: Duration, go: Arc<tokio::sync::Barrier>) -> (usize, usize)
+async fn subscriber<S>(
+    io: S,
+    rest: BytesMut,
+    deflate: bool,
+    stall: Duration,
+    go: Arc<tokio::sync::Barrier>,
+) -> (usize, usize)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -228,7 +245,8 @@ where
                     echoes += 1;
                     continue;
                 }
-                let (p, seq) = parse_published(text).unwrap_or_else(|| panic!("unexpected text {:?}", &text[..text.len().min(40)]));
+                let (p, seq) = parse_published(text)
+                    .unwrap_or_else(|| panic!("unexpected text {:?}", &text[..text.len().min(40)]));
                 assert_eq!(seq, next_seq[p], "publisher {p}: every message once, in order");
                 assert!(text == published(p, seq), "publisher {p} message {seq} arrived intact");
                 next_seq[p] += 1;
@@ -278,7 +296,10 @@ async fn concurrent_publishers_app_replies_and_pongs_never_interleave() {
     let tcp = TcpStream::connect(tls_addr).await.unwrap();
     peers.push(tcp.local_addr().unwrap());
     let (tls_config, _) = trusting_client_config();
-    let mut tls = tokio_rustls::TlsConnector::from(tls_config).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(tls_config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
     let (rest, _) = upgrade(&mut tls, true).await;
     // Boxed as the others: one type for the list.
     let tls_task: std::pin::Pin<Box<dyn std::future::Future<Output = (usize, usize)> + Send>> =
@@ -287,7 +308,8 @@ async fn concurrent_publishers_app_replies_and_pongs_never_interleave() {
     let ids = channel_ids(admin_addr, total).await;
     let mut control = admin_conn(admin_addr).await;
     for peer in &peers {
-        let (status, body) = admin(&mut control, "PUT", &format!("/v1/channels/{}/subscriptions/t", ids[peer]), Bytes::new()).await;
+        let (status, body) =
+            admin(&mut control, "PUT", &format!("/v1/channels/{}/subscriptions/t", ids[peer]), Bytes::new()).await;
         assert_eq!(status, 200, "{body}");
     }
     let mut running = Vec::new();
@@ -304,7 +326,8 @@ async fn concurrent_publishers_app_replies_and_pongs_never_interleave() {
                     go.wait().await;
                 }
                 for seq in 0..PER_PUBLISHER {
-                    let (status, body) = admin(&mut sender, "POST", "/v1/subscriptions/t/publish", Bytes::from(published(p, seq))).await;
+                    let (status, body) =
+                        admin(&mut sender, "POST", "/v1/subscriptions/t/publish", Bytes::from(published(p, seq))).await;
                     assert_eq!((status, body.trim()), (200, format!("{{\"delivered\":{total}}}").as_str()));
                     // Pauses now and then: a fan-out after a pause writes directly, one in a
                     // burst queues (src/pubsub/burst.rs); both, and the switches between them.
@@ -320,7 +343,8 @@ async fn concurrent_publishers_app_replies_and_pongs_never_interleave() {
     }
     let mut compressed = 0;
     for (deflate, task) in running {
-        let (seen, compressed_here) = tokio::time::timeout(Duration::from_secs(45), task).await.expect("subscriber done in time").unwrap();
+        let (seen, compressed_here) =
+            tokio::time::timeout(Duration::from_secs(45), task).await.expect("subscriber done in time").unwrap();
         assert_eq!(seen, PUBLISHERS * PER_PUBLISHER);
         assert_eq!(compressed_here > 0, deflate, "deflate subscribers get compressed frames, the others plain ones");
         compressed += compressed_here;
@@ -362,7 +386,9 @@ async fn nothing_follows_a_close_while_deliveries_keep_coming() {
         let ids = channel_ids(admin_addr, N).await;
         let mut control = admin_conn(admin_addr).await;
         for (peer, _, _) in &subs {
-            let (status, _) = admin(&mut control, "PUT", &format!("/v1/channels/{}/subscriptions/c{round}", ids[peer]), Bytes::new()).await;
+            let (status, _) =
+                admin(&mut control, "PUT", &format!("/v1/channels/{}/subscriptions/c{round}", ids[peer]), Bytes::new())
+                    .await;
             assert_eq!(status, 200);
         }
         // Two publishers keep publishing until nobody is subscribed any more.
@@ -390,7 +416,13 @@ async fn nothing_follows_a_close_while_deliveries_keep_coming() {
         let mut readers = Vec::new();
         for (i, (peer, mut stream, rest)) in subs.into_iter().enumerate() {
             if i % 2 == 0 {
-                let (status, _) = admin(&mut control, "DELETE", &format!("/v1/channels/{}?code=4000&reason=bye", ids[&peer]), Bytes::new()).await;
+                let (status, _) = admin(
+                    &mut control,
+                    "DELETE",
+                    &format!("/v1/channels/{}?code=4000&reason=bye", ids[&peer]),
+                    Bytes::new(),
+                )
+                .await;
                 assert_eq!(status, 202);
             } else {
                 let mut out = BytesMut::new();
@@ -402,12 +434,16 @@ async fn nothing_follows_a_close_while_deliveries_keep_coming() {
         for (i, reader) in readers.into_iter().enumerate() {
             let (events, leftover) = reader.await.unwrap();
             assert_eq!(leftover, 0, "round {round} subscriber {i}: no partial frame at the end");
-            let Some((WsIncoming::Close(close), before)) = events.split_last() else { panic!("round {round} subscriber {i}: no Close last: {:?}", events.last()) };
+            let Some((WsIncoming::Close(close), before)) = events.split_last() else {
+                panic!("round {round} subscriber {i}: no Close last: {:?}", events.last())
+            };
             let expected = if i % 2 == 0 { 4000 } else { 4001 };
             assert_eq!(close.as_ref().map(|c| c.code), Some(expected), "round {round} subscriber {i}");
             let mut next_seq = [0usize; 2];
             for event in before {
-                let WsIncoming::Text(data) = event else { panic!("round {round} subscriber {i}: {event:?} before the Close") };
+                let WsIncoming::Text(data) = event else {
+                    panic!("round {round} subscriber {i}: {event:?} before the Close")
+                };
                 let text = std::str::from_utf8(data).unwrap();
                 let (p, seq) = parse_published(text).unwrap();
                 assert_eq!(seq, next_seq[p]);

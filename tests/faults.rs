@@ -50,10 +50,7 @@ async fn send_garbage(addr: SocketAddr, bytes: &[u8], half_close: bool) -> (Vec<
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match tokio::time::timeout(TIMEOUT, stream.read(&mut buf))
-            .await
-            .expect("the server closed the connection")
-        {
+        match tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await.expect("the server closed the connection") {
             Ok(0) | Err(_) => return (answer, started.elapsed()),
             Ok(n) => answer.extend_from_slice(&buf[..n]),
         }
@@ -65,23 +62,15 @@ async fn tls_client_served(addr: SocketAddr, round: usize) {
     let connector = tokio_rustls::TlsConnector::from(client_config());
     // HTTPS GET, proxied.
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS handshake");
-    tls.write_all(b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake");
+    tls.write_all(b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(TIMEOUT, tls.read_to_end(&mut answer)).await.unwrap().ok();
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "round {round}: {text}");
     // wss:// echo.
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS handshake");
+    let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake");
     let text = format!("over tls {round}");
     assert_eq!(ws_echo(&mut tls, &text).await, text);
 }
@@ -93,10 +82,7 @@ async fn ws_echo<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, text: &str) -> S
     let mut out = BytesMut::new();
     encode_frame(&mut out, OpCode::Text, true, false, text.as_bytes(), Some([1, 2, 3, 4]));
     io.write_all(&out).await.unwrap();
-    let mut decoder = Decoder::new(DecoderConfig {
-        role: Role::Client,
-        max_message_size: 1 << 20,
-    });
+    let mut decoder = Decoder::new(DecoderConfig { role: Role::Client, max_message_size: 1 << 20 });
     loop {
         match decoder.decode(&mut buf).unwrap() {
             Some(WsIncoming::Text(t)) => return String::from_utf8(t.to_vec()).unwrap(),
@@ -143,16 +129,8 @@ async fn tls_handshake_garbage_is_closed_and_tls_clients_are_still_served() {
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         ("random bytes", random.clone(), false),
         ("a handshake record header then noise", record_then_noise, false),
-        (
-            "plaintext HTTP to the TLS port",
-            b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
-            false,
-        ),
-        (
-            "plaintext WebSocket upgrade to the TLS port",
-            upgrade_request("/websocket/echo", "").into_bytes(),
-            false,
-        ),
+        ("plaintext HTTP to the TLS port", b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(), false),
+        ("plaintext WebSocket upgrade to the TLS port", upgrade_request("/websocket/echo", "").into_bytes(), false),
         ("a corrupted ClientHello", bad_hello, false),
         ("a truncated ClientHello, then EOF", hello[..hello.len() / 2].to_vec(), true),
         ("nothing, then EOF", Vec::new(), true),
@@ -191,10 +169,7 @@ struct Member {
 
 impl Member {
     async fn join(addr: SocketAddr) -> Member {
-        Member {
-            ws: WsClient::connect(addr, "/chat").await,
-            texts: Vec::new(),
-        }
+        Member { ws: WsClient::connect(addr, "/chat").await, texts: Vec::new() }
     }
 
     /// One ping round trip: proves the connection is alive, keeps it from going idle, and
@@ -213,22 +188,11 @@ impl Member {
 }
 
 fn room_members(gate: &Gate) -> usize {
-    gate.server
-        .hub()
-        .subscriptions()
-        .into_iter()
-        .find(|(name, _)| name.starts_with("chat:"))
-        .map_or(0, |(_, n)| n)
+    gate.server.hub().subscriptions().into_iter().find(|(name, _)| name.starts_with("chat:")).map_or(0, |(_, n)| n)
 }
 
 fn room_name(gate: &Gate) -> String {
-    gate.server
-        .hub()
-        .subscriptions()
-        .into_iter()
-        .find(|(name, _)| name.starts_with("chat:"))
-        .expect("the chat room")
-        .0
+    gate.server.hub().subscriptions().into_iter().find(|(name, _)| name.starts_with("chat:")).expect("the chat room").0
 }
 
 /// Pumps `stay` until `done` holds (at most 30 s).
@@ -254,12 +218,8 @@ async fn subscribers_vanishing_without_a_close_leave_the_room_and_the_others_kee
     let silent = Member::join(gate.addr).await;
     pump_until(&gate, &mut stay, "four members", |g| room_members(g) == 4).await;
     let room = room_name(&gate);
-    let publish = |text: &str| {
-        gate.server
-            .hub()
-            .multicast(&room, &Message::Text(Bytes::from(text.to_owned())), &[])
-            .delivered
-    };
+    let publish =
+        |text: &str| gate.server.hub().multicast(&room, &Message::Text(Bytes::from(text.to_owned())), &[]).delivered;
     assert_eq!(publish("to four"), 4);
 
     // 1. The TCP connection is reset (RST), no Close frame.
@@ -278,20 +238,12 @@ async fn subscribers_vanishing_without_a_close_leave_the_room_and_the_others_kee
     assert_eq!(publish("to one"), 1);
     stay.pump().await;
     for text in ["to four", "to two", "to one"] {
-        assert!(
-            stay.texts.iter().any(|t| t == text),
-            "the member who stayed got {text:?}: {:?}",
-            stay.texts
-        );
+        assert!(stay.texts.iter().any(|t| t == text), "the member who stayed got {text:?}: {:?}", stay.texts);
     }
     // Nothing left behind: one channel, one member, one active connection counted.
     assert_eq!(gate.server.hub().channel_count(), 1);
-    let active = gate
-        .server
-        .metrics()
-        .connections_active
-        .get_or_create(&wsgate::metrics::AppLabel { app: "chat".into() })
-        .get();
+    let active =
+        gate.server.metrics().connections_active.get_or_create(&wsgate::metrics::AppLabel { app: "chat".into() }).get();
     assert_eq!(active, 1, "connections_active{{app=\"chat\"}}");
     // What the silent peer finds when it reads again: pings, then Close 1001.
     let mut silent = silent;
@@ -343,11 +295,7 @@ async fn wait_listening(child: &mut Spawned, addr: SocketAddr) {
 }
 
 fn signal(child: &Spawned, sig: &str) {
-    assert!(Command::new("kill")
-        .args([sig, &child.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args([sig, &child.0.id().to_string()]).status().unwrap().success());
 }
 
 fn wait_exit(child: &mut Spawned, limit: Duration) -> std::process::ExitStatus {
@@ -379,11 +327,7 @@ async fn stderr_on_a_full_disk_does_not_stop_the_server() {
     for round in 0..20 {
         let mut ws = WsClient::connect(addr, "/websocket/echo").await;
         ws.send_text("disk full").await;
-        assert_eq!(
-            ws.next().await,
-            Some(WsIncoming::Text(Bytes::from_static(b"disk full"))),
-            "round {round}"
-        );
+        assert_eq!(ws.next().await, Some(WsIncoming::Text(Bytes::from_static(b"disk full"))), "round {round}");
         // Protocol error: logged at debug, closed 1002.
         ws.send_raw(&[0x81, 0x02, b'h', b'i']).await;
         assert_eq!(ws.expect_close().await, Some(1002));

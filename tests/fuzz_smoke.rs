@@ -13,9 +13,7 @@ use wsgate::ws::fuzzing;
 const BUDGET: Duration = Duration::from_secs(2);
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/seeds")
-        .join(target);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target);
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -49,36 +47,17 @@ fn mutate(rng: &mut fastrand::Rng, mut data: Vec<u8>) -> Vec<u8> {
 fn random_frames(rng: &mut fastrand::Rng) -> Vec<u8> {
     let mut out = BytesMut::new();
     out.extend_from_slice(&[rng.u8(..)]);
-    let ops = [
-        OpCode::Text,
-        OpCode::Binary,
-        OpCode::Continuation,
-        OpCode::Ping,
-        OpCode::Pong,
-        OpCode::Close,
-    ];
+    let ops = [OpCode::Text, OpCode::Binary, OpCode::Continuation, OpCode::Ping, OpCode::Pong, OpCode::Close];
     for _ in 0..rng.usize(1..5) {
         let op = ops[rng.usize(0..ops.len())];
-        let len = if rng.bool() {
-            rng.usize(0..20)
-        } else {
-            rng.usize(0..300)
-        };
+        let len = if rng.bool() { rng.usize(0..20) } else { rng.usize(0..300) };
         let payload: Vec<u8> = if rng.bool() {
             "héllo ✓ ".bytes().cycle().take(len).collect()
         } else {
             (0..len).map(|_| rng.u8(..)).collect()
         };
-        let payload = if rng.u8(0..4) == 0 {
-            wsgate::ws::deflate::compress(&payload, 15).to_vec()
-        } else {
-            payload
-        };
-        let mask = if rng.u8(0..5) == 0 {
-            None
-        } else {
-            Some([rng.u8(..), rng.u8(..), rng.u8(..), rng.u8(..)])
-        };
+        let payload = if rng.u8(0..4) == 0 { wsgate::ws::deflate::compress(&payload, 15).to_vec() } else { payload };
+        let mask = if rng.u8(0..5) == 0 { None } else { Some([rng.u8(..), rng.u8(..), rng.u8(..), rng.u8(..)]) };
         encode_frame(&mut out, op, rng.bool(), rng.u8(0..4) == 0, &payload, mask);
     }
     out.to_vec()
@@ -93,18 +72,13 @@ fn random_head(rng: &mut fastrand::Rng) -> Vec<u8> {
         "permessage-deflate; server_no_context_takeover; x=1",
         "foo, permessage-deflate; client_max_window_bits=\"10\"",
     ];
-    let mut head = String::from(
-        "Host: a\nUpgrade: websocket\nConnection: Upgrade\nSec-WebSocket-Version: 13\n",
-    );
+    let mut head = String::from("Host: a\nUpgrade: websocket\nConnection: Upgrade\nSec-WebSocket-Version: 13\n");
     head.push_str(if rng.bool() {
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n"
     } else {
         "Sec-WebSocket-Key: AAAA\n"
     });
-    head.push_str(&format!(
-        "Sec-WebSocket-Extensions: {}\n",
-        exts[rng.usize(0..exts.len())]
-    ));
+    head.push_str(&format!("Sec-WebSocket-Extensions: {}\n", exts[rng.usize(0..exts.len())]));
     head.push_str("Sec-WebSocket-Protocol: chat, x\n");
     head.into_bytes()
 }
@@ -138,15 +112,8 @@ fn handshake_smoke() {
 #[test]
 fn inflater_smoke() {
     run("inflater", fuzzing::inflater, |rng| {
-        let plain: Vec<u8> = (0..rng.usize(0..2000))
-            .map(|i| {
-                if rng.bool() {
-                    (i % 7) as u8
-                } else {
-                    rng.u8(..)
-                }
-            })
-            .collect();
+        let plain: Vec<u8> =
+            (0..rng.usize(0..2000)).map(|i| if rng.bool() { (i % 7) as u8 } else { rng.u8(..) }).collect();
         if rng.bool() {
             wsgate::ws::deflate::compress(&plain, 9 + rng.u8(0..7)).to_vec()
         } else {
@@ -236,9 +203,7 @@ fn random_config(rng: &mut fastrand::Rng) -> Vec<u8> {
 
 /// Request heads built from parts that matter to routing and forwarding.
 fn random_request(rng: &mut fastrand::Rng) -> Vec<u8> {
-    const METHODS: &[&str] = &[
-        "GET", "HEAD", "POST", "CONNECT", "OPTIONS", "PATCH", "G\u{e9}T",
-    ];
+    const METHODS: &[&str] = &["GET", "HEAD", "POST", "CONNECT", "OPTIONS", "PATCH", "G\u{e9}T"];
     const TARGETS: &[&str] = &[
         "/websocket/echo",
         "/websocket/echo/",
@@ -283,16 +248,9 @@ fn random_request(rng: &mut fastrand::Rng) -> Vec<u8> {
         "Cookie: a=b",
         "X-Obs: \u{e9}t\u{e9}",
     ];
-    let version = if rng.u8(0..5) == 0 {
-        "HTTP/1.0"
-    } else {
-        "HTTP/1.1"
-    };
-    let mut head = format!(
-        "{} {} {version}\r\n",
-        METHODS[rng.usize(0..METHODS.len())],
-        TARGETS[rng.usize(0..TARGETS.len())]
-    );
+    let version = if rng.u8(0..5) == 0 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let mut head =
+        format!("{} {} {version}\r\n", METHODS[rng.usize(0..METHODS.len())], TARGETS[rng.usize(0..TARGETS.len())]);
     for _ in 0..rng.usize(0..10) {
         head.push_str(FIELDS[rng.usize(0..FIELDS.len())]);
         head.push_str("\r\n");
@@ -320,10 +278,6 @@ fn proxy_h1_smoke() {
 fn router_parses_the_committed_seeds() {
     // A seed hyper would refuse exercises nothing past the parser: keep them all parseable.
     for seed in seeds("router") {
-        assert!(
-            server_fuzzing::parse_head(&seed).is_some(),
-            "{}",
-            String::from_utf8_lossy(&seed)
-        );
+        assert!(server_fuzzing::parse_head(&seed).is_some(), "{}", String::from_utf8_lossy(&seed));
     }
 }

@@ -98,7 +98,9 @@ urls = ["/websocket/echo"]
 
 /// An HTTP/2 (prior knowledge) client connection: its handle, its PING handle, and the task
 /// driving it (ends when the server closes the connection).
-async fn h2_connect(addr: SocketAddr) -> (h2::client::SendRequest<Bytes>, h2::PingPong, JoinHandle<Result<(), h2::Error>>) {
+async fn h2_connect(
+    addr: SocketAddr,
+) -> (h2::client::SendRequest<Bytes>, h2::PingPong, JoinHandle<Result<(), h2::Error>>) {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, mut connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
     let ping_pong = connection.ping_pong().expect("ping handle");
@@ -180,7 +182,8 @@ async fn h2_websocket_keeps_the_connection_from_idling() {
         .unwrap();
     request.extensions_mut().insert(h2::ext::Protocol::from_static("websocket"));
     let (response, mut outgoing) = send.send_request(request, false).expect("CONNECT sent");
-    let response = tokio::time::timeout(Duration::from_secs(5), response).await.expect("answer in time").expect("answer");
+    let response =
+        tokio::time::timeout(Duration::from_secs(5), response).await.expect("answer in time").expect("answer");
     assert_eq!(response.status(), 200);
     let mut incoming = response.into_body();
 

@@ -78,9 +78,7 @@ impl Canary {
 
 async fn proxied_get(addr: SocketAddr) -> u16 {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    raw_request(&mut stream, b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-        .await
-        .status
+    raw_request(&mut stream, b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await.status
 }
 
 /// Reads until EOF or error (a reset counts as closed); panics if the server keeps it open.
@@ -88,9 +86,7 @@ async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut all = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match tokio::time::timeout(TIMEOUT, stream.read(&mut buf))
-            .await
-            .expect("server closed the connection in time")
+        match tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await.expect("server closed the connection in time")
         {
             Ok(0) | Err(_) => return all,
             Ok(n) => all.extend_from_slice(&buf[..n]),
@@ -121,9 +117,7 @@ async fn trickle(addr: SocketAddr, request: Vec<u8>, pause: Duration) -> (usize,
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), rd.read(&mut buf))
-            .await
-            .expect("server answered or closed")
+        match tokio::time::timeout(Duration::from_secs(20), rd.read(&mut buf)).await.expect("server answered or closed")
         {
             Ok(0) | Err(_) => break,
             Ok(n) => {
@@ -164,11 +158,7 @@ async fn slowloris_is_cut_at_the_header_deadline_while_others_are_served() {
     for task in beyond {
         let (sent, answer) = task.await.unwrap();
         let text = String::from_utf8_lossy(&answer);
-        assert!(
-            sent < slow_head.len(),
-            "closed before the head was complete ({sent} of {} bytes)",
-            slow_head.len()
-        );
+        assert!(sent < slow_head.len(), "closed before the head was complete ({sent} of {} bytes)", slow_head.len());
         assert!(!text.contains(" 200 "), "never served: {text}");
     }
     let rounds = normal.finish().await;
@@ -234,16 +224,9 @@ async fn repeated_framing_headers_reach_the_upstream_with_one_framing() {
     } else {
         assert!(text.starts_with("http/1.1 200"), "{text}");
         assert_eq!(responses(&text), 2, "two requests, two answers: {text}");
-        assert_eq!(
-            text.matches("\ncontent-length: 5\n").count(),
-            1,
-            "the upstream saw one Content-Length 5: {text}"
-        );
+        assert_eq!(text.matches("\ncontent-length: 5\n").count(), 1, "the upstream saw one Content-Length 5: {text}");
         assert!(!text.contains("transfer-encoding: chunked\n"), "{text}");
-        assert!(
-            text.contains("x-upstream-path: /echo?second"),
-            "the second request is separate: {text}"
-        );
+        assert!(text.contains("x-upstream-path: /echo?second"), "the second request is separate: {text}");
     }
     // Content-Length with Transfer-Encoding: framed by Transfer-Encoding alone (RFC 9112
     // §6.3 item 3); what reaches the upstream must not carry both.
@@ -254,20 +237,13 @@ async fn repeated_framing_headers_reach_the_upstream_with_one_framing() {
         .unwrap();
     let answer = read_until_closed(&mut stream).await;
     let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-    assert_eq!(
-        responses(&text),
-        1,
-        "one response, then close (the smuggled request is not served): {text}"
-    );
+    assert_eq!(responses(&text), 1, "one response, then close (the smuggled request is not served): {text}");
     assert!(text.starts_with("http/1.1 200"), "{text}");
     let (_, body) = text.split_once("\r\n\r\n").unwrap();
     let cl = body.contains("content-length:");
     let te = body.contains("transfer-encoding:");
     assert!(!(cl && te), "the upstream got both framings: {body}");
-    assert!(
-        !body.contains("content-length: 40"),
-        "the client's Content-Length was not passed on: {body}"
-    );
+    assert!(!body.contains("content-length: 40"), "the client's Content-Length was not passed on: {body}");
     gate.server.shutdown().await;
 }
 
@@ -285,10 +261,7 @@ async fn open_raw(addr: SocketAddr) -> (tokio::net::tcp::OwnedReadHalf, tokio::n
 
 /// Reads server frames until a Close; returns its code and how many Pongs came before it.
 async fn read_to_close(rd: &mut tokio::net::tcp::OwnedReadHalf, mut buf: BytesMut) -> (Option<u16>, usize) {
-    let mut decoder = Decoder::new(DecoderConfig {
-        role: Role::Client,
-        max_message_size: 1 << 20,
-    });
+    let mut decoder = Decoder::new(DecoderConfig { role: Role::Client, max_message_size: 1 << 20 });
     let mut pongs = 0;
     loop {
         match decoder.decode(&mut buf).expect("valid frames from the server") {
@@ -296,10 +269,7 @@ async fn read_to_close(rd: &mut tokio::net::tcp::OwnedReadHalf, mut buf: BytesMu
             Some(WsIncoming::Pong(_)) => pongs += 1,
             Some(_) => {}
             None => {
-                let n = tokio::time::timeout(TIMEOUT, rd.read_buf(&mut buf))
-                    .await
-                    .expect("Close in time")
-                    .unwrap_or(0);
+                let n = tokio::time::timeout(TIMEOUT, rd.read_buf(&mut buf)).await.expect("Close in time").unwrap_or(0);
                 assert!(n > 0, "connection closed without a Close frame");
             }
         }
@@ -320,12 +290,7 @@ async fn huge_length_fields_are_refused_from_the_header() {
     // A 64-bit length with its most significant bit set (RFC 6455 §5.2): 1002.
     // 2^62, a valid encoding far over the limit: 1009 from the header alone. Only the header
     // and mask are sent, so the answer cannot have waited for any payload.
-    for (length, code) in [
-        (u64::MAX, 1002),
-        (1u64 << 63, 1002),
-        (1u64 << 62, 1009),
-        (u64::from(u32::MAX) + 1, 1009),
-    ] {
+    for (length, code) in [(u64::MAX, 1002), (1u64 << 63, 1002), (1u64 << 62, 1009), (u64::from(u32::MAX) + 1, 1009)] {
         let (mut rd, mut wr, rest) = open_raw(gate.addr).await;
         let mut head = vec![0x82, 0x80 | 127];
         head.extend_from_slice(&length.to_be_bytes());
@@ -340,15 +305,14 @@ async fn huge_length_fields_are_refused_from_the_header() {
 
 /// Writes `frame` over and over (in batches of `per_write` copies) until the peer stops
 /// reading or `stop` is set; returns the frames written.
-fn flood(mut wr: tokio::net::tcp::OwnedWriteHalf, frame: BytesMut, per_write: usize, stop: Arc<AtomicBool>) -> JoinHandle<usize> {
+fn flood(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    frame: BytesMut,
+    per_write: usize,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<usize> {
     tokio::spawn(async move {
-        let batch: Bytes = frame
-            .iter()
-            .copied()
-            .cycle()
-            .take(frame.len() * per_write)
-            .collect::<Vec<u8>>()
-            .into();
+        let batch: Bytes = frame.iter().copied().cycle().take(frame.len() * per_write).collect::<Vec<u8>>().into();
         let mut sent = 0;
         while !stop.load(Ordering::SeqCst) {
             match tokio::time::timeout(Duration::from_secs(2), wr.write_all(&batch)).await {
@@ -383,9 +347,7 @@ async fn fragment_floods_end_with_1009_at_max_message_size() {
         assert!(sent >= needed, "{name}: closed after {sent} fragments");
         // The connection is closed for good: nothing more is read, EOF follows.
         let mut tail = Vec::new();
-        let _ = tokio::time::timeout(TIMEOUT, rd.read_to_end(&mut tail))
-            .await
-            .expect("server closed TCP");
+        let _ = tokio::time::timeout(TIMEOUT, rd.read_to_end(&mut tail)).await.expect("server closed TCP");
         eprintln!("{name}: 1009 after at least {sent} fragments sent");
     }
     normal.finish().await;
@@ -401,14 +363,7 @@ async fn ping_flood_without_reading_pongs_keeps_the_pong_queue_bounded() {
     let mut ws = WsClient::connect(gate.addr, "/websocket/echo").await;
     let mut burst = BytesMut::new();
     for i in 0..10 {
-        encode_frame(
-            &mut burst,
-            OpCode::Ping,
-            true,
-            false,
-            format!("payload-{i}").as_bytes(),
-            Some([1, 2, 3, 4]),
-        );
+        encode_frame(&mut burst, OpCode::Ping, true, false, format!("payload-{i}").as_bytes(), Some([1, 2, 3, 4]));
     }
     ws.send_raw(&burst).await;
     for i in 0..10 {
@@ -423,14 +378,8 @@ async fn ping_flood_without_reading_pongs_keeps_the_pong_queue_bounded() {
     let local = stream.local_addr().unwrap();
     let response = raw_request(&mut stream, upgrade_request("/websocket/echo", "").as_bytes()).await;
     assert_eq!(response.status, 101);
-    let id = gate
-        .server
-        .hub()
-        .channel_summaries()
-        .into_iter()
-        .find(|c| c.peer == local)
-        .expect("the flooder's channel")
-        .id;
+    let id =
+        gate.server.hub().channel_summaries().into_iter().find(|c| c.peer == local).expect("the flooder's channel").id;
     let channel = gate.server.hub().channel(id.as_str()).unwrap();
     const PINGS: u32 = 100_000;
     let mut peak = 0;
@@ -546,30 +495,17 @@ async fn ten_thousand_handshakes_dropped_half_way_leave_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let fds_after = open_fds(pid);
-    assert!(
-        fds_after <= fds_before,
-        "descriptors back to baseline: {fds_before} before, {fds_after} after"
-    );
-    assert_eq!(
-        metric(gate.admin, "wsgate_connections_active").await,
-        ws_before,
-        "no half-made WebSocket counted"
-    );
+    assert!(fds_after <= fds_before, "descriptors back to baseline: {fds_before} before, {fds_after} after");
+    assert_eq!(metric(gate.admin, "wsgate_connections_active").await, ws_before, "no half-made WebSocket counted");
     let open_fds_metric = metric(gate.admin, "process_open_fds").await;
-    assert!(
-        open_fds_metric as usize <= fds_before + 1,
-        "process_open_fds {open_fds_metric} (before: {fds_before})"
-    );
+    assert!(open_fds_metric as usize <= fds_before + 1, "process_open_fds {open_fds_metric} (before: {fds_before})");
     let rss_after = proc_status_kib(pid, "VmRSS:");
     let rss_peak = proc_status_kib(pid, "VmHWM:");
     eprintln!(
         "dropped handshakes: {TOTAL} in {attack:?}; fds {fds_before} -> peak {fds_peak} -> {fds_after}; \
          VmRSS {rss_before} KiB -> {rss_after} KiB (peak VmHWM {rss_peak} KiB)"
     );
-    assert!(
-        rss_after < rss_before + 8 * 1024,
-        "RSS {rss_after} KiB vs baseline {rss_before} KiB"
-    );
+    assert!(rss_after < rss_before + 8 * 1024, "RSS {rss_after} KiB vs baseline {rss_before} KiB");
     // Still serving: the normal client's last rounds, and a fresh upgrade.
     let mut ws = WsClient::connect(gate.addr, "/websocket/echo").await;
     ws.send_text("after").await;

@@ -60,7 +60,8 @@ async fn measure(extra: &str) -> Vec<Duration> {
 }
 
 fn report(mode: &str, latencies: &[Duration]) {
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1).min(latencies.len() - 1)];
+    let pct =
+        |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1).min(latencies.len() - 1)];
     println!(
         "log-view latency, {mode}: n={} p50={:.2?} p99={:.2?} max={:.2?}",
         latencies.len(),

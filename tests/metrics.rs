@@ -24,11 +24,8 @@ fn parse(text: &str) -> HashMap<String, f64> {
 }
 
 fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
-    *samples
-        .get(series)
-        .unwrap_or_else(|| panic!("{series} missing; have {:?}", samples.keys().collect::<Vec<_>>()))
+    *samples.get(series).unwrap_or_else(|| panic!("{series} missing; have {:?}", samples.keys().collect::<Vec<_>>()))
 }
-
 
 const CONFIG: &str = r#"
 [upstream]
@@ -56,9 +53,7 @@ async fn counts_match_known_traffic() {
     let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let toml = CONFIG
-        .replace("{CERT}", cert.to_str().unwrap())
-        .replace("{KEY}", key.to_str().unwrap());
+    let toml = CONFIG.replace("{CERT}", cert.to_str().unwrap()).replace("{KEY}", key.to_str().unwrap());
     let gate = start_gate(&toml, up.addr).await;
     let tls_addr = gate.server.listeners()[1].addr;
 
@@ -84,26 +79,18 @@ async fn counts_match_known_traffic() {
         let s = parse(&text);
         assert_eq!(value(&s, r#"wsgate_connections_active{app="echo"}"#), 1.0, "{text}");
     }
-    ws.send_frame(wsgate::ws::codec::OpCode::Close, true, &1000u16.to_be_bytes())
-        .await;
+    ws.send_frame(wsgate::ws::codec::OpCode::Close, true, &1000u16.to_be_bytes()).await;
     assert_eq!(ws.expect_close().await, Some(1000));
 
     // Two refused handshakes: wrong version (426) and a bad key (400).
     let mut s = TcpStream::connect(gate.addr).await.unwrap();
-    let r = raw_request(
-        &mut s,
-        upgrade_request("/websocket/echo", "")
-            .replace("Version: 13", "Version: 8")
-            .as_bytes(),
-    )
-    .await;
+    let r = raw_request(&mut s, upgrade_request("/websocket/echo", "").replace("Version: 13", "Version: 8").as_bytes())
+        .await;
     assert_eq!(r.status, 426);
     let mut s = TcpStream::connect(gate.addr).await.unwrap();
     let r = raw_request(
         &mut s,
-        upgrade_request("/websocket/echo", "")
-            .replace("dGhlIHNhbXBsZSBub25jZQ==", "short")
-            .as_bytes(),
+        upgrade_request("/websocket/echo", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "short").as_bytes(),
     )
     .await;
     assert_eq!(r.status, 400);
@@ -112,34 +99,18 @@ async fn counts_match_known_traffic() {
     let mut s = TcpStream::connect(tls_addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut sink = Vec::new();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut sink),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut sink)).await;
 
     // Reloads: one rejected (bad upstream URL), one accepted pointing at a closed port, then
     // 2 requests that fail upstream (connect refused → 502).
     let bad = config::load(
-        ConfigSource::Text {
-            name: "bad.toml".into(),
-            text: "[upstream]\nurl = 5\n".into(),
-        },
+        ConfigSource::Text { name: "bad.toml".into(), text: "[upstream]\nurl = 5\n".into() },
         &CliOverrides::default(),
     );
     assert!(gate.server.reload(bad).await.is_err());
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let text = toml.replace("{UPSTREAM}", &format!("http://{closed}"));
-    let good = config::load(
-        ConfigSource::Text {
-            name: "good.toml".into(),
-            text,
-        },
-        &CliOverrides::default(),
-    );
+    let good = config::load(ConfigSource::Text { name: "good.toml".into(), text }, &CliOverrides::default());
     assert!(gate.server.reload(good).await.is_ok());
     for _ in 0..2 {
         assert_eq!(http_get(gate.addr, "/echo").await.0, 502);
@@ -166,10 +137,7 @@ async fn counts_match_known_traffic() {
         (r#"wsgate_messages_received_total{app="echo"}"#, messages.len() as f64),
         (r#"wsgate_messages_sent_total{app="echo"}"#, messages.len() as f64),
         (r#"wsgate_bytes_received_total{app="echo"}"#, payload as f64),
-        (
-            r#"wsgate_bytes_sent_total{app="echo"}"#,
-            (payload + 2 * messages.len()) as f64,
-        ),
+        (r#"wsgate_bytes_sent_total{app="echo"}"#, (payload + 2 * messages.len()) as f64),
         (r#"wsgate_handshake_failures_total{reason="unsupported_version"}"#, 1.0),
         (r#"wsgate_handshake_failures_total{reason="bad_key"}"#, 1.0),
         ("wsgate_tls_handshake_failures_total", 1.0),
@@ -186,10 +154,7 @@ async fn counts_match_known_traffic() {
     assert!(value(&s, "process_max_fds") >= value(&s, "process_open_fds"));
     assert!(value(&s, "process_virtual_memory_bytes") > value(&s, "process_resident_memory_bytes"));
     assert!(value(&s, "process_cpu_seconds_total") >= 0.0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let start = value(&s, "process_start_time_seconds");
     assert!(start <= now && start > now - 3600.0, "start {start}, now {now}");
     assert!(text.ends_with("# EOF\n"));

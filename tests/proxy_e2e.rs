@@ -36,7 +36,8 @@ async fn get_and_post_are_proxied_byte_exact_over_one_upstream_connection() {
         let got = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(got.as_ref(), payload.as_slice());
     }
-    let get = client.send_request(Request::get("/nothing-here").header("host", "x").body(body(b"")).unwrap()).await.unwrap();
+    let get =
+        client.send_request(Request::get("/nothing-here").header("host", "x").body(body(b"")).unwrap()).await.unwrap();
     assert_eq!(get.status(), 404);
     assert_eq!(get.into_body().collect().await.unwrap().to_bytes().as_ref(), b"no such page");
     assert_eq!(up.connections.load(Ordering::SeqCst), 1, "keep-alive pool reuses one upstream connection");
@@ -72,7 +73,10 @@ async fn large_bodies_stream_both_ways_without_buffering() {
     // 64 MiB upload streamed in chunks (no Content-Length), echoed back by the upstream.
     let chunks = 1024usize;
     let chunk = Bytes::from(vec![7u8; 64 * 1024]);
-    let req = Request::post("/echo").header("host", "x").body(ChunkBody { chunk: chunk.clone(), left: chunks }.boxed()).unwrap();
+    let req = Request::post("/echo")
+        .header("host", "x")
+        .body(ChunkBody { chunk: chunk.clone(), left: chunks }.boxed())
+        .unwrap();
     let mut client = http_client(gate.addr).await;
     let resp = client.send_request(req).await.unwrap();
     let mut body = resp.into_body();
@@ -150,10 +154,12 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
 #[tokio::test]
 async fn trusted_proxies_have_their_forwarded_for_appended() {
     let up = start_upstream().await;
-    let config = basic_config("").replace("response_timeout = \"2s\"", "response_timeout = \"2s\"\ntrusted_proxies = [\"127.0.0.0/8\"]");
+    let config = basic_config("")
+        .replace("response_timeout = \"2s\"", "response_timeout = \"2s\"\ntrusted_proxies = [\"127.0.0.0/8\"]");
     let gate = start_gate(&config, up.addr).await;
     let mut stream = TcpStream::connect(gate.addr).await.unwrap();
-    let resp = raw_request(&mut stream, b"GET /headers HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n").await;
+    let resp =
+        raw_request(&mut stream, b"GET /headers HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n").await;
     assert_eq!(resp.status, 200);
     let mut body = resp.rest.to_vec();
     let len: usize = resp.header("content-length").unwrap().parse().unwrap();
@@ -185,7 +191,10 @@ async fn upstream_down_is_502_and_hung_upstream_is_504() {
     let resp = raw_request(&mut stream, b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_eq!(resp.status, 504, "{}", resp.head);
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5), "504 after response_timeout (2s), took {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+        "504 after response_timeout (2s), took {waited:?}"
+    );
     gate.server.shutdown().await;
 }
 

@@ -98,7 +98,8 @@ async fn a_kept_alive_client_connection_reuses_one_upstream_connection() {
     let gate = start_gate(&basic_config(""), up.addr).await;
     let mut client = TcpStream::connect(gate.addr).await.unwrap();
     for round in 0..20 {
-        let response = raw_request(&mut client, format!("GET /echo?round={round} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).await;
+        let response =
+            raw_request(&mut client, format!("GET /echo?round={round} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).await;
         assert_eq!(response.status, 200);
         assert_eq!(response.header("x-upstream-path").as_deref(), Some(&*format!("/echo?round={round}")));
         assert_eq!(response.header("via").as_deref(), Some("1.1 wsgate"));
@@ -120,7 +121,8 @@ async fn pipelined_requests_are_answered_in_order() {
     let up = start_upstream().await;
     let gate = start_gate(&basic_config(""), up.addr).await;
     let mut client = TcpStream::connect(gate.addr).await.unwrap();
-    let pipelined: Vec<u8> = (0..3).flat_map(|i| format!("GET /echo?n={i} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()).collect();
+    let pipelined: Vec<u8> =
+        (0..3).flat_map(|i| format!("GET /echo?n={i} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()).collect();
     client.write_all(&pipelined).await.unwrap();
     let mut carry = BytesMut::new();
     for i in 0..3 {
@@ -186,7 +188,8 @@ async fn chunked_interim_head_and_close_delimited_responses_pass_through() {
 async fn a_closed_upstream_connection_is_not_reused() {
     // The upstream closes every connection after its first answer without saying so, like
     // an upstream whose keep-alive timeout fires just as the next request is sent.
-    let (upstream, accepted) = scripted_upstream(|_, _| (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), true)).await;
+    let (upstream, accepted) =
+        scripted_upstream(|_, _| (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), true)).await;
     let gate = start_gate(&basic_config(""), upstream).await;
     let mut client = TcpStream::connect(gate.addr).await.unwrap();
     for round in 0..3 {
@@ -213,7 +216,9 @@ async fn read_heads(client: &mut TcpStream, n: usize) -> Vec<String> {
     while heads.len() < n {
         match buf.windows(4).position(|w| w == b"\r\n\r\n") {
             Some(end) => heads.push(String::from_utf8_lossy(&buf.split_to(end + 4)).into_owned()),
-            None => assert!(tokio::time::timeout(TIMEOUT, client.read_buf(&mut buf)).await.expect("in time").unwrap() > 0),
+            None => {
+                assert!(tokio::time::timeout(TIMEOUT, client.read_buf(&mut buf)).await.expect("in time").unwrap() > 0)
+            }
         }
     }
     heads
@@ -232,7 +237,12 @@ async fn small_request_bodies_are_sent_with_their_head() {
     let gate = start_gate(&basic_config("[limits]\nheader_read_timeout = \"1s\"\n"), upstream).await;
     let mut client = TcpStream::connect(gate.addr).await.unwrap();
     // A body behind its head in one segment, with a GET pipelined behind the body.
-    client.write_all(b"POST /form HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhelloGET /next HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    client
+        .write_all(
+            b"POST /form HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhelloGET /next HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .await
+        .unwrap();
     let heads = read_heads(&mut client, 2).await;
     assert!(heads[0].contains("\r\nX-Body: 5 hello\r\n"), "{}", heads[0]);
     assert!(heads[1].contains("\r\nX-Body: 0\r\n"), "the GET after the body: {}", heads[1]);

@@ -49,50 +49,21 @@ async fn get_is_forwarded_with_rewritten_headers() {
     let text = resp.text();
     let lines = dump_lines(&text);
     assert_eq!(lines[0], "GET /some/path?q=1&r=%20 HTTP/1.1");
-    assert_eq!(
-        dump_header(&text, "host").as_deref(),
-        Some("www.example.org:8080")
-    );
-    for gone in [
-        "x-drop-me",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "proxy-authorization",
-        "connection",
-    ] {
-        assert_eq!(
-            dump_header(&text, gone),
-            None,
-            "{gone} must not reach the upstream:\n{text}"
-        );
+    assert_eq!(dump_header(&text, "host").as_deref(), Some("www.example.org:8080"));
+    for gone in ["x-drop-me", "keep-alive", "proxy-connection", "te", "proxy-authorization", "connection"] {
+        assert_eq!(dump_header(&text, gone), None, "{gone} must not reach the upstream:\n{text}");
     }
     assert_eq!(dump_header(&text, "x-custom").as_deref(), Some("kept"));
-    assert_eq!(
-        dump_header(&text, "x-forwarded-for").as_deref(),
-        Some("127.0.0.1")
-    );
-    assert_eq!(
-        dump_header(&text, "x-forwarded-proto").as_deref(),
-        Some("http")
-    );
-    assert_eq!(
-        dump_header(&text, "x-forwarded-host").as_deref(),
-        Some("www.example.org:8080")
-    );
+    assert_eq!(dump_header(&text, "x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(dump_header(&text, "x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(dump_header(&text, "x-forwarded-host").as_deref(), Some("www.example.org:8080"));
     assert_eq!(
         dump_header(&text, "forwarded").as_deref(),
         Some("for=127.0.0.1;proto=http;host=\"www.example.org:8080\"")
     );
-    assert_eq!(
-        dump_header(&text, "via").as_deref(),
-        Some("1.0 fred, 1.1 wsgate")
-    );
+    assert_eq!(dump_header(&text, "via").as_deref(), Some("1.0 fred, 1.1 wsgate"));
     assert_eq!(resp.header("via").as_deref(), Some("1.1 wsgate"));
-    assert_eq!(
-        resp.header("content-length").unwrap(),
-        resp.body.len().to_string()
-    );
+    assert_eq!(resp.header("content-length").unwrap(), resp.body.len().to_string());
 }
 
 #[tokio::test]
@@ -108,10 +79,7 @@ async fn trusted_peer_keeps_and_appends_forwarding_headers() {
     )
     .await;
     let text = resp.text();
-    assert_eq!(
-        dump_header(&text, "x-forwarded-for").as_deref(),
-        Some("203.0.113.9, 127.0.0.1")
-    );
+    assert_eq!(dump_header(&text, "x-forwarded-for").as_deref(), Some("203.0.113.9, 127.0.0.1"));
     assert_eq!(
         dump_header(&text, "forwarded").as_deref(),
         Some("for=203.0.113.9;proto=https, for=127.0.0.1;proto=http;host=h")
@@ -124,11 +92,9 @@ async fn post_bodies_are_byte_exact_both_framings() {
     let proxy = start_proxy(settings(up.addr)).await;
     let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
 
-    let mut req = format!(
-        "POST /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut req =
+        format!("POST /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())
+            .into_bytes();
     req.extend_from_slice(&body);
     let resp = raw(proxy, &req).await;
     assert_eq!(resp.status, 200);
@@ -136,7 +102,8 @@ async fn post_bodies_are_byte_exact_both_framings() {
     assert!(resp.body == body, "content-length body differs");
 
     // Chunked request body (and a method hyper has no constant for).
-    let mut req = b"PATCHY /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut req =
+        b"PATCHY /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for chunk in body.chunks(7777) {
         req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
         req.extend_from_slice(chunk);
@@ -153,11 +120,7 @@ async fn post_bodies_are_byte_exact_both_framings() {
 async fn response_hop_by_hop_headers_are_removed() {
     let up = start_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
-    let resp = raw(
-        proxy,
-        b"GET /hop HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let resp = raw(proxy, b"GET /hop HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-foo"), None, "{}", resp.head);
     assert_eq!(resp.header("keep-alive"), None, "{}", resp.head);
@@ -166,13 +129,7 @@ async fn response_hop_by_hop_headers_are_removed() {
     assert_eq!(resp.header("via").as_deref(), Some("1.1 wsgate"));
     // Our own connection management only: hyper adds `connection: close` for the
     // client's `Connection: close`, nothing from the upstream.
-    assert!(
-        resp.headers("connection")
-            .iter()
-            .all(|v| v.eq_ignore_ascii_case("close")),
-        "{}",
-        resp.head
-    );
+    assert!(resp.headers("connection").iter().all(|v| v.eq_ignore_ascii_case("close")), "{}", resp.head);
     assert_eq!(resp.body, b"hop");
 }
 
@@ -180,20 +137,10 @@ async fn response_hop_by_hop_headers_are_removed() {
 async fn closed_upstream_port_gives_502() {
     let addr = closed_port().await;
     let proxy = start_proxy(settings(addr)).await;
-    let resp = raw(
-        proxy,
-        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let resp = raw(proxy, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
     assert_eq!(resp.status, 502);
-    assert_eq!(
-        resp.header("content-type").as_deref(),
-        Some("text/plain; charset=utf-8")
-    );
-    assert_eq!(
-        resp.text(),
-        "502 Bad Gateway: upstream refused the connection\n"
-    );
+    assert_eq!(resp.header("content-type").as_deref(), Some("text/plain; charset=utf-8"));
+    assert_eq!(resp.text(), "502 Bad Gateway: upstream refused the connection\n");
 }
 
 #[tokio::test]
@@ -203,21 +150,11 @@ async fn silent_upstream_gives_504_after_response_timeout() {
     s.response_timeout = Duration::from_millis(300);
     let proxy = start_proxy(s).await;
     let started = Instant::now();
-    let resp = raw(
-        proxy,
-        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let resp = raw(proxy, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
     let took = started.elapsed();
     assert_eq!(resp.status, 504);
-    assert_eq!(
-        resp.text(),
-        "504 Gateway Timeout: the upstream did not answer in time\n"
-    );
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
-        "{took:?}"
-    );
+    assert_eq!(resp.text(), "504 Gateway Timeout: the upstream did not answer in time\n");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
 }
 
 #[tokio::test]
@@ -230,10 +167,7 @@ async fn response_timeout_restarts_while_the_upload_progresses() {
     let proxy = start_proxy(s).await;
     let mut client = h1_client(proxy).await;
     let body = SlowBody::new(10, Duration::from_millis(100));
-    let req = Request::post("/count")
-        .header("host", "h")
-        .body(body.boxed())
-        .unwrap();
+    let req = Request::post("/count").header("host", "h").body(body.boxed()).unwrap();
     let resp = client.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let text = resp.into_body().collect().await.unwrap().to_bytes();
@@ -247,37 +181,21 @@ async fn upstream_dying_mid_body_aborts_the_client_without_hanging() {
 
     // hyper client: the body stream must end with an error.
     let mut client = h1_client(proxy).await;
-    let req = Request::get("/die")
-        .header("host", "h")
-        .body(body_of(""))
-        .unwrap();
+    let req = Request::get("/die").header("host", "h").body(body_of("")).unwrap();
     let resp = client.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-length"], (1u64 << 20).to_string());
-    let collected = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
-        .await
-        .expect("no hang");
+    let collected = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await.expect("no hang");
     assert!(collected.is_err(), "a truncated body must be an error");
 
     // Raw client: the connection is closed after fewer bytes than promised.
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(b"GET /die HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET /die HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .expect("no hang");
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("no hang");
     let resp = parse_response(&buf);
-    assert!(
-        resp.body.len() < 1 << 20,
-        "short body expected, got {}",
-        resp.body.len()
-    );
-    assert!(
-        !resp.body.is_empty(),
-        "the part received before the failure is relayed"
-    );
+    assert!(resp.body.len() < 1 << 20, "short body expected, got {}", resp.body.len());
+    assert!(!resp.body.is_empty(), "the part received before the failure is relayed");
 }
 
 #[tokio::test]
@@ -286,10 +204,7 @@ async fn keep_alive_reuses_one_upstream_connection() {
     let proxy = start_proxy(settings(up.addr)).await;
     let mut client = h1_client(proxy).await;
     for i in 0..20 {
-        let req = Request::get(format!("/n/{i}"))
-            .header("host", "h")
-            .body(body_of(""))
-            .unwrap();
+        let req = Request::get(format!("/n/{i}")).header("host", "h").body(body_of("")).unwrap();
         let resp = client.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -297,11 +212,7 @@ async fn keep_alive_reuses_one_upstream_connection() {
     }
     // And fresh client connections share the pool too.
     for _ in 0..3 {
-        let resp = raw(
-            proxy,
-            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+        let resp = raw(proxy, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
         assert_eq!(resp.status, 200);
     }
     assert_eq!(up.accepts(), 1);
@@ -312,11 +223,9 @@ async fn upgrade_is_tunnelled_byte_for_byte() {
     let up = start_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(
-        b"GET /tunnel HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: foo\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(b"GET /tunnel HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: foo\r\n\r\n")
+        .await
+        .unwrap();
     // Read the head byte by byte so no tunnelled byte is consumed by accident.
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -339,19 +248,13 @@ async fn upgrade_is_tunnelled_byte_for_byte() {
         wr
     });
     let mut echoed = vec![0u8; payload.len()];
-    tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut echoed))
-        .await
-        .expect("echo within 10s")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut echoed)).await.expect("echo within 10s").unwrap();
     assert!(echoed == payload, "tunnelled bytes differ");
     // Closing our side ends the tunnel: the upstream echo closes, we read EOF.
     let mut wr = writer.await.unwrap();
     wr.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut rest))
-        .await
-        .expect("tunnel closes")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut rest)).await.expect("tunnel closes").unwrap();
     assert!(rest.is_empty());
 }
 
@@ -361,11 +264,7 @@ async fn upgrade_refused_by_upstream_is_a_normal_response() {
     let proxy = start_proxy(settings(up.addr)).await;
     // `Upgrade` without `Connection: upgrade` is not an upgrade (RFC 9110 §7.8):
     // forwarded as a plain request with Upgrade stripped.
-    let resp = raw(
-        proxy,
-        b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\nUpgrade: foo\r\n\r\n",
-    )
-    .await;
+    let resp = raw(proxy, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\nUpgrade: foo\r\n\r\n").await;
     assert_eq!(resp.status, 200);
     assert_eq!(dump_header(&resp.text(), "upgrade"), None);
 }
@@ -374,16 +273,9 @@ async fn upgrade_refused_by_upstream_is_a_normal_response() {
 async fn via_loop_gives_508_without_contacting_the_upstream() {
     let up = start_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
-    let resp = raw(
-        proxy,
-        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nVia: 1.1 a, 1.1 wsgate\r\n\r\n",
-    )
-    .await;
+    let resp = raw(proxy, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nVia: 1.1 a, 1.1 wsgate\r\n\r\n").await;
     assert_eq!(resp.status, 508);
-    assert_eq!(
-        resp.text(),
-        "508 Loop Detected: the request already passed through wsgate\n"
-    );
+    assert_eq!(resp.text(), "508 Loop Detected: the request already passed through wsgate\n");
     assert_eq!(up.accepts(), 0);
 }
 
@@ -394,11 +286,7 @@ async fn proxy_pointing_at_itself_is_stopped_by_via() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     start_proxy_on(listener, settings(addr));
-    let resp = raw(
-        addr,
-        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let resp = raw(addr, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
     assert_eq!(resp.status, 508);
     assert_eq!(resp.header("via").as_deref(), Some("1.1 wsgate"));
 }
@@ -415,29 +303,13 @@ async fn http2_client_gets_host_from_authority() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    let req = Request::post("http://www.example.org:81/h2?x=1")
-        .body(body_of(""))
-        .unwrap();
+    let req = Request::post("http://www.example.org:81/h2?x=1").body(body_of("")).unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["via"], "1.1 wsgate");
-    let text = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.starts_with("POST /h2?x=1 HTTP/1.1\n"), "{text}");
-    assert_eq!(
-        dump_header(&text, "host").as_deref(),
-        Some("www.example.org:81")
-    );
-    assert_eq!(
-        dump_header(&text, "x-forwarded-host").as_deref(),
-        Some("www.example.org:81")
-    );
+    assert_eq!(dump_header(&text, "host").as_deref(), Some("www.example.org:81"));
+    assert_eq!(dump_header(&text, "x-forwarded-host").as_deref(), Some("www.example.org:81"));
     assert_eq!(dump_header(&text, "via").as_deref(), Some("2 wsgate"));
 }

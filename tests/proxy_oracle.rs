@@ -132,20 +132,23 @@ fn parse_corpus(text: &str, file: &str) -> Vec<Shape> {
     enum Block {
         None,
         Single(String, BTreeMap<String, String>, String),
-        Family { name: String, opts: BTreeMap<String, String>, templates: Vec<(String, BTreeMap<String, String>, String)>, variants: usize },
+        Family {
+            name: String,
+            opts: BTreeMap<String, String>,
+            templates: Vec<(String, BTreeMap<String, String>, String)>,
+            variants: usize,
+        },
     }
     let mut shapes = Vec::new();
     let mut block = Block::None;
-    let flush = |block: &mut Block, shapes: &mut Vec<Shape>, line: usize| {
-        match std::mem::replace(block, Block::None) {
-            Block::Single(name, opts, body) => {
-                let at = format!("{file}:{line} {name}");
-                let raw = unescape(&expand_macros(&body, &name), &at);
-                shapes.push(Shape { name, opts, raw });
-            }
-            Block::Family { name, variants, .. } => assert!(variants > 0, "{file}: family {name} has no variants"),
-            Block::None => {}
+    let flush = |block: &mut Block, shapes: &mut Vec<Shape>, line: usize| match std::mem::replace(block, Block::None) {
+        Block::Single(name, opts, body) => {
+            let at = format!("{file}:{line} {name}");
+            let raw = unescape(&expand_macros(&body, &name), &at);
+            shapes.push(Shape { name, opts, raw });
         }
+        Block::Family { name, variants, .. } => assert!(variants > 0, "{file}: family {name} has no variants"),
+        Block::None => {}
     };
     for (index, line) in text.lines().enumerate() {
         let lineno = index + 1;
@@ -165,11 +168,15 @@ fn parse_corpus(text: &str, file: &str) -> Vec<Shape> {
                 Block::Single(_, _, body) => body.push_str(line.trim_end_matches('\r')),
                 Block::Family { name, opts, templates, variants } => {
                     if let Some(rest) = line.strip_prefix("@ ") {
-                        let (head, template) = rest.split_once(" => ").unwrap_or_else(|| panic!("{file}:{lineno}: `@ tname | opts => template`"));
+                        let (head, template) = rest
+                            .split_once(" => ")
+                            .unwrap_or_else(|| panic!("{file}:{lineno}: `@ tname | opts => template`"));
                         let (tname, topts) = name_and_opts(head);
                         templates.push((tname, topts, template.to_owned()));
                     } else if let Some(rest) = line.strip_prefix("--- ") {
-                        let (head, value) = rest.split_once(" => ").unwrap_or_else(|| panic!("{file}:{lineno}: `--- vname | opts => value`"));
+                        let (head, value) = rest
+                            .split_once(" => ")
+                            .unwrap_or_else(|| panic!("{file}:{lineno}: `--- vname | opts => value`"));
                         let (vname, vopts) = name_and_opts(head);
                         assert!(!templates.is_empty(), "{file}:{lineno}: variant before any template");
                         for (tname, topts, template) in templates.iter() {
@@ -261,7 +268,9 @@ fn list_values(headers: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
     headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| String::from_utf8_lossy(v).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -287,7 +296,8 @@ fn parse_request(buf: &[u8]) -> Parse<ParsedRequest> {
         return Parse::Bad(format!("{hosts} Host fields"));
     }
     let te = list_values(&headers, "transfer-encoding");
-    let cls: Vec<&[u8]> = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.as_slice()).collect();
+    let cls: Vec<&[u8]> =
+        headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.as_slice()).collect();
     let has_te = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
     let rest = &buf[head_len..];
     let (body, used, framing) = if has_te {
@@ -319,7 +329,9 @@ fn parse_request(buf: &[u8]) -> Parse<ParsedRequest> {
     } else {
         (Vec::new(), 0, "none".to_owned())
     };
-    let via_wsgate = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("via") && String::from_utf8_lossy(v).to_ascii_lowercase().contains("wsgate"));
+    let via_wsgate = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("via") && String::from_utf8_lossy(v).to_ascii_lowercase().contains("wsgate")
+    });
     let request = ParsedRequest {
         method: req.method.unwrap_or("").to_owned(),
         target: req.path.unwrap_or("").to_owned(),
@@ -497,7 +509,11 @@ async fn upstream_connection(mut stream: TcpStream, conn: usize, recorder: Arc<R
                     Some(custom) => custom,
                     None => {
                         let body = format!("seen {}", req.target);
-                        let mut out = format!("HTTP/1.1 200 OK\r\nX-Oracle-Upstream: 1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+                        let mut out = format!(
+                            "HTTP/1.1 200 OK\r\nX-Oracle-Upstream: 1\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
                         if req.method != "HEAD" {
                             out.extend_from_slice(body.as_bytes());
                         }
@@ -520,7 +536,9 @@ async fn upstream_connection(mut stream: TcpStream, conn: usize, recorder: Arc<R
             Parse::Incomplete { head_done } => {
                 let expects = head_done
                     && !continued
-                    && String::from_utf8_lossy(&buf[..buf.len().min(8192)]).to_ascii_lowercase().contains("\r\nexpect: 100-continue");
+                    && String::from_utf8_lossy(&buf[..buf.len().min(8192)])
+                        .to_ascii_lowercase()
+                        .contains("\r\nexpect: 100-continue");
                 if expects {
                     continued = true;
                     if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
@@ -585,7 +603,12 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, quiet: Duration) -> Re
 
 /// Reads one final response (skipping 1xx) strictly: framing per RFC 9112 §6.3 (no body for
 /// `HEAD`, 1xx, 204 and 304; chunked; one `Content-Length`; else until close).
-async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut, head_request: bool, quiet: Duration) -> Result<ClientResponse, ReadEnd> {
+async fn read_response(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    head_request: bool,
+    quiet: Duration,
+) -> Result<ClientResponse, ReadEnd> {
     let mut interim = Vec::new();
     loop {
         let mut fields = [httparse::EMPTY_HEADER; 128];
@@ -594,18 +617,28 @@ async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut, head_request:
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 if fill(stream, buf, quiet).await? == 0 {
-                    return Err(if buf.is_empty() { ReadEnd::Closed } else { ReadEnd::Garbage(format!("closed inside a head: {:?}", String::from_utf8_lossy(buf))) });
+                    return Err(if buf.is_empty() {
+                        ReadEnd::Closed
+                    } else {
+                        ReadEnd::Garbage(format!("closed inside a head: {:?}", String::from_utf8_lossy(buf)))
+                    });
                 }
                 continue;
             }
-            Err(e) => return Err(ReadEnd::Garbage(format!("{e}: {:?}", String::from_utf8_lossy(&buf[..buf.len().min(120)])))),
+            Err(e) => {
+                return Err(ReadEnd::Garbage(format!("{e}: {:?}", String::from_utf8_lossy(&buf[..buf.len().min(120)]))))
+            }
         };
         let mut problems = Vec::new();
         if let Some(why) = bare_line_end(&buf[..head_len]) {
             problems.push(why.to_owned());
         }
         let status = resp.code.unwrap_or(0);
-        let headers: Vec<(String, String)> = resp.headers.iter().map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned())).collect();
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
         buf.advance(head_len);
         if (100..200).contains(&status) {
             interim.push(status);
@@ -835,10 +868,13 @@ fn check_request_run(run: &RequestRun) -> Vec<String> {
     let mut fails = Vec::new();
     for s in &run.seen {
         match s {
-            Seen::Request { conn, req } if !req.via_wsgate => {
-                fails.push(format!("2: upstream conn {conn} parsed {} {} without wsgate's Via (smuggled)", req.method, req.target))
+            Seen::Request { conn, req } if !req.via_wsgate => fails.push(format!(
+                "2: upstream conn {conn} parsed {} {} without wsgate's Via (smuggled)",
+                req.method, req.target
+            )),
+            Seen::Ambiguous { conn, why, bytes } => {
+                fails.push(format!("3: upstream-saw-ambiguous-framing on conn {conn}: {why}: {bytes:?}"))
             }
-            Seen::Ambiguous { conn, why, bytes } => fails.push(format!("3: upstream-saw-ambiguous-framing on conn {conn}: {why}: {bytes:?}")),
             _ => {}
         }
     }
@@ -967,7 +1003,13 @@ async fn request_shapes_agree_between_fast_path_and_hyper() {
     println!("{} request shapes, {:.1} s", report.lines, started.elapsed().as_secs_f64());
     fast.server.shutdown().await;
     hyper.server.shutdown().await;
-    assert!(report.failures.is_empty(), "{} of {} request shapes failed:\n{}", report.failures.len(), report.lines, report.failures.join("\n"));
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} request shapes failed:\n{}",
+        report.failures.len(),
+        report.lines,
+        report.failures.join("\n")
+    );
 }
 
 // === the response corpus ===
@@ -1016,7 +1058,12 @@ async fn run_response_shape(gate: SocketAddr, index: usize, shape: &Shape, recor
                 String::from_utf8_lossy(&r.body).into_owned()
             };
             let interim: String = r.interim.iter().map(|s| format!("{s}+")).collect();
-            format!("{interim}{}{} {body:?}{}", if own { "own" } else { "" }, r.status, if r.truncated { " truncated" } else { "" })
+            format!(
+                "{interim}{}{} {body:?}{}",
+                if own { "own" } else { "" },
+                r.status,
+                if r.truncated { " truncated" } else { "" }
+            )
         }
         Err(e) => format!("{e:?}"),
     };
@@ -1091,7 +1138,13 @@ async fn response_shapes_agree_between_fast_path_and_hyper() {
     println!("{} response shapes, {:.2} s", report.lines, started.elapsed().as_secs_f64());
     fast.server.shutdown().await;
     hyper.server.shutdown().await;
-    assert!(report.failures.is_empty(), "{} of {} response shapes failed:\n{}", report.failures.len(), report.lines, report.failures.join("\n"));
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} response shapes failed:\n{}",
+        report.failures.len(),
+        report.lines,
+        report.failures.join("\n")
+    );
 }
 
 /// A deliberately naive proxy for [`the_oracle_catches_a_dropped_connection_named_length`]:
@@ -1117,8 +1170,16 @@ async fn naive_proxy(upstream: SocketAddr, drop_named: bool) -> SocketAddr {
                         }
                         continue;
                     };
-                    let named = list_values(&req.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect::<Vec<_>>(), "connection");
-                    let length = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length")).and_then(|h| strict_length(h.value)).unwrap_or(0);
+                    let named = list_values(
+                        &req.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect::<Vec<_>>(),
+                        "connection",
+                    );
+                    let length = req
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| strict_length(h.value))
+                        .unwrap_or(0);
                     let mut out = format!("{} {} HTTP/1.1\r\n", req.method.unwrap(), req.path.unwrap()).into_bytes();
                     for h in req.headers.iter() {
                         let lower = h.name.to_ascii_lowercase();
@@ -1164,7 +1225,10 @@ async fn naive_proxy(upstream: SocketAddr, drop_named: bool) -> SocketAddr {
 /// fails assertions 2 and 4; with the length kept, both pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oracle_catches_a_dropped_connection_named_length() {
-    let shapes: Vec<Shape> = load_corpus("requests.txt").into_iter().filter(|s| s.name.starts_with("connection-names-content-length")).collect();
+    let shapes: Vec<Shape> = load_corpus("requests.txt")
+        .into_iter()
+        .filter(|s| s.name.starts_with("connection-names-content-length"))
+        .collect();
     let recorder = Arc::new(Recorder::default());
     let upstream = recording_upstream(recorder.clone(), Arc::new(|_| None)).await;
     let (flawed, sound) = (naive_proxy(upstream, true).await, naive_proxy(upstream, false).await);
@@ -1191,7 +1255,10 @@ fn the_corpus_format_parses() {
     assert_eq!(shapes[0].raw, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
     assert!(shapes[0].opts.contains_key("close"));
     assert_eq!(shapes[1].raw, b"X1AY");
-    assert_eq!((shapes[1].opt("expect"), shapes[2].opt("expect"), shapes[3].opt("expect")), (Some("fwd"), Some("400"), Some("any")));
+    assert_eq!(
+        (shapes[1].opt("expect"), shapes[2].opt("expect"), shapes[3].opt("expect")),
+        (Some("fwd"), Some("400"), Some("any"))
+    );
     // The strict parser: the shape is one request plus 31 body bytes.
     let raw = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 31\r\nConnection: Content-Length\r\n\r\nGET /hidden HTTP/1.1\r\nHost: h\r\n\r\n";
     let (reqs, leftover) = reference_requests(raw);

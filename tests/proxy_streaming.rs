@@ -56,19 +56,13 @@ async fn bodies_of_64_mib_stream_through_without_buffering() {
         // 64 MiB up, echoed back by the upstream while it still arrives: both
         // directions stream at once.
         let mut client = h1_client(proxy).await;
-        let req = Request::post("/echo")
-            .header("host", "h")
-            .body(Generated::new(LEN).boxed())
-            .unwrap();
+        let req = Request::post("/echo").header("host", "h").body(Generated::new(LEN).boxed()).unwrap();
         let resp = client.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         verify(resp.into_body(), LEN, None).await;
 
         // 64 MiB down to a slow reader.
-        let req = Request::get(format!("/big/{LEN}"))
-            .header("host", "h")
-            .body(body_of(""))
-            .unwrap();
+        let req = Request::get(format!("/big/{LEN}")).header("host", "h").body(body_of("")).unwrap();
         let resp = client.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-length"], LEN.to_string());
@@ -79,15 +73,6 @@ async fn bodies_of_64_mib_stream_through_without_buffering() {
 
     let peak = vm("VmHWM");
     let grown = peak.saturating_sub(base);
-    eprintln!(
-        "RSS at start {} KiB, peak {} KiB, growth {} KiB",
-        base >> 10,
-        peak >> 10,
-        grown >> 10
-    );
-    assert!(
-        grown < 32 << 20,
-        "peak RSS grew by {} MiB: bodies are being buffered",
-        grown >> 20
-    );
+    eprintln!("RSS at start {} KiB, peak {} KiB, growth {} KiB", base >> 10, peak >> 10, grown >> 10);
+    assert!(grown < 32 << 20, "peak RSS grew by {} MiB: bodies are being buffered", grown >> 20);
 }

@@ -437,8 +437,12 @@ async fn tls_and_password_file() {
     )
     .await;
     let url = format!("rediss://localhost:{}", redis.port);
-    redis.settings =
-        Some(RedisSettings { url: url.clone(), password: Some("s3cret".into()), ca_pem: Some(ca.pem().into_bytes()), sentinel: None });
+    redis.settings = Some(RedisSettings {
+        url: url.clone(),
+        password: Some("s3cret".into()),
+        ca_pem: Some(ca.pem().into_bytes()),
+        sentinel: None,
+    });
     let upstream = start_upstream().await;
     let broker = |node: &str, password: &str| {
         node_config(node, &format!("url = \"{url}\"\npassword_file = \"{}\"\nca_file = \"{ca_file}\"", path(password)))
@@ -504,10 +508,14 @@ async fn control_api_acts_cluster_wide_and_readyz_follows_the_broker() {
     let (status, body) = admin_request(admin_a, "PUT", &format!("/v1/channels/{id_b}/subscriptions/{ROOM}"), "").await;
     assert_eq!(status, 202, "{body}");
     redis.wait_numsub("wsgate:sub:room", 1).await;
-    let (status, body) = admin_request(admin_a, "POST", &format!("/v1/subscriptions/{ROOM}/publish"), "cluster-wide").await;
+    let (status, body) =
+        admin_request(admin_a, "POST", &format!("/v1/subscriptions/{ROOM}/publish"), "cluster-wide").await;
     assert_eq!(status, 200, "{body}");
     // Node a has no member: delivered counts this node's, relayed says the broker took it.
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap(), serde_json::json!({"delivered": 0, "relayed": true}));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"delivered": 0, "relayed": true})
+    );
     expect_text(&mut client_b, "cluster-wide").await;
     let (_, body) = admin_request(admin_a, "GET", "/v1/subscriptions", "").await;
     assert!(body.contains("\"scope\":\"node\""), "listings say they are node-local: {body}");
@@ -761,7 +769,10 @@ async fn sentinel_failover_nodes_follow_the_new_primary_nothing_lost_silently() 
     let dead_sentinel = free_port();
     let mut gates = Vec::new();
     for node in ["sa", "sb"] {
-        let broker = format!("sentinels = [\"127.0.0.1:{dead_sentinel}\", \"127.0.0.1:{}\"]\nmaster_name = \"mymaster\"", sentinel.port);
+        let broker = format!(
+            "sentinels = [\"127.0.0.1:{dead_sentinel}\", \"127.0.0.1:{}\"]\nmaster_name = \"mymaster\"",
+            sentinel.port
+        );
         gates.push(start_gate(&node_config(node, &broker), upstream.addr).await);
     }
     wait_connected(&gates, true).await;
@@ -833,10 +844,7 @@ async fn sentinel_failover_nodes_follow_the_new_primary_nothing_lost_silently() 
     // Every message node b did not get was counted on node a as not relayed (refused while
     // disconnected, or in a PUBLISH pipeline that failed), except what Redis had taken
     // before it died and could no longer hand to node b: at most one pipeline in flight.
-    assert!(
-        counted as u64 + 256 >= lost,
-        "lost {lost} but counted only {counted} as undelivered"
-    );
+    assert!(counted as u64 + 256 >= lost, "lost {lost} but counted only {counted} as undelivered");
     drop(client_b);
     for gate in gates {
         gate.server.shutdown().await;
@@ -871,7 +879,8 @@ async fn start_room_callback() -> std::net::SocketAddr {
                             .unwrap(),
                     )
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });

@@ -8,15 +8,8 @@ use common::{http_get, start_gate, start_upstream, WsClient};
 use wsgate::config::{self, CliOverrides, ConfigSource};
 use wsgate::ws::codec::Incoming as WsIncoming;
 
-
 fn load(text: String) -> Result<wsgate::config::Config, wsgate::config::ConfigError> {
-    config::load(
-        ConfigSource::Text {
-            name: "reload.toml".into(),
-            text,
-        },
-        &CliOverrides::default(),
-    )
+    config::load(ConfigSource::Text { name: "reload.toml".into(), text }, &CliOverrides::default())
 }
 
 /// Waits until the server has seen every earlier client connection close (the client side
@@ -49,11 +42,7 @@ async fn in_flight_requests_finish_on_the_old_upstream() {
     let summary = gate.server.reload(load(text)).await.expect("reload accepted");
     assert_eq!(summary.apps_added, vec!["more".to_owned()]);
     let (status, body) = slow.await.unwrap();
-    assert_eq!(
-        (status, &body[..]),
-        (200, &b"late"[..]),
-        "the in-flight request finished"
-    );
+    assert_eq!((status, &body[..]), (200, &b"late"[..]), "the in-flight request finished");
     assert_eq!(old_up.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     // New requests go to the new upstream (one connection at a time now; the /slow client's

@@ -19,7 +19,13 @@ use tokio::net::TcpStream;
 use wsgate::ws::codec::Incoming as WsIncoming;
 
 /// One request on a fresh connection (`Connection: close` is added): status, head, body.
-async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let mut text = format!("{method} {path} HTTP/1.1\r\n");
     for (name, value) in headers {
         text.push_str(&format!("{name}: {value}\r\n"));
@@ -78,22 +84,38 @@ async fn admin_refuses_cross_site_publish_from_browser() {
     // as modern browsers send it, then as older ones (no Sec-Fetch-*), then from a sandboxed
     // frame or a data: URL (Origin: null), then with Sec-Fetch-Site alone.
     let attacks: [&[(&str, &str)]; 5] = [
-        &[("Host", &host), ("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site"), ("Content-Type", "text/plain")],
+        &[
+            ("Host", &host),
+            ("Origin", "https://evil.example"),
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Content-Type", "text/plain"),
+        ],
         &[("Host", &host), ("Origin", "https://evil.example"), ("Content-Type", "text/plain")],
         &[("Host", &host), ("Origin", "null"), ("Content-Type", "text/plain")],
         &[("Host", &host), ("Sec-Fetch-Site", "cross-site"), ("Content-Type", "text/plain")],
         // Another port of the same host is another origin (same-site to the browser).
-        &[("Host", &host), ("Origin", "http://127.0.0.1:8080"), ("Sec-Fetch-Site", "same-site"), ("Content-Type", "text/plain")],
+        &[
+            ("Host", &host),
+            ("Origin", "http://127.0.0.1:8080"),
+            ("Sec-Fetch-Site", "same-site"),
+            ("Content-Type", "text/plain"),
+        ],
     ];
     for headers in attacks {
-        let (status, head, body) = request(admin, "POST", "/v1/subscriptions/all/publish", headers, "attacker text").await;
+        let (status, head, body) =
+            request(admin, "POST", "/v1/subscriptions/all/publish", headers, "attacker text").await;
         assert_eq!(status, 403, "{headers:?}: {body}");
         assert!(head.contains("content-type: text/plain"), "{head}");
         assert!(body.starts_with("403 Forbidden: ") && body.lines().count() == 1, "{body:?}");
     }
     // The other state-changing routes are refused the same way.
     let cross = [("Host", host.as_str()), ("Sec-Fetch-Site", "cross-site")];
-    for (method, path) in [("POST", "/v1/channels/x/send"), ("PUT", "/v1/channels/x/subscriptions/all"), ("DELETE", "/v1/channels/x"), ("PATCH", "/v1/channels")] {
+    for (method, path) in [
+        ("POST", "/v1/channels/x/send"),
+        ("PUT", "/v1/channels/x/subscriptions/all"),
+        ("DELETE", "/v1/channels/x"),
+        ("PATCH", "/v1/channels"),
+    ] {
         assert_eq!(request(admin, method, path, &cross, "").await.0, 403, "{method} {path}");
     }
     assert!(refused_metric(admin, "cross_site").await >= 6);
@@ -101,7 +123,8 @@ async fn admin_refuses_cross_site_publish_from_browser() {
 
     // The operator's own requests still work: no browser headers (curl, `wsgate publish`),
     // and a same-origin page.
-    let (status, _, body) = request(admin, "POST", "/v1/subscriptions/all/publish", &[("Host", &host)], "from curl").await;
+    let (status, _, body) =
+        request(admin, "POST", "/v1/subscriptions/all/publish", &[("Host", &host)], "from curl").await;
     assert_eq!((status, body.trim()), (200, "{\"delivered\":1}"));
     let origin = format!("http://{host}");
     let same = [("Host", host.as_str()), ("Origin", origin.as_str()), ("Sec-Fetch-Site", "same-origin")];
@@ -123,7 +146,12 @@ async fn admin_refuses_dns_rebinding_host() {
     // A rebinding page is same-origin with itself: its Origin matches its Host.
     let rebound = format!("rebind.evil.example:{}", admin.port());
     let origin = format!("http://{rebound}");
-    let page = [("Host", rebound.as_str()), ("Origin", origin.as_str()), ("Sec-Fetch-Site", "same-origin"), ("Content-Type", "text/plain")];
+    let page = [
+        ("Host", rebound.as_str()),
+        ("Origin", origin.as_str()),
+        ("Sec-Fetch-Site", "same-origin"),
+        ("Content-Type", "text/plain"),
+    ];
     let (status, head, body) = request(admin, "POST", "/v1/subscriptions/all/publish", &page, "attacker text").await;
     assert_eq!(status, 421, "{body}");
     assert!(head.contains("content-type: text/plain"), "{head}");
@@ -140,7 +168,13 @@ async fn admin_refuses_dns_rebinding_host() {
 
     // IP literals, localhost and the listed name are served.
     let port = admin.port();
-    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}"), "gate.internal".to_owned(), "GATE.internal.".to_owned()] {
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "gate.internal".to_owned(),
+        "GATE.internal.".to_owned(),
+    ] {
         let (status, _, body) = request(admin, "GET", "/v1/subscriptions", &[("Host", &host)], "").await;
         assert_eq!(status, 200, "{host}: {body}");
     }
@@ -149,7 +183,8 @@ async fn admin_refuses_dns_rebinding_host() {
         assert_eq!(request(admin, "GET", path, &[("Host", &rebound)], "").await.0, 200, "{path}");
     }
     // Nothing reached the WebSocket but what the operator sent afterwards.
-    let (status, _, _) = request(admin, "POST", "/v1/subscriptions/all/publish", &[("Host", "localhost")], "legit").await;
+    let (status, _, _) =
+        request(admin, "POST", "/v1/subscriptions/all/publish", &[("Host", "localhost")], "legit").await;
     assert_eq!(status, 200);
     assert_eq!(ws.next().await, Some(WsIncoming::Text(Bytes::from_static(b"legit"))));
     gate.server.shutdown().await;

@@ -46,19 +46,12 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn admin_client(admin: SocketAddr) -> Sender {
     let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     sender
 }
 
-async fn request(
-    sender: &mut Sender,
-    method: &str,
-    path: &str,
-    body: Bytes,
-) -> (u16, Value, String) {
+async fn request(sender: &mut Sender, method: &str, path: &str, body: Bytes) -> (u16, Value, String) {
     sender.ready().await.unwrap();
     let req = http::Request::builder()
         .method(method)
@@ -67,17 +60,10 @@ async fn request(
         .header("content-type", "application/octet-stream")
         .body(Full::new(body))
         .unwrap();
-    let response = tokio::time::timeout(TIMEOUT, sender.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = tokio::time::timeout(TIMEOUT, sender.send_request(req)).await.unwrap().unwrap();
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null), String::from_utf8_lossy(&body).into_owned())
 }
 
 fn message(seq: u64) -> Bytes {
@@ -92,10 +78,7 @@ fn seq_of(event: &WsIncoming) -> u64 {
             assert_eq!(data.len(), SIZE);
             let seq = u64::from_be_bytes(data[..8].try_into().unwrap());
             // Slice comparison is a memcmp even in a debug build; a byte loop would dominate.
-            assert!(
-                data[8..] == vec![(seq % 251) as u8; SIZE - 8][..],
-                "payload intact"
-            );
+            assert!(data[8..] == vec![(seq % 251) as u8; SIZE - 8][..], "payload intact");
             seq
         }
         other => panic!("unexpected {other:?}"),
@@ -104,11 +87,7 @@ fn seq_of(event: &WsIncoming) -> u64 {
 
 fn slow_consumer_events(metrics: &str, action: &str) -> u64 {
     let prefix = format!("wsgate_slow_consumer_events_total{{action=\"{action}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 async fn run(policy: &str, subscribers: usize) {
@@ -121,13 +100,8 @@ async fn run(policy: &str, subscribers: usize) {
     // The stalled client: a small receive buffer, and it never reads until the end.
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = Some(
-        WsClient::connect_stream(
-            socket.connect(server.addr).await.unwrap(),
-            "/websocket/echo",
-        )
-        .await,
-    );
+    let mut stalled =
+        Some(WsClient::connect_stream(socket.connect(server.addr).await.unwrap(), "/websocket/echo").await);
     let mut healthy = Vec::new();
     for _ in 1..subscribers {
         healthy.push(WsClient::connect(server.addr, "/websocket/echo").await);
@@ -140,12 +114,7 @@ async fn run(policy: &str, subscribers: usize) {
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| {
-                (
-                    c["peer"].as_str().unwrap().parse().unwrap(),
-                    c["id"].as_str().unwrap().to_owned(),
-                )
-            })
+            .map(|c| (c["peer"].as_str().unwrap().parse().unwrap(), c["id"].as_str().unwrap().to_owned()))
             .collect();
         if ids.len() == subscribers {
             break;
@@ -154,42 +123,26 @@ async fn run(policy: &str, subscribers: usize) {
     }
     assert_eq!(ids.len(), subscribers);
     for id in ids.values() {
-        let (status, _, text) = request(
-            &mut admin,
-            "PUT",
-            &format!("/v1/channels/{id}/subscriptions/feed"),
-            Bytes::new(),
-        )
-        .await;
+        let (status, _, text) =
+            request(&mut admin, "PUT", &format!("/v1/channels/{id}/subscriptions/feed"), Bytes::new()).await;
         assert_eq!(status, 200, "{text}");
     }
 
     // Healthy readers check the order of everything they get.
-    let progress: Arc<Vec<AtomicU64>> =
-        Arc::new((0..healthy.len()).map(|_| AtomicU64::new(0)).collect());
+    let progress: Arc<Vec<AtomicU64>> = Arc::new((0..healthy.len()).map(|_| AtomicU64::new(0)).collect());
     let mut readers = Vec::new();
     for (i, mut client) in healthy.into_iter().enumerate() {
         let progress = progress.clone();
         readers.push(tokio::spawn(async move {
             for expected in 0..COUNT {
                 let event = client.next().await.expect("healthy reader still connected");
-                assert_eq!(
-                    seq_of(&event),
-                    expected,
-                    "reader {i}: every message, in order"
-                );
+                assert_eq!(seq_of(&event), expected, "reader {i}: every message, in order");
                 progress[i].store(expected + 1, Ordering::Release);
             }
             client
         }));
     }
-    let slowest = |progress: &[AtomicU64]| {
-        progress
-            .iter()
-            .map(|p| p.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(COUNT)
-    };
+    let slowest = |progress: &[AtomicU64]| progress.iter().map(|p| p.load(Ordering::Acquire)).min().unwrap_or(COUNT);
 
     let mut baseline = 0;
     let mut peak = 0;
@@ -197,19 +150,10 @@ async fn run(policy: &str, subscribers: usize) {
     let mut stalled_reader = None;
     let started = Instant::now();
     for seq in 0..COUNT {
-        let (status, answer, text) = request(
-            &mut admin,
-            "POST",
-            "/v1/subscriptions/feed/publish",
-            message(seq),
-        )
-        .await;
+        let (status, answer, text) = request(&mut admin, "POST", "/v1/subscriptions/feed/publish", message(seq)).await;
         assert_eq!(status, 200, "{text}");
         let delivered = answer["delivered"].as_u64().unwrap();
-        assert!(
-            delivered >= subscribers as u64 - 1,
-            "every healthy subscriber got message {seq}: {delivered}"
-        );
+        assert!(delivered >= subscribers as u64 - 1, "every healthy subscriber got message {seq}: {delivered}");
         wait_until(|| slowest(&progress) + WINDOW > seq).await;
         if seq == 64 {
             // All buffers are warm: the baseline for the memory check.
@@ -230,9 +174,7 @@ async fn run(policy: &str, subscribers: usize) {
                             let mut last = None;
                             loop {
                                 match client.next().await {
-                                    Some(WsIncoming::Close(frame)) => {
-                                        return (last, frame.map(|f| f.code))
-                                    }
+                                    Some(WsIncoming::Close(frame)) => return (last, frame.map(|f| f.code)),
                                     Some(event) => {
                                         let seq = seq_of(&event);
                                         assert_eq!(
@@ -255,10 +197,7 @@ async fn run(policy: &str, subscribers: usize) {
     let mut finished = Vec::new();
     for reader in readers {
         finished.push(
-            tokio::time::timeout(Duration::from_secs(60), reader)
-                .await
-                .expect("healthy readers finish")
-                .unwrap(),
+            tokio::time::timeout(Duration::from_secs(60), reader).await.expect("healthy readers finish").unwrap(),
         );
     }
     let elapsed = started.elapsed();
@@ -274,43 +213,25 @@ async fn run(policy: &str, subscribers: usize) {
     );
     // Unbounded, the stalled channel alone would hold most of what was published (16 MiB);
     // bounded, it holds at most send_queue (128 KiB) beyond the kernel's socket buffers.
-    assert!(
-        peak.saturating_sub(baseline) < 8 * 1024,
-        "RSS grew by {} KiB",
-        peak.saturating_sub(baseline)
-    );
-    assert!(
-        policy_hit_at.is_some(),
-        "the slow-consumer policy hit the stalled channel"
-    );
+    assert!(peak.saturating_sub(baseline) < 8 * 1024, "RSS grew by {} KiB", peak.saturating_sub(baseline));
+    assert!(policy_hit_at.is_some(), "the slow-consumer policy hit the stalled channel");
     match policy {
         "close" => {
             assert_eq!(events, 1, "one channel closed, once");
             let (last, code) =
-                tokio::time::timeout(Duration::from_secs(30), stalled_reader.unwrap())
-                    .await
-                    .unwrap()
-                    .unwrap();
+                tokio::time::timeout(Duration::from_secs(30), stalled_reader.unwrap()).await.unwrap().unwrap();
             assert_eq!(code, Some(1008), "policy close");
-            assert!(
-                last.is_some_and(|l| l < COUNT - 1),
-                "the stalled client missed the rest: {last:?}"
-            );
+            assert!(last.is_some_and(|l| l < COUNT - 1), "the stalled client missed the rest: {last:?}");
             let mut members = Value::Null;
             for _ in 0..250 {
-                let (_, list, _) =
-                    request(&mut admin, "GET", "/v1/subscriptions", Bytes::new()).await;
+                let (_, list, _) = request(&mut admin, "GET", "/v1/subscriptions", Bytes::new()).await;
                 members = list["subscriptions"][1]["channels"].clone();
                 if members == (subscribers - 1) as u64 {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert_eq!(
-                members,
-                (subscribers - 1) as u64,
-                "the closed channel left `feed`"
-            );
+            assert_eq!(members, (subscribers - 1) as u64, "the closed channel left `feed`");
         }
         _ => {
             assert!(events > 0, "drops counted");
@@ -334,11 +255,7 @@ async fn run(policy: &str, subscribers: usize) {
                     Err(_) => break,
                 }
             }
-            assert_eq!(
-                got + events,
-                COUNT,
-                "every message was either delivered or counted as dropped"
-            );
+            assert_eq!(got + events, COUNT, "every message was either delivered or counted as dropped");
         }
     }
 }
@@ -347,10 +264,7 @@ async fn run(policy: &str, subscribers: usize) {
 async fn wait_until(done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "healthy readers stopped making progress"
-        );
+        assert!(Instant::now() < deadline, "healthy readers stopped making progress");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

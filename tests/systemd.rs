@@ -42,10 +42,7 @@ impl Drop for Gate {
 
 impl Gate {
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
@@ -59,11 +56,7 @@ impl Gate {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                started.elapsed() < limit,
-                "wsgate did not exit in time; log:\n{}",
-                self.log()
-            );
+            assert!(started.elapsed() < limit, "wsgate did not exit in time; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -81,12 +74,7 @@ impl Notify {
     fn bind(dir: &Path) -> Notify {
         let path = dir.join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
-        Notify {
-            socket,
-            path,
-            started: Instant::now(),
-            seen: Vec::new(),
-        }
+        Notify { socket, path, started: Instant::now(), seen: Vec::new() }
     }
 
     /// The next datagram within `limit`, or `None`.
@@ -95,11 +83,7 @@ impl Notify {
         let mut buf = [0u8; 4096];
         let n = self.socket.recv(&mut buf).ok()?;
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        eprintln!(
-            "[notify +{:>5} ms] {}",
-            self.started.elapsed().as_millis(),
-            text.trim_end().replace('\n', " | ")
-        );
+        eprintln!("[notify +{:>5} ms] {}", self.started.elapsed().as_millis(), text.trim_end().replace('\n', " | "));
         self.seen.push(text.clone());
         Some(text)
     }
@@ -109,11 +93,7 @@ impl Notify {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no datagram with {what} within {limit:?}; seen: {:?}",
-                self.seen
-            );
+            assert!(!left.is_zero(), "no datagram with {what} within {limit:?}; seen: {:?}", self.seen);
             if let Some(d) = self.recv(left) {
                 if want(&d) {
                     return d;
@@ -134,10 +114,7 @@ fn field<'a>(datagram: &'a str, key: &str) -> Option<&'a str> {
 /// The addresses in a `STATUS=listening on A, B (tls); ...` line, with their TLS flag.
 fn status_listeners(datagram: &str) -> Vec<(SocketAddr, bool)> {
     let status = field(datagram, "STATUS").expect("STATUS line");
-    let list = status
-        .strip_prefix("listening on ")
-        .and_then(|s| s.split(';').next())
-        .expect("listener list");
+    let list = status.strip_prefix("listening on ").and_then(|s| s.split(';').next()).expect("listener list");
     list.split(", ")
         .map(|item| match item.strip_suffix(" (tls)") {
             Some(addr) => (addr.parse().unwrap(), true),
@@ -149,18 +126,12 @@ fn status_listeners(datagram: &str) -> Vec<(SocketAddr, bool)> {
 fn spawn(config: &Path, dir: &Path, envs: &[(&str, &str)]) -> Gate {
     let stderr = dir.join("wsgate.log");
     let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null());
+    cmd.args(["run", "--config"]).arg(config).env("RUST_LOG", "info").stdout(Stdio::null());
     cmd.stderr(std::fs::File::create(&stderr).unwrap());
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    Gate {
-        child: cmd.spawn().unwrap(),
-        stderr,
-    }
+    Gate { child: cmd.spawn().unwrap(), stderr }
 }
 
 fn config_text(upstream: SocketAddr, extra_listen: &str, extra_apps: &str) -> String {
@@ -194,24 +165,15 @@ fn notify_protocol_ready_status_watchdog_reload_stopping() {
     let config = dir.path().join("wsgate.toml");
     // No upstream needed: proxied requests answer 502, which is still an answer.
     std::fs::write(&config, config_text("127.0.0.1:9".parse().unwrap(), "", "")).unwrap();
-    let mut gate = spawn(
-        &config,
-        dir.path(),
-        &[
-            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-    );
+    let mut gate =
+        spawn(&config, dir.path(), &[("NOTIFY_SOCKET", notify.path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")]);
 
     // READY=1 arrives with STATUS=, and the listener it names accepts at once.
     let ready = notify.wait_for("READY=1", Duration::from_secs(10), |d| has(d, "READY=1"));
     let listeners = status_listeners(&ready);
     assert_eq!(listeners.len(), 1, "{ready}");
     let addr = listeners[0].0;
-    assert!(
-        std::net::TcpStream::connect(addr).is_ok(),
-        "connect to {addr} after READY=1"
-    );
+    assert!(std::net::TcpStream::connect(addr).is_ok(), "connect to {addr} after READY=1");
     assert!(field(&ready, "STATUS").unwrap().contains("0 WebSockets"), "{ready}");
 
     // WATCHDOG=1 every WATCHDOG_USEC/2 = 200 ms: the first within 200 ms (+ generous slack for
@@ -230,51 +192,30 @@ fn notify_protocol_ready_status_watchdog_reload_stopping() {
     }
     eprintln!("first WATCHDOG after {first:?}; {pings} pings and {statuses} STATUS refreshes in the next 2 s");
     assert!(first <= Duration::from_millis(1000), "first watchdog after {first:?}");
-    assert!(
-        (6..=14).contains(&pings),
-        "{pings} watchdog pings in 2 s at a 200 ms interval"
-    );
+    assert!((6..=14).contains(&pings), "{pings} watchdog pings in 2 s at a 200 ms interval");
     assert!(statuses >= 5, "STATUS refreshed periodically: {statuses} in 2 s");
 
     // SIGHUP with a valid configuration: RELOADING=1 and MONOTONIC_USEC in one datagram, then
     // READY=1.
     gate.signal("-HUP");
     let reloading = notify.wait_for("RELOADING=1", Duration::from_secs(5), |d| has(d, "RELOADING=1"));
-    let usec: u64 = field(&reloading, "MONOTONIC_USEC")
-        .expect("MONOTONIC_USEC with RELOADING=1")
-        .parse()
-        .unwrap();
+    let usec: u64 = field(&reloading, "MONOTONIC_USEC").expect("MONOTONIC_USEC with RELOADING=1").parse().unwrap();
     assert!(usec > 0);
     notify.wait_for("READY=1 after reload", Duration::from_secs(5), |d| has(d, "READY=1"));
 
     // SIGHUP with an invalid configuration: still RELOADING=1 … READY=1, the old configuration
     // keeps serving, the rejection is logged.
-    std::fs::write(
-        &config,
-        "[upstream]\nurl = \"not a url\"\n[[listen]]\naddr = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "[upstream]\nurl = \"not a url\"\n[[listen]]\naddr = \"127.0.0.1:0\"\n").unwrap();
     gate.signal("-HUP");
     let reloading2 = notify.wait_for("RELOADING=1", Duration::from_secs(5), |d| has(d, "RELOADING=1"));
     let usec2: u64 = field(&reloading2, "MONOTONIC_USEC").unwrap().parse().unwrap();
     assert!(usec2 > usec, "MONOTONIC_USEC increases: {usec} then {usec2}");
-    let ready2 = notify.wait_for("READY=1 after a rejected reload", Duration::from_secs(5), |d| {
-        has(d, "READY=1")
-    });
-    assert_eq!(
-        status_listeners(&ready2),
-        listeners,
-        "same listener after a rejected reload"
-    );
-    assert!(
-        gate.log().contains("configuration reload rejected"),
-        "log:\n{}",
-        gate.log()
-    );
+    let ready2 = notify.wait_for("READY=1 after a rejected reload", Duration::from_secs(5), |d| has(d, "READY=1"));
+    assert_eq!(status_listeners(&ready2), listeners, "same listener after a rejected reload");
+    assert!(gate.log().contains("configuration reload rejected"), "log:\n{}", gate.log());
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     use std::io::{Read, Write};
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 502"), "old config still serving: {answer}");
@@ -287,23 +228,15 @@ fn notify_protocol_ready_status_watchdog_reload_stopping() {
 
 /// A free port on 127.0.0.1 (bound and released; the tests bind it again at once).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn get_status(addr: SocketAddr, path: &str) -> Result<(u16, Bytes), String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", "t")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let req = hyper::Request::get(path).header("host", "t").body(Empty::<Bytes>::new()).unwrap();
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -340,16 +273,7 @@ async fn socket_activation_with_systemd_socket_activate() {
     std::fs::write(&config, text).unwrap();
     let stderr = dir.path().join("wsgate.log");
     let child = Command::new(tool)
-        .args([
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "--fdname=http",
-            "-E",
-            "RUST_LOG=info",
-            BIN,
-            "run",
-            "--config",
-        ])
+        .args(["-l", &format!("127.0.0.1:{port}"), "--fdname=http", "-E", "RUST_LOG=info", BIN, "run", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
@@ -366,10 +290,7 @@ async fn socket_activation_with_systemd_socket_activate() {
     let log = gate.log();
     eprintln!("wsgate log:\n{log}");
     assert!(log.contains("adopted socket from systemd"), "{log}");
-    assert!(
-        !log.contains("127.0.0.1:1 "),
-        "the configured address was not bound: {log}"
-    );
+    assert!(!log.contains("127.0.0.1:1 "), "the configured address was not bound: {log}");
     drop(ws);
     gate.signal("-TERM");
     assert!(gate.wait_exit(Duration::from_secs(10)).success());
@@ -408,21 +329,14 @@ async fn socket_activation_fds_passed_by_hand() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("wsgate.toml");
-    std::fs::write(
-        &config,
-        config_text(up.addr, "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text(up.addr, "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))).unwrap();
     let mut gate = spawn_with_passed_socket(port, "web", &config, dir.path());
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // No fd_name in the config: the passed socket is matched by its address.
     let (status, _) = get_with_retry(addr, "/echo").await;
     assert_eq!(status, 200);
     let log = gate.log();
-    assert!(
-        log.contains("adopted socket from systemd") && log.contains("fd_name=web"),
-        "{log}"
-    );
+    assert!(log.contains("adopted socket from systemd") && log.contains("fd_name=web"), "{log}");
     gate.signal("-TERM");
     assert!(gate.wait_exit(Duration::from_secs(10)).success());
 }
@@ -432,28 +346,17 @@ fn socket_activation_without_the_named_socket_fails_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("wsgate.toml");
-    std::fs::write(
-        &config,
-        config_text("127.0.0.1:9".parse().unwrap(), "fd_name = \"https\"", ""),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text("127.0.0.1:9".parse().unwrap(), "fd_name = \"https\"", "")).unwrap();
     let mut gate = spawn_with_passed_socket(port, "http", &config, dir.path());
     let status = gate.wait_exit(Duration::from_secs(10));
     let log = gate.log();
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(
-        log.contains(r#"fd_name "https": systemd passed no socket of that name (passed: http)"#),
-        "{log}"
-    );
+    assert!(log.contains(r#"fd_name "https": systemd passed no socket of that name (passed: http)"#), "{log}");
 }
 
 fn which(name: &str) -> Result<PathBuf, ()> {
     std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(name))
-                .find(|p| p.is_file())
-        })
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
         .ok_or(())
 }
 
@@ -465,13 +368,10 @@ fn tls_connector() -> (tokio_rustls::TlsConnector, Arc<RecordingVerifier>) {
 /// One request over a fresh TLS connection (so every request is a new handshake).
 async fn tls_get(connector: &tokio_rustls::TlsConnector, addr: SocketAddr, path: &str) -> Result<u16, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .map_err(|e| format!("tls: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
+    let tls =
+        connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.map_err(|e| format!("tls: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let req = hyper::Request::post(path)
         .header("host", "t")
@@ -542,9 +442,7 @@ async fn reload_under_load_keeps_requests_and_websockets() {
                 let result = if i < 4 {
                     if sender.is_none() {
                         let stream = TcpStream::connect(plain).await.unwrap();
-                        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                            .await
-                            .unwrap();
+                        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
                         tokio::spawn(conn);
                         sender = Some(s);
                     }
@@ -581,11 +479,7 @@ async fn reload_under_load_keeps_requests_and_websockets() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        verifier.last.lock().unwrap().as_ref(),
-        Some(&der1),
-        "first certificate before the reload"
-    );
+    assert_eq!(verifier.last.lock().unwrap().as_ref(), Some(&der1), "first certificate before the reload");
 
     // Reload: add an app, replace the certificate (same paths, new files).
     std::fs::copy(&cert2, &live_cert).unwrap();
@@ -605,11 +499,7 @@ async fn reload_under_load_keeps_requests_and_websockets() {
     assert_eq!(&after[..2], &listeners[..], "kept listeners keep their ports");
     let third = after[2].0;
     assert_eq!(third.ip().to_string(), "127.0.0.3");
-    assert_eq!(
-        get_status(third, "/echo").await.unwrap().0,
-        200,
-        "the added listener serves"
-    );
+    assert_eq!(get_status(third, "/echo").await.unwrap().0, 200, "the added listener serves");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     for l in loops {
@@ -617,11 +507,7 @@ async fn reload_under_load_keeps_requests_and_websockets() {
     }
     let total = ok.load(Ordering::Relaxed);
     let failed = failures.lock().unwrap().clone();
-    eprintln!(
-        "requests: {total} ok ({} after SIGHUP), {} failed: {failed:?}",
-        total - before,
-        failed.len()
-    );
+    eprintln!("requests: {total} ok ({} after SIGHUP), {} failed: {failed:?}", total - before, failed.len());
     assert!(failed.is_empty(), "failed requests across the reload: {failed:?}");
     assert!(total - before > 20, "load kept running across the reload");
     // The load's connector resumes sessions (no certificate in a resumed handshake): check
@@ -629,11 +515,7 @@ async fn reload_under_load_keeps_requests_and_websockets() {
     drop(verifier);
     let (fresh, fresh_verifier) = tls_connector();
     assert_eq!(tls_get(&fresh, tls, "/echo").await, Ok(200));
-    assert_eq!(
-        fresh_verifier.last.lock().unwrap().as_ref(),
-        Some(&der2),
-        "new TLS handshakes get the new certificate"
-    );
+    assert_eq!(fresh_verifier.last.lock().unwrap().as_ref(), Some(&der2), "new TLS handshakes get the new certificate");
 
     // Every WebSocket survived and still echoes.
     for (i, ws) in sockets.iter_mut().enumerate() {
@@ -667,27 +549,13 @@ async fn reload_under_load_keeps_requests_and_websockets() {
     }
     // A connection accepted before the removal is still served.
     let answer = common::raw_request(&mut on_third, b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    assert_eq!(
-        answer.status, 200,
-        "established connection on a removed listener keeps working"
-    );
-    assert_eq!(
-        added_ws.expect_close().await,
-        Some(1001),
-        "removed app's WebSocket closes with 1001"
-    );
+    assert_eq!(answer.status, 200, "established connection on a removed listener keeps working");
+    assert_eq!(added_ws.expect_close().await, Some(1001), "removed app's WebSocket closes with 1001");
     for (i, ws) in sockets.iter_mut().enumerate() {
         ws.send_text("still").await;
-        assert!(
-            matches!(ws.next().await, Some(WsIncoming::Text(t)) if &t[..] == b"still"),
-            "WebSocket {i}"
-        );
+        assert!(matches!(ws.next().await, Some(WsIncoming::Text(t)) if &t[..] == b"still"), "WebSocket {i}");
     }
-    assert_eq!(
-        get_status(plain, "/websocket/added").await.unwrap().0,
-        404,
-        "the URL is proxied again"
-    );
+    assert_eq!(get_status(plain, "/websocket/added").await.unwrap().0, 404, "the URL is proxied again");
     let log = gate.log();
     assert!(log.contains("configuration reloaded"), "{log}");
     drop(gate);

@@ -62,7 +62,8 @@ async fn close_handshake_echoes_the_peer_code_then_closes_tcp() {
 #[tokio::test]
 async fn idle_connections_are_pinged_then_closed() {
     let up = start_upstream().await;
-    let gate = start_gate(&basic_config("[websocket]\nping_interval = \"200ms\"\nidle_timeout = \"700ms\"\n"), up.addr).await;
+    let gate =
+        start_gate(&basic_config("[websocket]\nping_interval = \"200ms\"\nidle_timeout = \"700ms\"\n"), up.addr).await;
     let mut ws = WsClient::connect(gate.addr, "/websocket/echo").await;
     // We never answer pings: the server pings, then gives up with 1001.
     let mut pings = 0;

@@ -65,9 +65,8 @@ impl Target {
         }
         let token = match &config.admin.token_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ClientError::Token(format!("admin.token_file {}: {e}", path.display()))
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ClientError::Token(format!("admin.token_file {}: {e}", path.display())))?;
                 Some(text.trim().to_owned())
             }
             None => None,
@@ -91,42 +90,24 @@ pub struct Publish {
 
 /// Publishes one message; returns the number of channels it was queued to.
 pub async fn publish(target: &Target, message: &Publish) -> Result<u64, ClientError> {
-    let mut uri = format!(
-        "/v1/subscriptions/{}/publish",
-        percent_encode(&message.subscription)
-    );
+    let mut uri = format!("/v1/subscriptions/{}/publish", percent_encode(&message.subscription));
     if !message.exclude.is_empty() {
-        let ids: Vec<String> = message
-            .exclude
-            .iter()
-            .map(|id| percent_encode(id))
-            .collect();
+        let ids: Vec<String> = message.exclude.iter().map(|id| percent_encode(id)).collect();
         uri.push_str("?exclude=");
         uri.push_str(&ids.join(","));
     }
-    let content_type = if message.binary {
-        "application/octet-stream"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let mut request = Request::post(uri)
-        .header(header::HOST, target.addr.to_string())
-        .header(header::CONTENT_TYPE, content_type);
+    let content_type = if message.binary { "application/octet-stream" } else { "text/plain; charset=utf-8" };
+    let mut request =
+        Request::post(uri).header(header::HOST, target.addr.to_string()).header(header::CONTENT_TYPE, content_type);
     if let Some(token) = &target.token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request = request
         .body(Full::new(message.body.clone()))
-        .map_err(|e| ClientError::Io {
-            addr: target.addr,
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| ClientError::Io { addr: target.addr, reason: e.to_string() })?;
     let (status, body) = tokio::time::timeout(TIMEOUT, call(target.addr, request))
         .await
-        .map_err(|_| ClientError::Io {
-            addr: target.addr,
-            reason: format!("no answer within {TIMEOUT:?}"),
-        })??;
+        .map_err(|_| ClientError::Io { addr: target.addr, reason: format!("no answer within {TIMEOUT:?}") })??;
     let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
         let message = value
@@ -136,41 +117,21 @@ pub async fn publish(target: &Target, message: &Publish) -> Result<u64, ClientEr
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
         return Err(ClientError::Refused { status, message });
     }
-    value
-        .get("delivered")
-        .and_then(|d| d.as_u64())
-        .ok_or_else(|| ClientError::Io {
-            addr: target.addr,
-            reason: format!("unexpected answer: {}", String::from_utf8_lossy(&body)),
-        })
+    value.get("delivered").and_then(|d| d.as_u64()).ok_or_else(|| ClientError::Io {
+        addr: target.addr,
+        reason: format!("unexpected answer: {}", String::from_utf8_lossy(&body)),
+    })
 }
 
-async fn call(
-    addr: SocketAddr,
-    request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), ClientError> {
-    let io_error = |e: &dyn std::fmt::Display| ClientError::Io {
-        addr,
-        reason: e.to_string(),
-    };
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| io_error(&e))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| io_error(&e))?;
+async fn call(addr: SocketAddr, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ClientError> {
+    let io_error = |e: &dyn std::fmt::Display| ClientError::Io { addr, reason: e.to_string() };
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| io_error(&e))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| io_error(&e))?;
     tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| io_error(&e))?;
+    let response = sender.send_request(request).await.map_err(|e| io_error(&e))?;
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| io_error(&e))?
-        .to_bytes();
+    let body = response.into_body().collect().await.map_err(|e| io_error(&e))?.to_bytes();
     Ok((status, body))
 }
 
@@ -200,17 +161,15 @@ pub fn resolve_subscription(config: &Config, name: &str) -> Result<Destination, 
     let Some(app) = config.apps.get(app_name).filter(|a| a.kind == AppKind::Chat) else {
         return Ok(as_is());
     };
-    let found = app.urls.iter().find(|url| {
-        url.trim_start_matches('/') == room || url.rsplit('/').next().is_some_and(|last| last == room)
-    });
+    let found = app
+        .urls
+        .iter()
+        .find(|url| url.trim_start_matches('/') == room || url.rsplit('/').next().is_some_and(|last| last == room));
     match found {
         Some(url) => Ok(Destination { subscription: format!("chat:{app_name}:{url}"), chat_room: true }),
         None => {
-            let rooms: Vec<String> = app
-                .urls
-                .iter()
-                .map(|u| format!("{app_name}/{}", u.rsplit('/').next().unwrap_or_default()))
-                .collect();
+            let rooms: Vec<String> =
+                app.urls.iter().map(|u| format!("{app_name}/{}", u.rsplit('/').next().unwrap_or_default())).collect();
             Err(format!(
                 "chat app {app_name:?} has no room {room:?}; its rooms: {}",
                 if rooms.is_empty() { "none (no urls)".to_string() } else { rooms.join(", ") }
@@ -247,19 +206,13 @@ pub fn publish_command(
     let body = match message.as_deref() {
         None | Some("-") => {
             let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut data).map_err(|e| {
-                ClientError::Token(format!("cannot read the message from standard input: {e}"))
-            })?;
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut data)
+                .map_err(|e| ClientError::Token(format!("cannot read the message from standard input: {e}")))?;
             Bytes::from(data)
         }
         Some(text) => Bytes::from(text.to_owned()),
     };
-    let exclude = exclude
-        .iter()
-        .flat_map(|e| e.split(','))
-        .filter(|e| !e.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let exclude = exclude.iter().flat_map(|e| e.split(',')).filter(|e| !e.is_empty()).map(str::to_owned).collect();
     let destination = resolve_subscription(config, &subscription).map_err(ClientError::Token)?;
     let body = if destination.chat_room && !binary { chat_message(&body) } else { body };
     let subscription = destination.subscription;
@@ -267,19 +220,8 @@ pub fn publish_command(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ClientError::Io {
-            addr: target.addr,
-            reason: format!("cannot start the runtime: {e}"),
-        })?;
-    runtime.block_on(publish(
-        &target,
-        &Publish {
-            subscription,
-            body,
-            binary,
-            exclude,
-        },
-    ))
+        .map_err(|e| ClientError::Io { addr: target.addr, reason: format!("cannot start the runtime: {e}") })?;
+    runtime.block_on(publish(&target, &Publish { subscription, body, binary, exclude }))
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (§2.3).
@@ -325,7 +267,10 @@ mod tests {
             "chat:chat:/websocket/chat/ops"
         );
         for as_is in ["all", "room1", "chat:chat:/websocket/chat", "echo/x", "other/ops"] {
-            assert_eq!(resolve_subscription(&c, as_is).unwrap(), Destination { subscription: as_is.into(), chat_room: false });
+            assert_eq!(
+                resolve_subscription(&c, as_is).unwrap(),
+                Destination { subscription: as_is.into(), chat_room: false }
+            );
         }
         let e = resolve_subscription(&c, "chat/dev").unwrap_err();
         assert!(e.contains("chat/chat, chat/ops"), "{e}");
@@ -337,6 +282,9 @@ mod tests {
         assert_eq!(v["type"], "message");
         assert_eq!(v["user"], "wsgate");
         assert_eq!(v["text"], "deploy done");
-        assert_eq!(&chat_message(br#"{"type":"message","user":"a","text":"b"}"#)[..], br#"{"type":"message","user":"a","text":"b"}"#);
+        assert_eq!(
+            &chat_message(br#"{"type":"message","user":"a","text":"b"}"#)[..],
+            br#"{"type":"message","user":"a","text":"b"}"#
+        );
     }
 }

@@ -41,28 +41,13 @@ pub const MAX_NAME: usize = 256;
 
 /// Answers one `/v1/` request (already authorized).
 pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
-    let path = req
-        .uri()
-        .path()
-        .strip_prefix("/v1")
-        .unwrap_or_default()
-        .trim_start_matches('/')
-        .to_owned();
-    let raw: Vec<&str> = if path.is_empty() {
-        Vec::new()
-    } else {
-        path.split('/').collect()
-    };
+    let path = req.uri().path().strip_prefix("/v1").unwrap_or_default().trim_start_matches('/').to_owned();
+    let raw: Vec<&str> = if path.is_empty() { Vec::new() } else { path.split('/').collect() };
     let mut segments = Vec::with_capacity(raw.len());
     for segment in raw {
         match percent_decode(segment) {
             Some(s) => segments.push(s),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "path segment is not valid percent-encoded UTF-8",
-                )
-            }
+            None => return error(StatusCode::BAD_REQUEST, "path segment is not valid percent-encoded UTF-8"),
         }
     }
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
@@ -78,12 +63,7 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body
         },
         ["channels"] => match method {
             Method::GET | Method::HEAD => {
-                let channels: Vec<_> = state
-                    .hub
-                    .channel_summaries()
-                    .iter()
-                    .map(channel_json)
-                    .collect();
+                let channels: Vec<_> = state.hub.channel_summaries().iter().map(channel_json).collect();
                 json(StatusCode::OK, &json!({ "scope": "node", "channels": channels }))
             }
             _ => method_not_allowed("GET, HEAD"),
@@ -130,10 +110,7 @@ pub(crate) fn channel_json(c: &ChannelSummary) -> serde_json::Value {
 }
 
 fn unknown_channel(id: &str) -> Response<Body> {
-    error(
-        StatusCode::NOT_FOUND,
-        &format!("no open channel with id {id}"),
-    )
+    error(StatusCode::NOT_FOUND, &format!("no open channel with id {id}"))
 }
 
 async fn publish(state: &AdminState, name: &str, req: Request<Incoming>) -> Response<Body> {
@@ -143,18 +120,8 @@ async fn publish(state: &AdminState, name: &str, req: Request<Incoming>) -> Resp
     let mut exclude = Vec::new();
     for (key, value) in query_pairs(req.uri().query()) {
         match key.as_str() {
-            "exclude" => exclude.extend(
-                value
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(ChannelId::from),
-            ),
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown query parameter {key:?}; expected exclude"),
-                )
-            }
+            "exclude" => exclude.extend(value.split(',').filter(|s| !s.is_empty()).map(ChannelId::from)),
+            _ => return error(StatusCode::BAD_REQUEST, &format!("unknown query parameter {key:?}; expected exclude")),
         }
     }
     let message = match read_message(req, state.max_body).await {
@@ -194,24 +161,13 @@ async fn send(state: &AdminState, id: &str, req: Request<Incoming>) -> Response<
     match state.hub.send(id, &message) {
         Ok(()) => json(StatusCode::OK, &json!({ "sent": true })),
         Err(HubError::UnknownChannel(_)) => unknown_channel(id),
-        Err(HubError::Send {
-            error: SendError::Closed,
-            ..
-        }) => error(StatusCode::GONE, "the channel is closing"),
-        Err(HubError::Send {
-            error: SendError::Dropped,
-            ..
-        }) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the channel's send queue is full: message dropped (slow consumer)",
-        ),
-        Err(HubError::Send {
-            error: SendError::SlowConsumerClosed,
-            ..
-        }) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the channel's send queue is full: channel closed with 1008",
-        ),
+        Err(HubError::Send { error: SendError::Closed, .. }) => error(StatusCode::GONE, "the channel is closing"),
+        Err(HubError::Send { error: SendError::Dropped, .. }) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "the channel's send queue is full: message dropped (slow consumer)")
+        }
+        Err(HubError::Send { error: SendError::SlowConsumerClosed, .. }) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "the channel's send queue is full: channel closed with 1008")
+        }
         Err(other) => error(StatusCode::BAD_REQUEST, &other.to_string()),
     }
 }
@@ -231,16 +187,9 @@ fn membership(state: &AdminState, id: &str, name: &str, subscribe: bool) -> Resp
             Err(other) => error(StatusCode::SERVICE_UNAVAILABLE, &other.to_string()),
         };
     }
-    let result = if subscribe {
-        state.hub.subscribe(&id, name)
-    } else {
-        state.hub.unsubscribe(&id, name)
-    };
+    let result = if subscribe { state.hub.subscribe(&id, name) } else { state.hub.unsubscribe(&id, name) };
     match result {
-        Ok(changed) => json(
-            StatusCode::OK,
-            &json!({ "subscribed": subscribe, "changed": changed }),
-        ),
+        Ok(changed) => json(StatusCode::OK, &json!({ "subscribed": subscribe, "changed": changed })),
         Err(HubError::UnknownChannel(_)) => unknown_channel(id.as_str()),
         Err(other) => error(StatusCode::BAD_REQUEST, &other.to_string()),
     }
@@ -253,12 +202,7 @@ fn close(state: &AdminState, id: &str, query: Option<&str>) -> Response<Body> {
         match key.as_str() {
             "code" => match value.parse() {
                 Ok(c) => close_code = c,
-                Err(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("code {value:?} is not a number"),
-                    )
-                }
+                Err(_) => return error(StatusCode::BAD_REQUEST, &format!("code {value:?} is not a number")),
             },
             "reason" => reason = value,
             _ => {
@@ -288,10 +232,7 @@ fn close(state: &AdminState, id: &str, query: Option<&str>) -> Response<Body> {
 #[allow(clippy::result_large_err)]
 fn check_name(name: &str) -> Result<(), Response<Body>> {
     if name.is_empty() || name.len() > MAX_NAME {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("subscription name must be 1 to {MAX_NAME} bytes"),
-        ));
+        return Err(error(StatusCode::BAD_REQUEST, &format!("subscription name must be 1 to {MAX_NAME} bytes")));
     }
     Ok(())
 }
@@ -306,34 +247,16 @@ async fn read_message(req: Request<Incoming>, max: usize) -> Result<Message, Res
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/octet-stream"));
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body over max_message_size ({max} bytes)"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body over max_message_size ({max} bytes)"));
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max as u64) {
         return Err(too_large());
     }
     let body: Bytes = match Limited::new(req.into_body(), max).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(too_large())
-        }
-        Err(e) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the body: {e}"),
-            ))
-        }
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
+        Err(e) => return Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))),
     };
     if binary {
         return Ok(Message::Binary(body));
@@ -355,8 +278,7 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode =
-                |s: &str| percent_decode(&s.replace('+', " ")).unwrap_or_else(|| s.to_owned());
+            let decode = |s: &str| percent_decode(&s.replace('+', " ")).unwrap_or_else(|| s.to_owned());
             (decode(k), decode(v))
         })
         .collect()
@@ -396,11 +318,7 @@ mod tests {
         assert_eq!(percent_decode("%FF"), None);
         assert_eq!(
             query_pairs(Some("code=4000&reason=see+you%21&x")),
-            vec![
-                ("code".into(), "4000".into()),
-                ("reason".into(), "see you!".into()),
-                ("x".into(), "".into())
-            ]
+            vec![("code".into(), "4000".into()), ("reason".into(), "see you!".into()), ("x".into(), "".into())]
         );
     }
 }

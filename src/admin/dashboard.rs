@@ -57,9 +57,10 @@ pub fn page() -> Response<Body> {
 pub fn snapshot(state: &AdminState) -> serde_json::Value {
     let subscriptions = state.hub.subscriptions();
     let channels = state.hub.channel_summaries();
-    let broker = state.hub.broker().map(|b| {
-        json!({ "kind": b.kind(), "node": b.node(), "connected": b.is_connected(), "errors": b.errors() })
-    });
+    let broker = state
+        .hub
+        .broker()
+        .map(|b| json!({ "kind": b.kind(), "node": b.node(), "connected": b.is_connected(), "errors": b.errors() }));
     json!({
         "node": state.hub.broker().map(|b| b.node().to_owned()),
         "broker": broker,

@@ -14,8 +14,7 @@ use crate::server::{full_body, Body};
 /// type `info`, and the text ends with `# EOF`. Prometheus picks its parser from this
 /// Content-Type, and its 0.0.4 parser rejects the `info` type, so announcing `text/plain`
 /// would make scrapes fail.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What `/readyz` checks: the public listeners accept (no drain has started), the upstream
 /// accepts a TCP connection within a short timeout, and the broker is connected (the
@@ -47,23 +46,15 @@ impl std::fmt::Debug for Readiness {
 /// `GET /metrics`.
 pub fn metrics(state: &AdminState) -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::from(state.metrics.render())));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
 /// `GET /healthz`: the process serves requests.
 pub fn healthz() -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::from_static(b"ok\n")));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
@@ -76,19 +67,14 @@ pub async fn readyz(readiness: &Readiness) -> Response<Body> {
     } else {
         Ok(())
     };
-    let upstream = match tokio::time::timeout(
-        readiness.upstream_timeout,
-        tokio::net::TcpStream::connect(&readiness.upstream),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(format!("{}: {error}", readiness.upstream)),
-        Err(_) => Err(format!(
-            "{}: connect timed out after {:?}",
-            readiness.upstream, readiness.upstream_timeout
-        )),
-    };
+    let upstream =
+        match tokio::time::timeout(readiness.upstream_timeout, tokio::net::TcpStream::connect(&readiness.upstream))
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!("{}: {error}", readiness.upstream)),
+            Err(_) => Err(format!("{}: connect timed out after {:?}", readiness.upstream, readiness.upstream_timeout)),
+        };
     let broker = match &readiness.broker {
         Some(broker) if !broker.is_connected() => Err("broker disconnected: reconnecting".to_owned()),
         _ => Ok(()),
@@ -102,12 +88,5 @@ pub async fn readyz(readiness: &Readiness) -> Response<Body> {
         "ready": ready,
         "checks": { "listeners": show(&listeners), "upstream": show(&upstream), "broker": show(&broker) },
     });
-    json(
-        if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        &body,
-    )
+    json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
 }

@@ -82,24 +82,15 @@ impl Token {
 
     /// Reads the token from `path`.
     pub fn read(path: &Path) -> Result<Self, AdminError> {
-        let text = std::fs::read_to_string(path).map_err(|e| AdminError::Token {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Token::new(&text).ok_or_else(|| AdminError::Token {
-            path: path.to_owned(),
-            reason: "the file is empty".into(),
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AdminError::Token { path: path.to_owned(), reason: e.to_string() })?;
+        Token::new(&text).ok_or_else(|| AdminError::Token { path: path.to_owned(), reason: "the file is empty".into() })
     }
 
     /// Whether `candidate` is the token, in time independent of where they differ.
     pub fn matches(&self, candidate: &[u8]) -> bool {
         let digest: [u8; 20] = Sha1::digest(candidate).into();
-        digest
-            .iter()
-            .zip(self.0.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        digest.iter().zip(self.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
 
@@ -126,9 +117,7 @@ pub struct AdminState {
 
 impl std::fmt::Debug for AdminState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminState")
-            .field("token", &self.token.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("AdminState").field("token", &self.token.is_some()).finish_non_exhaustive()
     }
 }
 
@@ -141,11 +130,7 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
 }
 
 /// Serves the admin API on `listener` until `shutdown` turns `true`.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -203,12 +188,10 @@ pub async fn handle(state: &Arc<AdminState>, req: Request<Incoming>) -> Response
             }
             if let Some(token) = &state.token {
                 if !authorized(token, req.headers()) {
-                    let mut response =
-                        error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-                    response.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Bearer realm=\"wsgate\""),
-                    );
+                    let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"wsgate\""));
                     return response;
                 }
             }
@@ -235,15 +218,12 @@ fn browser_guard<B>(rule: &HostRule, req: &Request<B>) -> Result<(), HostDenied>
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
 fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
-    (req.method() != Method::GET && req.method() != Method::HEAD)
-        .then(|| method_not_allowed("GET, HEAD"))
+    (req.method() != Method::GET && req.method() != Method::HEAD).then(|| method_not_allowed("GET, HEAD"))
 }
 
 fn authorized(token: &Token, headers: &http::HeaderMap) -> bool {
@@ -264,13 +244,8 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Bo
     body.push('\n');
     let mut response = Response::new(full_body(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -281,13 +256,8 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response<Body> {
 
 /// 405 with the methods the route accepts (RFC 9110 §15.5.6: `Allow` is required).
 pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &format!("method not allowed; use {allow}"),
-    );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, &format!("method not allowed; use {allow}"));
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 
@@ -305,15 +275,9 @@ mod tests {
         assert!(Token::new(" \n").is_none());
         let mut headers = http::HeaderMap::new();
         assert!(!authorized(&token, &headers));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer s3cret"),
-        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer s3cret"));
         assert!(authorized(&token, &headers));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic s3cret"),
-        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic s3cret"));
         assert!(!authorized(&token, &headers));
     }
 }

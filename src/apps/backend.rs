@@ -41,11 +41,11 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{App, AppError, Message, PreAccept, Rejection, UpgradeRequest};
-use crate::sync::lock;
 use crate::config::AppConfig;
 use crate::metrics::KindLabel;
 use crate::pubsub::hub::encode;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
+use crate::sync::lock;
 use crate::ws::close::{code, is_valid_wire_code};
 
 /// Events queued per channel while a callback is in flight.
@@ -74,10 +74,7 @@ struct Inner {
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend")
-            .field("name", &self.inner.name)
-            .field("callback", &self.inner.callback)
-            .finish()
+        f.debug_struct("Backend").field("name", &self.inner.name).field("callback", &self.inner.callback).finish()
     }
 }
 
@@ -125,11 +122,7 @@ pub enum Action {
 #[derive(Debug)]
 enum CallError {
     /// The callback answered a non-2xx status.
-    Status {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-    },
+    Status { status: StatusCode, headers: HeaderMap, body: Bytes },
     /// Connecting, sending or reading failed, or the answer was not valid JSON.
     Failed(String),
     /// No complete answer within `callback_timeout`.
@@ -187,9 +180,7 @@ impl Backend {
             pending: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
         };
-        Ok(Backend {
-            inner: Arc::new(inner),
-        })
+        Ok(Backend { inner: Arc::new(inner) })
     }
 }
 
@@ -215,19 +206,14 @@ impl App for Backend {
                     inner.count(&error);
                     tracing::info!(app = %inner.name, channel = %id, %error, "backend refused the WebSocket");
                     Err(match error {
-                        CallError::Status {
-                            status,
-                            headers,
-                            body,
-                        } => rejection(status, &headers, body),
+                        CallError::Status { status, headers, body } => rejection(status, &headers, body),
                         CallError::Timeout => Rejection::text(
                             StatusCode::GATEWAY_TIMEOUT,
                             "504 Gateway Timeout: the backend did not answer in time\n",
                         ),
-                        CallError::Failed(_) => Rejection::text(
-                            StatusCode::BAD_GATEWAY,
-                            "502 Bad Gateway: the backend callback failed\n",
-                        ),
+                        CallError::Failed(_) => {
+                            Rejection::text(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend callback failed\n")
+                        }
                     })
                 }
             }
@@ -238,8 +224,7 @@ impl App for Backend {
         lock(&self.inner.pending).remove(channel.id());
         // The backend approved the open: tell it the connection is gone.
         let inner = self.inner.clone();
-        let event =
-            json!({ "event": "close", "channel": channel.id().as_str(), "code": code::ABNORMAL });
+        let event = json!({ "event": "close", "channel": channel.id().as_str(), "code": code::ABNORMAL });
         let channel = channel.clone();
         tokio::spawn(async move {
             if let Err(error) = inner.call(&event).await {
@@ -249,9 +234,7 @@ impl App for Backend {
     }
 
     fn on_open(&self, channel: &ChannelHandle) {
-        let actions = lock(&self.inner.pending)
-            .remove(channel.id())
-            .unwrap_or_default();
+        let actions = lock(&self.inner.pending).remove(channel.id()).unwrap_or_default();
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         lock(&self.inner.workers).insert(channel.id().clone(), tx);
         tokio::spawn(worker(self.inner.clone(), channel.clone(), actions, rx));
@@ -283,33 +266,23 @@ impl App for Backend {
 }
 
 /// Posts one channel's events in order and applies each answer before the next event.
-async fn worker(
-    inner: Arc<Inner>,
-    channel: ChannelHandle,
-    initial: Vec<Action>,
-    mut rx: mpsc::Receiver<Event>,
-) {
+async fn worker(inner: Arc<Inner>, channel: ChannelHandle, initial: Vec<Action>, mut rx: mpsc::Receiver<Event>) {
     inner.apply(&channel, initial);
     while let Some(event) = rx.recv().await {
         let (body, what, last) = match event {
             Event::Message(message) => {
                 let mut body = json!({ "event": "message", "channel": channel.id().as_str() });
                 match message {
-                    Message::Text(text) => {
-                        body["text"] = Value::String(String::from_utf8_lossy(&text).into_owned())
-                    }
+                    Message::Text(text) => body["text"] = Value::String(String::from_utf8_lossy(&text).into_owned()),
                     Message::Binary(data) => {
-                        body["binary"] =
-                            Value::String(base64::engine::general_purpose::STANDARD.encode(&data))
+                        body["binary"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&data))
                     }
                 }
                 (body, "message", false)
             }
-            Event::Close(close_code) => (
-                json!({ "event": "close", "channel": channel.id().as_str(), "code": close_code }),
-                "close",
-                true,
-            ),
+            Event::Close(close_code) => {
+                (json!({ "event": "close", "channel": channel.id().as_str(), "code": close_code }), "close", true)
+            }
         };
         match inner.call(&body).await {
             Ok(actions) => inner.apply(&channel, actions),
@@ -326,24 +299,13 @@ impl Inner {
     async fn call(&self, event: &Value) -> Result<Vec<Action>, CallError> {
         let request = Request::post(self.callback.clone())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("wsgate/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(header::USER_AGENT, concat!("wsgate/", env!("CARGO_PKG_VERSION")))
             .body(Full::new(Bytes::from(event.to_string())))
             .map_err(|e| CallError::Failed(e.to_string()))?;
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| CallError::Failed(error_chain(&e)))?;
+            let response = self.client.request(request).await.map_err(|e| CallError::Failed(error_chain(&e)))?;
             let (parts, body) = response.into_parts();
-            let limit = if parts.status.is_success() {
-                MAX_ANSWER
-            } else {
-                MAX_REJECTION_BODY
-            };
+            let limit = if parts.status.is_success() { MAX_ANSWER } else { MAX_REJECTION_BODY };
             let body = Limited::new(body, limit)
                 .collect()
                 .await
@@ -351,25 +313,16 @@ impl Inner {
                 .to_bytes();
             Ok::<_, CallError>((parts, body))
         };
-        let (parts, body) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| CallError::Timeout)??;
+        let (parts, body) = tokio::time::timeout(self.timeout, exchange).await.map_err(|_| CallError::Timeout)??;
         if !parts.status.is_success() {
-            return Err(CallError::Status {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            });
+            return Err(CallError::Status { status: parts.status, headers: parts.headers, body });
         }
         parse_answer(&body).map_err(CallError::Failed)
     }
 
     fn count_kind(&self, kind: &'static str) {
         if let Some(metrics) = self.hub.metrics() {
-            metrics
-                .upstream_errors
-                .get_or_create(&KindLabel { kind })
-                .inc();
+            metrics.upstream_errors.get_or_create(&KindLabel { kind }).inc();
         }
     }
 
@@ -386,36 +339,16 @@ impl Inner {
     fn apply(&self, channel: &ChannelHandle, actions: Vec<Action>) {
         for action in actions {
             let result = match &action {
-                Action::Send {
-                    channel: None,
-                    message,
-                } => channel
-                    .send_frame(encode(message))
-                    .map_err(|e| e.to_string()),
-                Action::Send {
-                    channel: Some(id),
-                    message,
-                } => self.hub.send(id, message).map_err(|e| e.to_string()),
-                Action::Subscribe(name) => self
-                    .hub
-                    .subscribe(channel.id(), name)
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                Action::Unsubscribe(name) => self
-                    .hub
-                    .unsubscribe(channel.id(), name)
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                Action::Publish {
-                    subscription,
-                    message,
-                    exclude_self,
-                    exclude,
-                } => {
-                    let mut excluded: Vec<ChannelId> = exclude
-                        .iter()
-                        .map(|id| ChannelId::from(id.as_str()))
-                        .collect();
+                Action::Send { channel: None, message } => {
+                    channel.send_frame(encode(message)).map_err(|e| e.to_string())
+                }
+                Action::Send { channel: Some(id), message } => self.hub.send(id, message).map_err(|e| e.to_string()),
+                Action::Subscribe(name) => self.hub.subscribe(channel.id(), name).map(drop).map_err(|e| e.to_string()),
+                Action::Unsubscribe(name) => {
+                    self.hub.unsubscribe(channel.id(), name).map(drop).map_err(|e| e.to_string())
+                }
+                Action::Publish { subscription, message, exclude_self, exclude } => {
+                    let mut excluded: Vec<ChannelId> = exclude.iter().map(|id| ChannelId::from(id.as_str())).collect();
                     if *exclude_self {
                         excluded.push(channel.id().clone());
                     }
@@ -436,21 +369,12 @@ impl Inner {
 
 fn rejection(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Rejection {
     let mut kept = HeaderMap::new();
-    for name in [
-        header::CONTENT_TYPE,
-        header::LOCATION,
-        header::WWW_AUTHENTICATE,
-        header::RETRY_AFTER,
-    ] {
+    for name in [header::CONTENT_TYPE, header::LOCATION, header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
         if let Some(value) = headers.get(&name) {
             kept.insert(name, value.clone());
         }
     }
-    Rejection {
-        status,
-        headers: kept,
-        body,
-    }
+    Rejection { status, headers: kept, body }
 }
 
 /// The request headers as a JSON object; repeated headers are joined as RFC 9110 §5.3 allows
@@ -459,15 +383,9 @@ fn headers_json(headers: &HeaderMap) -> Value {
     let mut map = serde_json::Map::new();
     for name in headers.keys() {
         let separator = if name == header::COOKIE { "; " } else { ", " };
-        let values: Vec<String> = headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect();
-        map.insert(
-            name.as_str().to_owned(),
-            Value::String(values.join(separator)),
-        );
+        let values: Vec<String> =
+            headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+        map.insert(name.as_str().to_owned(), Value::String(values.join(separator)));
     }
     Value::Object(map)
 }
@@ -489,8 +407,7 @@ pub fn parse_answer(body: &[u8]) -> Result<Vec<Action>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("answer is not JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON: {e}"))?;
     let Some(object) = value.as_object() else {
         return Err("answer is not a JSON object".into());
     };
@@ -510,46 +427,29 @@ pub fn parse_answer(body: &[u8]) -> Result<Vec<Action>, String> {
 }
 
 fn parse_action(value: &Value) -> Result<Action, String> {
-    let object = value
-        .as_object()
-        .filter(|o| o.len() == 1)
-        .ok_or("an action is an object with one key")?;
+    let object = value.as_object().filter(|o| o.len() == 1).ok_or("an action is an object with one key")?;
     let (kind, arg) = object.iter().next().ok_or("empty action")?;
     match kind.as_str() {
         "send" => match arg {
-            Value::String(text) => Ok(Action::Send {
-                channel: None,
-                message: Message::Text(Bytes::from(text.clone())),
-            }),
+            Value::String(text) => {
+                Ok(Action::Send { channel: None, message: Message::Text(Bytes::from(text.clone())) })
+            }
             Value::Object(o) => Ok(Action::Send {
                 channel: o
                     .get("channel")
-                    .map(|c| {
-                        c.as_str()
-                            .map(str::to_owned)
-                            .ok_or("send.channel must be a string")
-                    })
+                    .map(|c| c.as_str().map(str::to_owned).ok_or("send.channel must be a string"))
                     .transpose()?,
                 message: message_of(o)?,
             }),
             _ => Err("send takes a string or {text|binary, channel}".into()),
         },
         "subscribe" | "unsubscribe" => {
-            let name = arg
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .ok_or(format!("{kind} takes a subscription name"))?
-                .to_owned();
-            Ok(if kind == "subscribe" {
-                Action::Subscribe(name)
-            } else {
-                Action::Unsubscribe(name)
-            })
+            let name =
+                arg.as_str().filter(|s| !s.is_empty()).ok_or(format!("{kind} takes a subscription name"))?.to_owned();
+            Ok(if kind == "subscribe" { Action::Subscribe(name) } else { Action::Unsubscribe(name) })
         }
         "publish" => {
-            let o = arg
-                .as_object()
-                .ok_or("publish takes {subscription, text|binary, exclude_self}")?;
+            let o = arg.as_object().ok_or("publish takes {subscription, text|binary, exclude_self}")?;
             let subscription = o
                 .get("subscription")
                 .and_then(Value::as_str)
@@ -559,21 +459,14 @@ fn parse_action(value: &Value) -> Result<Action, String> {
                 None => Vec::new(),
                 Some(Value::Array(ids)) => ids
                     .iter()
-                    .map(|id| {
-                        id.as_str()
-                            .map(str::to_owned)
-                            .ok_or("publish.exclude holds channel ids")
-                    })
+                    .map(|id| id.as_str().map(str::to_owned).ok_or("publish.exclude holds channel ids"))
                     .collect::<Result<_, _>>()?,
                 Some(_) => return Err("publish.exclude must be an array".into()),
             };
             Ok(Action::Publish {
                 subscription: subscription.to_owned(),
                 message: message_of(o)?,
-                exclude_self: o
-                    .get("exclude_self")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
+                exclude_self: o.get("exclude_self").and_then(Value::as_bool).unwrap_or(false),
                 exclude,
             })
         }
@@ -595,10 +488,7 @@ fn parse_action(value: &Value) -> Result<Action, String> {
             if reason.len() > crate::pubsub::hub::MAX_CLOSE_REASON {
                 return Err("close.reason is over 123 bytes".into());
             }
-            Ok(Action::Close {
-                code: close_code,
-                reason: reason.to_owned(),
-            })
+            Ok(Action::Close { code: close_code, reason: reason.to_owned() })
         }
         other => Err(format!("unknown action {other:?}")),
     }
@@ -633,36 +523,15 @@ mod tests {
         ]}"#;
         let actions = parse_answer(answer).unwrap();
         assert_eq!(actions.len(), 6);
-        assert_eq!(
-            actions[0],
-            Action::Send {
-                channel: None,
-                message: Message::Text("hi".into())
-            }
-        );
+        assert_eq!(actions[0], Action::Send { channel: None, message: Message::Text("hi".into()) });
         assert_eq!(
             actions[1],
-            Action::Send {
-                channel: Some("n1-7".into()),
-                message: Message::Binary(vec![0u8, 1, 2].into())
-            }
+            Action::Send { channel: Some("n1-7".into()), message: Message::Binary(vec![0u8, 1, 2].into()) }
         );
         assert_eq!(actions[2], Action::Subscribe("room1".into()));
         assert_eq!(actions[3], Action::Unsubscribe("room0".into()));
-        assert!(matches!(
-            &actions[4],
-            Action::Publish {
-                exclude_self: true,
-                ..
-            }
-        ));
-        assert_eq!(
-            actions[5],
-            Action::Close {
-                code: 4000,
-                reason: "bye".into()
-            }
-        );
+        assert!(matches!(&actions[4], Action::Publish { exclude_self: true, .. }));
+        assert_eq!(actions[5], Action::Close { code: 4000, reason: "bye".into() });
         assert_eq!(parse_answer(b"").unwrap(), vec![]);
         assert_eq!(parse_answer(b"{}").unwrap(), vec![]);
         assert!(parse_answer(b"[1]").is_err());
@@ -676,9 +545,6 @@ mod tests {
         h.append(header::COOKIE, "b=2".parse().unwrap());
         h.append(header::ACCEPT, "x".parse().unwrap());
         h.append(header::ACCEPT, "y".parse().unwrap());
-        assert_eq!(
-            headers_json(&h),
-            json!({"cookie": "a=1; b=2", "accept": "x, y"})
-        );
+        assert_eq!(headers_json(&h), json!({"cookie": "a=1; b=2", "accept": "x, y"}));
     }
 }

@@ -30,9 +30,9 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::{App, Message};
-use crate::sync::lock;
 use crate::pubsub::hub::encode;
 use crate::pubsub::{ChannelHandle, ChannelId, Delivery, Hub, RelayObserver};
+use crate::sync::lock;
 
 /// Longest user name, in characters.
 pub const MAX_USER_CHARS: usize = 32;
@@ -102,10 +102,7 @@ pub struct Chat {
 
 impl std::fmt::Debug for Chat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chat")
-            .field("rooms", &self.rooms.len())
-            .field("history", &self.history)
-            .finish()
+        f.debug_struct("Chat").field("rooms", &self.rooms.len()).field("history", &self.history).finish()
     }
 }
 
@@ -126,18 +123,10 @@ impl Chat {
             let observer: Arc<dyn RelayObserver> = relay.clone();
             hub.observe_relayed(&subscription, Arc::downgrade(&observer));
             relays.push(relay);
-            rooms.insert(
-                format!("{}/connect", url.trim_end_matches('/')),
-                room.clone(),
-            );
+            rooms.insert(format!("{}/connect", url.trim_end_matches('/')), room.clone());
             rooms.insert(url.clone(), room);
         }
-        Self {
-            hub,
-            history,
-            rooms,
-            _relays: relays,
-        }
+        Self { hub, history, rooms, _relays: relays }
     }
 
     fn room(&self, channel: &ChannelHandle) -> Option<&Arc<Mutex<Room>>> {
@@ -156,12 +145,7 @@ impl Chat {
         self.hub.relay(&room.subscription, &message, &[]);
     }
 
-    fn handle(
-        &self,
-        channel: &ChannelHandle,
-        room: &mut Room,
-        request: Request,
-    ) -> Result<(), String> {
+    fn handle(&self, channel: &ChannelHandle, room: &mut Room, request: Request) -> Result<(), String> {
         let (user, text) = match request {
             Request::Join { user } => (user, None),
             Request::Message { user, text } => (user, Some(text)),
@@ -172,25 +156,13 @@ impl Chat {
         let previous = room.users.get(channel.id()).cloned();
         if previous.as_deref() != Some(user.as_str()) {
             if let Some(old) = previous {
-                self.publish(
-                    room,
-                    &json!({"type": "leave", "user": old, "ts": ts}),
-                    false,
-                );
+                self.publish(room, &json!({"type": "leave", "user": old, "ts": ts}), false);
             }
             room.users.insert(channel.id().clone(), user.clone());
-            self.publish(
-                room,
-                &json!({"type": "join", "user": user, "ts": ts}),
-                false,
-            );
+            self.publish(room, &json!({"type": "join", "user": user, "ts": ts}), false);
         }
         if let Some(text) = text {
-            self.publish(
-                room,
-                &json!({"type": "message", "user": user, "text": text, "ts": ts}),
-                true,
-            );
+            self.publish(room, &json!({"type": "message", "user": user, "text": text, "ts": ts}), true);
         }
         Ok(())
     }
@@ -209,9 +181,7 @@ fn parse(message: &Message) -> Result<Request, String> {
         Message::Binary(_) => return Err("binary messages are not accepted; send JSON text".into()),
     };
     if text.len() > MAX_INPUT_BYTES {
-        return Err(format!(
-            "message too long: at most {MAX_INPUT_BYTES} bytes of JSON"
-        ));
+        return Err(format!("message too long: at most {MAX_INPUT_BYTES} bytes of JSON"));
     }
     let value: Value = serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let field = |name: &str| -> Result<String, String> {
@@ -222,16 +192,9 @@ fn parse(message: &Message) -> Result<Request, String> {
         }
     };
     match value.get("type").and_then(Value::as_str) {
-        Some("join") => Ok(Request::Join {
-            user: field("user")?,
-        }),
-        Some("message") => Ok(Request::Message {
-            user: field("user")?,
-            text: field("text")?,
-        }),
-        Some(other) => Err(format!(
-            "unknown message type {other:?}: expected \"join\" or \"message\""
-        )),
+        Some("join") => Ok(Request::Join { user: field("user")? }),
+        Some("message") => Ok(Request::Message { user: field("user")?, text: field("text")? }),
+        Some(other) => Err(format!("unknown message type {other:?}: expected \"join\" or \"message\"")),
         None => Err("expected an object with \"type\": \"join\" or \"message\"".into()),
     }
 }
@@ -242,9 +205,7 @@ fn check_user(user: &str) -> Result<String, String> {
         return Err("user name is empty".into());
     }
     if user.chars().count() > MAX_USER_CHARS {
-        return Err(format!(
-            "user name too long: at most {MAX_USER_CHARS} characters"
-        ));
+        return Err(format!("user name too long: at most {MAX_USER_CHARS} characters"));
     }
     if user.chars().any(char::is_control) {
         return Err("user name must not contain control characters".into());
@@ -258,9 +219,7 @@ fn check_text(text: &str) -> Result<String, String> {
     }
     let chars = text.chars().count();
     if chars > MAX_TEXT_CHARS {
-        return Err(format!(
-            "message text too long: {chars} characters, at most {MAX_TEXT_CHARS}"
-        ));
+        return Err(format!("message text too long: {chars} characters, at most {MAX_TEXT_CHARS}"));
     }
     Ok(text.to_owned())
 }
@@ -286,8 +245,7 @@ impl App for Chat {
         for frame in &room.history {
             let _ = channel.send_frame(frame.clone());
         }
-        let _ = channel
-            .send_text(&json!({"type": "history_end", "count": room.history.len()}).to_string());
+        let _ = channel.send_text(&json!({"type": "history_end", "count": room.history.len()}).to_string());
         if let Err(error) = self.hub.subscribe(channel.id(), &room.subscription) {
             tracing::debug!(channel = %channel.id(), %error, "chat: cannot join the room");
         }
@@ -315,11 +273,7 @@ impl App for Chat {
         let mut room = lock(room);
         let _ = self.hub.unsubscribe(channel.id(), &room.subscription);
         if let Some(user) = room.users.remove(channel.id()) {
-            self.publish(
-                &mut room,
-                &json!({"type": "leave", "user": user, "ts": now_rfc3339()}),
-                false,
-            );
+            self.publish(&mut room, &json!({"type": "leave", "user": user, "ts": now_rfc3339()}), false);
         }
     }
 
@@ -338,35 +292,16 @@ mod tests {
 
     #[test]
     fn parse_accepts_the_design_formats_and_explains_refusals() {
-        assert!(matches!(
-            parse(&text(r#"{"type":"message","user":"a","text":"hi"}"#)),
-            Ok(Request::Message { .. })
-        ));
-        assert!(matches!(
-            parse(&text(r#"{"type":"join","user":"a"}"#)),
-            Ok(Request::Join { .. })
-        ));
-        assert!(parse(&text("not json"))
-            .unwrap_err()
-            .starts_with("invalid JSON"));
+        assert!(matches!(parse(&text(r#"{"type":"message","user":"a","text":"hi"}"#)), Ok(Request::Message { .. })));
+        assert!(matches!(parse(&text(r#"{"type":"join","user":"a"}"#)), Ok(Request::Join { .. })));
+        assert!(parse(&text("not json")).unwrap_err().starts_with("invalid JSON"));
+        assert_eq!(parse(&text(r#"{"type":"message","user":"a"}"#)).err().unwrap(), "\"text\" is missing");
         assert_eq!(
-            parse(&text(r#"{"type":"message","user":"a"}"#))
-                .err()
-                .unwrap(),
-            "\"text\" is missing"
-        );
-        assert_eq!(
-            parse(&text(r#"{"type":"message","user":1,"text":"x"}"#))
-                .err()
-                .unwrap(),
+            parse(&text(r#"{"type":"message","user":1,"text":"x"}"#)).err().unwrap(),
             "\"user\" must be a string"
         );
-        assert!(parse(&text(r#"{"type":"shout"}"#))
-            .unwrap_err()
-            .contains("unknown message type"));
-        assert!(parse(&Message::Binary(Bytes::from_static(b"{}")))
-            .unwrap_err()
-            .contains("binary"));
+        assert!(parse(&text(r#"{"type":"shout"}"#)).unwrap_err().contains("unknown message type"));
+        assert!(parse(&Message::Binary(Bytes::from_static(b"{}"))).unwrap_err().contains("binary"));
     }
 
     #[test]
@@ -374,14 +309,10 @@ mod tests {
         assert_eq!(check_user("  bob ").unwrap(), "bob");
         assert!(check_user("").is_err());
         assert!(check_user(&"é".repeat(MAX_USER_CHARS)).is_ok());
-        assert!(check_user(&"é".repeat(MAX_USER_CHARS + 1))
-            .unwrap_err()
-            .contains("too long"));
+        assert!(check_user(&"é".repeat(MAX_USER_CHARS + 1)).unwrap_err().contains("too long"));
         assert!(check_user("a\nb").is_err());
         assert!(check_text(&"x".repeat(MAX_TEXT_CHARS)).is_ok());
-        assert!(check_text(&"x".repeat(MAX_TEXT_CHARS + 1))
-            .unwrap_err()
-            .contains("too long"));
+        assert!(check_text(&"x".repeat(MAX_TEXT_CHARS + 1)).unwrap_err().contains("too long"));
         assert!(check_text("   ").is_err());
     }
 

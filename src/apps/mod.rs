@@ -1,8 +1,8 @@
 //! The built-in apps. Each app sees WebSocket connections only through the [`App`] trait and
 //! [`ChannelHandle`]s: it never touches sockets or encodes frames itself.
 
-pub mod chat;
 pub mod backend;
+pub mod chat;
 pub mod echo;
 pub mod logview;
 

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use super::units::{format_duration, format_size};
-use super::{AppConfig, Config};
 use super::validate::Issue;
+use super::{AppConfig, Config};
 
 /// A configured number and its kind, for the range check and the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,9 +112,21 @@ fn count(n: usize) -> Value {
 ///   that much before 431); `max_message_size` and `send_queue` at most 1GiB per connection;
 /// - `max_connections` 1 to 10 million (more than any one process's descriptors).
 pub const BOUNDS: &[Bound] = &[
-    Bound { path: "upstream.connect_timeout", range: Range::Duration(MS, HOUR), get: |c| Value::Duration(c.upstream.connect_timeout) },
-    Bound { path: "upstream.response_timeout", range: Range::Duration(MS, DAY), get: |c| Value::Duration(c.upstream.response_timeout) },
-    Bound { path: "limits.max_connections", range: Range::Count(1, 10_000_000), get: |c| count(c.limits.max_connections) },
+    Bound {
+        path: "upstream.connect_timeout",
+        range: Range::Duration(MS, HOUR),
+        get: |c| Value::Duration(c.upstream.connect_timeout),
+    },
+    Bound {
+        path: "upstream.response_timeout",
+        range: Range::Duration(MS, DAY),
+        get: |c| Value::Duration(c.upstream.response_timeout),
+    },
+    Bound {
+        path: "limits.max_connections",
+        range: Range::Count(1, 10_000_000),
+        get: |c| count(c.limits.max_connections),
+    },
     Bound {
         path: "limits.header_read_timeout",
         range: Range::Duration(Duration::from_millis(100), HOUR),
@@ -126,8 +138,16 @@ pub const BOUNDS: &[Bound] = &[
         get: |c| Value::Duration(c.limits.body_read_timeout),
     },
     Bound { path: "limits.max_header_bytes", range: Range::Size(KIB, MIB), get: |c| size(c.limits.max_header_bytes) },
-    Bound { path: "limits.shutdown_timeout", range: Range::Duration(Duration::ZERO, DAY), get: |c| Value::Duration(c.limits.shutdown_timeout) },
-    Bound { path: "websocket.max_message_size", range: Range::Size(1, GIB), get: |c| size(c.websocket.max_message_size) },
+    Bound {
+        path: "limits.shutdown_timeout",
+        range: Range::Duration(Duration::ZERO, DAY),
+        get: |c| Value::Duration(c.limits.shutdown_timeout),
+    },
+    Bound {
+        path: "websocket.max_message_size",
+        range: Range::Size(1, GIB),
+        get: |c| size(c.websocket.max_message_size),
+    },
     Bound {
         path: "websocket.ping_interval",
         range: Range::Duration(Duration::from_millis(100), DAY),
@@ -146,10 +166,18 @@ pub const BOUNDS: &[Bound] = &[
 ///   `history` 0 to 100,000 (each is held in memory per file or room and sent on join);
 /// - backend `callback_timeout` 1ms to an hour.
 pub const APP_BOUNDS: &[AppBound] = &[
-    AppBound { key: "refresh", range: Range::Duration(Duration::from_millis(10), HOUR), get: |a| a.refresh.map(Value::Duration) },
+    AppBound {
+        key: "refresh",
+        range: Range::Duration(Duration::from_millis(10), HOUR),
+        get: |a| a.refresh.map(Value::Duration),
+    },
     AppBound { key: "backlog_lines", range: Range::Count(0, 100_000), get: |a| a.backlog_lines.map(count) },
     AppBound { key: "history", range: Range::Count(0, 100_000), get: |a| a.history.map(count) },
-    AppBound { key: "callback_timeout", range: Range::Duration(MS, HOUR), get: |a| a.callback_timeout.map(Value::Duration) },
+    AppBound {
+        key: "callback_timeout",
+        range: Range::Duration(MS, HOUR),
+        get: |a| a.callback_timeout.map(Value::Duration),
+    },
 ];
 
 /// The message for a value outside its range.
@@ -178,7 +206,10 @@ pub fn check(config: &Config, out: &mut Vec<Issue>) {
 
 /// The range of a fixed key, for docs and tests.
 pub fn range_of(path: &str) -> Option<Range> {
-    BOUNDS.iter().find(|b| b.path == path).map(|b| b.range)
+    BOUNDS
+        .iter()
+        .find(|b| b.path == path)
+        .map(|b| b.range)
         .or_else(|| APP_BOUNDS.iter().find(|b| path.rsplit('.').next() == Some(b.key)).map(|b| b.range))
 }
 

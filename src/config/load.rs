@@ -23,8 +23,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{
-    validate, AdminConfig, AppConfig, AppKind, BrokerConfig, Config, LimitsConfig, ListenConfig,
-    LogConfig, TlsConfig, UpstreamConfig, WebSocketConfig,
+    validate, AdminConfig, AppConfig, AppKind, BrokerConfig, Config, LimitsConfig, ListenConfig, LogConfig, TlsConfig,
+    UpstreamConfig, WebSocketConfig,
 };
 
 /// The annotated example config, embedded: used when no config is named and
@@ -121,10 +121,7 @@ pub struct ErrorEntry {
 impl fmt::Display for ErrorEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.source {
-            ErrorSource::File {
-                file,
-                line: Some(line),
-            } => write!(f, "{}:{line}: ", OneLine(file))?,
+            ErrorSource::File { file, line: Some(line) } => write!(f, "{}:{line}: ", OneLine(file))?,
             ErrorSource::File { file, line: None } => write!(f, "{}: ", OneLine(file))?,
             ErrorSource::Env { var } => write!(f, "env {}: ", OneLine(var))?,
             ErrorSource::Cli { flag } => write!(f, "option {flag}: ")?,
@@ -168,13 +165,7 @@ impl ConfigError {
     }
 
     fn single(source: ErrorSource, message: String) -> Self {
-        ConfigError {
-            entries: vec![ErrorEntry {
-                source,
-                path: String::new(),
-                message,
-            }],
-        }
+        ConfigError { entries: vec![ErrorEntry { source, path: String::new(), message }] }
     }
 }
 
@@ -248,10 +239,7 @@ pub fn key_prefix(source: &ConfigSource, key: &str) -> String {
 fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| {
         ConfigError::single(
-            ErrorSource::File {
-                file: path.display().to_string(),
-                line: None,
-            },
+            ErrorSource::File { file: path.display().to_string(), line: None },
             format!("cannot read config file: {e}"),
         )
     })
@@ -274,9 +262,7 @@ impl Layer {
     }
 
     fn of(meta: &Metadata) -> Option<Layer> {
-        Layer::ALL
-            .into_iter()
-            .find(|l| meta.source.as_ref() == Some(&l.marker()))
+        Layer::ALL.into_iter().find(|l| meta.source.as_ref() == Some(&l.marker()))
     }
 }
 
@@ -288,10 +274,7 @@ struct Tagged<P> {
 
 impl<P: Provider> Tagged<P> {
     fn new(inner: P, name: impl Into<String>, layer: Layer) -> Self {
-        Tagged {
-            inner,
-            meta: Metadata::from(name.into(), layer.marker()),
-        }
+        Tagged { inner, meta: Metadata::from(name.into(), layer.marker()) }
     }
 }
 
@@ -335,8 +318,7 @@ impl CliLayer {
     fn from(o: &CliOverrides) -> Self {
         CliLayer {
             upstream: o.upstream.clone().map(|url| CliUpstream { url }),
-            listen: (!o.listen.is_empty())
-                .then(|| o.listen.iter().map(|&addr| CliListen { addr }).collect()),
+            listen: (!o.listen.is_empty()).then(|| o.listen.iter().map(|&addr| CliListen { addr }).collect()),
             log: o.log_level.clone().map(|level| CliLog { level }),
         }
     }
@@ -368,17 +350,12 @@ impl<'a> Attribution<'a> {
             return ErrorSource::Unknown;
         };
         match layer {
-            Layer::File => ErrorSource::File {
-                file: self.file_name.clone(),
-                line: self.line_of(path),
-            },
+            Layer::File => ErrorSource::File { file: self.file_name.clone(), line: self.line_of(path) },
             Layer::Env => match self.env_var(path, depth) {
                 Some(var) => ErrorSource::Env { var },
                 None => ErrorSource::Unknown,
             },
-            Layer::Cli => ErrorSource::Cli {
-                flag: cli_flag(path),
-            },
+            Layer::Cli => ErrorSource::Cli { flag: cli_flag(path) },
             Layer::Defaults => ErrorSource::Unknown,
         }
     }
@@ -417,21 +394,13 @@ impl<'a> Attribution<'a> {
     /// missing below depth `found` (a rule about an absent key), a variable that set a
     /// sibling under the deepest existing table.
     fn env_var(&self, path: &[String], found: usize) -> Option<String> {
-        let ancestor = self
-            .env_vars
-            .iter()
-            .filter(|(p, _)| path.starts_with(p))
-            .max_by_key(|(p, _)| p.len());
+        let ancestor = self.env_vars.iter().filter(|(p, _)| path.starts_with(p)).max_by_key(|(p, _)| p.len());
         if let Some((_, name)) = ancestor {
             return Some(name.clone());
         }
         if found < path.len() {
             let base = &path[..found];
-            return self
-                .env_vars
-                .iter()
-                .find(|(p, _)| p.starts_with(base))
-                .map(|(_, n)| n.clone());
+            return self.env_vars.iter().find(|(p, _)| p.starts_with(base)).map(|(_, n)| n.clone());
         }
         Some(format!("{ENV_PREFIX}{}", path.join("__").to_uppercase()))
     }
@@ -484,12 +453,7 @@ fn walk_value(value: &toml_edit::Value, path: &[String], offset: &mut Option<usi
 }
 
 fn line_at(text: &str, offset: usize) -> usize {
-    text.as_bytes()
-        .iter()
-        .take(offset)
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes().iter().take(offset).filter(|&&b| b == b'\n').count() + 1
 }
 
 /// `WSGATE_*` variables as figment's `Env::prefixed(..).split("__")` sees them.
@@ -517,31 +481,17 @@ fn load_text(name: String, text: String, overrides: &CliOverrides) -> Result<Con
         Ok(doc) => doc,
         Err(e) => {
             let line = e.span().map(|s| line_at(&text, s.start));
-            let message = format!(
-                "syntax error: {}",
-                e.message().trim_end().replace('\n', "; ")
-            );
-            return Err(ConfigError::single(
-                ErrorSource::File { file: name, line },
-                message,
-            ));
+            let message = format!("syntax error: {}", e.message().trim_end().replace('\n', "; "));
+            return Err(ConfigError::single(ErrorSource::File { file: name, line }, message));
         }
     };
 
     let env = Env::prefixed(ENV_PREFIX).split("__").ignore(ENV_IGNORED);
     let figment = Figment::new()
-        .merge(Tagged::new(
-            Serialized::defaults(Config::default()),
-            "built-in defaults",
-            Layer::Defaults,
-        ))
+        .merge(Tagged::new(Serialized::defaults(Config::default()), "built-in defaults", Layer::Defaults))
         .merge(Tagged::new(Toml::string(&text), name.clone(), Layer::File))
         .merge(Tagged::new(env, "environment", Layer::Env))
-        .merge(Tagged::new(
-            Serialized::defaults(CliLayer::from(overrides)),
-            "command line",
-            Layer::Cli,
-        ));
+        .merge(Tagged::new(Serialized::defaults(CliLayer::from(overrides)), "command line", Layer::Cli));
 
     let attribution = Attribution {
         figment: &figment,
@@ -552,11 +502,7 @@ fn load_text(name: String, text: String, overrides: &CliOverrides) -> Result<Con
         env_vars: env_vars(),
     };
 
-    let mut errors = Errors {
-        attribution: &attribution,
-        entries: Vec::new(),
-        failed: Vec::new(),
-    };
+    let mut errors = Errors { attribution: &attribution, entries: Vec::new(), failed: Vec::new() };
     let root = match &attribution.merged {
         Some(v) => v.clone(),
         None => {
@@ -564,9 +510,7 @@ fn load_text(name: String, text: String, overrides: &CliOverrides) -> Result<Con
             if let Err(e) = figment.find_value("") {
                 errors.figment(e, &[]);
             }
-            return Err(ConfigError {
-                entries: errors.entries,
-            });
+            return Err(ConfigError { entries: errors.entries });
         }
     };
     unknown_keys(&root, &mut errors);
@@ -608,10 +552,7 @@ fn load_text(name: String, text: String, overrides: &CliOverrides) -> Result<Con
 }
 
 fn split_path(path: &str) -> Vec<String> {
-    path.split('.')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
+    path.split('.').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 /// Collects attributed errors without duplicates.
@@ -624,11 +565,7 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn push(&mut self, path: Vec<String>, message: String) {
-        let entry = ErrorEntry {
-            source: self.attribution.source(&path),
-            path: path.join("."),
-            message,
-        };
+        let entry = ErrorEntry { source: self.attribution.source(&path), path: path.join("."), message };
         if !self.entries.contains(&entry) {
             self.entries.push(entry);
         }
@@ -660,9 +597,7 @@ impl Errors<'_> {
                         continue;
                     }
                 }
-                let taken = value
-                    .as_mut()
-                    .and_then(|v| take_out(v, path.get(prefix.len()..).unwrap_or_default()));
+                let taken = value.as_mut().and_then(|v| take_out(v, path.get(prefix.len()..).unwrap_or_default()));
                 match taken {
                     Some(relative) => {
                         let mut full = prefix.clone();
@@ -797,9 +732,7 @@ fn take_out_inner(value: &mut Value, path: &[String]) -> Option<Vec<String>> {
 /// figment's paths: `extract_inner` appends the section instead of prepending it, and the
 /// `default` profile can leak in front.
 fn fix_path(mut path: Vec<String>, prefix: &[String], profile: Option<&Profile>) -> Vec<String> {
-    if profile.is_some_and(|p| *p == Profile::Default)
-        && path.first().is_some_and(|p| p == "default")
-    {
+    if profile.is_some_and(|p| *p == Profile::Default) && path.first().is_some_and(|p| p == "default") {
         path.remove(0);
     }
     if prefix.is_empty() || path.starts_with(prefix) {
@@ -827,10 +760,7 @@ fn apps(root: &Value, errors: &mut Errors<'_>) -> BTreeMap<String, AppConfig> {
     let mut out = BTreeMap::new();
     for name in apps.keys() {
         if name.contains('.') || name.is_empty() {
-            errors.push(
-                vec!["apps".into(), name.clone()],
-                "app names may only use A-Z, a-z, 0-9, '_' and '-'".into(),
-            );
+            errors.push(vec!["apps".into(), name.clone()], "app names may only use A-Z, a-z, 0-9, '_' and '-'".into());
             continue;
         }
         if let Some(app) = errors.section::<AppConfig>(&format!("apps.{name}")) {
@@ -849,21 +779,11 @@ fn unknown_keys(root: &Value, errors: &mut Errors<'_>) {
         path.clear();
         path.push(key.clone());
         match (key.as_str(), value) {
-            ("upstream", Value::Dict(_, d)) => {
-                check_dict(d, fields_of::<UpstreamConfig>(), &path, errors)
-            }
-            ("admin", Value::Dict(_, d)) => {
-                check_dict(d, fields_of::<AdminConfig>(), &path, errors)
-            }
-            ("limits", Value::Dict(_, d)) => {
-                check_dict(d, fields_of::<LimitsConfig>(), &path, errors)
-            }
-            ("websocket", Value::Dict(_, d)) => {
-                check_dict(d, fields_of::<WebSocketConfig>(), &path, errors)
-            }
-            ("broker", Value::Dict(_, d)) => {
-                check_dict(d, fields_of::<BrokerConfig>(), &path, errors)
-            }
+            ("upstream", Value::Dict(_, d)) => check_dict(d, fields_of::<UpstreamConfig>(), &path, errors),
+            ("admin", Value::Dict(_, d)) => check_dict(d, fields_of::<AdminConfig>(), &path, errors),
+            ("limits", Value::Dict(_, d)) => check_dict(d, fields_of::<LimitsConfig>(), &path, errors),
+            ("websocket", Value::Dict(_, d)) => check_dict(d, fields_of::<WebSocketConfig>(), &path, errors),
+            ("broker", Value::Dict(_, d)) => check_dict(d, fields_of::<BrokerConfig>(), &path, errors),
             ("log", Value::Dict(_, d)) => check_dict(d, fields_of::<LogConfig>(), &path, errors),
             ("listen", Value::Array(_, list)) => {
                 for (i, item) in list.iter().enumerate() {
@@ -892,12 +812,7 @@ fn unknown_keys(root: &Value, errors: &mut Errors<'_>) {
     }
 }
 
-fn check_dict(
-    dict: &Dict,
-    fields: &'static [&'static str],
-    path: &[String],
-    errors: &mut Errors<'_>,
-) {
+fn check_dict(dict: &Dict, fields: &'static [&'static str], path: &[String], errors: &mut Errors<'_>) {
     for key in dict.keys() {
         if !fields.contains(&key.as_str()) {
             let mut p = path.to_vec();
@@ -910,10 +825,7 @@ fn check_dict(
 /// Keys of another app kind, as written (validation repeats this on the typed tree, where
 /// an empty list is invisible; duplicates are merged).
 fn foreign_app_keys(app: &Dict, path: &[String], errors: &mut Errors<'_>) {
-    let Some(kind) = app
-        .get("kind")
-        .and_then(|k| k.deserialize::<AppKind>().ok())
-    else {
+    let Some(kind) = app.get("kind").and_then(|k| k.deserialize::<AppKind>().ok()) else {
         return;
     };
     let fields = fields_of::<AppConfig>();
@@ -987,10 +899,7 @@ mod tests {
     use std::time::Duration;
 
     fn text(t: &str) -> ConfigSource {
-        ConfigSource::Text {
-            name: "wsgate.toml".into(),
-            text: t.into(),
-        }
+        ConfigSource::Text { name: "wsgate.toml".into(), text: t.into() }
     }
 
     fn load_text_ok(t: &str) -> Config {
@@ -1038,16 +947,15 @@ mod tests {
             let c = load_text_ok(DEMO_CONFIG);
             assert_eq!(
                 c.listen,
-                vec![ListenConfig {
-                    addr: "127.0.0.1:8080".parse().unwrap(),
-                    tls: None,
-                    fd_name: None,
-                }]
+                vec![ListenConfig { addr: "127.0.0.1:8080".parse().unwrap(), tls: None, fd_name: None }]
             );
             assert_eq!(c.upstream.url.as_str(), "http://127.0.0.1:8000");
             assert_eq!(c.admin.addr, Some("127.0.0.1:9090".parse().unwrap()));
             let apps: Vec<_> = c.app_urls().collect();
-            assert_eq!(apps, [("chat", "/websocket/chat"), ("chat", "/websocket/chat/ops"), ("echo", "/websocket/echo")]);
+            assert_eq!(
+                apps,
+                [("chat", "/websocket/chat"), ("chat", "/websocket/chat/ops"), ("echo", "/websocket/echo")]
+            );
             assert_eq!(c.apps["echo"].kind, AppKind::Echo);
             assert_eq!(c.apps["chat"].kind, AppKind::Chat);
             // The example states the defaults: apart from the app it equals them.
@@ -1070,9 +978,9 @@ mod tests {
                 }
                 let rest = line.strip_prefix("# ").unwrap_or("");
                 let is_toml = rest.starts_with('[')
-                    || rest.split_once(" = ").is_some_and(|(k, _)| {
-                        k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-                    });
+                    || rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
                 if in_app && is_toml {
                     t.push_str(rest);
                 } else if !in_app {
@@ -1171,10 +1079,7 @@ kind = "echo"
             assert_eq!(c.upstream.response_timeout, Duration::from_secs(90));
             assert_eq!(c.upstream.trusted_proxies.len(), 2);
             assert_eq!(c.listen.len(), 2);
-            assert_eq!(
-                c.listen[1].tls.as_ref().map(|t| t.key.clone()),
-                Some("/etc/wsgate/key.pem".into())
-            );
+            assert_eq!(c.listen[1].tls.as_ref().map(|t| t.key.clone()), Some("/etc/wsgate/key.pem".into()));
             assert_eq!(c.admin.token_file, Some("/etc/wsgate/admin.token".into()));
             assert_eq!(c.limits.max_connections, 5000);
             assert_eq!(c.limits.max_header_bytes, 32768);
@@ -1203,9 +1108,7 @@ kind = "echo"
     fn serialized_tree_loads_back() {
         jail(|_| {
             let c = load_text_ok(FULL);
-            let value = figment::Figment::from(Serialized::defaults(&c))
-                .extract::<Config>()
-                .unwrap();
+            let value = figment::Figment::from(Serialized::defaults(&c)).extract::<Config>().unwrap();
             assert_eq!(value, c);
             Ok(())
         });
@@ -1229,30 +1132,15 @@ kind = "echo"
             let e = load_err("colour = 1\n[upstream]\nurll = \"x\"\ntimeout = 3\n[[listen]]\naddr = \"127.0.0.1:1\"\ntls = { cert = \"c\", kye = \"k\" }\n[apps.e]\nkind = \"echo\"\nfile = []\n");
             let lines: Vec<&str> = e.lines().collect();
             assert!(lines.contains(&"wsgate.toml:1: colour: unknown key (expected one of: upstream, listen, admin, limits, websocket, broker, log, apps)"), "{e}");
-            assert!(
-                lines
-                    .iter()
-                    .any(|l| l.starts_with("wsgate.toml:3: upstream.urll: unknown key")),
-                "{e}"
-            );
-            assert!(
-                lines
-                    .iter()
-                    .any(|l| l.starts_with("wsgate.toml:4: upstream.timeout: unknown key")),
-                "{e}"
-            );
+            assert!(lines.iter().any(|l| l.starts_with("wsgate.toml:3: upstream.urll: unknown key")), "{e}");
+            assert!(lines.iter().any(|l| l.starts_with("wsgate.toml:4: upstream.timeout: unknown key")), "{e}");
             assert!(
                 lines.iter().any(|l| l.starts_with(
                     "wsgate.toml:7: listen.0.tls.kye: unknown key (expected one of: cert, key)"
                 )),
                 "{e}"
             );
-            assert!(
-                lines
-                    .iter()
-                    .any(|l| l.starts_with("wsgate.toml:10: apps.e.file: unknown key")),
-                "{e}"
-            );
+            assert!(lines.iter().any(|l| l.starts_with("wsgate.toml:10: apps.e.file: unknown key")), "{e}");
             Ok(())
         });
     }
@@ -1261,26 +1149,28 @@ kind = "echo"
     fn wrong_types_name_line() {
         jail(|_| {
             let e = load_err("[limits]\nmax_connections = 5\nheader_read_timeout = \"fast\"\n");
+            assert!(e.starts_with("wsgate.toml:3: limits.header_read_timeout: invalid duration \"fast\""), "{e}");
+            let e = load_err("[upstream]\n\nconnect_timeout = 30\n");
+            assert_eq!(
+                e,
+                "wsgate.toml:3: upstream.connect_timeout: a duration needs a unit: write \"30s\" (or \"30ms\")"
+            );
+            let e = load_err("[websocket]\ncompression = \"yes\"\n");
             assert!(
                 e.starts_with(
-                    "wsgate.toml:3: limits.header_read_timeout: invalid duration \"fast\""
+                    "wsgate.toml:2: websocket.compression: wrong type: found \"yes\", expected true or false"
                 ),
                 "{e}"
             );
-            let e = load_err("[upstream]\n\nconnect_timeout = 30\n");
-            assert_eq!(e, "wsgate.toml:3: upstream.connect_timeout: a duration needs a unit: write \"30s\" (or \"30ms\")");
-            let e = load_err("[websocket]\ncompression = \"yes\"\n");
-            assert!(e.starts_with("wsgate.toml:2: websocket.compression: wrong type: found \"yes\", expected true or false"), "{e}");
-            let e =
-                load_err("[[listen]]\naddr = \"127.0.0.1:80\"\n[[listen]]\naddr = \"nowhere\"\n");
+            let e = load_err("[[listen]]\naddr = \"127.0.0.1:80\"\n[[listen]]\naddr = \"nowhere\"\n");
             assert!(e.starts_with("wsgate.toml:4: listen.1.addr: "), "{e}");
             let e = load_err("[websocket]\nslow_consumer = \"panic\"\n");
-            assert_eq!(e, "wsgate.toml:2: websocket.slow_consumer: unknown value \"panic\" (expected one of: close, drop)");
-            let e = load_err("[apps.e]\nkind = \"echo\"\nurls = [\"/a\", 5]\n");
-            assert!(
-                e.starts_with("wsgate.toml:3: apps.e.urls.1: wrong type"),
-                "{e}"
+            assert_eq!(
+                e,
+                "wsgate.toml:2: websocket.slow_consumer: unknown value \"panic\" (expected one of: close, drop)"
             );
+            let e = load_err("[apps.e]\nkind = \"echo\"\nurls = [\"/a\", 5]\n");
+            assert!(e.starts_with("wsgate.toml:3: apps.e.urls.1: wrong type"), "{e}");
             Ok(())
         });
     }
@@ -1291,31 +1181,16 @@ kind = "echo"
             let e = load_err("[upstream]\nurl = \"https://x\"\n[limits]\nmax_header_bytes = \"lots\"\n[apps.a]\nkind = \"echo\"\nurls = [\"/a\"]\nhistory = \"many\"\n[apps.b]\nkind = \"chat\"\nurls = [\"/a/connect\"]\n[apps.c]\nurls = [\"/c\"]\n");
             let lines: Vec<&str> = e.lines().collect();
             assert!(
-                lines.iter().any(|l| l.starts_with(
-                    "wsgate.toml:2: upstream.url: invalid URL \"https://x\": scheme must be http"
-                )),
-                "{e}"
-            );
-            assert!(
                 lines
                     .iter()
-                    .any(|l| l.starts_with("wsgate.toml:4: limits.max_header_bytes: invalid size")),
+                    .any(|l| l
+                        .starts_with("wsgate.toml:2: upstream.url: invalid URL \"https://x\": scheme must be http")),
                 "{e}"
             );
-            assert!(
-                lines
-                    .iter()
-                    .any(|l| l.starts_with("wsgate.toml:8: apps.a.history: wrong type")),
-                "{e}"
-            );
-            assert!(
-                lines.contains(&"wsgate.toml:12: apps.c.kind: missing (required)"),
-                "{e}"
-            );
-            assert!(
-                lines.contains(&"wsgate.toml:8: apps.a.history: not a setting of an `echo` app"),
-                "{e}"
-            );
+            assert!(lines.iter().any(|l| l.starts_with("wsgate.toml:4: limits.max_header_bytes: invalid size")), "{e}");
+            assert!(lines.iter().any(|l| l.starts_with("wsgate.toml:8: apps.a.history: wrong type")), "{e}");
+            assert!(lines.contains(&"wsgate.toml:12: apps.c.kind: missing (required)"), "{e}");
+            assert!(lines.contains(&"wsgate.toml:8: apps.a.history: not a setting of an `echo` app"), "{e}");
             // Validation ran on what extracted: app a extracted without its bad `history`,
             // so b's "/a/connect" is compared with a's "/a" in the same run, and nothing
             // about the parts taken out is reported twice.
@@ -1324,10 +1199,7 @@ kind = "echo"
                 "{e}"
             );
             assert_eq!(lines.len(), 6, "{e}");
-            assert!(
-                lines[0].starts_with("wsgate.toml:2:") && lines[5].starts_with("wsgate.toml:12:"),
-                "{e}"
-            );
+            assert!(lines[0].starts_with("wsgate.toml:2:") && lines[5].starts_with("wsgate.toml:12:"), "{e}");
             Ok(())
         });
     }
@@ -1356,7 +1228,10 @@ kind = "echo"
                  wsgate.toml:7: apps.chat.callback: not a setting of a `chat` app"
             );
             let e = load_err("[apps.b]\nkind = \"backend\"\nurls = [\"/b\"]\ncallback = \"http://127.0.0.1:1/cb\"\nauth = \"https://127.0.0.1/auth\"\n");
-            assert_eq!(e, "wsgate.toml:5: apps.b.auth: invalid URL \"https://127.0.0.1/auth\": scheme must be http, not https");
+            assert_eq!(
+                e,
+                "wsgate.toml:5: apps.b.auth: invalid URL \"https://127.0.0.1/auth\": scheme must be http, not https"
+            );
             Ok(())
         });
     }
@@ -1395,13 +1270,8 @@ kind = "echo"
     fn missing_file_is_an_error() {
         jail(|jail| {
             let path = jail.directory().join("missing.toml");
-            let e = load(ConfigSource::File(path.clone()), &CliOverrides::default())
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.starts_with(&format!("{}: cannot read config file", path.display())),
-                "{e}"
-            );
+            let e = load(ConfigSource::File(path.clone()), &CliOverrides::default()).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{}: cannot read config file", path.display())), "{e}");
             Ok(())
         });
     }
@@ -1411,22 +1281,10 @@ kind = "echo"
         jail(|jail| {
             jail.create_file("gw.toml", "[log]\nformat = \"xml\"\n")?;
             let path = jail.directory().join("gw.toml");
-            let e = load(ConfigSource::File(path.clone()), &CliOverrides::default())
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.starts_with(&format!(
-                    "{}:2: log.format: unknown value \"xml\"",
-                    path.display()
-                )),
-                "{e}"
-            );
+            let e = load(ConfigSource::File(path.clone()), &CliOverrides::default()).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{}:2: log.format: unknown value \"xml\"", path.display())), "{e}");
             jail.create_file("ok.toml", "[log]\nlevel = \"debug\"\n")?;
-            let c = load(
-                ConfigSource::File(jail.directory().join("ok.toml")),
-                &CliOverrides::default(),
-            )
-            .unwrap();
+            let c = load(ConfigSource::File(jail.directory().join("ok.toml")), &CliOverrides::default()).unwrap();
             assert_eq!(c.log.level, "debug");
             Ok(())
         });
@@ -1463,7 +1321,10 @@ kind = "echo"
         jail(|jail| {
             jail.set_env("WSGATE_LIMITS__MAX_CONNECTIONS", "lots");
             let e = load_err(DEMO_CONFIG);
-            assert!(e.starts_with("env WSGATE_LIMITS__MAX_CONNECTIONS: limits.max_connections: wrong type: found \"lots\""), "{e}");
+            assert!(
+                e.starts_with("env WSGATE_LIMITS__MAX_CONNECTIONS: limits.max_connections: wrong type: found \"lots\""),
+                "{e}"
+            );
             Ok(())
         });
         jail(|jail| {
@@ -1471,12 +1332,7 @@ kind = "echo"
             jail.set_env("WSGATE_BROKER__KIND", "redis");
             let e = load_err("");
             let lines: Vec<&str> = e.lines().collect();
-            assert!(
-                lines
-                    .iter()
-                    .any(|l| l.starts_with("env WSGATE_UPSTREAM_URL: upstream_url: unknown key")),
-                "{e}"
-            );
+            assert!(lines.iter().any(|l| l.starts_with("env WSGATE_UPSTREAM_URL: upstream_url: unknown key")), "{e}");
             // A validation error whose value came from the environment.
             assert!(
                 lines.contains(
@@ -1494,29 +1350,17 @@ kind = "echo"
             jail.set_env("WSGATE_UPSTREAM__URL", "http://127.0.0.1:9000");
             jail.set_env("WSGATE_LOG__LEVEL", "debug");
             let cli = CliOverrides {
-                listen: vec![
-                    "127.0.0.1:1".parse().unwrap(),
-                    "127.0.0.1:2".parse().unwrap(),
-                ],
+                listen: vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()],
                 upstream: Some("http://127.0.0.1:7000".into()),
                 log_level: None,
             };
             let c = load(text(DEMO_CONFIG), &cli).unwrap();
             assert_eq!(c.upstream.url.as_str(), "http://127.0.0.1:7000");
-            assert_eq!(
-                c.listen.iter().map(|l| l.addr.port()).collect::<Vec<_>>(),
-                [1, 2]
-            );
+            assert_eq!(c.listen.iter().map(|l| l.addr.port()).collect::<Vec<_>>(), [1, 2]);
             assert_eq!(c.log.level, "debug");
-            let bad = CliOverrides {
-                upstream: Some("ftp://x".into()),
-                ..CliOverrides::default()
-            };
+            let bad = CliOverrides { upstream: Some("ftp://x".into()), ..CliOverrides::default() };
             let e = load(text(DEMO_CONFIG), &bad).unwrap_err().to_string();
-            assert!(
-                e.starts_with("option --upstream: upstream.url: invalid URL \"ftp://x\""),
-                "{e}"
-            );
+            assert!(e.starts_with("option --upstream: upstream.url: invalid URL \"ftp://x\""), "{e}");
             Ok(())
         });
     }
@@ -1537,8 +1381,7 @@ kind = "echo"
     #[test]
     fn unaddressable_app_names() {
         jail(|_| {
-            let e =
-                load_err("[apps.\"a.b\"]\nkind = \"echo\"\n\n[apps.\"x y\"]\nkind = \"echo\"\n");
+            let e = load_err("[apps.\"a.b\"]\nkind = \"echo\"\n\n[apps.\"x y\"]\nkind = \"echo\"\n");
             assert_eq!(
                 e,
                 "wsgate.toml:1: apps.a.b: app names may only use A-Z, a-z, 0-9, '_' and '-'\n\

@@ -69,9 +69,7 @@ impl Config {
     /// Every URL served by an app, as `(app name, url)`, in app-name order. Apps with no
     /// URLs (switched off) yield nothing. The `<url>/connect` aliases are not listed.
     pub fn app_urls(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.apps
-            .iter()
-            .flat_map(|(name, app)| app.urls.iter().map(move |u| (name.as_str(), u.as_str())))
+        self.apps.iter().flat_map(|(name, app)| app.urls.iter().map(move |u| (name.as_str(), u.as_str())))
     }
 }
 
@@ -99,9 +97,7 @@ impl HttpUrl {
     /// The host (without brackets for IPv6 literals).
     pub fn host(&self) -> &str {
         let host = self.uri.host().unwrap_or_default();
-        host.strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host)
+        host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
     }
 
     /// The port, 80 when the URL names none.
@@ -122,16 +118,10 @@ impl FromStr for HttpUrl {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("invalid URL {text:?}: {e}"))?;
+        let uri: http::Uri = text.parse().map_err(|e| format!("invalid URL {text:?}: {e}"))?;
         match uri.scheme_str() {
             Some("http") => {}
-            Some(other) => {
-                return Err(format!(
-                    "invalid URL {text:?}: scheme must be http, not {other}"
-                ))
-            }
+            Some(other) => return Err(format!("invalid URL {text:?}: scheme must be http, not {other}")),
             None => {
                 return Err(format!(
                     "invalid URL {text:?}: expected an absolute http:// URL, e.g. \"http://127.0.0.1:8000\""
@@ -141,10 +131,7 @@ impl FromStr for HttpUrl {
         if uri.host().is_none_or(str::is_empty) {
             return Err(format!("invalid URL {text:?}: no host"));
         }
-        Ok(HttpUrl {
-            text: text.to_string(),
-            uri,
-        })
+        Ok(HttpUrl { text: text.to_string(), uri })
     }
 }
 
@@ -221,11 +208,7 @@ pub struct ListenConfig {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        ListenConfig {
-            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            tls: None,
-            fd_name: None,
-        }
+        ListenConfig { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), tls: None, fd_name: None }
     }
 }
 
@@ -422,10 +405,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".to_string(),
-            format: LogFormat::Auto,
-        }
+        LogConfig { level: "info".to_string(), format: LogFormat::Auto }
     }
 }
 
@@ -491,11 +471,7 @@ pub struct AppConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<PathBuf>,
     /// log-view: poll interval when inotify is unavailable (default 1s).
-    #[serde(
-        default,
-        with = "units::opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
     pub refresh: Option<Duration>,
     /// log-view: lines sent on subscribe (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -511,11 +487,7 @@ pub struct AppConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<HttpUrl>,
     /// backend: time allowed for a callback answer (default 5s).
-    #[serde(
-        default,
-        with = "units::opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
     pub callback_timeout: Option<Duration>,
 }
 
@@ -560,9 +532,7 @@ impl AppConfig {
 
     /// The effective origin list: the app's own, else `[websocket] allowed_origins`.
     pub fn allowed_origins<'a>(&'a self, websocket: &'a WebSocketConfig) -> &'a [String] {
-        self.allowed_origins
-            .as_deref()
-            .unwrap_or(&websocket.allowed_origins)
+        self.allowed_origins.as_deref().unwrap_or(&websocket.allowed_origins)
     }
 
     /// log-view poll interval (default 1s).
@@ -639,9 +609,7 @@ mod socket_addr {
 pub(crate) fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
     }
 }
 
@@ -657,14 +625,7 @@ mod tests {
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.upstream.response_timeout, Duration::from_secs(60));
         assert!(c.upstream.trusted_proxies.is_empty());
-        assert_eq!(
-            c.listen,
-            vec![ListenConfig {
-                addr: "127.0.0.1:8080".parse().unwrap(),
-                tls: None,
-                fd_name: None,
-            }]
-        );
+        assert_eq!(c.listen, vec![ListenConfig { addr: "127.0.0.1:8080".parse().unwrap(), tls: None, fd_name: None }]);
         assert_eq!(c.admin.addr, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(c.admin.token_file, None);
         assert_eq!(c.limits.max_connections, 100_000);
@@ -678,20 +639,8 @@ mod tests {
         assert_eq!(c.websocket.slow_consumer, SlowConsumerPolicy::Close);
         assert!(c.websocket.compression);
         assert!(c.websocket.allowed_origins.is_empty());
-        assert_eq!(
-            c.broker,
-            BrokerConfig {
-                kind: BrokerKind::Memory,
-                ..BrokerConfig::default()
-            }
-        );
-        assert_eq!(
-            c.log,
-            LogConfig {
-                level: "info".into(),
-                format: LogFormat::Auto
-            }
-        );
+        assert_eq!(c.broker, BrokerConfig { kind: BrokerKind::Memory, ..BrokerConfig::default() });
+        assert_eq!(c.log, LogConfig { level: "info".into(), format: LogFormat::Auto });
         assert!(c.apps.is_empty());
         assert!(validate(&c).is_empty());
     }
@@ -707,19 +656,10 @@ mod tests {
         assert!(echo.allow().is_empty());
         assert!(!echo.is_enabled());
         assert_eq!(AppConfig::new(AppKind::Chat).history(), 50);
-        assert_eq!(
-            AppConfig::new(AppKind::Backend).callback_timeout(),
-            Duration::from_secs(5)
-        );
-        let ws = WebSocketConfig {
-            allowed_origins: vec!["*".into()],
-            ..Default::default()
-        };
+        assert_eq!(AppConfig::new(AppKind::Backend).callback_timeout(), Duration::from_secs(5));
+        let ws = WebSocketConfig { allowed_origins: vec!["*".into()], ..Default::default() };
         assert_eq!(echo.allowed_origins(&ws), ["*"]);
-        let own = AppConfig {
-            allowed_origins: Some(vec![]),
-            ..AppConfig::new(AppKind::Echo)
-        };
+        let own = AppConfig { allowed_origins: Some(vec![]), ..AppConfig::new(AppKind::Echo) };
         assert!(own.allowed_origins(&ws).is_empty());
     }
 
@@ -729,10 +669,7 @@ mod tests {
         assert_eq!(u.host(), "::1");
         assert_eq!(u.authority(), "[::1]:8000");
         assert_eq!("http://localhost".parse::<HttpUrl>().unwrap().port(), 80);
-        assert!("https://x"
-            .parse::<HttpUrl>()
-            .unwrap_err()
-            .contains("scheme must be http"));
+        assert!("https://x".parse::<HttpUrl>().unwrap_err().contains("scheme must be http"));
         assert!("/relative".parse::<HttpUrl>().is_err());
         assert!("not a url".parse::<HttpUrl>().is_err());
     }
@@ -740,20 +677,9 @@ mod tests {
     #[test]
     fn app_urls_lists_enabled_urls() {
         let mut c = Config::default();
-        c.apps.insert(
-            "b".into(),
-            AppConfig {
-                urls: vec!["/b1".into(), "/b2".into()],
-                ..AppConfig::new(AppKind::Echo)
-            },
-        );
-        c.apps.insert(
-            "a".into(),
-            AppConfig {
-                urls: vec!["/a".into()],
-                ..AppConfig::new(AppKind::Chat)
-            },
-        );
+        c.apps
+            .insert("b".into(), AppConfig { urls: vec!["/b1".into(), "/b2".into()], ..AppConfig::new(AppKind::Echo) });
+        c.apps.insert("a".into(), AppConfig { urls: vec!["/a".into()], ..AppConfig::new(AppKind::Chat) });
         c.apps.insert("off".into(), AppConfig::new(AppKind::Echo));
         let urls: Vec<_> = c.app_urls().collect();
         assert_eq!(urls, [("a", "/a"), ("b", "/b1"), ("b", "/b2")]);

@@ -112,7 +112,8 @@ pub struct NamedFile {
 /// and CA files, log-view files.
 pub fn named_files(config: &Config) -> Vec<NamedFile> {
     let mut out = Vec::new();
-    let mut add = |key: String, path: &Path, log_view: bool| out.push(NamedFile { key, path: path.to_path_buf(), log_view });
+    let mut add =
+        |key: String, path: &Path, log_view: bool| out.push(NamedFile { key, path: path.to_path_buf(), log_view });
     for (i, listen) in config.listen.iter().enumerate() {
         if let Some(tls) = &listen.tls {
             add(format!("listen.{i}.tls.cert"), &tls.cert, false);

@@ -91,7 +91,10 @@ mod tests {
         c.apps.insert("echo".into(), AppConfig { urls: vec!["/e".into()], ..AppConfig::new(AppKind::Echo) });
         c.apps.insert("orders".into(), AppConfig::new(AppKind::Backend));
         let lines: Vec<String> = apps(&c, None).iter().map(ToString::to_string).collect();
-        assert_eq!(lines, ["app chat (chat): /c /c/ops", "app echo (echo): /e", "app orders (backend) is off: no urls"]);
+        assert_eq!(
+            lines,
+            ["app chat (chat): /c /c/ops", "app echo (echo): /e", "app orders (backend) is off: no urls"]
+        );
         let base = Base { addr: "0.0.0.0:8080".parse().unwrap(), tls: false };
         let lines: Vec<String> = apps(&c, Some(base)).iter().map(ToString::to_string).collect();
         assert_eq!(lines[0], "app chat (chat): http://127.0.0.1:8080/c http://127.0.0.1:8080/c/ops");

@@ -37,9 +37,7 @@ const SIZE_UNITS: &[(&str, u64)] = &[
 /// `"1.5MiB"` is accepted when it comes to a whole number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let s = text.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let unit = unit.trim_start().to_ascii_lowercase();
     if number.is_empty() {
@@ -70,14 +68,8 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     }
     let too_big = || UnitError(format!("invalid size {text:?}: too large"));
     // Exact decimal arithmetic: 1.5MiB is 1572864 bytes, no float rounding.
-    let int: u128 = if int_part.is_empty() {
-        0
-    } else {
-        int_part.parse().map_err(|_| too_big())?
-    };
-    let mut total = int
-        .checked_mul(u128::from(multiplier))
-        .ok_or_else(too_big)?;
+    let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| too_big())? };
+    let mut total = int.checked_mul(u128::from(multiplier)).ok_or_else(too_big)?;
     if !frac_part.is_empty() {
         if frac_part.len() > 18 {
             return Err(bad_number());
@@ -86,9 +78,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         let scale = 10u128.pow(frac_part.len() as u32);
         let scaled = frac * u128::from(multiplier);
         if scaled % scale != 0 {
-            return Err(UnitError(format!(
-                "invalid size {text:?}: not a whole number of bytes"
-            )));
+            return Err(UnitError(format!("invalid size {text:?}: not a whole number of bytes")));
         }
         total = total.checked_add(scaled / scale).ok_or_else(too_big)?;
     }
@@ -98,12 +88,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 /// Formats a byte count with the largest binary unit that divides it exactly
 /// (`1048576` → `"1MiB"`), or as plain bytes (`"1000B"`).
 pub fn format_size(bytes: u64) -> String {
-    for (unit, mult) in [
-        ("TiB", 1u64 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ] {
+    for (unit, mult) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
         if bytes != 0 && bytes % mult == 0 {
             return format!("{}{unit}", bytes / mult);
         }
@@ -118,11 +103,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(bare_number_hint(s));
     }
-    humantime::parse_duration(s).map_err(|e| {
-        UnitError(format!(
-            "invalid duration {text:?}: {e}; write e.g. \"30s\", \"250ms\" or \"1m 30s\""
-        ))
-    })
+    humantime::parse_duration(s)
+        .map_err(|e| UnitError(format!("invalid duration {text:?}: {e}; write e.g. \"30s\", \"250ms\" or \"1m 30s\"")))
 }
 
 /// Formats a duration the way [`parse_duration`] reads it back (`"1m 30s"`, `"250ms"`).
@@ -134,9 +116,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 fn bare_number_hint(number: impl fmt::Display) -> UnitError {
-    UnitError(format!(
-        "a duration needs a unit: write \"{number}s\" (or \"{number}ms\")"
-    ))
+    UnitError(format!("a duration needs a unit: write \"{number}s\" (or \"{number}ms\")"))
 }
 
 /// Serde helpers for a `usize` byte size: reads an integer or a size string, writes the
@@ -171,15 +151,11 @@ pub mod size {
         }
 
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
-            u64::try_from(v)
-                .map_err(|_| E::custom(format!("size {v} is negative")))
-                .and_then(|v| self.visit_u64(v))
+            u64::try_from(v).map_err(|_| E::custom(format!("size {v} is negative"))).and_then(|v| self.visit_u64(v))
         }
 
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<usize, E> {
-            Err(E::custom(format!(
-                "size {v} is not a whole number of bytes; use a string such as \"1.5MiB\""
-            )))
+            Err(E::custom(format!("size {v} is not a whole number of bytes; use a string such as \"1.5MiB\"")))
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
@@ -301,16 +277,7 @@ mod tests {
 
     #[test]
     fn bad_sizes() {
-        for bad in [
-            "",
-            "MiB",
-            "1.2.3KiB",
-            "1.5B",
-            "12 parsecs",
-            "-1KiB",
-            "1e3",
-            "99999999999999999999TiB",
-        ] {
+        for bad in ["", "MiB", "1.2.3KiB", "1.5B", "12 parsecs", "-1KiB", "1e3", "99999999999999999999TiB"] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
         let e = parse_size("16k").unwrap_err().to_string();
@@ -319,17 +286,7 @@ mod tests {
 
     #[test]
     fn size_round_trip() {
-        for n in [
-            0u64,
-            1,
-            512,
-            1000,
-            1024,
-            16 * 1024,
-            1 << 20,
-            1_572_864,
-            3 << 30,
-        ] {
+        for n in [0u64, 1, 512, 1000, 1024, 16 * 1024, 1 << 20, 1_572_864, 3 << 30] {
             assert_eq!(parse_size(&format_size(n)), Ok(n), "{n}");
         }
         assert_eq!(format_size(1 << 20), "1MiB");
@@ -349,22 +306,14 @@ mod tests {
     fn bad_durations() {
         let e = parse_duration("30").unwrap_err().to_string();
         assert!(e.contains("write \"30s\""), "{e}");
-        assert!(parse_duration("fast")
-            .unwrap_err()
-            .to_string()
-            .contains("\"fast\""));
+        assert!(parse_duration("fast").unwrap_err().to_string().contains("\"fast\""));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
     }
 
     #[test]
     fn duration_round_trip() {
-        for d in [
-            Duration::ZERO,
-            Duration::from_millis(250),
-            Duration::from_secs(90),
-            Duration::from_secs(7200),
-        ] {
+        for d in [Duration::ZERO, Duration::from_millis(250), Duration::from_secs(90), Duration::from_secs(7200)] {
             assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }
     }
@@ -375,11 +324,7 @@ mod tests {
         size: usize,
         #[serde(with = "duration")]
         wait: Duration,
-        #[serde(
-            with = "opt_duration",
-            default,
-            skip_serializing_if = "Option::is_none"
-        )]
+        #[serde(with = "opt_duration", default, skip_serializing_if = "Option::is_none")]
         maybe: Option<Duration>,
     }
 
@@ -388,14 +333,7 @@ mod tests {
         use figment::providers::{Format, Toml};
         let get = |text: &str| figment::Figment::from(Toml::string(text)).extract::<Units>();
         let u = get("size = 65536\nwait = \"1m 30s\"").unwrap();
-        assert_eq!(
-            u,
-            Units {
-                size: 65536,
-                wait: Duration::from_secs(90),
-                maybe: None
-            }
-        );
+        assert_eq!(u, Units { size: 65536, wait: Duration::from_secs(90), maybe: None });
         let u = get("size = \"1MiB\"\nwait = \"250ms\"\nmaybe = \"2s\"").unwrap();
         assert_eq!(u.size, 1 << 20);
         assert_eq!(u.maybe, Some(Duration::from_secs(2)));
@@ -403,9 +341,7 @@ mod tests {
         assert!(e.contains("write \"30s\""), "{e}");
         let e = get("size = -1\nwait = \"1s\"").unwrap_err().to_string();
         assert!(e.contains("negative"), "{e}");
-        let e = get("size = 1\nwait = \"1s\"\nmaybe = 5")
-            .unwrap_err()
-            .to_string();
+        let e = get("size = 1\nwait = \"1s\"\nmaybe = 5").unwrap_err().to_string();
         assert!(e.contains("write \"5s\""), "{e}");
     }
 }

@@ -20,23 +20,12 @@ pub struct Issue {
 
 impl Issue {
     pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Issue {
-            path: path.into(),
-            message: message.into(),
-        }
+        Issue { path: path.into(), message: message.into() }
     }
 }
 
 /// Settings every app kind accepts.
-const COMMON_APP_KEYS: &[&str] = &[
-    "kind",
-    "urls",
-    "allow",
-    "allowed_hosts",
-    "allowed_origins",
-    "auth",
-    "subprotocols",
-];
+const COMMON_APP_KEYS: &[&str] = &["kind", "urls", "allow", "allowed_hosts", "allowed_origins", "auth", "subprotocols"];
 
 /// The keys an app of `kind` accepts besides the common ones.
 pub fn kind_specific_keys(kind: AppKind) -> &'static [&'static str] {
@@ -71,11 +60,7 @@ pub fn validate(config: &Config) -> Vec<Issue> {
     if config.log.level.trim().is_empty() {
         out.push(Issue::new("log.level", "must not be empty (e.g. \"info\")"));
     }
-    origins(
-        "websocket.allowed_origins",
-        &config.websocket.allowed_origins,
-        &mut out,
-    );
+    origins("websocket.allowed_origins", &config.websocket.allowed_origins, &mut out);
     apps(config, &mut out);
     out
 }
@@ -104,10 +89,7 @@ fn listeners(config: &Config, out: &mut Vec<Issue>) {
     // Port 0 asks the OS for a free port: two such listeners never collide.
     for (i, l) in config.listen.iter().enumerate().filter(|(_, l)| l.addr.port() != 0) {
         if let Some(first) = seen.insert(l.addr, i) {
-            out.push(Issue::new(
-                format!("listen.{i}.addr"),
-                format!("{} is already used by listen.{first}", l.addr),
-            ));
+            out.push(Issue::new(format!("listen.{i}.addr"), format!("{} is already used by listen.{first}", l.addr)));
         }
     }
     // systemd.socket(5) FileDescriptorName=: at most 255 printable ASCII characters, no ':'
@@ -121,16 +103,16 @@ fn listeners(config: &Config, out: &mut Vec<Issue>) {
                 format!("invalid name {name:?}: 1-255 printable ASCII characters without ':'"),
             ));
         } else if let Some(first) = names.insert(name.as_str(), i) {
-            out.push(Issue::new(format!("listen.{i}.fd_name"), format!("\"{name}\" is already used by listen.{first}")));
+            out.push(Issue::new(
+                format!("listen.{i}.fd_name"),
+                format!("\"{name}\" is already used by listen.{first}"),
+            ));
         }
     }
     // Port 0 asks the OS for a free port: two such listeners never collide.
     if let Some(admin) = config.admin.addr.filter(|a| a.port() != 0) {
         if let Some(i) = config.listen.iter().position(|l| l.addr == admin) {
-            out.push(Issue::new(
-                "admin.addr",
-                format!("{admin} is already used by listen.{i}"),
-            ));
+            out.push(Issue::new("admin.addr", format!("{admin} is already used by listen.{i}")));
         }
     }
 }
@@ -141,9 +123,7 @@ fn admin(config: &Config, out: &mut Vec<Issue>) {
         if !is_loopback(addr.ip()) && config.admin.token_file.is_none() {
             out.push(Issue::new(
                 "admin.addr",
-                format!(
-                    "{addr} is not loopback: set admin.token_file so the control API needs a token"
-                ),
+                format!("{addr} is not loopback: set admin.token_file so the control API needs a token"),
             ));
         }
     }
@@ -165,25 +145,38 @@ fn limits(config: &Config, out: &mut Vec<Issue>) {
 
 fn broker(config: &Config, out: &mut Vec<Issue>) {
     let b = &config.broker;
-    let sentinel_keys = !b.sentinels.is_empty() || b.master_name.is_some() || b.sentinel_password_file.is_some() || b.tls;
+    let sentinel_keys =
+        !b.sentinels.is_empty() || b.master_name.is_some() || b.sentinel_password_file.is_some() || b.tls;
     if b.kind == BrokerKind::Redis && sentinel_keys {
         if b.url.is_some() {
             out.push(Issue::new("broker.url", "give either url or sentinels (with master_name), not both"));
         }
         if b.sentinels.is_empty() {
-            out.push(Issue::new("broker.sentinels", "required with master_name: the sentinels' \"host:port\" addresses"));
+            out.push(Issue::new(
+                "broker.sentinels",
+                "required with master_name: the sentinels' \"host:port\" addresses",
+            ));
         }
         for (i, addr) in b.sentinels.iter().enumerate() {
-            let valid = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            let valid = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
             if !valid {
-                out.push(Issue::new(format!("broker.sentinels.{i}"), format!("{addr:?} is not a \"host:port\" address")));
+                out.push(Issue::new(
+                    format!("broker.sentinels.{i}"),
+                    format!("{addr:?} is not a \"host:port\" address"),
+                ));
             }
         }
         match b.master_name.as_deref() {
-            None | Some("") => out.push(Issue::new("broker.master_name", "required with sentinels: the name the sentinels monitor the primary under")),
-            Some(name) if name.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                out.push(Issue::new("broker.master_name", format!("{name:?} must not contain spaces or control characters")))
-            }
+            None | Some("") => out.push(Issue::new(
+                "broker.master_name",
+                "required with sentinels: the name the sentinels monitor the primary under",
+            )),
+            Some(name) if name.chars().any(|c| c.is_whitespace() || c.is_control()) => out.push(Issue::new(
+                "broker.master_name",
+                format!("{name:?} must not contain spaces or control characters"),
+            )),
             Some(_) => {}
         }
         if b.ca_file.is_some() && !b.tls {
@@ -191,20 +184,13 @@ fn broker(config: &Config, out: &mut Vec<Issue>) {
         }
     } else if b.kind == BrokerKind::Redis {
         match config.broker.url.as_deref() {
-            None | Some("") => out.push(Issue::new(
-                "broker.url",
-                "required when broker.kind = \"redis\" (or sentinels and master_name)",
-            )),
-            Some(u)
-                if !(u.starts_with("redis://")
-                    || u.starts_with("rediss://")
-                    || u.starts_with("unix://")) =>
-            {
-                out.push(Issue::new(
+            None | Some("") => out
+                .push(Issue::new("broker.url", "required when broker.kind = \"redis\" (or sentinels and master_name)")),
+            Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) => out
+                .push(Issue::new(
                     "broker.url",
                     format!("{u:?} is not a Redis URL (redis://host:port, rediss:// or unix://)"),
-                ))
-            }
+                )),
             Some(u) => {
                 if config.broker.ca_file.is_some() && !u.starts_with("rediss://") {
                     out.push(Issue::new("broker.ca_file", "only used with a rediss:// (TLS) broker.url"));
@@ -225,10 +211,7 @@ fn broker(config: &Config, out: &mut Vec<Issue>) {
     }
     if let Some(node) = &config.broker.node {
         if !crate::pubsub::broker::valid_node_name(node) {
-            out.push(Issue::new(
-                "broker.node",
-                format!("{node:?}: use 1 to 64 of A-Z a-z 0-9 . _ -"),
-            ));
+            out.push(Issue::new("broker.node", format!("{node:?}: use 1 to 64 of A-Z a-z 0-9 . _ -")));
         }
     }
 }
@@ -247,8 +230,7 @@ fn host_names(path: &str, list: &[String], out: &mut Vec<Issue>) {
 
 fn origins(path: &str, list: &[String], out: &mut Vec<Issue>) {
     for (i, o) in list.iter().enumerate() {
-        let ok =
-            o == "*" || (o.contains("://") && !o.ends_with('/') && o.parse::<http::Uri>().is_ok());
+        let ok = o == "*" || (o.contains("://") && !o.ends_with('/') && o.parse::<http::Uri>().is_ok());
         if !ok {
             out.push(Issue::new(
                 format!("{path}.{i}"),
@@ -259,10 +241,7 @@ fn origins(path: &str, list: &[String], out: &mut Vec<Issue>) {
 }
 
 fn valid_app_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `<url>/connect`, the alias under which the seed module served the socket (DESIGN §1).
@@ -280,10 +259,7 @@ fn apps(config: &Config, out: &mut Vec<Issue>) {
     for (name, app) in &config.apps {
         let base = format!("apps.{name}");
         if !valid_app_name(name) {
-            out.push(Issue::new(
-                &base,
-                "app names may only use A-Z, a-z, 0-9, '_' and '-'",
-            ));
+            out.push(Issue::new(&base, "app names may only use A-Z, a-z, 0-9, '_' and '-'"));
         }
         foreign_keys(&base, app, out);
         host_names(&format!("{base}.allowed_hosts"), &app.allowed_hosts, out);
@@ -303,30 +279,17 @@ fn apps(config: &Config, out: &mut Vec<Issue>) {
                 continue;
             }
             if url.contains('?') || url.contains('#') {
-                out.push(Issue::new(
-                    &path,
-                    format!("{url:?}: a URL path only, no query or fragment"),
-                ));
+                out.push(Issue::new(&path, format!("{url:?}: a URL path only, no query or fragment")));
                 continue;
             }
             if url.parse::<http::uri::PathAndQuery>().is_err() {
-                out.push(Issue::new(
-                    &path,
-                    format!("{url:?} is not a valid URL path"),
-                ));
+                out.push(Issue::new(&path, format!("{url:?} is not a valid URL path")));
                 continue;
             }
             for candidate in [url.clone(), connect_alias(url)] {
                 if let Some((other, j, other_url)) = served.get(&candidate) {
-                    let what = if candidate == *other_url {
-                        ""
-                    } else {
-                        " (counting the /connect alias)"
-                    };
-                    out.push(Issue::new(
-                        &path,
-                        format!("{url:?} overlaps apps.{other}.urls.{j} {other_url:?}{what}"),
-                    ));
+                    let what = if candidate == *other_url { "" } else { " (counting the /connect alias)" };
+                    out.push(Issue::new(&path, format!("{url:?} overlaps apps.{other}.urls.{j} {other_url:?}{what}")));
                     break;
                 }
             }
@@ -351,10 +314,7 @@ fn foreign_keys(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
     ];
     for (key, set) in present {
         if set && !is_app_key(app.kind, key) {
-            out.push(Issue::new(
-                format!("{base}.{key}"),
-                foreign_key_message(app.kind),
-            ));
+            out.push(Issue::new(format!("{base}.{key}"), foreign_key_message(app.kind)));
         }
     }
 }
@@ -362,28 +322,19 @@ fn foreign_keys(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
 fn kind_rules(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
     if let Some(auth) = &app.auth {
         if auth.as_str().contains('#') {
-            out.push(Issue::new(
-                format!("{base}.auth"),
-                "must not contain a fragment",
-            ));
+            out.push(Issue::new(format!("{base}.auth"), "must not contain a fragment"));
         }
     }
     match app.kind {
         AppKind::LogView => {
             if app.files.is_empty() {
-                out.push(Issue::new(
-                    format!("{base}.files"),
-                    "a log-view app needs at least one file",
-                ));
+                out.push(Issue::new(format!("{base}.files"), "a log-view app needs at least one file"));
             }
             let mut names: HashMap<&std::ffi::OsStr, usize> = HashMap::new();
             for (i, f) in app.files.iter().enumerate() {
                 let path = format!("{base}.files.{i}");
                 match f.file_name() {
-                    None => out.push(Issue::new(
-                        &path,
-                        format!("{} does not name a file", f.display()),
-                    )),
+                    None => out.push(Issue::new(&path, format!("{} does not name a file", f.display()))),
                     Some(n) => {
                         if let Some(j) = names.insert(n, i) {
                             out.push(Issue::new(
@@ -397,19 +348,13 @@ fn kind_rules(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
                     }
                 }
                 if !f.is_absolute() {
-                    out.push(Issue::new(
-                        &path,
-                        format!("{} must be an absolute path", f.display()),
-                    ));
+                    out.push(Issue::new(&path, format!("{} must be an absolute path", f.display())));
                 }
             }
         }
         AppKind::Backend => {
             if app.callback.is_none() {
-                out.push(Issue::new(
-                    format!("{base}.callback"),
-                    "a backend app needs callback = \"http://…\"",
-                ));
+                out.push(Issue::new(format!("{base}.callback"), "a backend app needs callback = \"http://…\""));
             }
         }
         AppKind::Echo | AppKind::Chat => {}
@@ -424,10 +369,7 @@ mod tests {
     use std::time::Duration;
 
     fn app(kind: AppKind, urls: &[&str]) -> AppConfig {
-        AppConfig {
-            urls: urls.iter().map(|u| u.to_string()).collect(),
-            ..AppConfig::new(kind)
-        }
+        AppConfig { urls: urls.iter().map(|u| u.to_string()).collect(), ..AppConfig::new(kind) }
     }
 
     fn with_apps(apps: Vec<(&str, AppConfig)>) -> Config {
@@ -493,11 +435,7 @@ mod tests {
         one(&c, "listen", "at least one");
         c.listen = vec![ListenConfig::default(), ListenConfig::default()];
         one(&c, "listen.1.addr", "already used by listen.0");
-        c.listen = vec![ListenConfig {
-            addr: "127.0.0.1:9090".parse().unwrap(),
-            tls: None,
-            fd_name: None,
-        }];
+        c.listen = vec![ListenConfig { addr: "127.0.0.1:9090".parse().unwrap(), tls: None, fd_name: None }];
         one(&c, "admin.addr", "already used by listen.0");
     }
 
@@ -532,11 +470,8 @@ mod tests {
         one(&c, "admin.addr", "token_file");
         c.admin.token_file = Some(PathBuf::from("/etc/wsgate/admin.token"));
         assert!(validate(&c).is_empty());
-        c.admin = AdminConfig {
-            addr: Some("[::1]:9090".parse().unwrap()),
-            token_file: None,
-            allowed_hosts: Vec::new(),
-        };
+        c.admin =
+            AdminConfig { addr: Some("[::1]:9090".parse().unwrap()), token_file: None, allowed_hosts: Vec::new() };
         assert!(validate(&c).is_empty());
         c.admin.addr = None;
         assert!(validate(&c).is_empty());
@@ -544,13 +479,8 @@ mod tests {
 
     #[test]
     fn redis_needs_url() {
-        let mut c = Config {
-            broker: BrokerConfig {
-                kind: BrokerKind::Redis,
-                ..BrokerConfig::default()
-            },
-            ..Config::default()
-        };
+        let mut c =
+            Config { broker: BrokerConfig { kind: BrokerKind::Redis, ..BrokerConfig::default() }, ..Config::default() };
         one(&c, "broker.url", "required");
         c.broker.url = Some("http://x".into());
         one(&c, "broker.url", "not a Redis URL");
@@ -579,20 +509,11 @@ mod tests {
         c.limits.max_connections = 0;
         assert_eq!(
             paths(&c),
-            [
-                "limits.max_connections",
-                "limits.max_header_bytes",
-                "websocket.max_message_size",
-                "websocket.send_queue"
-            ]
+            ["limits.max_connections", "limits.max_header_bytes", "websocket.max_message_size", "websocket.send_queue"]
         );
         let mut c = Config::default();
         c.websocket.ping_interval = Duration::from_secs(120);
-        one(
-            &c,
-            "websocket.ping_interval",
-            "shorter than websocket.idle_timeout (2m)",
-        );
+        one(&c, "websocket.ping_interval", "shorter than websocket.idle_timeout (2m)");
         c.websocket.ping_interval = Duration::ZERO;
         one(&c, "websocket.ping_interval", "out of range: allowed \"100ms\" to \"1day\"");
     }
@@ -600,24 +521,14 @@ mod tests {
     #[test]
     fn origins_checked() {
         let mut c = Config::default();
-        c.websocket.allowed_origins = vec![
-            "*".into(),
-            "https://example.com".into(),
-            "example.com".into(),
-        ];
+        c.websocket.allowed_origins = vec!["*".into(), "https://example.com".into(), "example.com".into()];
         one(&c, "websocket.allowed_origins.2", "not an origin");
     }
 
     #[test]
     fn app_urls_shape() {
-        let c = with_apps(vec![(
-            "echo",
-            app(AppKind::Echo, &["ws/echo", "/a?x=1", "/b#f", "/ok"]),
-        )]);
-        assert_eq!(
-            paths(&c),
-            ["apps.echo.urls.0", "apps.echo.urls.1", "apps.echo.urls.2"]
-        );
+        let c = with_apps(vec![("echo", app(AppKind::Echo, &["ws/echo", "/a?x=1", "/b#f", "/ok"]))]);
+        assert_eq!(paths(&c), ["apps.echo.urls.0", "apps.echo.urls.1", "apps.echo.urls.2"]);
         // No URLs = off, and valid.
         assert!(validate(&with_apps(vec![("echo", app(AppKind::Echo, &[]))])).is_empty());
     }
@@ -626,34 +537,19 @@ mod tests {
     fn app_urls_overlap() {
         let c = with_apps(vec![("a", app(AppKind::Echo, &["/x", "/x"]))]);
         one(&c, "apps.a.urls.1", "overlaps apps.a.urls.0");
-        let c = with_apps(vec![
-            ("a", app(AppKind::Echo, &["/x"])),
-            ("b", app(AppKind::Chat, &["/x/connect"])),
-        ]);
+        let c = with_apps(vec![("a", app(AppKind::Echo, &["/x"])), ("b", app(AppKind::Chat, &["/x/connect"]))]);
         one(&c, "apps.b.urls.0", "/connect alias");
-        let c = with_apps(vec![
-            ("a", app(AppKind::Echo, &["/x/connect"])),
-            ("b", app(AppKind::Chat, &["/x"])),
-        ]);
+        let c = with_apps(vec![("a", app(AppKind::Echo, &["/x/connect"])), ("b", app(AppKind::Chat, &["/x"]))]);
         one(&c, "apps.b.urls.0", "overlaps apps.a.urls.0");
-        let c = with_apps(vec![
-            ("a", app(AppKind::Echo, &["/x"])),
-            ("b", app(AppKind::Chat, &["/x"])),
-        ]);
+        let c = with_apps(vec![("a", app(AppKind::Echo, &["/x"])), ("b", app(AppKind::Chat, &["/x"]))]);
         one(&c, "apps.b.urls.0", "overlaps apps.a.urls.0 \"/x\"");
-        let c = with_apps(vec![
-            ("a", app(AppKind::Echo, &["/x"])),
-            ("b", app(AppKind::Chat, &["/x/y", "/xy"])),
-        ]);
+        let c = with_apps(vec![("a", app(AppKind::Echo, &["/x"])), ("b", app(AppKind::Chat, &["/x/y", "/xy"]))]);
         assert!(validate(&c).is_empty());
     }
 
     #[test]
     fn app_names() {
-        let c = with_apps(vec![
-            ("bad name", app(AppKind::Echo, &["/e"])),
-            ("ok_Name-2", app(AppKind::Echo, &["/f"])),
-        ]);
+        let c = with_apps(vec![("bad name", app(AppKind::Echo, &["/e"])), ("ok_Name-2", app(AppKind::Echo, &["/f"]))]);
         one(&c, "apps.bad name", "may only use");
     }
 
@@ -667,10 +563,7 @@ mod tests {
         chat.history = Some(10);
         let c = with_apps(vec![("echo", echo), ("chat", chat)]);
         let issues = validate(&c);
-        let text: Vec<String> = issues
-            .iter()
-            .map(|i| format!("{}: {}", i.path, i.message))
-            .collect();
+        let text: Vec<String> = issues.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
         assert_eq!(
             text,
             [
@@ -686,11 +579,7 @@ mod tests {
         let c = with_apps(vec![("lv", app(AppKind::LogView, &["/lv"]))]);
         one(&c, "apps.lv.files", "at least one file");
         let mut lv = app(AppKind::LogView, &["/lv"]);
-        lv.files = vec![
-            "/var/log/a/error.log".into(),
-            "/var/log/b/error.log".into(),
-            "rel.log".into(),
-        ];
+        lv.files = vec!["/var/log/a/error.log".into(), "/var/log/b/error.log".into(), "rel.log".into()];
         let c = with_apps(vec![("lv", lv)]);
         assert_eq!(paths(&c), ["apps.lv.files.1", "apps.lv.files.2"]);
     }

@@ -57,29 +57,20 @@ impl ProcessStats {
         let stat_fields = stat.as_deref().and_then(stat_fields_after_comm);
         let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
         // Fields after `comm` are numbered from 3 in proc(5); index 0 here is field 3 (state).
-        let field = |n: usize| {
-            stat_fields
-                .as_ref()
-                .and_then(|f| f.get(n - 3))
-                .and_then(|v| v.parse::<u64>().ok())
-        };
+        let field = |n: usize| stat_fields.as_ref().and_then(|f| f.get(n - 3)).and_then(|v| v.parse::<u64>().ok());
         let cpu_seconds = match (field(14), field(15)) {
             (Some(utime), Some(stime)) => Some((utime + stime) as f64 / TICKS_PER_SECOND),
             _ => None,
         };
-        let boot_time = fs::read_to_string("/proc/stat").ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        });
+        let boot_time = fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<u64>().ok()));
         let start_time_seconds = match (boot_time, field(22)) {
             (Some(boot), Some(ticks)) => Some(boot as f64 + ticks as f64 / TICKS_PER_SECOND),
             _ => None,
         };
         let open_fds = fs::read_dir("/proc/self/fd").ok().map(|dir| dir.count() as u64);
-        let max_fds = fs::read_to_string("/proc/self/limits")
-            .ok()
-            .and_then(|s| parse_max_open_files(&s));
+        let max_fds = fs::read_to_string("/proc/self/limits").ok().and_then(|s| parse_max_open_files(&s));
         ProcessStats {
             cpu_seconds,
             resident_bytes: status_kib(&status, "VmRSS:").map(|k| k * 1024),
@@ -124,26 +115,10 @@ impl Collector for ProcessCollector {
             ConstCounter::new(v).encode(m)?;
         }
         let gauges: [(&str, &str, Option<f64>); 5] = [
-            (
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes",
-                stats.resident_bytes.map(|v| v as f64),
-            ),
-            (
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes",
-                stats.virtual_bytes.map(|v| v as f64),
-            ),
-            (
-                "process_open_fds",
-                "Number of open file descriptors",
-                stats.open_fds.map(|v| v as f64),
-            ),
-            (
-                "process_max_fds",
-                "Maximum number of open file descriptors",
-                stats.max_fds.map(|v| v as f64),
-            ),
+            ("process_resident_memory_bytes", "Resident memory size in bytes", stats.resident_bytes.map(|v| v as f64)),
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes", stats.virtual_bytes.map(|v| v as f64)),
+            ("process_open_fds", "Number of open file descriptors", stats.open_fds.map(|v| v as f64)),
+            ("process_max_fds", "Maximum number of open file descriptors", stats.max_fds.map(|v| v as f64)),
             (
                 "process_start_time_seconds",
                 "Start time of the process since unix epoch in seconds",
@@ -182,14 +157,8 @@ mod tests {
         assert!(s.resident_bytes.unwrap() > 0);
         assert!(s.open_fds.unwrap() >= 3);
         assert!(s.max_fds.unwrap() >= s.open_fds.unwrap());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         let start = s.start_time_seconds.unwrap();
-        assert!(
-            start <= now + 1.0 && start > now - 86_400.0 * 365.0,
-            "start {start} now {now}"
-        );
+        assert!(start <= now + 1.0 && start > now - 86_400.0 * 365.0, "start {start} now {now}");
     }
 }

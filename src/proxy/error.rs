@@ -87,9 +87,7 @@ impl UpstreamError {
     /// connect and read timeouts), 502 otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
-            UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -166,9 +164,10 @@ impl ProxyError {
     /// Whose fault it is.
     pub fn side(&self) -> Side {
         match self {
-            ProxyError::LoopDetected | ProxyError::ConnectMethod | ProxyError::Refused(_) | ProxyError::ClientBody(_) => {
-                Side::Downstream
-            }
+            ProxyError::LoopDetected
+            | ProxyError::ConnectMethod
+            | ProxyError::Refused(_)
+            | ProxyError::ClientBody(_) => Side::Downstream,
             ProxyError::Upstream(_) => Side::Upstream,
             ProxyError::Internal(_) => Side::Internal,
         }
@@ -205,9 +204,7 @@ impl ProxyError {
     pub fn to_response(&self) -> Response<ProxyBody> {
         let mut resp = match self {
             ProxyError::Upstream(e) => return error_response(e),
-            ProxyError::LoopDetected => {
-                text_response(self.status(), "the request already passed through wsgate")
-            }
+            ProxyError::LoopDetected => text_response(self.status(), "the request already passed through wsgate"),
             ProxyError::ConnectMethod => text_response(self.status(), "CONNECT is not supported"),
             ProxyError::Refused(refusal) => closing(text_response(self.status(), refusal.reason)),
             ProxyError::ClientBody(BodyFailure::Malformed) => {
@@ -218,10 +215,7 @@ impl ProxyError {
             }
             ProxyError::Internal(_) => text_response(self.status(), "internal proxy error"),
         };
-        resp.extensions_mut().insert(ProxyFailure {
-            side: self.side(),
-            kind: self.kind(),
-        });
+        resp.extensions_mut().insert(ProxyFailure { side: self.side(), kind: self.kind() });
         resp
     }
 }
@@ -240,10 +234,7 @@ pub struct ProxyFailure {
 /// `502 Bad Gateway: upstream refused the connection\n`, `text/plain; charset=utf-8`.
 pub fn error_response(err: &UpstreamError) -> Response<ProxyBody> {
     let mut resp = text_response(err.status(), err.public_message());
-    resp.extensions_mut().insert(ProxyFailure {
-        side: Side::Upstream,
-        kind: err.kind(),
-    });
+    resp.extensions_mut().insert(ProxyFailure { side: Side::Upstream, kind: err.kind() });
     resp
 }
 
@@ -257,18 +248,10 @@ fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
 /// `<code> <reason>: <message>\n` as `text/plain; charset=utf-8`.
 fn text_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let text = status_text(status, message);
-    let mut resp = Response::new(
-        Full::new(Bytes::from(text))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut resp = Response::new(Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -303,32 +286,20 @@ mod tests {
 
     #[test]
     fn statuses_and_kinds() {
-        let refused: BoxError = Box::new(Wrapper(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            "no",
-        )));
+        let refused: BoxError = Box::new(Wrapper(io::Error::new(io::ErrorKind::ConnectionRefused, "no")));
         let e = UpstreamError::Connect(refused);
         assert_eq!((e.status(), e.kind()), (StatusCode::BAD_GATEWAY, "connect"));
         assert_eq!(e.public_message(), "upstream refused the connection");
         let e = UpstreamError::Connect("dns".into());
         assert_eq!(e.public_message(), "cannot connect to the upstream");
-        assert_eq!(
-            UpstreamError::ConnectTimeout.status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
+        assert_eq!(UpstreamError::ConnectTimeout.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(UpstreamError::ConnectTimeout.kind(), "connect_timeout");
-        assert_eq!(
-            UpstreamError::ResponseTimeout.status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
+        assert_eq!(UpstreamError::ResponseTimeout.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(UpstreamError::ResponseTimeout.kind(), "timeout");
         assert_eq!(UpstreamError::Reset("x".into()).kind(), "reset");
         assert_eq!(ProxyError::LoopDetected.status(), StatusCode::LOOP_DETECTED);
         assert_eq!(ProxyError::LoopDetected.side(), Side::Downstream);
-        assert_eq!(
-            ProxyError::from(UpstreamError::ResponseTimeout).side(),
-            Side::Upstream
-        );
+        assert_eq!(ProxyError::from(UpstreamError::ResponseTimeout).side(), Side::Upstream);
     }
 
     #[tokio::test]
@@ -338,27 +309,15 @@ mod tests {
             "refused",
         ))));
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(
-            resp.headers()[header::CONTENT_TYPE],
-            "text/plain; charset=utf-8"
-        );
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
         assert_eq!(
             resp.extensions().get::<ProxyFailure>(),
-            Some(&ProxyFailure {
-                side: Side::Upstream,
-                kind: "connect"
-            })
+            Some(&ProxyFailure { side: Side::Upstream, kind: "connect" })
         );
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(
-            &body[..],
-            b"502 Bad Gateway: upstream refused the connection\n"
-        );
+        assert_eq!(&body[..], b"502 Bad Gateway: upstream refused the connection\n");
         let resp = ProxyError::LoopDetected.to_response();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(
-            &body[..],
-            b"508 Loop Detected: the request already passed through wsgate\n"
-        );
+        assert_eq!(&body[..], b"508 Loop Detected: the request already passed through wsgate\n");
     }
 }

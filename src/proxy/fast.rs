@@ -64,7 +64,12 @@ enum HeadError {
 impl Proxy {
     /// Forwards `plan` and writes the answer to `client`. `upstream` is the connection this
     /// client connection holds; it is taken, and put back when it can carry another request.
-    pub async fn forward_fast<C>(&self, client: &mut C, plan: &ForwardPlan, upstream: &mut Option<UpstreamConn>) -> Exchange
+    pub async fn forward_fast<C>(
+        &self,
+        client: &mut C,
+        plan: &ForwardPlan,
+        upstream: &mut Option<UpstreamConn>,
+    ) -> Exchange
     where
         C: AsyncWrite + Unpin,
     {
@@ -149,7 +154,13 @@ impl Proxy {
     }
 
     /// Answers a failure like the full path: 502/504 with the same text, and a debug log.
-    async fn answer_failure<C>(&self, client: &mut C, error: UpstreamError, plan: &ForwardPlan, started: Instant) -> Exchange
+    async fn answer_failure<C>(
+        &self,
+        client: &mut C,
+        error: UpstreamError,
+        plan: &ForwardPlan,
+        started: Instant,
+    ) -> Exchange
     where
         C: AsyncWrite + Unpin,
     {
@@ -157,7 +168,12 @@ impl Proxy {
         let status = error.status();
         let answer = h1::text_answer(status, &error.answer_text(), plan.keep_alive);
         let client_ok = client.write_all(&answer).await.is_ok() && client.flush().await.is_ok();
-        Exchange { status, failure: Some(error.kind()), head_time: started.elapsed(), keep_alive: client_ok && plan.keep_alive }
+        Exchange {
+            status,
+            failure: Some(error.kind()),
+            head_time: started.elapsed(),
+            keep_alive: client_ok && plan.keep_alive,
+        }
     }
 }
 
@@ -357,11 +373,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
         self.io.is_write_vectored()
     }
 
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

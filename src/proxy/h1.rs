@@ -50,7 +50,11 @@ pub struct AppUpgrade {
 impl PartialEq for AppUpgrade {
     fn eq(&self, other: &Self) -> bool {
         let (a, b) = (&self.request, &other.request);
-        self.head_len == other.head_len && a.method() == b.method() && a.uri() == b.uri() && a.version() == b.version() && a.headers() == b.headers()
+        self.head_len == other.head_len
+            && a.method() == b.method()
+            && a.uri() == b.uri()
+            && a.version() == b.version()
+            && a.headers() == b.headers()
     }
 }
 
@@ -198,7 +202,9 @@ fn app_upgrade(fields: &[httparse::Header<'_>], method: &str, target: &str, head
     let mut upgrade = false;
     for field in fields {
         let name = field.name;
-        if name.eq_ignore_ascii_case("transfer-encoding") || (name.eq_ignore_ascii_case("content-length") && field.value.trim_ascii() != b"0") {
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            || (name.eq_ignore_ascii_case("content-length") && field.value.trim_ascii() != b"0")
+        {
             return None;
         }
         upgrade |= name.eq_ignore_ascii_case("upgrade");
@@ -209,7 +215,8 @@ fn app_upgrade(fields: &[httparse::Header<'_>], method: &str, target: &str, head
     if !upgrade {
         return None;
     }
-    let mut request = http::Request::builder().method(method).uri(target).version(http::Version::HTTP_11).body(()).ok()?;
+    let mut request =
+        http::Request::builder().method(method).uri(target).version(http::Version::HTTP_11).body(()).ok()?;
     *request.headers_mut() = headers;
     Some(AppUpgrade { head_len, request })
 }
@@ -266,11 +273,17 @@ pub fn plan_response(buf: &[u8], head_method: bool, keep_alive: bool) -> Respons
         return plan;
     }
     let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    plan_response_in(&mut fields, buf, head_method, keep_alive).unwrap_or(ResponsePlan::Invalid("too many header fields"))
+    plan_response_in(&mut fields, buf, head_method, keep_alive)
+        .unwrap_or(ResponsePlan::Invalid("too many header fields"))
 }
 
 /// [`plan_response`] with room for `fields.len()` field lines; `None` when the head has more.
-fn plan_response_in<'b>(fields: &mut [httparse::Header<'b>], buf: &'b [u8], head_method: bool, keep_alive: bool) -> Option<ResponsePlan> {
+fn plan_response_in<'b>(
+    fields: &mut [httparse::Header<'b>],
+    buf: &'b [u8],
+    head_method: bool,
+    keep_alive: bool,
+) -> Option<ResponsePlan> {
     let mut resp = httparse::Response::new(fields);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -307,7 +320,10 @@ fn plan_response_in<'b>(fields: &mut [httparse::Header<'b>], buf: &'b [u8], head
             }
         } else if name.eq_ignore_ascii_case("content-length") {
             for item in list_items(field.value) {
-                let parsed = std::str::from_utf8(item).ok().filter(|s| s.bytes().all(|b| b.is_ascii_digit())).and_then(|s| s.parse::<u64>().ok());
+                let parsed = std::str::from_utf8(item)
+                    .ok()
+                    .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok());
                 match (parsed, length) {
                     (Some(n), None) => length = Some(n),
                     (Some(n), Some(m)) if n == m => {}
@@ -519,10 +535,7 @@ pub fn text_answer(status: http::StatusCode, text: &str, keep_alive: bool) -> Ve
 /// characters RFC 3986 allows unescaped in a path and query. Anything else (absolute-form,
 /// `*`, raw spaces or controls that a lenient parser let through) is hyper's to judge.
 fn is_plain_origin_form(target: &str) -> bool {
-    target.starts_with('/')
-        && target
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b))
+    target.starts_with('/') && target.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b))
 }
 
 /// The non-empty, trimmed items of a comma-separated field value.
@@ -698,7 +711,10 @@ mod tests {
         let plan = forward(raw, false);
         assert_eq!((plan.head_len, plan.body_len), (raw.len() - "abcGET /next".len(), 3));
         assert!(text(&plan.upstream_head).contains("\r\ncontent-length: 3\r\n"), "the length parsed goes on");
-        assert_eq!(forward("PUT /p HTTP/1.1\r\nHost: h\r\nContent-Length: 16384\r\n\r\n", false).body_len, MAX_FAST_BODY);
+        assert_eq!(
+            forward("PUT /p HTTP/1.1\r\nHost: h\r\nContent-Length: 16384\r\n\r\n", false).body_len,
+            MAX_FAST_BODY
+        );
         assert_eq!(forward("GET / HTTP/1.1\r\nHost: h\r\ncontent-length:  007 \r\n\r\n", false).body_len, 7);
         assert_eq!(forward("GET / HTTP/1.1\r\nHost: h\r\n\r\n", false).body_len, 0);
         assert_eq!(plain_length(b"18446744073709551616"), None);
@@ -708,7 +724,9 @@ mod tests {
     fn connection_never_removes_a_framing_or_routing_field() {
         // Issue 15: `Connection: Content-Length` stripped the length while the body went on
         // behind the head, and the upstream read the body as a request wsgate never parsed.
-        for connection in ["Content-Length", "keep-alive, content-length", "Host", "Transfer-Encoding, Upgrade-Insecure"] {
+        for connection in
+            ["Content-Length", "keep-alive, content-length", "Host", "Transfer-Encoding, Upgrade-Insecure"]
+        {
             let raw = format!("POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 31\r\nConnection: {connection}\r\n\r\nGET /hidden HTTP/1.1\r\nHost: h\r\n\r\n");
             let plan = forward(&raw, false);
             assert_eq!(plan.body_len, 31, "{connection}");
@@ -722,7 +740,11 @@ mod tests {
             assert_eq!(r.framing, Framing::Length(5));
             assert!(text(&r.client_head).contains("\r\ncontent-length: 5\r\n"), "{connection}");
         }
-        let r = ready("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: transfer-encoding\r\n\r\n", false, true);
+        let r = ready(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: transfer-encoding\r\n\r\n",
+            false,
+            true,
+        );
         assert!(text(&r.client_head).contains("\r\ntransfer-encoding: chunked\r\n"));
         // A HEAD answer keeps the representation's length; a 204 has none.
         let r = ready("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", true, true);
@@ -803,7 +825,10 @@ mod tests {
     #[test]
     fn bad_and_interim_responses() {
         let interim = "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
-        assert_eq!(plan_response(format!("{interim}HTTP/1.1 200").as_bytes(), false, true), ResponsePlan::Interim(interim.len()));
+        assert_eq!(
+            plan_response(format!("{interim}HTTP/1.1 200").as_bytes(), false, true),
+            ResponsePlan::Interim(interim.len())
+        );
         for raw in [
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",

@@ -89,7 +89,8 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// The fields that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1, plus the
 /// legacy `Proxy-Connection` and `Keep-Alive`). The one list both proxy paths use.
-pub const HOP_BY_HOP: [&str; 6] = ["connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade"];
+pub const HOP_BY_HOP: [&str; 6] =
+    ["connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade"];
 
 /// Whether `name` is one of [`HOP_BY_HOP`] (any case).
 pub fn is_hop_by_hop(name: &str) -> bool {
@@ -128,14 +129,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        &header::CONNECTION,
-        &PROXY_CONNECTION,
-        &KEEP_ALIVE,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
+    for name in
+        [&header::CONNECTION, &PROXY_CONNECTION, &KEEP_ALIVE, &header::TE, &header::TRANSFER_ENCODING, &header::UPGRADE]
+    {
         headers.remove(name);
     }
 }
@@ -193,7 +189,10 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), Refusa
         return Err(Refusal::bad("chunked applied more than once"));
     }
     if other {
-        return Err(Refusal { status: http::StatusCode::NOT_IMPLEMENTED, reason: "transfer coding other than chunked" });
+        return Err(Refusal {
+            status: http::StatusCode::NOT_IMPLEMENTED,
+            reason: "transfer coding other than chunked",
+        });
     }
     Ok(())
 }
@@ -223,7 +222,9 @@ fn single_content_length(headers: &mut HeaderMap) {
     if !first.as_bytes().contains(&b',') {
         return;
     }
-    let Some(one) = first.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).find(|v| !v.is_empty()) else { return };
+    let Some(one) = first.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).find(|v| !v.is_empty()) else {
+        return;
+    };
     if let Ok(value) = HeaderValue::from_bytes(one) {
         headers.insert(header::CONTENT_LENGTH, value);
     }
@@ -239,7 +240,9 @@ pub fn is_valid_host(value: &[u8]) -> bool {
     let (host, port) = if value.first() == Some(&b'[') {
         let Some(end) = value.iter().position(|&b| b == b']') else { return false };
         let literal = &value[1..end];
-        if literal.is_empty() || !literal.iter().all(|&b| b.is_ascii_hexdigit() || b":.".contains(&b) || b.is_ascii_alphanumeric()) {
+        if literal.is_empty()
+            || !literal.iter().all(|&b| b.is_ascii_hexdigit() || b":.".contains(&b) || b.is_ascii_alphanumeric())
+        {
             return false;
         }
         (&value[..=end], &value[end + 1..])
@@ -276,9 +279,7 @@ pub fn via_has_pseudonym(headers: &HeaderMap) -> bool {
 
 /// [`via_has_pseudonym`] for one `Via` field line.
 pub fn via_has_pseudonym_bytes(value: &[u8]) -> bool {
-    via_entries(value).any(|entry| {
-        via_received_by(entry).is_some_and(|by| by.eq_ignore_ascii_case(PSEUDONYM))
-    })
+    via_entries(value).any(|entry| via_received_by(entry).is_some_and(|by| by.eq_ignore_ascii_case(PSEUDONYM)))
 }
 
 /// Splits a `Via` field value into its comma-separated entries, ignoring commas
@@ -386,9 +387,7 @@ fn set_list(headers: &mut HeaderMap, name: &HeaderName, item: &[u8], trusted: bo
 
 /// Whether `s` is an RFC 9110 §5.6.2 token (may appear unquoted in `Forwarded`).
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The `Forwarded` element for this hop, written by its `Display`: `for=…;proto=…[;host=…]`
@@ -462,10 +461,7 @@ pub fn to_upstream(
 
     let peer = ctx.peer.to_string();
     set_list(headers, &X_FORWARDED_FOR, peer.as_bytes(), ctx.trusted);
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(ctx.proto()),
-    );
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(ctx.proto()));
     let element = forwarded_element(ctx, host.as_ref().and_then(|h| h.to_str().ok()));
     set_list(headers, &header::FORWARDED, element.as_bytes(), ctx.trusted);
     match host {
@@ -505,10 +501,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -518,11 +511,7 @@ mod tests {
     }
 
     fn ctx(peer: &str, trusted: bool, tls: bool) -> ForwardContext {
-        ForwardContext {
-            peer: peer.parse().unwrap(),
-            trusted,
-            tls,
-        }
+        ForwardContext { peer: peer.parse().unwrap(), trusted, tls }
     }
 
     #[test]
@@ -558,10 +547,7 @@ mod tests {
     fn upgrade_needs_both_fields() {
         assert!(upgrade_protocol(&map(&[("upgrade", "foo")])).is_none());
         assert!(upgrade_protocol(&map(&[("connection", "upgrade")])).is_none());
-        let h = map(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "websocket"),
-        ]);
+        let h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
         assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
     }
 
@@ -582,15 +568,9 @@ mod tests {
     fn via_loop_detection() {
         assert!(!via_has_pseudonym(&map(&[("via", "1.1 nginx, 1.0 fred")])));
         assert!(via_has_pseudonym(&map(&[("via", "1.1 nginx, 1.1 wsgate")])));
-        assert!(via_has_pseudonym(&map(&[
-            ("via", "1.0 a"),
-            ("via", "2 WSGATE (x, y)")
-        ])));
+        assert!(via_has_pseudonym(&map(&[("via", "1.0 a"), ("via", "2 WSGATE (x, y)")])));
         // The pseudonym inside a comment is not a loop.
-        assert!(!via_has_pseudonym(&map(&[(
-            "via",
-            "1.1 proxy (via 1.1 wsgate, x)"
-        )])));
+        assert!(!via_has_pseudonym(&map(&[("via", "1.1 proxy (via 1.1 wsgate, x)")])));
         assert!(!via_has_pseudonym(&map(&[("via", "wsgate")])));
         assert!(!via_has_pseudonym(&HeaderMap::new()));
     }
@@ -616,21 +596,12 @@ mod tests {
             ("proxy-authorization", "Basic Zm9v"),
         ]);
         let host = h.get("host").cloned();
-        to_upstream(
-            &mut h,
-            &ctx("192.0.2.7", false, false),
-            host,
-            Version::HTTP_11,
-            None,
-        );
+        to_upstream(&mut h, &ctx("192.0.2.7", false, false), host, Version::HTTP_11, None);
         assert_eq!(get(&h, "x-forwarded-for"), Some("192.0.2.7"));
         assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
         assert_eq!(get(&h, "x-forwarded-host"), Some("example.org:8080"));
         assert_eq!(get(&h, "host"), Some("example.org:8080"));
-        assert_eq!(
-            get(&h, "forwarded"),
-            Some("for=192.0.2.7;proto=http;host=\"example.org:8080\"")
-        );
+        assert_eq!(get(&h, "forwarded"), Some("for=192.0.2.7;proto=http;host=\"example.org:8080\""));
         assert_eq!(get(&h, "via"), Some("1.1 wsgate"));
         assert!(h.get("proxy-authorization").is_none());
     }
@@ -644,40 +615,18 @@ mod tests {
             ("host", "example.org"),
         ]);
         let host = h.get("host").cloned();
-        to_upstream(
-            &mut h,
-            &ctx("::1", true, true),
-            host,
-            Version::HTTP_11,
-            None,
-        );
-        assert_eq!(
-            get(&h, "x-forwarded-for"),
-            Some("203.0.113.1, 198.51.100.2, ::1")
-        );
+        to_upstream(&mut h, &ctx("::1", true, true), host, Version::HTTP_11, None);
+        assert_eq!(get(&h, "x-forwarded-for"), Some("203.0.113.1, 198.51.100.2, ::1"));
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
-        assert_eq!(
-            get(&h, "forwarded"),
-            Some("for=203.0.113.1, for=\"[::1]\";proto=https;host=example.org")
-        );
+        assert_eq!(get(&h, "forwarded"), Some("for=203.0.113.1, for=\"[::1]\";proto=https;host=example.org"));
     }
 
     #[test]
     fn upgrade_is_restored_for_tunnels() {
-        let mut h = map(&[
-            ("connection", "Upgrade, x-a"),
-            ("upgrade", "foo/2"),
-            ("x-a", "1"),
-        ]);
+        let mut h = map(&[("connection", "Upgrade, x-a"), ("upgrade", "foo/2"), ("x-a", "1")]);
         let proto = upgrade_protocol(&h);
-        to_upstream(
-            &mut h,
-            &ctx("127.0.0.1", false, false),
-            None,
-            Version::HTTP_11,
-            proto,
-        );
+        to_upstream(&mut h, &ctx("127.0.0.1", false, false), None, Version::HTTP_11, proto);
         assert_eq!(get(&h, "upgrade"), Some("foo/2"));
         assert_eq!(get(&h, "connection"), Some("upgrade"));
         assert!(h.get("x-a").is_none());
@@ -687,11 +636,7 @@ mod tests {
 
     #[test]
     fn downstream_strips_and_appends_via() {
-        let mut h = map(&[
-            ("connection", "close, x-a"),
-            ("x-a", "1"),
-            ("via", "1.1 up"),
-        ]);
+        let mut h = map(&[("connection", "close, x-a"), ("x-a", "1"), ("via", "1.1 up")]);
         to_downstream(&mut h, Version::HTTP_11, None);
         assert!(h.get("connection").is_none() && h.get("x-a").is_none());
         assert_eq!(get(&h, "via"), Some("1.1 up, 1.1 wsgate"));
@@ -711,9 +656,6 @@ mod tests {
     #[test]
     fn forwarded_host_quoting() {
         let c = ctx("192.0.2.1", false, false);
-        assert_eq!(
-            forwarded_element(&c, Some("a\"b\\c")),
-            "for=192.0.2.1;proto=http;host=\"a\\\"b\\\\c\""
-        );
+        assert_eq!(forwarded_element(&c, Some("a\"b\\c")), "for=192.0.2.1;proto=http;host=\"a\\\"b\\\\c\"");
     }
 }

@@ -102,15 +102,7 @@ impl Proxy {
         let scheme = settings.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = settings.upstream.authority().cloned();
         let pool = Pool::new(settings.connect_timeout, settings.response_timeout);
-        Self {
-            inner: Arc::new(Inner {
-                settings,
-                scheme,
-                authority,
-                pool,
-                idle_streams: pool::IdleList::default(),
-            }),
-        }
+        Self { inner: Arc::new(Inner { settings, scheme, authority, pool, idle_streams: pool::IdleList::default() }) }
     }
 
     /// The settings this proxy was built with.
@@ -133,11 +125,7 @@ impl Proxy {
     }
 
     /// [`forward`](Self::forward), returning the failure instead of its answer.
-    pub async fn try_forward<B>(
-        &self,
-        req: Request<B>,
-        client: &ClientInfo,
-    ) -> Result<Response<ProxyBody>, ProxyError>
+    pub async fn try_forward<B>(&self, req: Request<B>, client: &ClientInfo) -> Result<Response<ProxyBody>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -175,19 +163,12 @@ impl Proxy {
         upgrade: Option<HeaderValue>,
     ) -> Result<Request<B>, ProxyError> {
         check_forwardable(&parts)?;
-        let authority = self
-            .inner
-            .authority
-            .clone()
-            .ok_or_else(|| ProxyError::Internal("upstream URI has no authority".into()))?;
+        let authority =
+            self.inner.authority.clone().ok_or_else(|| ProxyError::Internal("upstream URI has no authority".into()))?;
         let uri = upstream_uri(self.inner.scheme.clone(), authority, &parts.uri)
             .map_err(|e| ProxyError::Internal(Box::new(e)))?;
         let host = request_host(&parts);
-        let ctx = ForwardContext::new(
-            client.peer,
-            client.tls,
-            &self.inner.settings.trusted_proxies,
-        );
+        let ctx = ForwardContext::new(client.peer, client.tls, &self.inner.settings.trusted_proxies);
         headers::to_upstream(&mut parts.headers, &ctx, host, parts.version, upgrade);
 
         let mut req = Request::new(body);
@@ -234,20 +215,9 @@ pub fn request_host(parts: &Parts) -> Option<HeaderValue> {
 /// The upstream target: `scheme://authority` of the upstream plus the client's
 /// origin-form path and query (`/` when the client sent none, e.g. `OPTIONS *`
 /// keeps `*`).
-pub fn upstream_uri(
-    scheme: Scheme,
-    authority: Authority,
-    client: &Uri,
-) -> Result<Uri, http::Error> {
-    let path = client
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
+pub fn upstream_uri(scheme: Scheme, authority: Authority, client: &Uri) -> Result<Uri, http::Error> {
+    let path = client.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build()
 }
 
 /// Turns the upstream's response into the client's: headers rewritten
@@ -312,16 +282,10 @@ mod tests {
 
     #[test]
     fn host_comes_from_the_authority_first() {
-        let req = Request::get("https://user@example.org:8443/x")
-            .header("host", "other")
-            .body(())
-            .unwrap();
+        let req = Request::get("https://user@example.org:8443/x").header("host", "other").body(()).unwrap();
         let (parts, ()) = req.into_parts();
         assert_eq!(request_host(&parts).unwrap(), "example.org:8443");
-        let req = Request::get("/x")
-            .header("host", "h.example")
-            .body(())
-            .unwrap();
+        let req = Request::get("/x").header("host", "h.example").body(()).unwrap();
         let (parts, ()) = req.into_parts();
         assert_eq!(request_host(&parts).unwrap(), "h.example");
     }

@@ -92,11 +92,7 @@ impl Pool {
     /// requests give up when no response head arrived within `response_timeout` of
     /// the last request byte sent (504).
     pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
-        Self {
-            idle: Arc::new(IdleList::default()),
-            connect_timeout,
-            response_timeout,
-        }
+        Self { idle: Arc::new(IdleList::default()), connect_timeout, response_timeout }
     }
 
     /// Sends `req` (absolute `http://` URI towards the upstream) and waits for the
@@ -133,10 +129,7 @@ impl Pool {
         }
         let mut req = Request::from_parts(
             parts,
-            UnsyncBoxBody::new(Tracked {
-                inner: Box::pin(body),
-                activity: activity.clone(),
-            }),
+            UnsyncBoxBody::new(Tracked { inner: Box::pin(body), activity: activity.clone() }),
         );
 
         let response = async {
@@ -296,10 +289,7 @@ struct Activity {
 
 impl Activity {
     fn new() -> Self {
-        Self {
-            base: Instant::now(),
-            millis: Arc::new(AtomicU64::new(0)),
-        }
+        Self { base: Instant::now(), millis: Arc::new(AtomicU64::new(0)) }
     }
 
     fn touch(&self) {
@@ -326,10 +316,7 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = self.inner.as_mut().poll_frame(cx);
         if let Poll::Ready(ready) = polled {
             self.activity.touch();

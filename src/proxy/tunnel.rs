@@ -55,11 +55,7 @@ impl Proxy {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         // RFC 9110 §15.2.2: a 101 names the protocol switched to; if the upstream
         // forgot, it can only be the one requested.
-        let switched_to = resp
-            .headers()
-            .get(header::UPGRADE)
-            .cloned()
-            .unwrap_or(protocol);
+        let switched_to = resp.headers().get(header::UPGRADE).cloned().unwrap_or(protocol);
         let mut answer = downstream_response(resp, Some(switched_to))?;
         // A 101 has no body; the upgraded bytes flow through the spliced sockets.
         *answer.body_mut() = Empty::new().map_err(|never| match never {}).boxed();
@@ -103,11 +99,7 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("foo"));
-        headers::to_downstream(
-            &mut h,
-            Version::HTTP_11,
-            Some(HeaderValue::from_static("foo")),
-        );
+        headers::to_downstream(&mut h, Version::HTTP_11, Some(HeaderValue::from_static("foo")));
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert_eq!(h[header::UPGRADE], "foo");
     }

@@ -33,7 +33,8 @@ struct Meter {
     direct: AtomicBool,
 }
 
-static METER: Meter = Meter { window_start: AtomicU64::new(0), deliveries: AtomicU64::new(0), direct: AtomicBool::new(true) };
+static METER: Meter =
+    Meter { window_start: AtomicU64::new(0), deliveries: AtomicU64::new(0), direct: AtomicBool::new(true) };
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();

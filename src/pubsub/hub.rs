@@ -24,9 +24,9 @@ use bytes::Bytes;
 
 use super::broker::{self, Broker, BrokerError};
 use super::channel::{ChannelHandle, ChannelId, SendError};
-use crate::sync::{lock, read, write};
 use crate::apps::Message;
 use crate::metrics::Metrics;
+use crate::sync::{lock, read, write};
 use crate::ws::close::is_valid_wire_code;
 use crate::ws::codec::{server_frame, OpCode};
 use crate::ws::deflate::SharedMessage;
@@ -143,7 +143,9 @@ impl Members {
 
     fn snapshot(&mut self) -> Arc<[(ChannelId, ChannelHandle)]> {
         let map = &self.map;
-        self.snapshot.get_or_insert_with(|| map.iter().map(|(id, handle)| (id.clone(), handle.clone())).collect()).clone()
+        self.snapshot
+            .get_or_insert_with(|| map.iter().map(|(id, handle)| (id.clone(), handle.clone())).collect())
+            .clone()
     }
 }
 
@@ -337,7 +339,10 @@ impl Hub {
             return Err(HubError::InvalidClose(format!("code {code} may not be sent (RFC 6455 §7.4)")));
         }
         if reason.len() > MAX_CLOSE_REASON {
-            return Err(HubError::InvalidClose(format!("reason is {} bytes; at most {MAX_CLOSE_REASON}", reason.len())));
+            return Err(HubError::InvalidClose(format!(
+                "reason is {} bytes; at most {MAX_CLOSE_REASON}",
+                reason.len()
+            )));
         }
         let handle = self.channel(id).ok_or_else(|| HubError::UnknownChannel(id.to_owned()))?;
         handle.close(code, reason);
@@ -432,9 +437,7 @@ impl Hub {
                 error => HubError::Remote { id: id.to_owned(), error },
             });
         };
-        handle
-            .send_frame(encode(message))
-            .map_err(|error| HubError::Send { id: id.to_owned(), error })
+        handle.send_frame(encode(message)).map_err(|error| HubError::Send { id: id.to_owned(), error })
     }
 
     /// Sends `message` to every member of subscription `name` except the channels in
@@ -470,7 +473,8 @@ impl Hub {
     pub fn multicast_shared(&self, name: &str, message: &Arc<SharedMessage>, exclude: &[ChannelId]) -> Delivery {
         // Direct writes to the members' sockets unless the node is in a burst (pubsub::burst).
         let gate = super::burst::FanOut::start();
-        let delivery = self.recorded(|| self.fan_out(name, exclude, |handle| handle.send_shared_with(message, gate.next_direct())));
+        let delivery = self
+            .recorded(|| self.fan_out(name, exclude, |handle| handle.send_shared_with(message, gate.next_direct())));
         gate.end(delivery.delivered);
         delivery
     }
@@ -487,7 +491,12 @@ impl Hub {
         delivery
     }
 
-    fn fan_out(&self, name: &str, exclude: &[ChannelId], send: impl Fn(&ChannelHandle) -> Result<(), SendError>) -> Delivery {
+    fn fan_out(
+        &self,
+        name: &str,
+        exclude: &[ChannelId],
+        send: impl Fn(&ChannelHandle) -> Result<(), SendError>,
+    ) -> Delivery {
         let mut delivery = Delivery::default();
         let mut deliver = |id: &ChannelId, handle: &ChannelHandle| {
             if exclude.contains(id) {
@@ -525,7 +534,9 @@ impl Hub {
         let mut list: Vec<(String, usize)> = self
             .subscriptions
             .iter()
-            .flat_map(|shard| read(shard).iter().map(|(n, s)| (n.to_string(), lock(&s.members).map.len())).collect::<Vec<_>>())
+            .flat_map(|shard| {
+                read(shard).iter().map(|(n, s)| (n.to_string(), lock(&s.members).map.len())).collect::<Vec<_>>()
+            })
             .collect();
         list.sort();
         list.insert(0, (ALL.to_owned(), self.channel_count()));
@@ -538,7 +549,8 @@ impl Hub {
             return self.channel_summaries().into_iter().map(|c| c.id).collect();
         }
         let subscription = read(self.subscription_shard(name)).get(name).cloned();
-        let mut ids: Vec<ChannelId> = subscription.map(|s| lock(&s.members).map.keys().cloned().collect()).unwrap_or_default();
+        let mut ids: Vec<ChannelId> =
+            subscription.map(|s| lock(&s.members).map.keys().cloned().collect()).unwrap_or_default();
         ids.sort();
         ids
     }
@@ -561,13 +573,8 @@ impl Hub {
 
     /// Every open channel, sorted by id.
     pub fn channel_summaries(&self) -> Vec<ChannelSummary> {
-        let mut list: Vec<ChannelSummary> = self
-            .channels
-            .iter()
-            .flat_map(|shard| {
-                read(shard).values().map(summary).collect::<Vec<_>>()
-            })
-            .collect();
+        let mut list: Vec<ChannelSummary> =
+            self.channels.iter().flat_map(|shard| read(shard).values().map(summary).collect::<Vec<_>>()).collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         list
     }
@@ -592,7 +599,8 @@ pub(crate) mod test_support {
 
     /// Opens a channel with a 1 MiB queue and registers it in `hub`.
     pub(crate) fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
-        let info = ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
+        let info =
+            ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
         let (handle, queue) = ChannelHandle::new(info, 1 << 20, SlowConsumerPolicy::Close);
         hub.register(handle.clone());
         (handle, queue)
@@ -605,7 +613,6 @@ mod tests {
     use super::*;
     use crate::pubsub::channel::{ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
     use crate::pubsub::queue::SlowConsumerPolicy;
-
 
     fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
         let mut out = Vec::new();
@@ -654,11 +661,16 @@ mod tests {
             .collect();
         assert!(messages.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "one message for every member");
         // What each writer does: members with the same parameters share one compressed frame.
-        let deflate = DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: false };
+        let deflate =
+            DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: false };
         let frames: Vec<Bytes> = messages[..3].iter().map(|m| m.frame_for(Some(&deflate))).collect();
         assert!(frames.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()));
         assert_eq!(messages[0].compressed_copies(), 1, "compressed once");
-        assert_eq!(messages[3].frame_for(None).as_ptr(), messages[3].plain().as_ptr(), "plain member gets the plain frame");
+        assert_eq!(
+            messages[3].frame_for(None).as_ptr(),
+            messages[3].plain().as_ptr(),
+            "plain member gets the plain frame"
+        );
     }
 
     #[test]
@@ -737,7 +749,10 @@ mod tests {
             Ok(Outbound::Close { code, reason }) => assert_eq!((code, reason.as_str()), (Some(4000), "bye")),
             other => panic!("expected a close, got {other:?}"),
         }
-        assert!(matches!(hub.send(a.id().as_str(), &Message::Text("late".into())), Err(HubError::Send { error: SendError::Closed, .. })));
+        assert!(matches!(
+            hub.send(a.id().as_str(), &Message::Text("late".into())),
+            Err(HubError::Send { error: SendError::Closed, .. })
+        ));
     }
 
     #[test]
@@ -745,7 +760,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::with_metrics(metrics.clone());
         let ids = ChannelIdGenerator::new("n1");
-        let info = ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
+        let info =
+            ChannelInfo { id: ids.next_id(), app: "t".into(), url: "/t".into(), peer: "127.0.0.1:9".parse().unwrap() };
         let (slow, _q_slow) = ChannelHandle::new(info, 4, SlowConsumerPolicy::Drop);
         hub.register(slow.clone());
         let (fast, _q_fast) = open(&hub, &ids);

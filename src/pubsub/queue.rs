@@ -36,12 +36,7 @@ impl ByteBudget {
             if current > 0 && current.saturating_add(len) > self.limit {
                 return false;
             }
-            match self.queued.compare_exchange_weak(
-                current,
-                current + len,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            match self.queued.compare_exchange_weak(current, current + len, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
             }

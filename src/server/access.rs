@@ -100,7 +100,13 @@ pub fn check_origin(headers: &HeaderMap, authority: Option<&str>, allowed: &[Str
 /// judges), `Origin`, and where the request was going: `X-Original-URI` (path and query),
 /// `X-Original-Method`, `X-Forwarded-For` (the client address), `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`. Nothing else of the client's request is forwarded.
-pub fn auth_request_headers(client: &HeaderMap, uri: &http::Uri, method: &http::Method, peer: IpAddr, tls: bool) -> HeaderMap {
+pub fn auth_request_headers(
+    client: &HeaderMap,
+    uri: &http::Uri,
+    method: &http::Method,
+    peer: IpAddr,
+    tls: bool,
+) -> HeaderMap {
     let mut out = HeaderMap::new();
     for name in [header::COOKIE, header::AUTHORIZATION, header::ORIGIN] {
         for value in client.get_all(&name) {
@@ -122,7 +128,11 @@ pub fn auth_request_headers(client: &HeaderMap, uri: &http::Uri, method: &http::
         out.insert("x-forwarded-for", value);
     }
     out.insert("x-forwarded-proto", http::HeaderValue::from_static(if tls { "https" } else { "http" }));
-    if let Some(host) = client.get(header::HOST).cloned().or_else(|| uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())) {
+    if let Some(host) = client
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()))
+    {
         out.insert("x-forwarded-host", host);
     }
     out

@@ -36,10 +36,7 @@ pub struct AuthRefusal {
 impl AuthCheck {
     /// A check against `url`, connecting within `connect_timeout`.
     pub fn new(url: HttpUrl, connect_timeout: Duration) -> Self {
-        Self {
-            pool: Pool::new(connect_timeout.min(AUTH_TIMEOUT), AUTH_TIMEOUT),
-            url,
-        }
+        Self { pool: Pool::new(connect_timeout.min(AUTH_TIMEOUT), AUTH_TIMEOUT), url }
     }
 
     /// The endpoint.
@@ -65,14 +62,10 @@ impl AuthCheck {
         }
         match tokio::time::timeout(AUTH_TIMEOUT, self.pool.send(request)).await {
             Ok(Ok(response)) if response.status().is_success() => Ok(()),
-            Ok(Ok(response)) => Err(AuthRefusal {
-                denied: Denied::Auth,
-                detail: format!("answered {}", response.status()),
-            }),
-            Ok(Err(error)) => Err(AuthRefusal {
-                denied: Denied::AuthUnavailable,
-                detail: error.to_string(),
-            }),
+            Ok(Ok(response)) => {
+                Err(AuthRefusal { denied: Denied::Auth, detail: format!("answered {}", response.status()) })
+            }
+            Ok(Err(error)) => Err(AuthRefusal { denied: Denied::AuthUnavailable, detail: error.to_string() }),
             Err(_) => Err(AuthRefusal {
                 denied: Denied::AuthUnavailable,
                 detail: format!("no answer within {AUTH_TIMEOUT:?}"),

@@ -30,8 +30,13 @@ const READ_CHUNK: usize = 4096;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one HTTP/1.1 (or not yet known) connection; see the module documentation.
-pub(super) async fn serve<I: Connection>(state: Arc<State>, io: I, client: ClientInfo, slot: Option<Arc<ConnectionSlot>>, protocol: Protocol)
-{
+pub(super) async fn serve<I: Connection>(
+    state: Arc<State>,
+    io: I,
+    client: ClientInfo,
+    slot: Option<Arc<ConnectionSlot>>,
+    protocol: Protocol,
+) {
     let Some(slot) = slot else {
         // Full: hyper answers the 503.
         return Box::pin(serve_io(state, io, client, None, protocol)).await;
@@ -137,10 +142,14 @@ where
             }
             RequestPlan::Upgrade(upgrade) if upgrade.head_len <= limits.max_header_bytes => {
                 let req = upgrade.request;
-                let route = match runtime.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |_| false) {
-                    Route::WebSocket(app) => Some(app.clone()),
-                    _ => None,
-                };
+                let route =
+                    match runtime
+                        .router
+                        .classify(req.method(), req.version(), req.uri().path(), req.headers(), |_| false)
+                    {
+                        Route::WebSocket(app) => Some(app.clone()),
+                        _ => None,
+                    };
                 // A WebSocket on an app URL: answered here, the session started in a task of
                 // its own (no hand-over through hyper's upgrade machinery). Any other upgrade
                 // there is hyper's, below.
@@ -250,7 +259,9 @@ async fn write_response<I: AsyncWrite + Unpin>(io: &mut I, response: http::Respo
 /// anything else still needs its framing and body.
 fn response_head(parts: &http::response::Parts) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", parts.status.as_u16(), parts.status.canonical_reason().unwrap_or("")).as_bytes());
+    out.extend_from_slice(
+        format!("HTTP/1.1 {} {}\r\n", parts.status.as_u16(), parts.status.canonical_reason().unwrap_or("")).as_bytes(),
+    );
     for (name, value) in &parts.headers {
         // Framing is ours (write_response), whatever an app's rejection carried.
         if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {

@@ -52,7 +52,10 @@ mod tests {
         assert_eq!(connection_capacity(Some(1024)), 384);
         assert_eq!(connection_capacity(Some(100)), 1);
         assert_eq!(connection_capacity(None), usize::MAX);
-        assert_eq!(connection_capacity(Some(u64::MAX)), usize::try_from((u64::MAX - RESERVED) / 2).unwrap_or(usize::MAX));
+        assert_eq!(
+            connection_capacity(Some(u64::MAX)),
+            usize::try_from((u64::MAX - RESERVED) / 2).unwrap_or(usize::MAX)
+        );
     }
 
     #[test]

@@ -16,9 +16,7 @@ use ipnet::IpNet;
 use super::access::{auth_request_headers, check_origin};
 use super::router::{connection_has_upgrade, Route, Router};
 use crate::config::{self, AppKind, CliOverrides, Config, ConfigSource, DEMO_CONFIG};
-use crate::proxy::headers::{
-    self as fwd, ForwardContext, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
-};
+use crate::proxy::headers::{self as fwd, ForwardContext, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::proxy::{request_host, upstream_uri};
 use crate::ws::handshake::{is_websocket_upgrade, validate_upgrade};
 
@@ -31,23 +29,14 @@ use crate::ws::handshake::{is_websocket_upgrade, validate_upgrade};
 /// are read lossily here so that the parser still sees the rest of them.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data).into_owned();
-    let source = ConfigSource::Text {
-        name: "fuzz.toml".to_owned(),
-        text,
-    };
+    let source = ConfigSource::Text { name: "fuzz.toml".to_owned(), text };
     let config = match config::load(source, &CliOverrides::default()) {
         Ok(config) => config,
         Err(error) => {
-            assert!(
-                !error.entries().is_empty(),
-                "a refused config without an error"
-            );
+            assert!(!error.entries().is_empty(), "a refused config without an error");
             for entry in error.entries() {
                 let line = entry.to_string();
-                assert!(
-                    !entry.message.trim().is_empty(),
-                    "empty error message: {line:?}"
-                );
+                assert!(!entry.message.trim().is_empty(), "empty error message: {line:?}");
                 assert!(!line.contains('\n'), "error spans lines: {line:?}");
             }
             return;
@@ -62,7 +51,12 @@ pub fn config(data: &[u8]) {
     for app in config.apps.values() {
         for bound in config::bounds::APP_BOUNDS {
             if let Some(value) = (bound.get)(app) {
-                assert!(bound.range.contains(value), "{} = {value:?} accepted outside {}", bound.key, bound.range.describe());
+                assert!(
+                    bound.range.contains(value),
+                    "{} = {value:?} accepted outside {}",
+                    bound.key,
+                    bound.range.describe()
+                );
             }
         }
     }
@@ -91,16 +85,9 @@ pub fn config(data: &[u8]) {
 
 /// Every file `check` may read.
 fn files_of(config: &Config) -> impl Iterator<Item = &Path> {
-    let tls = config
-        .listen
-        .iter()
-        .filter_map(|l| l.tls.as_ref())
-        .flat_map(|t| [t.cert.as_path(), t.key.as_path()]);
-    let other = [
-        config.admin.token_file.as_deref(),
-        config.broker.password_file.as_deref(),
-        config.broker.ca_file.as_deref(),
-    ];
+    let tls = config.listen.iter().filter_map(|l| l.tls.as_ref()).flat_map(|t| [t.cert.as_path(), t.key.as_path()]);
+    let other =
+        [config.admin.token_file.as_deref(), config.broker.password_file.as_deref(), config.broker.ca_file.as_deref()];
     tls.chain(other.into_iter().flatten())
 }
 
@@ -120,10 +107,7 @@ struct App {
 fn table() -> &'static (Router<App>, Vec<String>) {
     static TABLE: OnceLock<(Router<App>, Vec<String>)> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let demo = ConfigSource::Text {
-            name: "demo".into(),
-            text: DEMO_CONFIG.into(),
-        };
+        let demo = ConfigSource::Text { name: "demo".into(), text: DEMO_CONFIG.into() };
         let mut config = config::load(demo, &CliOverrides::default()).unwrap_or_default();
         let mut extra = config::AppConfig::new(AppKind::LogView);
         extra.urls = vec!["/".to_owned()];
@@ -131,10 +115,8 @@ fn table() -> &'static (Router<App>, Vec<String>) {
         let mut router = Router::default();
         let mut paths = Vec::new();
         for (name, app) in &config.apps {
-            let entry = Arc::new(App {
-                name: name.clone(),
-                page: matches!(app.kind, AppKind::Chat | AppKind::LogView),
-            });
+            let entry =
+                Arc::new(App { name: name.clone(), page: matches!(app.kind, AppKind::Chat | AppKind::LogView) });
             for url in &app.urls {
                 router.insert(url, entry.clone());
                 paths.push(url.clone());
@@ -193,10 +175,7 @@ pub fn router(data: &[u8]) {
     let exact = paths.iter().any(|p| p == path);
     match &route {
         Route::WebSocket(app) | Route::Page(app) => {
-            assert!(
-                exact,
-                "app route for a path that is not an app URL: {path:?}"
-            );
+            assert!(exact, "app route for a path that is not an app URL: {path:?}");
             assert_eq!(router.app(path).map(|a| &a.name), Some(&app.name));
         }
         Route::Tunnel => {
@@ -206,25 +185,18 @@ pub fn router(data: &[u8]) {
         Route::Proxy => {}
     }
     if exact && is_websocket_upgrade(headers) {
-        assert!(
-            matches!(route, Route::WebSocket(_)),
-            "app-URL upgrade not sent to the app"
-        );
+        assert!(matches!(route, Route::WebSocket(_)), "app-URL upgrade not sent to the app");
     }
     match route {
         Route::WebSocket(_) => websocket_checks(&request),
         Route::Page(_) => {
-            assert!(
-                method == Method::GET || method == Method::HEAD,
-                "page for {method}"
-            );
+            assert!(method == Method::GET || method == Method::HEAD, "page for {method}");
         }
         Route::Tunnel | Route::Proxy => {
             let tunnel = matches!(route, Route::Tunnel);
-            for (peer, trusted, tls) in [
-                (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), false, false),
-                (IpAddr::V6(Ipv6Addr::LOCALHOST), true, true),
-            ] {
+            for (peer, trusted, tls) in
+                [(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), false, false), (IpAddr::V6(Ipv6Addr::LOCALHOST), true, true)]
+            {
                 forwarded(&request, SocketAddr::new(peer, 40000), trusted, tls, tunnel);
             }
         }
@@ -238,17 +210,10 @@ fn websocket_checks(request: &Request<()>) {
     let _ = validate_upgrade(request.method(), request.version(), headers);
     let authority = request.uri().authority().map(Authority::as_str);
     let _ = check_origin(headers, authority, &[]);
-    let _ = check_origin(
-        headers,
-        authority,
-        &["https://example.org".to_owned(), "*".to_owned()],
-    );
+    let _ = check_origin(headers, authority, &["https://example.org".to_owned(), "*".to_owned()]);
     let peer = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 9).to_ipv6_mapped());
     let sub = auth_request_headers(headers, request.uri(), request.method(), peer, false);
-    assert_eq!(
-        sub.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes),
-        Some(&b"192.0.2.9"[..])
-    );
+    assert_eq!(sub.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes), Some(&b"192.0.2.9"[..]));
     for name in sub.keys() {
         let allowed = [
             header::COOKIE.as_str(),
@@ -260,10 +225,7 @@ fn websocket_checks(request: &Request<()>) {
             "x-forwarded-proto",
             "x-forwarded-host",
         ];
-        assert!(
-            allowed.contains(&name.as_str()),
-            "auth subrequest leaks {name}"
-        );
+        assert!(allowed.contains(&name.as_str()), "auth subrequest leaks {name}");
     }
 }
 
@@ -280,43 +242,23 @@ fn forwarded(request: &Request<()>, peer: SocketAddr, trusted: bool, tls: bool, 
         Err(error) => panic!("no upstream target for {:?}: {error}", request.uri()),
     };
     let client_pq = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    assert_eq!(
-        target.path_and_query().map(|pq| pq.as_str()),
-        Some(client_pq)
-    );
+    assert_eq!(target.path_and_query().map(|pq| pq.as_str()), Some(client_pq));
 
     let (parts, ()) = request.clone().into_parts();
     let host = request_host(&parts);
-    let upgrade = if tunnel {
-        fwd::upgrade_protocol(&parts.headers)
-    } else {
-        None
-    };
+    let upgrade = if tunnel { fwd::upgrade_protocol(&parts.headers) } else { None };
     let restored = upgrade.is_some();
-    let nets: Vec<IpNet> = if trusted {
-        vec![IpNet::from(peer.ip())]
-    } else {
-        Vec::new()
-    };
+    let nets: Vec<IpNet> = if trusted { vec![IpNet::from(peer.ip())] } else { Vec::new() };
     let ctx = ForwardContext::new(peer, tls, &nets);
     let mut out: HeaderMap = parts.headers;
     fwd::to_upstream(&mut out, &ctx, host.clone(), parts.version, upgrade);
 
-    for gone in [
-        "te",
-        "transfer-encoding",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-    ] {
+    for gone in ["te", "transfer-encoding", "keep-alive", "proxy-connection", "proxy-authorization"] {
         assert!(!out.contains_key(gone), "{gone} forwarded upstream");
     }
     if restored {
         assert_eq!(out.get_all(header::CONNECTION).iter().count(), 1);
-        assert_eq!(
-            out.get(header::CONNECTION).map(HeaderValue::as_bytes),
-            Some(&b"upgrade"[..])
-        );
+        assert_eq!(out.get(header::CONNECTION).map(HeaderValue::as_bytes), Some(&b"upgrade"[..]));
         assert!(out.contains_key(header::UPGRADE));
     } else {
         assert!(!out.contains_key(header::CONNECTION) && !out.contains_key(header::UPGRADE));
@@ -324,47 +266,24 @@ fn forwarded(request: &Request<()>, peer: SocketAddr, trusted: bool, tls: bool, 
     assert_eq!(out.get_all(&X_FORWARDED_FOR).iter().count(), 1);
     assert_eq!(out.get_all(header::FORWARDED).iter().count(), 1);
     assert_eq!(out.get_all(header::VIA).iter().count(), 1);
-    let xff = out
-        .get(&X_FORWARDED_FOR)
-        .map(HeaderValue::as_bytes)
-        .unwrap_or_default();
+    let xff = out.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes).unwrap_or_default();
     let peer_text = ctx.peer.to_string();
     if ctx.trusted {
-        assert!(
-            xff.ends_with(peer_text.as_bytes()),
-            "peer not appended to X-Forwarded-For"
-        );
+        assert!(xff.ends_with(peer_text.as_bytes()), "peer not appended to X-Forwarded-For");
     } else {
         assert_eq!(xff, peer_text.as_bytes(), "untrusted X-Forwarded-For kept");
-        let forwarded = out
-            .get(header::FORWARDED)
-            .map(HeaderValue::as_bytes)
-            .unwrap_or_default();
+        let forwarded = out.get(header::FORWARDED).map(HeaderValue::as_bytes).unwrap_or_default();
         assert!(forwarded.starts_with(format!("for={peer_text};").as_bytes()));
     }
-    assert_eq!(
-        out.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes),
-        Some(ctx.proto().as_bytes())
-    );
-    assert_eq!(
-        out.get(header::HOST),
-        host.as_ref(),
-        "Host is not the request's authority"
-    );
+    assert_eq!(out.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes), Some(ctx.proto().as_bytes()));
+    assert_eq!(out.get(header::HOST), host.as_ref(), "Host is not the request's authority");
     assert_eq!(out.get(&X_FORWARDED_HOST), host.as_ref());
     assert!(fwd::via_has_pseudonym(&out), "no loop marker in Via");
 
     // The same field section as an upstream response on its way to the client.
     let mut back = out;
     fwd::to_downstream(&mut back, Version::HTTP_11, None);
-    for gone in [
-        "connection",
-        "upgrade",
-        "te",
-        "transfer-encoding",
-        "keep-alive",
-        "proxy-connection",
-    ] {
+    for gone in ["connection", "upgrade", "te", "transfer-encoding", "keep-alive", "proxy-connection"] {
         assert!(!back.contains_key(gone), "{gone} forwarded downstream");
     }
 }
@@ -379,12 +298,21 @@ fn same_as_full_path(client_head: &[u8], fast: &httparse::Request<'_, '_>, body_
         panic!("the fast path forwarded a head hyper refuses: {:?}", String::from_utf8_lossy(client_head));
     };
     let (mut parts, ()) = request.into_parts();
-    assert_eq!(fwd::check_request(parts.version, &parts.headers), Ok(()), "the full path refuses what the fast path forwarded");
-    let client_length = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).map_or(Some(0), |v| v.trim().parse::<usize>().ok());
+    assert_eq!(
+        fwd::check_request(parts.version, &parts.headers),
+        Ok(()),
+        "the full path refuses what the fast path forwarded"
+    );
+    let client_length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map_or(Some(0), |v| v.trim().parse::<usize>().ok());
     assert_eq!(client_length, Some(body_len), "the fast path framed the body differently from the client's length");
     let host = crate::proxy::request_host(&parts);
     fwd::to_upstream(&mut parts.headers, ctx, host, parts.version, None);
-    let mut full: Vec<(String, Vec<u8>)> = parts.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+    let mut full: Vec<(String, Vec<u8>)> =
+        parts.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
     let mut fast: Vec<(String, Vec<u8>)> = fast
         .headers
         .iter()
@@ -394,7 +322,12 @@ fn same_as_full_path(client_head: &[u8], fast: &httparse::Request<'_, '_>, body_
         .collect();
     full.sort();
     fast.sort();
-    assert_eq!(fast, full, "the fast path's upstream fields differ from the full path's for {:?}", String::from_utf8_lossy(client_head));
+    assert_eq!(
+        fast,
+        full,
+        "the fast path's upstream fields differ from the full path's for {:?}",
+        String::from_utf8_lossy(client_head)
+    );
 }
 
 /// The proxy fast path's HTTP/1.1 parsing ([`crate::proxy::h1`]) on arbitrary bytes, read as
@@ -412,19 +345,37 @@ pub fn proxy_h1(data: &[u8]) {
         let mut fields = [httparse::EMPTY_HEADER; 2 * h1::MAX_HEADERS];
         let mut req = httparse::Request::new(&mut fields);
         let parsed = req.parse(&plan.upstream_head);
-        assert_eq!(parsed, Ok(httparse::Status::Complete(plan.upstream_head.len())), "upstream head: {:?}", String::from_utf8_lossy(&plan.upstream_head));
+        assert_eq!(
+            parsed,
+            Ok(httparse::Status::Complete(plan.upstream_head.len())),
+            "upstream head: {:?}",
+            String::from_utf8_lossy(&plan.upstream_head)
+        );
         assert_eq!(req.version, Some(1));
-        for hop in ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authorization", "expect"] {
+        for hop in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "expect",
+        ] {
             assert!(!req.headers.iter().any(|h| h.name.eq_ignore_ascii_case(hop)), "{hop} sent upstream");
         }
         assert_eq!(req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")).count(), 1);
-        let via: Vec<&[u8]> = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("via")).map(|h| h.value).collect();
+        let via: Vec<&[u8]> =
+            req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("via")).map(|h| h.value).collect();
         assert!(via.len() == 1 && via[0].ends_with(b"1.1 wsgate"), "Via: {via:?}");
         // The body forwarded with the head is the one the upstream will read: one plain length.
         assert!(plan.body_len <= h1::MAX_FAST_BODY);
-        let lengths: Vec<&[u8]> = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")).map(|h| h.value).collect();
+        let lengths: Vec<&[u8]> =
+            req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")).map(|h| h.value).collect();
         assert!(lengths.len() <= 1, "Content-Length sent twice");
-        let sent = lengths.first().map_or(Some(0), |v| std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<usize>().ok()));
+        let sent = lengths
+            .first()
+            .map_or(Some(0), |v| std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<usize>().ok()));
         assert_eq!(sent, Some(plan.body_len), "Content-Length sent upstream does not frame the body");
         same_as_full_path(&data[..plan.head_len], &req, plan.body_len, &ctx);
     }
@@ -441,7 +392,12 @@ pub fn proxy_h1(data: &[u8]) {
                     assert!(head.head_len <= rest.len());
                     let mut fields = [httparse::EMPTY_HEADER; 2 * h1::MAX_HEADERS];
                     let mut resp = httparse::Response::new(&mut fields);
-                    assert_eq!(resp.parse(&head.client_head), Ok(httparse::Status::Complete(head.client_head.len())), "client head: {:?}", String::from_utf8_lossy(&head.client_head));
+                    assert_eq!(
+                        resp.parse(&head.client_head),
+                        Ok(httparse::Status::Complete(head.client_head.len())),
+                        "client head: {:?}",
+                        String::from_utf8_lossy(&head.client_head)
+                    );
                     let has = |name: &str| resp.headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
                     assert_eq!(has("transfer-encoding"), head.framing == Framing::Chunked);
                     if head.framing == Framing::Chunked {

@@ -224,8 +224,13 @@ fn fast_path_on(state: &State) -> bool {
 }
 
 /// Serves a connection with hyper (HTTP/1.1 with upgrades, or HTTP/2).
-pub(super) async fn serve_io<I>(state: Arc<State>, io: I, client: ClientInfo, slot: Option<Arc<ConnectionSlot>>, protocol: Protocol)
-where
+pub(super) async fn serve_io<I>(
+    state: Arc<State>,
+    io: I,
+    client: ClientInfo,
+    slot: Option<Arc<ConnectionSlot>>,
+    protocol: Protocol,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (header_read_timeout, max_header_bytes) = {

@@ -5,8 +5,8 @@ pub mod access;
 pub mod auth;
 mod fastpath;
 mod fd_budget;
-mod h2_guard;
 pub mod fuzzing;
+mod h2_guard;
 pub mod host_rule;
 mod listen;
 pub mod reload;
@@ -35,8 +35,8 @@ use crate::config::{AppConfig, Config, SlowConsumerPolicy as ConfigPolicy};
 use crate::metrics::{KindLabel, Metrics};
 use crate::proxy::{ClientInfo, Proxy, ProxyFailure, ProxySettings, Side};
 use crate::pubsub::channel::ChannelIdGenerator;
-use crate::pubsub::Hub;
 use crate::pubsub::queue::SlowConsumerPolicy;
+use crate::pubsub::Hub;
 use crate::ws::session::SessionConfig;
 use router::{Route, Router};
 use shutdown::{Drain, DrainWatch};
@@ -252,7 +252,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
             undelivered: metrics.broker_undelivered.clone(),
             connect_failures: metrics.broker_connect_failures.clone(),
         },
-    ).map_err(StartError::Broker)?;
+    )
+    .map_err(StartError::Broker)?;
     let runtime = build_runtime(config, &hub, &metrics, None)?;
     let admin_listener = match config.admin.addr {
         Some(addr) => {
@@ -340,10 +341,8 @@ fn build_runtime(
         if app_config.urls.is_empty() {
             continue; // an app without URLs is off (seed semantics)
         }
-        let reused = previous
-            .and_then(|p| p.apps.get(name))
-            .filter(|(old, _)| old == app_config)
-            .map(|(_, app)| app.clone());
+        let reused =
+            previous.and_then(|p| p.apps.get(name)).filter(|(old, _)| old == app_config).map(|(_, app)| app.clone());
         let app = match reused {
             Some(app) => app,
             None => apps::build(name, app_config, hub)?,
@@ -377,7 +376,10 @@ fn build_runtime(
         }
     }
     let proxy = match previous {
-        Some(p) if p.config.upstream == config.upstream && p.config.limits.body_read_timeout == config.limits.body_read_timeout => {
+        Some(p)
+            if p.config.upstream == config.upstream
+                && p.config.limits.body_read_timeout == config.limits.body_read_timeout =>
+        {
             p.proxy.clone()
         }
         _ => Proxy::new(ProxySettings {
@@ -424,13 +426,16 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let Some(slot) = slot else {
-        let mut response = text_response(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable: too many connections\n");
+        let mut response =
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable: too many connections\n");
         response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         return Ok(response);
     };
     // One load per request: a reload during the request does not change what it sees.
     let runtime = state.runtime.load_full();
-    let mut route = runtime.router.classify(req.method(), req.version(), req.uri().path(), req.headers(), |app| app.app.page().is_some());
+    let mut route = runtime
+        .router
+        .classify(req.method(), req.version(), req.uri().path(), req.headers(), |app| app.app.page().is_some());
     if upgrade::is_extended_connect(&req) {
         // RFC 8441 WebSocket over HTTP/2 on an app URL; other extended CONNECTs keep their route.
         if let Some(app) = runtime.router.app(req.uri().path()) {
@@ -445,14 +450,17 @@ async fn handle(
                 None => upgrade::accept(state.clone(), client, slot, app, req).await,
             }
         }
-        Route::Page(app) => upgrade::refuse_page(&state, &client, app, &req).unwrap_or_else(|| page_response(&req, app.app.page().unwrap_or_default())),
+        Route::Page(app) => upgrade::refuse_page(&state, &client, app, &req)
+            .unwrap_or_else(|| page_response(&req, app.app.page().unwrap_or_default())),
         Route::Tunnel => {
             let started = Instant::now();
             let response = runtime.proxy.tunnel(req, &client).await;
             record_proxied(&state.metrics, &response, started);
             response.map(|b| b.map_err(Into::into).boxed())
         }
-        Route::Proxy if req.version() == http::Version::HTTP_2 => forward_detached(state.clone(), runtime.clone(), client, req).await,
+        Route::Proxy if req.version() == http::Version::HTTP_2 => {
+            forward_detached(state.clone(), runtime.clone(), client, req).await
+        }
         Route::Proxy => {
             let started = Instant::now();
             let response = runtime.proxy.forward(req, &client).await;
@@ -472,7 +480,12 @@ const ABANDONED_DRAIN_LIMIT: usize = 64 * 1024;
 /// connection, so a reset storm opened one upstream connection per reset. The task instead
 /// finishes the exchange (bounded by the upstream timeouts) and, when nobody waits for the
 /// answer any more, reads a short response to its end so its connection returns to the pool.
-async fn forward_detached(state: Arc<State>, runtime: Arc<Runtime>, client: ClientInfo, req: Request<Incoming>) -> Response<Body> {
+async fn forward_detached(
+    state: Arc<State>,
+    runtime: Arc<Runtime>,
+    client: ClientInfo,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let (answer, answered) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let started = Instant::now();
@@ -509,13 +522,19 @@ where
 /// Counts a proxied request: status class, time to the response head, and the upstream's
 /// failure kind when the proxy answered for it (its [`ProxyFailure`] extension).
 fn record_proxied<B>(metrics: &Metrics, response: &Response<B>, started: Instant) {
-    let upstream_failure = response.extensions().get::<ProxyFailure>().filter(|f| f.side == Side::Upstream).map(|f| f.kind);
+    let upstream_failure =
+        response.extensions().get::<ProxyFailure>().filter(|f| f.side == Side::Upstream).map(|f| f.kind);
     record_proxy_outcome(metrics, response.status(), upstream_failure, started.elapsed());
 }
 
 /// Counts a proxied request from its parts: status, the upstream failure's kind if we
 /// answered for the upstream, and the time to the response head.
-fn record_proxy_outcome(metrics: &Metrics, status: StatusCode, upstream_failure: Option<&'static str>, head_time: Duration) {
+fn record_proxy_outcome(
+    metrics: &Metrics,
+    status: StatusCode,
+    upstream_failure: Option<&'static str>,
+    head_time: Duration,
+) {
     metrics.proxy_request_duration.observe(head_time.as_secs_f64());
     metrics.proxy_requests.get_or_create(&Metrics::status_class(status)).inc();
     if let Some(kind) = upstream_failure {
@@ -524,7 +543,8 @@ fn record_proxy_outcome(metrics: &Metrics, status: StatusCode, upstream_failure:
 }
 
 fn page_response(req: &Request<Incoming>, html: &'static str) -> Response<Body> {
-    let body = if req.method() == http::Method::HEAD { empty_body() } else { full_body(Bytes::from_static(html.as_bytes())) };
+    let body =
+        if req.method() == http::Method::HEAD { empty_body() } else { full_body(Bytes::from_static(html.as_bytes())) };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
@@ -538,9 +558,7 @@ fn page_response(req: &Request<Incoming>, html: &'static str) -> Response<Body> 
 pub(crate) fn text_response(status: StatusCode, text: &str) -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::copy_from_slice(text.as_bytes())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 

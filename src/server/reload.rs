@@ -119,11 +119,7 @@ fn same_entry(a: &ListenConfig, b: &ListenConfig) -> bool {
 impl Listeners {
     pub(crate) fn new(passed: Vec<PassedSocket>) -> Self {
         let activated = !passed.is_empty();
-        Self {
-            active: Vec::new(),
-            passed,
-            activated,
-        }
+        Self { active: Vec::new(), passed, activated }
     }
 
     pub(crate) fn bound(&self) -> Vec<BoundListener> {
@@ -141,20 +137,11 @@ impl Listeners {
         for entry in &config.listen {
             let key = match &entry.tls {
                 Some(t) => {
-                    let map = |source| StartError::Tls {
-                        addr: entry.addr,
-                        source,
-                    };
+                    let map = |source| StartError::Tls { addr: entry.addr, source };
                     let key = tls::load_certified_key(&t.cert, &t.key).map_err(map)?;
                     let resolver = Arc::new(CertResolver::new(key.clone()));
                     let server_config = tls::server_config(resolver.clone(), &t.cert).map_err(map)?;
-                    Some((
-                        key,
-                        Arc::new(TlsSetup {
-                            acceptor: TlsAcceptor::from(server_config),
-                            resolver,
-                        }),
-                    ))
+                    Some((key, Arc::new(TlsSetup { acceptor: TlsAcceptor::from(server_config), resolver })))
                 }
                 None => None,
             };
@@ -170,12 +157,7 @@ impl Listeners {
                     }
                 }
             };
-            prepared.push(Prepared {
-                config: entry.clone(),
-                socket,
-                adopted,
-                key,
-            });
+            prepared.push(Prepared { config: entry.clone(), socket, adopted, key });
         }
         Ok(prepared)
     }
@@ -201,19 +183,12 @@ impl Listeners {
                     StartError::Activation(format!(
                         "listen {}: fd_name \"{name}\": systemd passed no socket of that name (passed: {})",
                         entry.addr,
-                        self.passed
-                            .iter()
-                            .map(|p| p.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        self.passed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
                     ))
                 })?)
             }
             Some(_) => None,
-            None => self
-                .passed
-                .iter()
-                .position(|p| p.listener.local_addr().ok() == Some(entry.addr)),
+            None => self.passed.iter().position(|p| p.listener.local_addr().ok() == Some(entry.addr)),
         };
         match position {
             Some(index) => {
@@ -318,9 +293,7 @@ impl RunningServer {
     pub async fn reload(&self, loaded: Result<Config, ConfigError>) -> Result<ReloadSummary, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let result = self.try_reload(loaded);
-        let label = ResultLabel {
-            result: if result.is_ok() { "ok" } else { "error" },
-        };
+        let label = ResultLabel { result: if result.is_ok() { "ok" } else { "error" } };
         self.state.metrics.config_reloads.get_or_create(&label).inc();
         match &result {
             Ok(summary) => tracing::info!(?summary, "configuration reloaded"),
@@ -347,18 +320,8 @@ impl RunningServer {
         let prepared = listeners.prepare(&config)?;
 
         // Commit: nothing below can fail.
-        let apps_added: Vec<String> = runtime
-            .apps
-            .keys()
-            .filter(|n| !old.apps.contains_key(*n))
-            .cloned()
-            .collect();
-        let apps_removed: Vec<String> = old
-            .apps
-            .keys()
-            .filter(|n| !runtime.apps.contains_key(*n))
-            .cloned()
-            .collect();
+        let apps_added: Vec<String> = runtime.apps.keys().filter(|n| !old.apps.contains_key(*n)).cloned().collect();
+        let apps_removed: Vec<String> = old.apps.keys().filter(|n| !runtime.apps.contains_key(*n)).cloned().collect();
         state.runtime.store(Arc::new(runtime));
         let (listeners_added, listeners_removed) = listeners.commit(state, prepared);
         drop(listeners);
@@ -374,12 +337,6 @@ impl RunningServer {
                 }
             }
         }
-        Ok(ReloadSummary {
-            apps_added,
-            apps_removed,
-            listeners_added,
-            listeners_removed,
-            websockets_closed,
-        })
+        Ok(ReloadSummary { apps_added, apps_removed, listeners_added, listeners_removed, websockets_closed })
     }
 }

@@ -138,17 +138,33 @@ mod tests {
     fn pages_only_for_apps_that_have_one() {
         let r = router();
         let none = HeaderMap::new();
-        assert_eq!(r.classify(&Method::GET, Version::HTTP_11, "/websocket/chat", &none, |a| *a == "chat"), Route::Page(&Arc::new("chat")));
-        assert_eq!(r.classify(&Method::HEAD, Version::HTTP_11, "/websocket/chat", &none, |a| *a == "chat"), Route::Page(&Arc::new("chat")));
-        assert_eq!(r.classify(&Method::POST, Version::HTTP_11, "/websocket/chat", &none, |a| *a == "chat"), Route::Proxy);
-        assert_eq!(r.classify(&Method::GET, Version::HTTP_11, "/websocket/echo", &none, |a| *a == "chat"), Route::Proxy);
+        assert_eq!(
+            r.classify(&Method::GET, Version::HTTP_11, "/websocket/chat", &none, |a| *a == "chat"),
+            Route::Page(&Arc::new("chat"))
+        );
+        assert_eq!(
+            r.classify(&Method::HEAD, Version::HTTP_11, "/websocket/chat", &none, |a| *a == "chat"),
+            Route::Page(&Arc::new("chat"))
+        );
+        assert_eq!(
+            r.classify(&Method::POST, Version::HTTP_11, "/websocket/chat", &none, |a| *a == "chat"),
+            Route::Proxy
+        );
+        assert_eq!(
+            r.classify(&Method::GET, Version::HTTP_11, "/websocket/echo", &none, |a| *a == "chat"),
+            Route::Proxy
+        );
     }
 
     #[test]
     fn match_is_exact_on_the_path() {
         let r = router();
         for path in ["/websocket/echo/", "/websocket/ech", "/websocket/echo/x", "/WEBSOCKET/echo"] {
-            assert_eq!(r.classify(&Method::GET, Version::HTTP_11, path, &headers(WS), |_| false), Route::Tunnel, "{path}");
+            assert_eq!(
+                r.classify(&Method::GET, Version::HTTP_11, path, &headers(WS), |_| false),
+                Route::Tunnel,
+                "{path}"
+            );
         }
     }
 

@@ -99,8 +99,8 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     if chain.is_empty() {
         return Err(TlsError::Certificate { path: cert.to_owned(), reason: "no CERTIFICATE block found".into() });
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::Key { path: key.to_owned(), reason: e.to_string() })?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key { path: key.to_owned(), reason: e.to_string() })?;
     let certified = CertifiedKey::from_der(chain, key_der, &crypto_provider())
         .map_err(|e| TlsError::Config { cert: cert.to_owned(), reason: e.to_string() })?;
     Ok(Arc::new(certified))

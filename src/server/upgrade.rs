@@ -14,11 +14,11 @@ use crate::metrics::ReasonLabel;
 use crate::proxy::ClientInfo;
 use crate::pubsub::channel::{ChannelHandle, ChannelInfo, ChannelQueue};
 use crate::ws::deflate::negotiate_server;
-use crate::ws::handshake::{
-    accept_key, extended_connect_response_headers, response_headers, select_protocol, validate_extended_connect, validate_upgrade,
-    HandshakeError,
-};
 use crate::ws::direct::{self, SessionIo};
+use crate::ws::handshake::{
+    accept_key, extended_connect_response_headers, response_headers, select_protocol, validate_extended_connect,
+    validate_upgrade, HandshakeError,
+};
 use crate::ws::session;
 
 /// Whether `req` is an HTTP/2 WebSocket bootstrap (RFC 8441 §4): CONNECT with `:protocol`.
@@ -201,7 +201,12 @@ pub(super) async fn run_session(state: Arc<State>, slot: Arc<ConnectionSlot>, st
 /// `Some(403)` refuses the client. A client that the address or Origin check will refuse
 /// anyway is not asked about (`None`: `accept` refuses it with its own reason), so a refused
 /// address never makes wsgate send a subrequest.
-pub(super) async fn authorize<B>(state: &State, client: &ClientInfo, route: &AppRoute, req: &Request<B>) -> Option<Response<Body>> {
+pub(super) async fn authorize<B>(
+    state: &State,
+    client: &ClientInfo,
+    route: &AppRoute,
+    req: &Request<B>,
+) -> Option<Response<Body>> {
     let auth = route.auth.as_ref()?;
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     if check_address(client.peer.ip(), &route.allow).is_err()
@@ -230,7 +235,12 @@ pub(super) async fn authorize<B>(state: &State, client: &ClientInfo, route: &App
 /// The page of a restricted app (one with an allow list) follows the same address and Host
 /// rules as its WebSocket, so a rebinding page cannot load it either: `Some(refusal)`, or
 /// `None` to serve it. Apps open to everyone serve their page to anyone.
-pub(super) fn refuse_page<B>(state: &State, client: &ClientInfo, route: &AppRoute, req: &Request<B>) -> Option<Response<Body>> {
+pub(super) fn refuse_page<B>(
+    state: &State,
+    client: &ClientInfo,
+    route: &AppRoute,
+    req: &Request<B>,
+) -> Option<Response<Body>> {
     let denied = check_address(client.peer.ip(), &route.allow)
         .and_then(|()| check_host(route.host_rule.as_ref(), req.headers(), req.uri()))
         .err()?;
@@ -251,7 +261,8 @@ fn host_refused() -> Response<Body> {
 fn handshake_refused(route: &AppRoute, client: &ClientInfo, error: HandshakeError) -> Response<Body> {
     tracing::debug!(app = %route.name, peer = %client.peer, reason = error.reason(), "WebSocket handshake refused");
     let status = error.status();
-    let mut response = text_response(status, &format!("{} {}: {error}\n", status.as_u16(), status.canonical_reason().unwrap_or("")));
+    let mut response =
+        text_response(status, &format!("{} {}: {error}\n", status.as_u16(), status.canonical_reason().unwrap_or("")));
     // RFC 6455 §4.2.2: a 426 tells the client which version we speak.
     response.headers_mut().extend(error.response_headers());
     response

@@ -37,16 +37,12 @@ use tokio::time::Instant;
 
 use super::close::{code, CloseFrame};
 use super::codec::{
-    close_frame_payload, encode_frame, random_mask, Decoder, DecoderConfig, Incoming, OpCode,
-    ProtocolError, Role,
+    close_frame_payload, encode_frame, random_mask, Decoder, DecoderConfig, Incoming, OpCode, ProtocolError, Role,
 };
 use super::deflate::{
-    accept_client, client_compressor, client_message_frame, client_offer, DeflateParams,
-    InflateError, Inflater,
+    accept_client, client_compressor, client_message_frame, client_offer, DeflateParams, InflateError, Inflater,
 };
-use super::handshake::{
-    client_key, client_request_headers, validate_response, ClientHandshakeError,
-};
+use super::handshake::{client_key, client_request_headers, validate_response, ClientHandshakeError};
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -195,48 +191,25 @@ struct Target {
 }
 
 fn parse_url(url: &str) -> Result<Target, ClientError> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
+    let uri: Uri = url.parse().map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
     let tls = match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("ws") => false,
         Some(s) if s.eq_ignore_ascii_case("wss") => true,
-        _ => {
-            return Err(ClientError::InvalidUrl(format!(
-                "{url}: the scheme must be ws:// or wss://"
-            )))
-        }
+        _ => return Err(ClientError::InvalidUrl(format!("{url}: the scheme must be ws:// or wss://"))),
     };
-    let host = uri
-        .host()
-        .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let host = uri.host().ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let default_port = if tls { 443 } else { 80 };
     let port = uri.port_u16().unwrap_or(default_port);
     let authority = match uri.port_u16() {
-        Some(p) if p != default_port => uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default(),
+        Some(p) if p != default_port => uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default(),
         _ if host.contains(':') => format!("[{host}]"),
         _ => host.clone(),
     };
     // RFC 6455 §3: the query is part of the resource name (the seed dropped it).
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+    let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     let path = if path.is_empty() { "/".into() } else { path };
-    Ok(Target {
-        tls,
-        host,
-        port,
-        authority,
-        path,
-    })
+    Ok(Target { tls, host, port, authority, path })
 }
 
 fn tls_connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector, ClientError> {
@@ -253,28 +226,20 @@ fn tls_connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
             .map_err(|e| ClientError::TlsSetup(format!("{}: {e}", path.display())))?;
         if certs.is_empty() {
-            return Err(ClientError::TlsSetup(format!(
-                "{}: no CERTIFICATE block found",
-                path.display()
-            )));
+            return Err(ClientError::TlsSetup(format!("{}: no CERTIFICATE block found", path.display())));
         }
         for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| ClientError::TlsSetup(format!("{}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| ClientError::TlsSetup(format!("{}: {e}", path.display())))?;
         }
     }
     if roots.is_empty() {
-        return Err(ClientError::TlsSetup(
-            "no trusted CA certificates (no system roots found; use --ca FILE)".into(),
-        ));
+        return Err(ClientError::TlsSetup("no trusted CA certificates (no system roots found; use --ca FILE)".into()));
     }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(crate::server::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::TlsSetup(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::server::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::TlsSetup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     // We speak HTTP/1.1 for the upgrade (RFC 6455 §4.1).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
@@ -283,10 +248,7 @@ fn tls_connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector
 async fn tcp_connect(host: &str, port: u16) -> Result<TcpStream, ClientError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|source| ClientError::Dns {
-            host: host.to_owned(),
-            source,
-        })?
+        .map_err(|source| ClientError::Dns { host: host.to_owned(), source })?
         .collect();
     let mut last = None;
     for addr in addrs {
@@ -314,11 +276,7 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Client, Clie
 }
 
 async fn connect_inner(target: &Target, options: &ConnectOptions) -> Result<Client, ClientError> {
-    let connector = if target.tls {
-        Some(tls_connector(options.ca_file.as_ref())?)
-    } else {
-        None
-    };
+    let connector = if target.tls { Some(tls_connector(options.ca_file.as_ref())?) } else { None };
     let tcp = tcp_connect(&target.host, target.port).await?;
     let io: Pin<Box<dyn Io>> = match connector {
         Some(connector) => {
@@ -327,10 +285,7 @@ async fn connect_inner(target: &Target, options: &ConnectOptions) -> Result<Clie
             let tls = connector
                 .connect(name, tcp)
                 .await
-                .map_err(|source| ClientError::Tls {
-                    host: target.host.clone(),
-                    source,
-                })?;
+                .map_err(|source| ClientError::Tls { host: target.host.clone(), source })?;
             Box::pin(tls)
         }
         None => Box::pin(tcp),
@@ -338,26 +293,19 @@ async fn connect_inner(target: &Target, options: &ConnectOptions) -> Result<Clie
     handshake(io, target, options).await
 }
 
-async fn handshake(
-    io: Pin<Box<dyn Io>>,
-    target: &Target,
-    options: &ConnectOptions,
-) -> Result<Client, ClientError> {
+async fn handshake(io: Pin<Box<dyn Io>>, target: &Target, options: &ConnectOptions) -> Result<Client, ClientError> {
     let key = client_key();
     let mut headers = client_request_headers(&target.authority, &key, &options.subprotocols)
         .map_err(|_| ClientError::InvalidHeader("Host or Sec-WebSocket-Protocol".into()))?;
     if options.deflate {
-        headers.insert(
-            SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
-        );
+        headers
+            .insert(SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static("permessage-deflate; client_max_window_bits"));
         debug_assert_eq!(client_offer(), "permessage-deflate; client_max_window_bits");
     }
     for (name, value) in &options.headers {
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| ClientError::InvalidHeader(name.clone()))?;
-        let value = HeaderValue::from_str(value.trim())
-            .map_err(|_| ClientError::InvalidHeader(name.to_string()))?;
+        let name =
+            HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| ClientError::InvalidHeader(name.clone()))?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| ClientError::InvalidHeader(name.to_string()))?;
         headers.append(name, value);
     }
     let mut request = Request::get(target.path.as_str())
@@ -365,19 +313,14 @@ async fn handshake(
         .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
     *request.headers_mut() = headers;
 
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| ClientError::Http(e.to_string()))?;
     let driver = tokio::spawn(conn.with_upgrades());
-    let mut response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let mut response = sender.send_request(request).await.map_err(|e| ClientError::Http(e.to_string()))?;
     let status = response.status();
     if status != http::StatusCode::SWITCHING_PROTOCOLS {
         // Show the start of the body: servers usually say why (wsgate does).
-        let body =
-            tokio::time::timeout(Duration::from_secs(2), response.into_body().collect()).await;
+        let body = tokio::time::timeout(Duration::from_secs(2), response.into_body().collect()).await;
         let body = match body {
             Ok(Ok(collected)) => {
                 let bytes = collected.to_bytes();
@@ -391,25 +334,18 @@ async fn handshake(
             _ => String::new(),
         };
         driver.abort();
-        return Err(ClientError::Refused {
-            status: status.as_u16(),
-            body,
-        });
+        return Err(ClientError::Refused { status: status.as_u16(), body });
     }
     let answer = validate_response(status, response.headers(), &key, &options.subprotocols)?;
     let deflate = if options.deflate {
         accept_client(&answer.extensions)?
     } else if !answer.extensions.is_empty() {
         // RFC 6455 §4.1 item 5: an extension we did not offer fails the connection.
-        return Err(
-            super::deflate::NegotiationError::Unacceptable(answer.extensions.join(", ")).into(),
-        );
+        return Err(super::deflate::NegotiationError::Unacceptable(answer.extensions.join(", ")).into());
     } else {
         None
     };
-    let upgraded = hyper::upgrade::on(&mut response)
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let upgraded = hyper::upgrade::on(&mut response).await.map_err(|e| ClientError::Http(e.to_string()))?;
     // Bytes the server sent right after the 101 (already read by hyper) come first.
     let parts = upgraded.downcast::<TokioIo<Pin<Box<dyn Io>>>>();
     let (io, buf) = match parts {
@@ -419,10 +355,7 @@ async fn handshake(
             (io, BytesMut::new())
         }
     };
-    let mut decoder = Decoder::new(DecoderConfig {
-        role: Role::Client,
-        max_message_size: options.max_message_size,
-    });
+    let mut decoder = Decoder::new(DecoderConfig { role: Role::Client, max_message_size: options.max_message_size });
     decoder.set_rsv1_allowed(deflate.is_some());
     Ok(Client {
         io,
@@ -463,11 +396,7 @@ impl Client {
         if self.close_sent {
             return Err(ClientError::Closed);
         }
-        let frame = client_message_frame(
-            opcode,
-            payload,
-            self.compressor.as_mut().map(|(c, reset)| (c, *reset)),
-        );
+        let frame = client_message_frame(opcode, payload, self.compressor.as_mut().map(|(c, reset)| (c, *reset)));
         self.out.extend_from_slice(&frame);
         self.flush_out().await
     }
@@ -487,14 +416,7 @@ impl Client {
 
     async fn send_control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), ClientError> {
         let mut frame = BytesMut::with_capacity(payload.len() + 6);
-        encode_frame(
-            &mut frame,
-            opcode,
-            true,
-            false,
-            payload,
-            Some(random_mask()),
-        );
+        encode_frame(&mut frame, opcode, true, false, payload, Some(random_mask()));
         self.out.extend_from_slice(&frame);
         self.flush_out().await
     }
@@ -506,8 +428,7 @@ impl Client {
             return Ok(());
         }
         self.close_sent = true;
-        self.send_control(OpCode::Close, &close_frame_payload(code, reason))
-            .await
+        self.send_control(OpCode::Close, &close_frame_payload(code, reason)).await
     }
 
     /// Waits for the next message, at most `timeout` (`None`: no limit). Pings are answered
@@ -537,9 +458,7 @@ impl Client {
                         let data = self.inflate_if_compressed(data).await?;
                         match String::from_utf8(data.to_vec()) {
                             Ok(text) => return Ok(Received::Text(text)),
-                            Err(_) => {
-                                return Err(self.fail(code::INVALID_DATA, "invalid UTF-8").await)
-                            }
+                            Err(_) => return Err(self.fail(code::INVALID_DATA, "invalid UTF-8").await),
                         }
                     }
                     Incoming::Binary(data) => {
@@ -556,10 +475,7 @@ impl Client {
                         self.close_received = true;
                         if !self.close_sent {
                             self.close_sent = true;
-                            let payload = frame
-                                .as_ref()
-                                .map(|f| close_frame_payload(f.code, ""))
-                                .unwrap_or_default();
+                            let payload = frame.as_ref().map(|f| close_frame_payload(f.code, "")).unwrap_or_default();
                             let _ = self.send_control(OpCode::Close, &payload).await;
                         }
                         // §7.1.1: the server closes TCP first; we may close our side now.
@@ -591,12 +507,8 @@ impl Client {
         };
         match result {
             Ok(plain) => Ok(plain),
-            Err(InflateError::TooBig { .. }) => {
-                Err(self.fail(code::TOO_BIG, "message too big").await)
-            }
-            Err(InflateError::Corrupt) => Err(self
-                .fail(code::INVALID_DATA, "invalid compressed data")
-                .await),
+            Err(InflateError::TooBig { .. }) => Err(self.fail(code::TOO_BIG, "message too big").await),
+            Err(InflateError::Corrupt) => Err(self.fail(code::INVALID_DATA, "invalid compressed data").await),
         }
     }
 
@@ -604,9 +516,7 @@ impl Client {
     async fn fail(&mut self, code: u16, reason: &str) -> ClientError {
         if !self.close_sent {
             self.close_sent = true;
-            let _ = self
-                .send_control(OpCode::Close, &close_frame_payload(code, reason))
-                .await;
+            let _ = self.send_control(OpCode::Close, &close_frame_payload(code, reason)).await;
         }
         self.close_received = true;
         let _ = self.io.shutdown().await;
@@ -615,21 +525,14 @@ impl Client {
 
     /// Closes the connection: sends a Close (unless one was sent), then discards messages
     /// until the server's Close arrives, at most 5 s. Returns the server's Close.
-    pub async fn close(
-        &mut self,
-        code: u16,
-        reason: &str,
-    ) -> Result<Option<CloseFrame>, ClientError> {
+    pub async fn close(&mut self, code: u16, reason: &str) -> Result<Option<CloseFrame>, ClientError> {
         if self.close_received {
             return Ok(None);
         }
         self.send_close(code, reason).await?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match self
-                .receive(Some(deadline.saturating_duration_since(Instant::now())))
-                .await?
-            {
+            match self.receive(Some(deadline.saturating_duration_since(Instant::now()))).await? {
                 Received::Close(frame) => return Ok(frame),
                 Received::Text(_) | Received::Binary(_) => {}
             }
@@ -652,34 +555,15 @@ mod tests {
         let t = parse_url("ws://example.com/chat?room=1").unwrap();
         assert!(!t.tls);
         assert_eq!(
-            (
-                t.host.as_str(),
-                t.port,
-                t.authority.as_str(),
-                t.path.as_str()
-            ),
+            (t.host.as_str(), t.port, t.authority.as_str(), t.path.as_str()),
             ("example.com", 80, "example.com", "/chat?room=1")
         );
         let t = parse_url("wss://[::1]:8443").unwrap();
         assert!(t.tls);
-        assert_eq!(
-            (
-                t.host.as_str(),
-                t.port,
-                t.authority.as_str(),
-                t.path.as_str()
-            ),
-            ("::1", 8443, "[::1]:8443", "/")
-        );
+        assert_eq!((t.host.as_str(), t.port, t.authority.as_str(), t.path.as_str()), ("::1", 8443, "[::1]:8443", "/"));
         let t = parse_url("wss://h:443/x").unwrap();
         assert_eq!(t.authority, "h");
-        assert!(matches!(
-            parse_url("http://h/"),
-            Err(ClientError::InvalidUrl(_))
-        ));
-        assert!(matches!(
-            parse_url("nonsense"),
-            Err(ClientError::InvalidUrl(_))
-        ));
+        assert!(matches!(parse_url("http://h/"), Err(ClientError::InvalidUrl(_))));
+        assert!(matches!(parse_url("nonsense"), Err(ClientError::InvalidUrl(_))));
     }
 }

@@ -62,10 +62,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs the client; returns the process exit code.
 pub fn run(args: ClientArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("wsgate client: cannot start the runtime: {error}");
@@ -88,10 +85,7 @@ pub fn run(args: ClientArgs) -> ExitCode {
         }
         Err(Failure::ClosedEarly(frame)) => {
             match frame {
-                Some(f) => eprintln!(
-                    "wsgate client: server closed the connection ({} {})",
-                    f.code, f.reason
-                ),
+                Some(f) => eprintln!("wsgate client: server closed the connection ({} {})", f.code, f.reason),
                 None => eprintln!("wsgate client: server closed the connection"),
             }
             ExitCode::from(1)
@@ -118,11 +112,7 @@ async fn run_async(args: ClientArgs) -> Result<(), Failure> {
             Some((name, value)) if !name.trim().is_empty() => {
                 headers.push((name.trim().to_owned(), value.trim().to_owned()))
             }
-            _ => {
-                return Err(Failure::Usage(format!(
-                    "--header {h:?}: expected \"Name: value\""
-                )))
-            }
+            _ => return Err(Failure::Usage(format!("--header {h:?}: expected \"Name: value\""))),
         }
     }
     let options = ConnectOptions {

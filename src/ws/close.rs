@@ -56,10 +56,7 @@ pub struct CloseFrame {
 impl CloseFrame {
     /// A close frame body with `code` and `reason`.
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason: reason.into(),
-        }
+        Self { code, reason: reason.into() }
     }
 }
 
@@ -69,13 +66,8 @@ mod tests {
 
     #[test]
     fn wire_code_table() {
-        let valid = [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
-            4000, 4999,
-        ];
-        let invalid = [
-            0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
-        ];
+        let valid = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999];
+        let invalid = [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535];
         for c in valid {
             assert!(is_valid_wire_code(c), "{c} should be valid");
         }
@@ -104,12 +96,6 @@ mod tests {
     #[test]
     fn close_frame_new() {
         let f = CloseFrame::new(code::NORMAL, "bye");
-        assert_eq!(
-            f,
-            CloseFrame {
-                code: 1000,
-                reason: "bye".into()
-            }
-        );
+        assert_eq!(f, CloseFrame { code: 1000, reason: "bye".into() });
     }
 }

@@ -86,10 +86,7 @@ pub struct DecoderConfig {
 
 impl Default for DecoderConfig {
     fn default() -> Self {
-        Self {
-            role: Role::Server,
-            max_message_size: 1 << 20,
-        }
+        Self { role: Role::Server, max_message_size: 1 << 20 }
     }
 }
 
@@ -372,10 +369,7 @@ impl Decoder {
                     Some(header) => {
                         buf.advance(header.header_len);
                         self.begin_frame(&header);
-                        PendingFrame {
-                            header,
-                            processed: 0,
-                        }
+                        PendingFrame { header, processed: 0 }
                     }
                     None => return Ok(None),
                 },
@@ -383,11 +377,7 @@ impl Decoder {
             let header = pending.header;
             let available = buf.len().min(header.payload_len);
             if available > pending.processed {
-                self.process(
-                    &mut buf[pending.processed..available],
-                    &header,
-                    pending.processed,
-                )?;
+                self.process(&mut buf[pending.processed..available], &header, pending.processed)?;
                 pending.processed = available;
             }
             if available < header.payload_len {
@@ -423,9 +413,7 @@ impl Decoder {
         // RFC 6455 §5.4: fragments of one message are not interleaved.
         match (opcode, &self.message) {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
-            (OpCode::Text | OpCode::Binary, Some(_)) => {
-                return Err(ProtocolError::ExpectedContinuation)
-            }
+            (OpCode::Text | OpCode::Binary, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
             _ => {}
         }
         let Some(&b1) = buf.get(1) else {
@@ -470,9 +458,7 @@ impl Decoder {
             n => (u64::from(n), 2),
         };
         // Size limit from the header alone, before any payload is buffered.
-        let too_large = ProtocolError::MessageTooLarge {
-            limit: self.max_message_size,
-        };
+        let too_large = ProtocolError::MessageTooLarge { limit: self.max_message_size };
         if !opcode.is_control() {
             let so_far = self.message.as_ref().map_or(0, |m| m.len) as u64;
             if so_far.saturating_add(charged_len(fin, len)) > self.max_message_size as u64 {
@@ -489,14 +475,7 @@ impl Decoder {
         } else {
             None
         };
-        Ok(Some(FrameHeader {
-            fin,
-            rsv1,
-            opcode,
-            mask,
-            header_len: pos,
-            payload_len,
-        }))
+        Ok(Some(FrameHeader { fin, rsv1, opcode, mask, header_len: pos, payload_len }))
     }
 
     /// Updates message state when a header has been accepted.
@@ -517,12 +496,7 @@ impl Decoder {
     }
 
     /// Unmasks newly arrived payload bytes in place and validates text.
-    fn process(
-        &mut self,
-        chunk: &mut [u8],
-        header: &FrameHeader,
-        offset: usize,
-    ) -> Result<(), ProtocolError> {
+    fn process(&mut self, chunk: &mut [u8], header: &FrameHeader, offset: usize) -> Result<(), ProtocolError> {
         if let Some(mask) = header.mask {
             apply_mask(chunk, mask, offset);
         }
@@ -536,11 +510,7 @@ impl Decoder {
     }
 
     /// Handles a frame whose whole (unmasked, validated) payload is `payload`.
-    fn complete_frame(
-        &mut self,
-        header: &FrameHeader,
-        payload: BytesMut,
-    ) -> Result<Option<Incoming>, ProtocolError> {
+    fn complete_frame(&mut self, header: &FrameHeader, payload: BytesMut) -> Result<Option<Incoming>, ProtocolError> {
         match header.opcode {
             OpCode::Ping => Ok(Some(Incoming::Ping(payload.freeze()))),
             OpCode::Pong => Ok(Some(Incoming::Pong(payload.freeze()))),
@@ -572,11 +542,7 @@ impl Decoder {
                 }
                 let data = m.data.unwrap_or_default().freeze();
                 self.last_compressed = m.compressed;
-                Ok(Some(if m.text {
-                    Incoming::Text(data)
-                } else {
-                    Incoming::Binary(data)
-                }))
+                Ok(Some(if m.text { Incoming::Text(data) } else { Incoming::Binary(data) }))
             }
         }
     }
@@ -611,12 +577,8 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame>, Protoco
             if !is_valid_wire_code(code) {
                 return Err(ProtocolError::InvalidCloseCode(code));
             }
-            let reason =
-                simdutf8::compat::from_utf8(reason).map_err(|_| ProtocolError::InvalidUtf8)?;
-            Ok(Some(CloseFrame {
-                code,
-                reason: reason.to_owned(),
-            }))
+            let reason = simdutf8::compat::from_utf8(reason).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Ok(Some(CloseFrame { code, reason: reason.to_owned() }))
         }
     }
 }
@@ -624,14 +586,7 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame>, Protoco
 /// Appends one frame to `dst` (RFC 6455 §5.2), masking the payload copy
 /// with `mask` when given (clients must, RFC 6455 §5.3). Uses the minimal
 /// length encoding.
-pub fn encode_frame(
-    dst: &mut BytesMut,
-    opcode: OpCode,
-    fin: bool,
-    rsv1: bool,
-    payload: &[u8],
-    mask: Option<[u8; 4]>,
-) {
+pub fn encode_frame(dst: &mut BytesMut, opcode: OpCode, fin: bool, rsv1: bool, payload: &[u8], mask: Option<[u8; 4]>) {
     let len = payload.len();
     let mut head = [0u8; 14];
     head[0] = (u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode.as_u8();
@@ -706,12 +661,7 @@ pub fn close_frame_payload(code: u16, reason: &str) -> Vec<u8> {
 /// unmasking are the same operation. Works eight bytes at a time.
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     let r = offset % 4;
-    let m = [
-        mask[r],
-        mask[(r + 1) % 4],
-        mask[(r + 2) % 4],
-        mask[(r + 3) % 4],
-    ];
+    let m = [mask[r], mask[(r + 1) % 4], mask[(r + 2) % 4], mask[(r + 3) % 4]];
     let wide = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[0], m[1], m[2], m[3]]);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
@@ -751,10 +701,7 @@ mod tests {
     }
 
     fn decoder(role: Role, max: usize) -> Decoder {
-        Decoder::new(DecoderConfig {
-            role,
-            max_message_size: max,
-        })
+        Decoder::new(DecoderConfig { role, max_message_size: max })
     }
 
     /// Decodes every event in `bytes`; the first error ends the list.
@@ -791,10 +738,7 @@ mod tests {
 
     #[test]
     fn masked_frame_to_client() {
-        let e = err_of(
-            &mut decoder(Role::Client, 1 << 20),
-            &client(OpCode::Text, true, b"hi"),
-        );
+        let e = err_of(&mut decoder(Role::Client, 1 << 20), &client(OpCode::Text, true, b"hi"));
         assert_eq!(e, ProtocolError::MaskedFrame);
         assert_eq!(e.close_code(), code::PROTOCOL);
     }
@@ -806,10 +750,7 @@ mod tests {
             assert_eq!(e, ProtocolError::ReservedBits, "bit {bit:#x}");
             assert_eq!(e.close_code(), code::PROTOCOL);
             // One byte is enough to fail.
-            assert_eq!(
-                err_of(&mut server(), &[0x80 | bit | 0x1]),
-                ProtocolError::ReservedBits
-            );
+            assert_eq!(err_of(&mut server(), &[0x80 | bit | 0x1]), ProtocolError::ReservedBits);
         }
     }
 
@@ -825,14 +766,7 @@ mod tests {
 
     #[test]
     fn opcode_round_trip() {
-        for op in [
-            OpCode::Continuation,
-            OpCode::Text,
-            OpCode::Binary,
-            OpCode::Close,
-            OpCode::Ping,
-            OpCode::Pong,
-        ] {
+        for op in [OpCode::Continuation, OpCode::Text, OpCode::Binary, OpCode::Close, OpCode::Ping, OpCode::Pong] {
             assert_eq!(OpCode::from_u8(op.as_u8()), Some(op));
             assert_eq!(op.is_control(), op.as_u8() >= 8);
         }
@@ -867,10 +801,7 @@ mod tests {
         // Also after a message has ended.
         let mut s = client(OpCode::Text, true, b"a");
         s.extend(client(OpCode::Continuation, true, b"b"));
-        assert_eq!(
-            err_of(&mut server(), &s),
-            ProtocolError::UnexpectedContinuation
-        );
+        assert_eq!(err_of(&mut server(), &s), ProtocolError::UnexpectedContinuation);
     }
 
     #[test]
@@ -890,16 +821,8 @@ mod tests {
         assert_eq!(e, ProtocolError::InvalidUtf8);
         assert_eq!(e.close_code(), code::INVALID_DATA);
         // Surrogates and overlong forms are invalid.
-        for bad in [
-            &b"\xed\xa0\x80"[..],
-            b"\xc0\xaf",
-            b"\xf4\x90\x80\x80",
-            b"\xe2\x82",
-        ] {
-            assert_eq!(
-                err_of(&mut server(), &client(OpCode::Text, true, bad)),
-                ProtocolError::InvalidUtf8
-            );
+        for bad in [&b"\xed\xa0\x80"[..], b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\xe2\x82"] {
+            assert_eq!(err_of(&mut server(), &client(OpCode::Text, true, bad)), ProtocolError::InvalidUtf8);
         }
         // Binary is not checked.
         assert_eq!(
@@ -917,19 +840,12 @@ mod tests {
         assert_eq!(e, ProtocolError::MessageTooLarge { limit: 100 });
         assert_eq!(e.close_code(), code::TOO_BIG);
         // Exactly at the limit is fine.
-        let ok = decode_all(
-            &mut decoder(Role::Server, 100),
-            &client(OpCode::Binary, true, &[0; 100]),
-        )
-        .unwrap();
+        let ok = decode_all(&mut decoder(Role::Server, 100), &client(OpCode::Binary, true, &[0; 100])).unwrap();
         assert_eq!(ok.len(), 1);
         // A huge 64-bit length fails without buffering anything.
         let mut head = vec![0x82, 0x80 | 127];
         head.extend_from_slice(&(1u64 << 40).to_be_bytes());
-        assert_eq!(
-            err_of(&mut server(), &head),
-            ProtocolError::MessageTooLarge { limit: 1 << 20 }
-        );
+        assert_eq!(err_of(&mut server(), &head), ProtocolError::MessageTooLarge { limit: 1 << 20 });
     }
 
     #[test]
@@ -940,16 +856,10 @@ mod tests {
         let third = client(OpCode::Continuation, true, &[b'c'; 21]);
         let mut d = decoder(Role::Server, 100);
         let mut buf = BytesMut::from(&s[..]);
-        assert_eq!(
-            d.decode(&mut buf).unwrap(),
-            Some(Incoming::Ping(Bytes::from_static(b"p")))
-        );
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Incoming::Ping(Bytes::from_static(b"p"))));
         assert_eq!(d.decode(&mut buf).unwrap(), None);
         buf.extend_from_slice(&third[..2]);
-        assert_eq!(
-            d.decode(&mut buf),
-            Err(ProtocolError::MessageTooLarge { limit: 100 })
-        );
+        assert_eq!(d.decode(&mut buf), Err(ProtocolError::MessageTooLarge { limit: 100 }));
         // 40 + 40 + 20 = 100 passes.
         let mut s2 = s.clone();
         s2.extend(client(OpCode::Continuation, true, &[b'c'; 20]));
@@ -987,10 +897,7 @@ mod tests {
     #[test]
     fn invalid_close_code() {
         for c in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
-            let e = err_of(
-                &mut server(),
-                &client(OpCode::Close, true, &c.to_be_bytes()),
-            );
+            let e = err_of(&mut server(), &client(OpCode::Close, true, &c.to_be_bytes()));
             assert_eq!(e, ProtocolError::InvalidCloseCode(c));
             assert_eq!(e.close_code(), code::PROTOCOL);
         }
@@ -1014,16 +921,9 @@ mod tests {
 
     #[test]
     fn close_frames_decode() {
-        assert_eq!(
-            decode_all(&mut server(), &client(OpCode::Close, true, b"")).unwrap(),
-            vec![Incoming::Close(None)]
-        );
+        assert_eq!(decode_all(&mut server(), &client(OpCode::Close, true, b"")).unwrap(), vec![Incoming::Close(None)]);
         for c in [1000u16, 1001, 1003, 1007, 1011, 1014, 3000, 4999] {
-            let ev = decode_all(
-                &mut server(),
-                &client(OpCode::Close, true, &close_frame_payload(c, "héllo")),
-            )
-            .unwrap();
+            let ev = decode_all(&mut server(), &client(OpCode::Close, true, &close_frame_payload(c, "héllo"))).unwrap();
             assert_eq!(ev, vec![Incoming::Close(Some(CloseFrame::new(c, "héllo")))]);
         }
     }
@@ -1080,9 +980,7 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), all.len());
-        assert!(labels.iter().all(|l| l
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
+        assert!(labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
     }
 
     // === fragmentation and UTF-8 ===
@@ -1136,11 +1034,7 @@ mod tests {
     fn invalid_utf8_fails_at_its_fragment() {
         // Autobahn 6.4.1: the second fragment is invalid; the third never comes.
         let mut s = client(OpCode::Text, false, "κόσμε".as_bytes());
-        s.extend(client(
-            OpCode::Continuation,
-            false,
-            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80",
-        ));
+        s.extend(client(OpCode::Continuation, false, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80"));
         assert_eq!(err_of(&mut server(), &s), ProtocolError::InvalidUtf8);
         // An invalid continuation of a character carried from the previous fragment.
         let mut s = client(OpCode::Text, false, b"a\xe2\x82");
@@ -1165,17 +1059,13 @@ mod tests {
         let mut s = first;
         s.extend(client(OpCode::Continuation, true, b"\x84"));
         assert_eq!(err_of(&mut server(), &s), ProtocolError::InvalidUtf8);
-        assert_eq!(
-            err_of(&mut server(), &client(OpCode::Text, true, b"ok\xe2\x82")),
-            ProtocolError::InvalidUtf8
-        );
+        assert_eq!(err_of(&mut server(), &client(OpCode::Text, true, b"ok\xe2\x82")), ProtocolError::InvalidUtf8);
     }
 
     #[test]
     fn invalid_utf8_fails_before_frame_completes() {
         // Autobahn 6.4.3/6.4.4: one text frame, its payload arriving in pieces.
-        let payload =
-            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80\x65\x64\x69\x74\x65\x64";
+        let payload = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80\x65\x64\x69\x74\x65\x64";
         let frame = client(OpCode::Text, true, payload);
         let mut d = server();
         let mut buf = BytesMut::new();
@@ -1204,11 +1094,7 @@ mod tests {
                     out.push(ev);
                 }
             }
-            assert_eq!(
-                out,
-                vec![Incoming::Text(Bytes::copy_from_slice(msg))],
-                "step {step}"
-            );
+            assert_eq!(out, vec![Incoming::Text(Bytes::copy_from_slice(msg))], "step {step}");
             assert!(buf.is_empty());
         }
     }
@@ -1220,20 +1106,9 @@ mod tests {
         for len in [0usize, 1, 125, 126, 127, 1000, 65535, 65536, 70000] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let mut dst = BytesMut::new();
-            encode_frame(
-                &mut dst,
-                OpCode::Binary,
-                true,
-                false,
-                &payload,
-                Some(random_mask()),
-            );
+            encode_frame(&mut dst, OpCode::Binary, true, false, &payload, Some(random_mask()));
             let ev = decode_all(&mut server(), &dst).unwrap();
-            assert_eq!(
-                ev,
-                vec![Incoming::Binary(Bytes::from(payload))],
-                "len {len}"
-            );
+            assert_eq!(ev, vec![Incoming::Binary(Bytes::from(payload))], "len {len}");
         }
         let ev = decode_all(&mut server(), &client_frame(OpCode::Text, "hé".as_bytes())).unwrap();
         assert_eq!(ev, vec![text("hé")]);
@@ -1244,10 +1119,7 @@ mod tests {
         let mut d = decoder(Role::Client, 1 << 20);
         let mut s = server_frame(OpCode::Text, "hello".as_bytes()).to_vec();
         s.extend_from_slice(&server_frame(OpCode::Ping, b"x"));
-        s.extend_from_slice(&server_frame(
-            OpCode::Close,
-            &close_frame_payload(1001, "bye"),
-        ));
+        s.extend_from_slice(&server_frame(OpCode::Close, &close_frame_payload(1001, "bye")));
         let ev = decode_all(&mut d, &s).unwrap();
         assert_eq!(
             ev,
@@ -1258,10 +1130,7 @@ mod tests {
             ]
         );
         // A client decoder rejects nothing unmasked.
-        assert_eq!(
-            err_of(&mut server(), &server_frame(OpCode::Text, b"x")),
-            ProtocolError::UnmaskedFrame
-        );
+        assert_eq!(err_of(&mut server(), &server_frame(OpCode::Text, b"x")), ProtocolError::UnmaskedFrame);
     }
 
     #[test]
@@ -1285,10 +1154,7 @@ mod tests {
         // Masked: mask bit and key follow the length.
         let mut dst = BytesMut::new();
         encode_frame(&mut dst, OpCode::Text, false, true, &[0; 200], Some(MASK));
-        assert_eq!(
-            &dst[..8],
-            &[0x41, 0x80 | 126, 0, 200, MASK[0], MASK[1], MASK[2], MASK[3]]
-        );
+        assert_eq!(&dst[..8], &[0x41, 0x80 | 126, 0, 200, MASK[0], MASK[1], MASK[2], MASK[3]]);
     }
 
     #[test]
@@ -1310,11 +1176,7 @@ mod tests {
             for len in 0..data.len() {
                 let mut fast = data[..len].to_vec();
                 apply_mask(&mut fast, MASK, offset);
-                let slow: Vec<u8> = data[..len]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| b ^ MASK[(offset + i) % 4])
-                    .collect();
+                let slow: Vec<u8> = data[..len].iter().enumerate().map(|(i, b)| b ^ MASK[(offset + i) % 4]).collect();
                 assert_eq!(fast, slow, "offset {offset} len {len}");
             }
         }
@@ -1331,10 +1193,7 @@ mod tests {
     #[test]
     fn close_payload_truncates_on_char_boundary() {
         assert_eq!(close_frame_payload(1000, ""), vec![0x03, 0xE8]);
-        assert_eq!(
-            close_frame_payload(4000, "ok"),
-            vec![0x0F, 0xA0, b'o', b'k']
-        );
+        assert_eq!(close_frame_payload(4000, "ok"), vec![0x0F, 0xA0, b'o', b'k']);
         let long = "€".repeat(50); // 150 bytes, 3 per char
         let p = close_frame_payload(1001, &long);
         assert_eq!(p.len(), 2 + 123);
@@ -1352,29 +1211,16 @@ mod tests {
     fn rsv1_hook_for_deflate() {
         let mut dst = BytesMut::new();
         encode_frame(&mut dst, OpCode::Text, false, true, b"\xff\x00", Some(MASK));
-        encode_frame(
-            &mut dst,
-            OpCode::Continuation,
-            true,
-            false,
-            b"\xfe",
-            Some(MASK),
-        );
+        encode_frame(&mut dst, OpCode::Continuation, true, false, b"\xfe", Some(MASK));
         assert_eq!(err_of(&mut server(), &dst), ProtocolError::ReservedBits);
         let mut d = server();
         d.set_rsv1_allowed(true);
         let mut buf = BytesMut::from(&dst[..]);
         let ev = d.decode(&mut buf).unwrap();
-        assert_eq!(
-            ev,
-            Some(Incoming::Text(Bytes::from_static(b"\xff\x00\xfe")))
-        );
+        assert_eq!(ev, Some(Incoming::Text(Bytes::from_static(b"\xff\x00\xfe"))));
         assert!(d.last_compressed());
         buf.extend_from_slice(&client(OpCode::Binary, true, b"plain"));
-        assert_eq!(
-            d.decode(&mut buf).unwrap(),
-            Some(Incoming::Binary(Bytes::from_static(b"plain")))
-        );
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Incoming::Binary(Bytes::from_static(b"plain"))));
         assert!(!d.last_compressed());
         // RSV1 on a continuation or a control frame stays an error.
         let mut bad = BytesMut::new();
@@ -1435,19 +1281,11 @@ mod tests {
         s.extend(client(OpCode::Continuation, false, b""));
         s.extend(client(OpCode::Pong, true, b""));
         s.extend(client(OpCode::Continuation, true, &msg[9..]));
-        s.extend(client(
-            OpCode::Binary,
-            true,
-            &(0..=255u8).collect::<Vec<_>>(),
-        ));
+        s.extend(client(OpCode::Binary, true, &(0..=255u8).collect::<Vec<_>>()));
         s.extend(client(OpCode::Text, true, &"x".repeat(300).into_bytes()));
         s.extend(client(OpCode::Binary, false, b"ab"));
         s.extend(client(OpCode::Continuation, true, b"cd"));
-        s.extend(client(
-            OpCode::Close,
-            true,
-            &close_frame_payload(1000, "done ✓"),
-        ));
+        s.extend(client(OpCode::Close, true, &close_frame_payload(1000, "done ✓")));
         s
     }
 

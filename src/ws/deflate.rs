@@ -73,10 +73,7 @@ fn parse(element: &str) -> Option<Offer> {
             Some((n, v)) => {
                 let v = v.trim();
                 // RFC 6455 §9.1 allows a quoted-string value.
-                let v = v
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(v);
+                let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
                 (n.trim(), Some(v))
             }
             None => (part, None),
@@ -85,11 +82,7 @@ fn parse(element: &str) -> Option<Offer> {
             match v {
                 None => Some(None),
                 // §7.1.2: 1*DIGIT, 8..=15, no leading zero.
-                Some(v)
-                    if !v.is_empty()
-                        && !v.starts_with('0')
-                        && v.bytes().all(|b| b.is_ascii_digit()) =>
-                {
+                Some(v) if !v.is_empty() && !v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit()) => {
                     let n: u8 = v.parse().ok()?;
                     (8..=15).contains(&n).then_some(Some(n))
                 }
@@ -97,14 +90,10 @@ fn parse(element: &str) -> Option<Offer> {
             }
         };
         match name.to_ascii_lowercase().as_str() {
-            "server_no_context_takeover"
-                if value.is_none() && !offer.server_no_context_takeover =>
-            {
+            "server_no_context_takeover" if value.is_none() && !offer.server_no_context_takeover => {
                 offer.server_no_context_takeover = true
             }
-            "client_no_context_takeover"
-                if value.is_none() && !offer.client_no_context_takeover =>
-            {
+            "client_no_context_takeover" if value.is_none() && !offer.client_no_context_takeover => {
                 offer.client_no_context_takeover = true
             }
             "server_max_window_bits" if offer.server_max_window_bits.is_none() => {
@@ -163,8 +152,7 @@ pub fn accept_client(answers: &[String]) -> Result<Option<DeflateParams>, Negoti
     match answers {
         [] => Ok(None),
         [answer] => {
-            let offer =
-                parse(answer).ok_or_else(|| NegotiationError::Unacceptable(answer.clone()))?;
+            let offer = parse(answer).ok_or_else(|| NegotiationError::Unacceptable(answer.clone()))?;
             let own_bits = match offer.client_max_window_bits {
                 None => 15,
                 // zlib cannot compress with a 256-byte window (it would use 512 bytes, more
@@ -209,9 +197,7 @@ pub struct Inflater {
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inflater")
-            .field("limit", &self.limit)
-            .finish_non_exhaustive()
+        f.debug_struct("Inflater").field("limit", &self.limit).finish_non_exhaustive()
     }
 }
 
@@ -219,11 +205,7 @@ impl Inflater {
     /// An inflater for messages of at most `limit` bytes. The window is always 15 bits: it
     /// inflates data compressed with any smaller window.
     pub fn new(params: &DeflateParams, limit: usize) -> Self {
-        Self {
-            inner: Decompress::new_with_window_bits(false, 15),
-            reset_each: params.peer_no_context_takeover,
-            limit,
-        }
+        Self { inner: Decompress::new_with_window_bits(false, 15), reset_each: params.peer_no_context_takeover, limit }
     }
 
     /// Inflates one message payload (RFC 7692 §7.2.2: append the trailer, inflate).
@@ -237,12 +219,8 @@ impl Inflater {
 
     fn inflate_inner(&mut self, payload: &[u8]) -> Result<Bytes, InflateError> {
         let limit = self.limit;
-        let mut out: Vec<u8> = Vec::with_capacity(
-            payload
-                .len()
-                .saturating_mul(3)
-                .clamp(256, limit.saturating_add(1).max(256)),
-        );
+        let mut out: Vec<u8> =
+            Vec::with_capacity(payload.len().saturating_mul(3).clamp(256, limit.saturating_add(1).max(256)));
         for input in [payload, &TRAILER[..]] {
             let mut consumed = 0;
             loop {
@@ -251,9 +229,7 @@ impl Inflater {
                         return Err(InflateError::TooBig { limit });
                     }
                     // Grow, but never past limit + 1: one byte over is enough to know.
-                    let want = (out.capacity() * 2)
-                        .min(limit.saturating_add(1))
-                        .max(out.len() + 1);
+                    let want = (out.capacity() * 2).min(limit.saturating_add(1)).max(out.len() + 1);
                     out.reserve_exact(want - out.len());
                 }
                 let before_in = self.inner.total_in();
@@ -303,9 +279,8 @@ pub fn compress(payload: &[u8], window_bits: u8) -> Bytes {
     COMPRESSORS.with(|cell| {
         let mut slots = cell.borrow_mut();
         let slot = &mut slots[usize::from(bits - 9)];
-        let compressor = slot.get_or_insert_with(|| {
-            Compress::new_with_window_bits(Compression::default(), false, bits)
-        });
+        let compressor =
+            slot.get_or_insert_with(|| Compress::new_with_window_bits(Compression::default(), false, bits));
         let out = compress_with(compressor, payload);
         compressor.reset();
         out
@@ -323,10 +298,7 @@ pub fn compress_with(compressor: &mut Compress, payload: &[u8]) -> Bytes {
             out.reserve(out.capacity().max(256));
         }
         // Errors cannot happen with a valid state and buffer space; treat one as "done".
-        if compressor
-            .compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync)
-            .is_err()
-        {
+        if compressor.compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync).is_err() {
             break;
         }
         let done = (compressor.total_in() - start_in) as usize == payload.len();
@@ -370,12 +342,7 @@ impl SharedMessage {
         let mut frame = BytesMut::with_capacity(payload.len() + 10);
         encode_frame(&mut frame, opcode, true, false, payload, None);
         let header_len = frame.len() - payload.len();
-        Self {
-            plain: frame.freeze(),
-            header_len,
-            opcode,
-            deflated: Default::default(),
-        }
+        Self { plain: frame.freeze(), header_len, opcode, deflated: Default::default() }
     }
 
     /// Wraps an already encoded, complete, unmasked, uncompressed Text or Binary frame;
@@ -388,10 +355,7 @@ impl SharedMessage {
             return None;
         }
         let (header_len, len): (usize, usize) = match b1 & 0x7F {
-            126 => (
-                4,
-                usize::from(u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?])),
-            ),
+            126 => (4, usize::from(u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?]))),
             127 => {
                 let b: [u8; 8] = frame.get(2..10)?.try_into().ok()?;
                 (10, usize::try_from(u64::from_be_bytes(b)).ok()?)
@@ -401,12 +365,7 @@ impl SharedMessage {
         if frame.len() != header_len.checked_add(len)? {
             return None;
         }
-        Some(Self {
-            plain: frame,
-            header_len,
-            opcode,
-            deflated: Default::default(),
-        })
+        Some(Self { plain: frame, header_len, opcode, deflated: Default::default() })
     }
 
     /// The plain (uncompressed) frame.
@@ -450,11 +409,7 @@ impl SharedMessage {
 }
 
 /// Encodes one client message (masked), compressed with `compressor` when given.
-pub fn client_message_frame(
-    opcode: OpCode,
-    payload: &[u8],
-    compressor: Option<(&mut Compress, bool)>,
-) -> Bytes {
+pub fn client_message_frame(opcode: OpCode, payload: &[u8], compressor: Option<(&mut Compress, bool)>) -> Bytes {
     let mut frame = BytesMut::with_capacity(payload.len() + 14);
     match compressor {
         Some((c, reset)) => {
@@ -464,25 +419,14 @@ pub fn client_message_frame(
             }
             encode_frame(&mut frame, opcode, true, true, &data, Some(random_mask()));
         }
-        None => encode_frame(
-            &mut frame,
-            opcode,
-            true,
-            false,
-            payload,
-            Some(random_mask()),
-        ),
+        None => encode_frame(&mut frame, opcode, true, false, payload, Some(random_mask())),
     }
     frame.freeze()
 }
 
 /// A compressor for a client that negotiated `params`.
 pub fn client_compressor(params: &DeflateParams) -> Compress {
-    Compress::new_with_window_bits(
-        Compression::default(),
-        false,
-        params.own_window_bits.clamp(9, 15),
-    )
+    Compress::new_with_window_bits(Compression::default(), false, params.own_window_bits.clamp(9, 15))
 }
 
 #[cfg(test)]
@@ -512,7 +456,10 @@ mod tests {
         let (p, r) = negotiate_server(&offers).unwrap();
         assert_eq!(p.own_window_bits, 10);
         assert!(p.peer_no_context_takeover);
-        assert_eq!(r, "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10");
+        assert_eq!(
+            r,
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10"
+        );
         assert!(negotiate_server(&s(&["permessage-deflate; server_max_window_bits=8"])).is_none());
     }
 
@@ -529,22 +476,16 @@ mod tests {
         ] {
             assert!(negotiate_server(&s(&[bad])).is_none(), "{bad}");
         }
-        let (_, r) =
-            negotiate_server(&s(&["permessage-deflate; client_max_window_bits=\"12\""])).unwrap();
-        assert_eq!(
-            r,
-            "permessage-deflate; server_no_context_takeover; client_max_window_bits=12"
-        );
+        let (_, r) = negotiate_server(&s(&["permessage-deflate; client_max_window_bits=\"12\""])).unwrap();
+        assert_eq!(r, "permessage-deflate; server_no_context_takeover; client_max_window_bits=12");
     }
 
     #[test]
     fn client_accepts_answers_and_refuses_unknown() {
         assert_eq!(accept_client(&[]).unwrap(), None);
-        let p = accept_client(&s(&[
-            "permessage-deflate; server_no_context_takeover; client_max_window_bits=11",
-        ]))
-        .unwrap()
-        .unwrap();
+        let p = accept_client(&s(&["permessage-deflate; server_no_context_takeover; client_max_window_bits=11"]))
+            .unwrap()
+            .unwrap();
         assert_eq!(p.own_window_bits, 11);
         assert!(p.peer_no_context_takeover);
         assert!(accept_client(&s(&["permessage-deflate; client_max_window_bits"])).is_err());
@@ -554,16 +495,12 @@ mod tests {
 
     #[test]
     fn round_trip_every_window() {
-        let text =
-            "hello hello hello hello hello, this is a message that compresses well ".repeat(50);
+        let text = "hello hello hello hello hello, this is a message that compresses well ".repeat(50);
         for bits in 9..=15 {
             let c = compress(text.as_bytes(), bits);
             assert!(c.len() < text.len() / 4);
-            let params = DeflateParams {
-                own_window_bits: 15,
-                own_no_context_takeover: true,
-                peer_no_context_takeover: false,
-            };
+            let params =
+                DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: false };
             let mut inf = Inflater::new(&params, 1 << 20);
             assert_eq!(&inf.inflate(&c).unwrap()[..], text.as_bytes());
             // Context carries over between messages on the inflater side.
@@ -573,16 +510,12 @@ mod tests {
 
     #[test]
     fn context_takeover_stream_is_inflated() {
-        let params = DeflateParams {
-            own_window_bits: 15,
-            own_no_context_takeover: false,
-            peer_no_context_takeover: false,
-        };
+        let params =
+            DeflateParams { own_window_bits: 15, own_no_context_takeover: false, peer_no_context_takeover: false };
         let mut c = client_compressor(&params);
         let mut inf = Inflater::new(&params, 1 << 20);
         for i in 0..5 {
-            let msg =
-                format!("message number {i} with some shared words shared words shared words");
+            let msg = format!("message number {i} with some shared words shared words shared words");
             let data = compress_with(&mut c, msg.as_bytes());
             assert_eq!(&inf.inflate(&data).unwrap()[..], msg.as_bytes());
         }
@@ -594,16 +527,10 @@ mod tests {
         let zeros = vec![0u8; 10 << 20];
         let c = compress(&zeros, 15);
         assert!(c.len() < 20_000);
-        let params = DeflateParams {
-            own_window_bits: 15,
-            own_no_context_takeover: true,
-            peer_no_context_takeover: true,
-        };
+        let params =
+            DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: true };
         let mut inf = Inflater::new(&params, 1 << 20);
-        assert_eq!(
-            inf.inflate(&c),
-            Err(InflateError::TooBig { limit: 1 << 20 })
-        );
+        assert_eq!(inf.inflate(&c), Err(InflateError::TooBig { limit: 1 << 20 }));
         // Exactly at the limit is fine.
         let exact = compress(&zeros[..1 << 20], 15);
         assert_eq!(inf.inflate(&exact).unwrap().len(), 1 << 20);
@@ -611,20 +538,13 @@ mod tests {
 
     #[test]
     fn garbage_is_corrupt() {
-        let params = DeflateParams {
-            own_window_bits: 15,
-            own_no_context_takeover: true,
-            peer_no_context_takeover: true,
-        };
+        let params =
+            DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: true };
         let mut inf = Inflater::new(&params, 1 << 20);
-        assert_eq!(
-            inf.inflate(&[0xff, 0xff, 0xff, 0xff, 0x00]),
-            Err(InflateError::Corrupt)
-        );
+        assert_eq!(inf.inflate(&[0xff, 0xff, 0xff, 0xff, 0x00]), Err(InflateError::Corrupt));
         // The inflater is usable again afterwards.
         assert_eq!(
-            &inf.inflate(&compress(b"ok ok ok ok ok ok ok ok ok ok ok ok", 15))
-                .unwrap()[..],
+            &inf.inflate(&compress(b"ok ok ok ok ok ok ok ok ok ok ok ok", 15)).unwrap()[..],
             b"ok ok ok ok ok ok ok ok ok ok ok ok"
         );
     }
@@ -633,15 +553,8 @@ mod tests {
     fn shared_message_compresses_once_per_window() {
         let payload = "abcdefgh".repeat(100);
         let m = SharedMessage::new(OpCode::Text, payload.as_bytes());
-        let p15 = DeflateParams {
-            own_window_bits: 15,
-            own_no_context_takeover: true,
-            peer_no_context_takeover: false,
-        };
-        let p10 = DeflateParams {
-            own_window_bits: 10,
-            ..p15
-        };
+        let p15 = DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: false };
+        let p10 = DeflateParams { own_window_bits: 10, ..p15 };
         let a = m.frame_for(Some(&p15));
         let b = m.frame_for(Some(&p15));
         assert_eq!(a.as_ptr(), b.as_ptr());

@@ -46,7 +46,12 @@ pub struct DirectSocket {
 
 impl DirectSocket {
     /// Wraps the session's stream; `messages_sent`/`bytes_sent` are the app's counters.
-    pub(crate) fn new(stream: TcpStream, deflate: Option<DeflateParams>, messages_sent: Counter, bytes_sent: Counter) -> Self {
+    pub(crate) fn new(
+        stream: TcpStream,
+        deflate: Option<DeflateParams>,
+        messages_sent: Counter,
+        bytes_sent: Counter,
+    ) -> Self {
         Self { stream, deflate, messages_sent, bytes_sent }
     }
 
@@ -134,7 +139,10 @@ pub async fn run(
                 config.metrics.bytes_sent.clone(),
             ));
             queue.rx.attach_direct(socket.clone());
-            (SessionReader::Direct(DirectReader { socket: socket.clone(), pending }), SessionWriter::Direct(DirectWriter(socket)))
+            (
+                SessionReader::Direct(DirectReader { socket: socket.clone(), pending }),
+                SessionWriter::Direct(DirectWriter(socket)),
+            )
         }
         SessionIo::Other(stream) => {
             let (reader, writer) = tokio::io::split(stream);
@@ -180,7 +188,11 @@ impl AsyncWrite for SessionWriter {
         }
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             SessionWriter::Direct(w) => Pin::new(w).poll_write_vectored(cx, bufs),
             SessionWriter::Queued(w) => Pin::new(w).poll_write_vectored(cx, bufs),
@@ -259,7 +271,11 @@ impl AsyncWrite for DirectWriter {
         }
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.0.stream.poll_write_ready(cx))?;
             match self.0.stream.try_write_vectored(bufs) {

@@ -8,9 +8,7 @@ use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 use super::codec::{Decoder, DecoderConfig, Incoming, Role};
-use super::deflate::{
-    accept_client, compress, negotiate_server, DeflateParams, InflateError, Inflater,
-};
+use super::deflate::{accept_client, compress, negotiate_server, DeflateParams, InflateError, Inflater};
 use super::handshake::{validate_extended_connect, validate_response, validate_upgrade};
 
 /// The frame decoder on arbitrary bytes. The first byte picks the role, RSV1 permission and
@@ -20,19 +18,12 @@ pub fn decoder(data: &[u8]) {
     let Some((&control, input)) = data.split_first() else {
         return;
     };
-    let role = if control & 1 == 0 {
-        Role::Server
-    } else {
-        Role::Client
-    };
+    let role = if control & 1 == 0 { Role::Server } else { Role::Client };
     let rsv1 = control & 2 != 0;
     let chunk = usize::from(control >> 2) + 1;
     let limit = 4096;
     let run = |step: usize| -> (Vec<(Incoming, bool)>, Option<String>) {
-        let mut d = Decoder::new(DecoderConfig {
-            role,
-            max_message_size: limit,
-        });
+        let mut d = Decoder::new(DecoderConfig { role, max_message_size: limit });
         d.set_rsv1_allowed(rsv1);
         let mut buf = BytesMut::new();
         let mut events = Vec::new();
@@ -45,10 +36,7 @@ pub fn decoder(data: &[u8]) {
                             Incoming::Text(t) => {
                                 assert!(t.len() <= limit, "message over the limit");
                                 if !d.last_compressed() {
-                                    assert!(
-                                        std::str::from_utf8(t).is_ok(),
-                                        "invalid UTF-8 passed as text"
-                                    );
+                                    assert!(std::str::from_utf8(t).is_ok(), "invalid UTF-8 passed as text");
                                 }
                             }
                             Incoming::Binary(b) => {
@@ -79,36 +67,26 @@ pub fn handshake(data: &[u8]) {
     let mut headers = HeaderMap::new();
     for line in text.lines() {
         if let Some((name, value)) = line.split_once(':') {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.trim().as_bytes()),
-                HeaderValue::from_str(value.trim()),
-            ) {
+            if let (Ok(n), Ok(v)) =
+                (HeaderName::from_bytes(name.trim().as_bytes()), HeaderValue::from_str(value.trim()))
+            {
                 headers.append(n, v);
             }
         }
     }
     if let Ok(req) = validate_upgrade(&Method::GET, Version::HTTP_11, &headers) {
         use base64::Engine as _;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(&req.key)
-            .unwrap_or_default();
+        let raw = base64::engine::general_purpose::STANDARD.decode(&req.key).unwrap_or_default();
         assert_eq!(raw.len(), 16, "accepted a key that is not 16 bytes");
         if let Some((params, answer)) = negotiate_server(&req.extensions) {
             assert!(params.own_no_context_takeover);
             assert!((9..=15).contains(&params.own_window_bits));
-            assert!(
-                accept_client(&[answer]).is_ok(),
-                "our own answer is not acceptable to our client"
-            );
+            assert!(accept_client(&[answer]).is_ok(), "our own answer is not acceptable to our client");
         }
     }
     let _ = validate_extended_connect(&Method::CONNECT, Some("websocket"), &headers);
-    let _ = validate_response(
-        StatusCode::SWITCHING_PROTOCOLS,
-        &headers,
-        "dGhlIHNhbXBsZSBub25jZQ==",
-        &["chat".to_owned()],
-    );
+    let _ =
+        validate_response(StatusCode::SWITCHING_PROTOCOLS, &headers, "dGhlIHNhbXBsZSBub25jZQ==", &["chat".to_owned()]);
     let offers: Vec<String> = text.split(',').map(|s| s.trim().to_owned()).collect();
     let _ = negotiate_server(&offers);
     let _ = accept_client(&offers);
@@ -118,11 +96,7 @@ pub fn handshake(data: &[u8]) {
 /// Properties: no panic; output never exceeds the limit (memory bounded); the round trip
 /// returns the input for every window size.
 pub fn inflater(data: &[u8]) {
-    let params = DeflateParams {
-        own_window_bits: 15,
-        own_no_context_takeover: true,
-        peer_no_context_takeover: false,
-    };
+    let params = DeflateParams { own_window_bits: 15, own_no_context_takeover: true, peer_no_context_takeover: false };
     let limit = 64 * 1024;
     let mut inflater = Inflater::new(&params, limit);
     match inflater.inflate(data) {
@@ -132,9 +106,5 @@ pub fn inflater(data: &[u8]) {
     let bits = 9 + data.first().map_or(6, |b| b % 7);
     let compressed = compress(data, bits);
     let mut fresh = Inflater::new(&params, limit.max(data.len()));
-    assert_eq!(
-        fresh.inflate(&compressed).as_deref(),
-        Ok(data),
-        "compress/inflate round trip"
-    );
+    assert_eq!(fresh.inflate(&compressed).as_deref(), Ok(data), "compress/inflate round trip");
 }

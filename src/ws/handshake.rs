@@ -5,8 +5,8 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use http::header::{
-    CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+    CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use sha1::{Digest, Sha1};
@@ -93,10 +93,7 @@ impl HandshakeError {
     pub fn response_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
         if *self == Self::UnsupportedVersion {
-            h.insert(
-                SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static(SUPPORTED_VERSION),
-            );
+            h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static(SUPPORTED_VERSION));
         }
         h
     }
@@ -105,10 +102,7 @@ impl HandshakeError {
 /// Iterates the comma-separated elements of every line of header `name`,
 /// trimmed, empty elements skipped (RFC 9110 §5.6.1). Lines that are not
 /// visible ASCII are skipped.
-fn list_elements<'a>(
-    headers: &'a HeaderMap,
-    name: &http::header::HeaderName,
-) -> impl Iterator<Item = &'a str> {
+fn list_elements<'a>(headers: &'a HeaderMap, name: &http::header::HeaderName) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(name)
         .iter()
@@ -223,10 +217,7 @@ pub fn accept_key(key: &[u8]) -> String {
 /// The first protocol in the client's order of preference (RFC 6455 §4.1)
 /// that we support; exact, case-sensitive match.
 pub fn select_protocol<'a>(offered: &'a [String], supported: &[String]) -> Option<&'a str> {
-    offered
-        .iter()
-        .find(|o| supported.iter().any(|s| s == *o))
-        .map(String::as_str)
+    offered.iter().find(|o| supported.iter().any(|s| s == *o)).map(String::as_str)
 }
 
 /// Headers of the 101 Switching Protocols answer (RFC 6455 §4.2.2 item 5):
@@ -312,15 +303,9 @@ pub fn client_request_headers(
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(SEC_WEBSOCKET_KEY, HeaderValue::from_str(key)?);
-    h.insert(
-        SEC_WEBSOCKET_VERSION,
-        HeaderValue::from_static(SUPPORTED_VERSION),
-    );
+    h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static(SUPPORTED_VERSION));
     if !protocols.is_empty() {
-        h.insert(
-            SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_str(&protocols.join(", "))?,
-        );
+        h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(&protocols.join(", "))?);
     }
     Ok(h)
 }
@@ -385,25 +370,16 @@ pub fn validate_response(
         [p] if offered.contains(p) => Some(p.clone()),
         _ => return Err(ClientHandshakeError::UnexpectedProtocol),
     };
-    Ok(UpgradeResponse {
-        protocol,
-        extensions: offered_extensions(headers),
-    })
+    Ok(UpgradeResponse { protocol, extensions: offered_extensions(headers) })
 }
 
 fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
-    list_elements(headers, &SEC_WEBSOCKET_PROTOCOL)
-        .map(str::to_owned)
-        .collect()
+    list_elements(headers, &SEC_WEBSOCKET_PROTOCOL).map(str::to_owned).collect()
 }
 
 fn offered_extensions(headers: &HeaderMap) -> Vec<String> {
     let mut out = Vec::new();
-    for v in headers
-        .get_all(SEC_WEBSOCKET_EXTENSIONS)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
+    for v in headers.get_all(SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|v| v.to_str().ok()) {
         split_extension_offers(v, &mut out);
     }
     out
@@ -432,27 +408,14 @@ mod tests {
     #[test]
     fn rfc_accept_example() {
         assert_eq!(accept_key(KEY.as_bytes()), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        assert!(verify_accept(
-            KEY,
-            &HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-        ));
-        assert!(!verify_accept(
-            KEY,
-            &HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo")
-        ));
+        assert!(verify_accept(KEY, &HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")));
+        assert!(!verify_accept(KEY, &HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo")));
     }
 
     #[test]
     fn accepts_valid_request() {
         let r = check(&good()).unwrap();
-        assert_eq!(
-            r,
-            UpgradeRequest {
-                key: KEY.into(),
-                protocols: vec![],
-                extensions: vec![]
-            }
-        );
+        assert_eq!(r, UpgradeRequest { key: KEY.into(), protocols: vec![], extensions: vec![] });
         // HTTP/2 and later versions pass the version check.
         assert!(validate_upgrade(&Method::GET, Version::HTTP_2, &good()).is_ok());
     }
@@ -531,30 +494,21 @@ mod tests {
             (
                 "key 15 bytes",
                 |h| {
-                    h.insert(
-                        SEC_WEBSOCKET_KEY,
-                        HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAA"),
-                    );
+                    h.insert(SEC_WEBSOCKET_KEY, HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAA"));
                 },
                 HandshakeError::InvalidKey,
             ),
             (
                 "key 17 bytes",
                 |h| {
-                    h.insert(
-                        SEC_WEBSOCKET_KEY,
-                        HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAAA="),
-                    );
+                    h.insert(SEC_WEBSOCKET_KEY, HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAAA="));
                 },
                 HandshakeError::InvalidKey,
             ),
             (
                 "key unpadded",
                 |h| {
-                    h.insert(
-                        SEC_WEBSOCKET_KEY,
-                        HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ"),
-                    );
+                    h.insert(SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ"));
                 },
                 HandshakeError::InvalidKey,
             ),
@@ -607,18 +561,9 @@ mod tests {
             edit(&mut h);
             assert_eq!(check(&h), Err(want), "{name}");
         }
-        assert_eq!(
-            validate_upgrade(&Method::POST, Version::HTTP_11, &good()),
-            Err(HandshakeError::WrongMethod)
-        );
-        assert_eq!(
-            validate_upgrade(&Method::CONNECT, Version::HTTP_2, &good()),
-            Err(HandshakeError::WrongMethod)
-        );
-        assert_eq!(
-            validate_upgrade(&Method::GET, Version::HTTP_10, &good()),
-            Err(HandshakeError::WrongHttpVersion)
-        );
+        assert_eq!(validate_upgrade(&Method::POST, Version::HTTP_11, &good()), Err(HandshakeError::WrongMethod));
+        assert_eq!(validate_upgrade(&Method::CONNECT, Version::HTTP_2, &good()), Err(HandshakeError::WrongMethod));
+        assert_eq!(validate_upgrade(&Method::GET, Version::HTTP_10, &good()), Err(HandshakeError::WrongHttpVersion));
     }
 
     #[test]
@@ -635,16 +580,9 @@ mod tests {
             HandshakeError::UnsupportedVersion,
         ];
         for e in all {
-            let want = if e == HandshakeError::UnsupportedVersion {
-                426
-            } else {
-                400
-            };
+            let want = if e == HandshakeError::UnsupportedVersion { 426 } else { 400 };
             assert_eq!(e.status().as_u16(), want, "{e:?}");
-            assert!(e
-                .reason()
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(e.reason().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
         }
         assert_eq!(HandshakeError::InvalidKey.reason(), "bad_key");
         let h = HandshakeError::UnsupportedVersion.response_headers();
@@ -666,24 +604,13 @@ mod tests {
     #[test]
     fn protocols_and_extensions() {
         let mut h = good();
-        h.insert(
-            SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("chat.v2, chat"),
-        );
-        h.append(
-            SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(" superchat ,"),
-        );
+        h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat.v2, chat"));
+        h.append(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(" superchat ,"));
         h.insert(
             SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_static(
-                "permessage-deflate; client_max_window_bits, permessage-deflate; x=\"a,b\"",
-            ),
+            HeaderValue::from_static("permessage-deflate; client_max_window_bits, permessage-deflate; x=\"a,b\""),
         );
-        h.append(
-            SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_static("x-webkit-deflate-frame"),
-        );
+        h.append(SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static("x-webkit-deflate-frame"));
         let r = check(&h).unwrap();
         assert_eq!(r.protocols, vec!["chat.v2", "chat", "superchat"]);
         assert_eq!(
@@ -706,10 +633,7 @@ mod tests {
         let h = response_headers("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", Some("chat"));
         assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(CONNECTION).unwrap(), "Upgrade");
-        assert_eq!(
-            h.get(SEC_WEBSOCKET_ACCEPT).unwrap(),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(h.get(SEC_WEBSOCKET_ACCEPT).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(h.get(SEC_WEBSOCKET_PROTOCOL).unwrap(), "chat");
         let h = response_headers("abc=", None);
         assert_eq!(h.len(), 3);
@@ -737,18 +661,9 @@ mod tests {
         let r = validate_extended_connect(&Method::CONNECT, Some("websocket"), &h).unwrap();
         assert_eq!(r.key, "");
         assert_eq!(r.protocols, vec!["chat"]);
-        assert_eq!(
-            validate_extended_connect(&Method::GET, Some("websocket"), &h),
-            Err(HandshakeError::WrongMethod)
-        );
-        assert_eq!(
-            validate_extended_connect(&Method::CONNECT, None, &h),
-            Err(HandshakeError::MissingUpgrade)
-        );
-        assert_eq!(
-            validate_extended_connect(&Method::CONNECT, Some("h2c"), &h),
-            Err(HandshakeError::MissingUpgrade)
-        );
+        assert_eq!(validate_extended_connect(&Method::GET, Some("websocket"), &h), Err(HandshakeError::WrongMethod));
+        assert_eq!(validate_extended_connect(&Method::CONNECT, None, &h), Err(HandshakeError::MissingUpgrade));
+        assert_eq!(validate_extended_connect(&Method::CONNECT, Some("h2c"), &h), Err(HandshakeError::MissingUpgrade));
         h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
         assert_eq!(
             validate_extended_connect(&Method::CONNECT, Some("websocket"), &h),
@@ -769,15 +684,8 @@ mod tests {
         assert_eq!(req.protocols, offered);
         let chosen = select_protocol(&req.protocols, &["v2".to_string()]);
         let answer = response_headers(&accept_key(req.key.as_bytes()), chosen);
-        let resp =
-            validate_response(StatusCode::SWITCHING_PROTOCOLS, &answer, &key, &offered).unwrap();
-        assert_eq!(
-            resp,
-            UpgradeResponse {
-                protocol: Some("v2".into()),
-                extensions: vec![]
-            }
-        );
+        let resp = validate_response(StatusCode::SWITCHING_PROTOCOLS, &answer, &key, &offered).unwrap();
+        assert_eq!(resp, UpgradeResponse { protocol: Some("v2".into()), extensions: vec![] });
         assert!(client_request_headers("bad\nhost", &key, &[]).is_err());
     }
 
@@ -786,60 +694,29 @@ mod tests {
         let key = client_key();
         let offered = vec!["chat".to_string()];
         let good = response_headers(&accept_key(key.as_bytes()), None);
-        let check =
-            |status: StatusCode, h: &HeaderMap| validate_response(status, h, &key, &offered);
+        let check = |status: StatusCode, h: &HeaderMap| validate_response(status, h, &key, &offered);
         assert!(check(StatusCode::SWITCHING_PROTOCOLS, &good).is_ok());
-        assert_eq!(
-            check(StatusCode::OK, &good),
-            Err(ClientHandshakeError::Status(200))
-        );
+        assert_eq!(check(StatusCode::OK, &good), Err(ClientHandshakeError::Status(200)));
         let mut h = good.clone();
         h.remove(UPGRADE);
-        assert_eq!(
-            check(StatusCode::SWITCHING_PROTOCOLS, &h),
-            Err(ClientHandshakeError::MissingUpgrade)
-        );
+        assert_eq!(check(StatusCode::SWITCHING_PROTOCOLS, &h), Err(ClientHandshakeError::MissingUpgrade));
         let mut h = good.clone();
         h.insert(CONNECTION, HeaderValue::from_static("close"));
-        assert_eq!(
-            check(StatusCode::SWITCHING_PROTOCOLS, &h),
-            Err(ClientHandshakeError::MissingConnectionUpgrade)
-        );
+        assert_eq!(check(StatusCode::SWITCHING_PROTOCOLS, &h), Err(ClientHandshakeError::MissingConnectionUpgrade));
         let mut h = good.clone();
-        h.insert(
-            SEC_WEBSOCKET_ACCEPT,
-            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
-        );
-        assert_eq!(
-            check(StatusCode::SWITCHING_PROTOCOLS, &h),
-            Err(ClientHandshakeError::BadAccept)
-        );
+        h.insert(SEC_WEBSOCKET_ACCEPT, HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert_eq!(check(StatusCode::SWITCHING_PROTOCOLS, &h), Err(ClientHandshakeError::BadAccept));
         let mut h = good.clone();
         h.remove(SEC_WEBSOCKET_ACCEPT);
-        assert_eq!(
-            check(StatusCode::SWITCHING_PROTOCOLS, &h),
-            Err(ClientHandshakeError::BadAccept)
-        );
+        assert_eq!(check(StatusCode::SWITCHING_PROTOCOLS, &h), Err(ClientHandshakeError::BadAccept));
         let mut h = good.clone();
         h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("other"));
-        assert_eq!(
-            check(StatusCode::SWITCHING_PROTOCOLS, &h),
-            Err(ClientHandshakeError::UnexpectedProtocol)
-        );
+        assert_eq!(check(StatusCode::SWITCHING_PROTOCOLS, &h), Err(ClientHandshakeError::UnexpectedProtocol));
         let mut h = good.clone();
-        h.insert(
-            SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("chat, chat"),
-        );
-        assert_eq!(
-            check(StatusCode::SWITCHING_PROTOCOLS, &h),
-            Err(ClientHandshakeError::UnexpectedProtocol)
-        );
+        h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat, chat"));
+        assert_eq!(check(StatusCode::SWITCHING_PROTOCOLS, &h), Err(ClientHandshakeError::UnexpectedProtocol));
         let mut h = good;
-        h.insert(
-            SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_static("permessage-deflate"),
-        );
+        h.insert(SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static("permessage-deflate"));
         let r = check(StatusCode::SWITCHING_PROTOCOLS, &h).unwrap();
         assert_eq!(r.extensions, vec!["permessage-deflate"]);
     }

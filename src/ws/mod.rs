@@ -8,8 +8,8 @@ pub mod codec;
 pub mod deflate;
 pub mod direct;
 pub mod fuzzing;
-pub mod handshake;
 mod halves;
+pub mod handshake;
 pub mod session;
 
 pub use close::{is_valid_wire_code, CloseFrame};

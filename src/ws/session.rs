@@ -88,7 +88,8 @@ where
     let reader_done = ReaderDone::default();
     let pong = LatestPong::default();
     app.on_open(&channel);
-    let write_half = write_loop(writer, queue, &reader_done, config.close_timeout, &config.metrics, config.deflate, &pong);
+    let write_half =
+        write_loop(writer, queue, &reader_done, config.close_timeout, &config.metrics, config.deflate, &pong);
     let read_half = async {
         let end = read_loop(reader, &channel, &*app, &config, shutdown, &pong).await;
         reader_done.set();

@@ -14,13 +14,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wsgate::config::{self, CliOverrides, ConfigSource};
 use wsgate::server::RunningServer;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use wsgate::ws::codec::{encode_frame, Decoder, DecoderConfig, Incoming as WsIncoming, OpCode, Role};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,7 +134,8 @@ async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<UpBody>
             Response::new(full("late"))
         }
         "/big" => {
-            let n: usize = req.uri().query().and_then(|q| q.strip_prefix("n=")).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let n: usize =
+                req.uri().query().and_then(|q| q.strip_prefix("n=")).and_then(|n| n.parse().ok()).unwrap_or(0);
             let (mut tx, body) = http_body_util::channel::Channel::<Bytes, hyper::Error>::new(4);
             tokio::spawn(async move {
                 let chunk = Bytes::from((0..65536u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
@@ -257,7 +258,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Sends a WebSocket upgrade for `path` (with `extra` header lines) over any stream and reads
 /// the response head; returns it (lower-cased) and the bytes received after it.
-pub async fn upgrade_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut S, path: &str, extra: &str) -> (String, BytesMut) {
+pub async fn upgrade_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: &mut S,
+    path: &str,
+    extra: &str,
+) -> (String, BytesMut) {
     io.write_all(upgrade_request(path, extra).as_bytes()).await.unwrap();
     let mut buf = BytesMut::new();
     let end = loop {
@@ -299,7 +304,11 @@ impl WsClient {
 
     /// A client over an already upgraded stream (`rest`: bytes read after the 101 head).
     pub fn from_parts(stream: TcpStream, rest: BytesMut) -> WsClient {
-        WsClient { stream, buf: rest, decoder: Decoder::new(DecoderConfig { role: Role::Client, max_message_size: 64 << 20 }) }
+        WsClient {
+            stream,
+            buf: rest,
+            decoder: Decoder::new(DecoderConfig { role: Role::Client, max_message_size: 64 << 20 }),
+        }
     }
 
     /// Sends one masked frame.
@@ -326,7 +335,10 @@ impl WsClient {
                 Ok(None) => {}
                 Err(e) => panic!("server sent an invalid frame: {e}"),
             }
-            let n = tokio::time::timeout(TIMEOUT, self.stream.read_buf(&mut self.buf)).await.expect("server answered in time").ok()?;
+            let n = tokio::time::timeout(TIMEOUT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("server answered in time")
+                .ok()?;
             if n == 0 {
                 return None;
             }
@@ -348,7 +360,8 @@ impl WsClient {
     pub async fn expect_eof(&mut self) {
         let mut scratch = [0u8; 64];
         loop {
-            let n = tokio::time::timeout(TIMEOUT, self.stream.read(&mut scratch)).await.expect("server closed TCP in time");
+            let n =
+                tokio::time::timeout(TIMEOUT, self.stream.read(&mut scratch)).await.expect("server closed TCP in time");
             match n {
                 Ok(0) | Err(_) => return,
                 Ok(_) => continue,
@@ -370,10 +383,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Bytes) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let resp = sender
-        .send_request(Request::get(path).header("host", "t").body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap();
+    let resp =
+        sender.send_request(Request::get(path).header("host", "t").body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.into_body().collect().await.unwrap().to_bytes())
 }
@@ -415,10 +426,7 @@ pub fn spawn_binary(dir: &tempfile::TempDir, upstream: SocketAddr, extra: &str) 
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let find = |line: &str, key: &str| {
-            line.split(key)
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|a| a.parse::<SocketAddr>().ok())
+            line.split(key).nth(1).and_then(|r| r.split_whitespace().next()).and_then(|a| a.parse::<SocketAddr>().ok())
         };
         let (mut addr, mut admin) = (None, None);
         let mut sent = false;
@@ -488,7 +496,6 @@ impl rustls::client::danger::ServerCertVerifier for RecordingVerifier {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
-
 
 /// A TLS client configuration that trusts any server certificate (tests check the server's
 /// behaviour, not the PKI), and its verifier.

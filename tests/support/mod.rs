@@ -40,10 +40,7 @@ pub struct Generated {
 
 impl Generated {
     pub fn new(len: u64) -> Self {
-        Self {
-            offset: 0,
-            remaining: len,
-        }
+        Self { offset: 0, remaining: len }
     }
 }
 
@@ -51,10 +48,7 @@ impl Body for Generated {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -84,11 +78,7 @@ pub struct SlowBody {
 
 impl SlowBody {
     pub fn new(chunks: usize, every: Duration) -> Self {
-        Self {
-            chunks,
-            every,
-            sleep: Box::pin(tokio::time::sleep(every)),
-        }
+        Self { chunks, every, sleep: Box::pin(tokio::time::sleep(every)) }
     }
 }
 
@@ -96,10 +86,7 @@ impl Body for SlowBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.chunks == 0 {
             return Poll::Ready(None);
         }
@@ -190,24 +177,14 @@ async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<TestBod
     if path == "/echo" {
         let method = req.method().to_string();
         let body = req.into_body().map_err(|e| e.into()).boxed();
-        let resp = Response::builder()
-            .header("x-method", method)
-            .body(body)
-            .unwrap();
+        let resp = Response::builder().header("x-method", method).body(body).unwrap();
         return Ok(resp);
     }
     let mut dump = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
     for (k, v) in req.headers() {
-        dump.push_str(&format!(
-            "{}: {}\n",
-            k,
-            String::from_utf8_lossy(v.as_bytes())
-        ));
+        dump.push_str(&format!("{}: {}\n", k, String::from_utf8_lossy(v.as_bytes())));
     }
-    Ok(Response::builder()
-        .header("content-type", "text/plain")
-        .body(full(dump))
-        .unwrap())
+    Ok(Response::builder().header("content-type", "text/plain").body(full(dump)).unwrap())
 }
 
 pub async fn start_upstream() -> Upstream {
@@ -261,8 +238,7 @@ pub async fn start_dying_upstream() -> SocketAddr {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 1u64 << 20)
-                    .into_bytes();
+                let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 1u64 << 20).into_bytes();
                 resp.extend((0..64 * 1024u64).map(pattern));
                 let _ = stream.write_all(&resp).await;
                 let _ = stream.flush().await;
@@ -307,11 +283,7 @@ pub fn start_proxy_on(listener: TcpListener, settings: ProxySettings) {
                 continue;
             };
             let local = stream.local_addr().unwrap();
-            let info = ClientInfo {
-                peer,
-                local,
-                tls: false,
-            };
+            let info = ClientInfo { peer, local, tls: false };
             let proxy = proxy.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
@@ -368,30 +340,17 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("response within 10s")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("response within 10s").unwrap();
     parse_response(&buf)
 }
 
 pub fn parse_response(buf: &[u8]) -> RawResponse {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("complete head");
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("complete head");
     let head = String::from_utf8(buf[..end].to_vec()).unwrap();
     let status = head[9..12].parse().unwrap();
     let mut body = buf[end + 4..].to_vec();
-    let resp = RawResponse {
-        status,
-        head,
-        body: Vec::new(),
-    };
-    if resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
+    let resp = RawResponse { status, head, body: Vec::new() };
+    if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         body = dechunk(&body);
     }
     RawResponse { body, ..resp }
@@ -415,9 +374,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 /// A hyper HTTP/1.1 client connection to `addr`.
 pub async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });

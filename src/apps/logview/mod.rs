@@ -27,8 +27,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{App, Message};
-use crate::sync::lock;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
+use crate::sync::lock;
 use tail::{Command, TailConfig};
 
 /// The log-view page (no external assets).
@@ -65,33 +65,16 @@ pub struct LogView {
 
 impl std::fmt::Debug for LogView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogView")
-            .field("app", &self.app)
-            .field("files", &self.files.len())
-            .finish_non_exhaustive()
+        f.debug_struct("LogView").field("app", &self.app).field("files", &self.files.len()).finish_non_exhaustive()
     }
 }
 
 impl LogView {
     /// A log-view app named `app` over `files` (validated: absolute, unique base names).
-    pub fn new(
-        app: &str,
-        files: &[PathBuf],
-        backlog: usize,
-        refresh: Duration,
-        inotify: bool,
-        hub: Arc<Hub>,
-    ) -> Self {
+    pub fn new(app: &str, files: &[PathBuf], backlog: usize, refresh: Duration, inotify: bool, hub: Arc<Hub>) -> Self {
         let files = files
             .iter()
-            .map(|p| {
-                (
-                    p.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    p.clone(),
-                )
-            })
+            .map(|p| (p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), p.clone()))
             .collect();
         Self {
             app: app.to_owned(),
@@ -127,12 +110,7 @@ impl LogView {
                 .as_u64()
                 .and_then(|i| usize::try_from(i).ok())
                 .filter(|&i| i < self.files.len())
-                .ok_or_else(|| {
-                    format!(
-                        "file index out of range: 0 to {}",
-                        self.files.len().saturating_sub(1)
-                    )
-                }),
+                .ok_or_else(|| format!("file index out of range: 0 to {}", self.files.len().saturating_sub(1))),
             _ => Err("\"file\" must be a file name from the list or its index".to_owned()),
         }
     }
@@ -144,16 +122,9 @@ impl LogView {
         }
         self.leave(&mut state, channel.id());
         state.viewers.insert(channel.id().clone(), index);
-        let watched = state.tails.entry(index).or_insert_with(|| Watched {
-            commands: self.spawn(index),
-            viewers: 0,
-        });
+        let watched = state.tails.entry(index).or_insert_with(|| Watched { commands: self.spawn(index), viewers: 0 });
         watched.viewers += 1;
-        if watched
-            .commands
-            .send(Command::Add(channel.clone()))
-            .is_err()
-        {
+        if watched.commands.send(Command::Add(channel.clone())).is_err() {
             // The task died (a panic in file I/O): start a fresh one for this file.
             watched.commands = self.spawn(index);
             let _ = watched.commands.send(Command::Add(channel.clone()));
@@ -191,17 +162,12 @@ impl LogView {
     fn request(&self, channel: &ChannelHandle, message: &Message) -> Result<(), String> {
         let text = match message {
             Message::Text(text) => text,
-            Message::Binary(_) => {
-                return Err("binary messages are not accepted; send JSON text".into())
-            }
+            Message::Binary(_) => return Err("binary messages are not accepted; send JSON text".into()),
         };
         if text.len() > MAX_REQUEST_BYTES {
-            return Err(format!(
-                "request too long: at most {MAX_REQUEST_BYTES} bytes"
-            ));
+            return Err(format!("request too long: at most {MAX_REQUEST_BYTES} bytes"));
         }
-        let value: Value =
-            serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        let value: Value = serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
         match value.get("type").and_then(Value::as_str) {
             Some("subscribe") => {
                 let file = value.get("file").ok_or("\"file\" is missing")?;
@@ -213,9 +179,7 @@ impl LogView {
                 self.leave(&mut lock(&self.state), channel.id());
                 Ok(())
             }
-            Some(other) => Err(format!(
-                "unknown message type {other:?}: expected \"subscribe\" or \"unsubscribe\""
-            )),
+            Some(other) => Err(format!("unknown message type {other:?}: expected \"subscribe\" or \"unsubscribe\"")),
             None => Err("expected an object with \"type\": \"subscribe\"".into()),
         }
     }
@@ -223,12 +187,8 @@ impl LogView {
 
 impl App for LogView {
     fn on_open(&self, channel: &ChannelHandle) {
-        let files: Vec<Value> = self
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, (name, _))| json!({"index": i, "name": name}))
-            .collect();
+        let files: Vec<Value> =
+            self.files.iter().enumerate().map(|(i, (name, _))| json!({"index": i, "name": name})).collect();
         let _ = channel.send_text(&json!({"type": "files", "files": files}).to_string());
     }
 
@@ -271,9 +231,7 @@ mod tests {
     /// The JSON of the next text frame queued to a channel (server frames: 2- or 4-byte
     /// header, unmasked).
     async fn next_json(queue: &mut ChannelQueue) -> Value {
-        let item = tokio::time::timeout(Duration::from_secs(5), queue.rx.recv())
-            .await
-            .expect("a message in time");
+        let item = tokio::time::timeout(Duration::from_secs(5), queue.rx.recv()).await.expect("a message in time");
         let Some(frame) = item.as_ref().and_then(Outbound::plain_frame) else {
             panic!("expected a frame, got {item:?}")
         };
@@ -286,12 +244,7 @@ mod tests {
     }
 
     fn subscribe(app: &LogView, ch: &ChannelHandle, file: Value) {
-        app.on_message(
-            ch,
-            Message::Text(Bytes::from(
-                json!({"type":"subscribe","file":file}).to_string(),
-            )),
-        );
+        app.on_message(ch, Message::Text(Bytes::from(json!({"type":"subscribe","file":file}).to_string())));
     }
 
     #[tokio::test]
@@ -303,46 +256,20 @@ mod tests {
         std::fs::write(&b, "b0\n").unwrap();
         let hub = Arc::new(Hub::new());
         let ids = ChannelIdGenerator::new("t");
-        let app = LogView::new(
-            "lv",
-            &[a.clone(), b.clone()],
-            10,
-            Duration::from_millis(50),
-            true,
-            hub.clone(),
-        );
-        assert_eq!(
-            (app.watched_files(), app.running_tails()),
-            (0, 0),
-            "nothing runs without viewers"
-        );
+        let app = LogView::new("lv", &[a.clone(), b.clone()], 10, Duration::from_millis(50), true, hub.clone());
+        assert_eq!((app.watched_files(), app.running_tails()), (0, 0), "nothing runs without viewers");
 
         let mut viewers: Vec<_> = (0..3).map(|_| open(&hub, &ids)).collect();
         for (ch, q) in &mut viewers {
             app.on_open(ch);
             assert_eq!(next_json(q).await["type"], "files");
             subscribe(&app, ch, json!("a.log"));
-            assert_eq!(
-                next_json(q).await,
-                json!({"type":"lines","file":"a.log","lines":["a0"],"backlog":true})
-            );
+            assert_eq!(next_json(q).await, json!({"type":"lines","file":"a.log","lines":["a0"],"backlog":true}));
         }
-        assert_eq!(
-            (app.watched_files(), app.running_tails()),
-            (1, 1),
-            "three viewers, one tail"
-        );
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&a)
-            .unwrap()
-            .write_all(b"a1\n")
-            .unwrap();
+        assert_eq!((app.watched_files(), app.running_tails()), (1, 1), "three viewers, one tail");
+        std::fs::OpenOptions::new().append(true).open(&a).unwrap().write_all(b"a1\n").unwrap();
         for (_, q) in &mut viewers {
-            assert_eq!(
-                next_json(q).await,
-                json!({"type":"lines","file":"a.log","lines":["a1"]})
-            );
+            assert_eq!(next_json(q).await, json!({"type":"lines","file":"a.log","lines":["a1"]}));
         }
         // one viewer switches to b (by index): a second tail
         subscribe(&app, &viewers[2].0, json!(1));

@@ -168,28 +168,17 @@ impl Follower {
                 let _ = self.read_available(&mut lines, usize::MAX);
                 self.flush_pending(&mut lines);
                 push_lines(&mut events, &mut lines);
-                events.push(Event::Notice(format!(
-                    "{} was rotated; following the new file",
-                    self.name
-                )));
+                events.push(Event::Notice(format!("{} was rotated; following the new file", self.name)));
                 self.status = Status::Following;
                 self.reopen(&mut events, &mut lines)
             }
             (Ok(_), true) => {
-                let len = self
-                    .file
-                    .as_ref()
-                    .and_then(|f| f.metadata().ok())
-                    .map(|m| m.len())
-                    .unwrap_or(0);
+                let len = self.file.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
                 if len < self.pos {
                     self.pos = 0;
                     self.pending.clear();
                     self.discarding = false;
-                    events.push(Event::Notice(format!(
-                        "{} was truncated; reading from its start",
-                        self.name
-                    )));
+                    events.push(Event::Notice(format!("{} was truncated; reading from its start", self.name)));
                 }
                 match self.read_available(&mut lines, READ_CHUNK) {
                     Ok(more) => more,
@@ -203,8 +192,7 @@ impl Follower {
             (Err(error), _) if error.kind() == io::ErrorKind::NotFound => {
                 // Renamed away and not yet replaced: the writer may still append to the old
                 // file until it reopens the path, so keep reading it until a new file appears.
-                let more = self.file.is_some()
-                    && self.read_available(&mut lines, READ_CHUNK).unwrap_or(false);
+                let more = self.file.is_some() && self.read_available(&mut lines, READ_CHUNK).unwrap_or(false);
                 if self.status != Status::Missing {
                     self.status = Status::Missing;
                     push_lines(&mut events, &mut lines);
@@ -238,10 +226,7 @@ impl Follower {
         }
         self.status = Status::Following;
         if matches!(was, Status::Missing | Status::Failed(_)) {
-            events.push(Event::Notice(format!(
-                "{} is readable; following it",
-                self.name
-            )));
+            events.push(Event::Notice(format!("{} is readable; following it", self.name)));
         }
         match self.read_available(lines, READ_CHUNK) {
             Ok(more) => more,
@@ -300,11 +285,7 @@ impl Follower {
         let mut from = 0;
         if start > 0 {
             // The first bytes are the end of a line whose start we did not read.
-            from = data
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|i| i + 1)
-                .unwrap_or(data.len());
+            from = data.iter().position(|&b| b == b'\n').map(|i| i + 1).unwrap_or(data.len());
         }
         self.pos = start + data.len() as u64;
         let mut lines = Vec::new();
@@ -434,11 +415,7 @@ pub struct TailConfig {
 
 /// Starts the task following `config.path` for all its viewers. It ends when every sender
 /// of the returned channel is dropped; `running` counts live tasks (for tests and metrics).
-pub fn spawn(
-    config: TailConfig,
-    hub: Arc<Hub>,
-    running: Arc<AtomicUsize>,
-) -> mpsc::UnboundedSender<Command> {
+pub fn spawn(config: TailConfig, hub: Arc<Hub>, running: Arc<AtomicUsize>) -> mpsc::UnboundedSender<Command> {
     let (tx, rx) = mpsc::unbounded_channel();
     running.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
@@ -456,11 +433,7 @@ pub fn spawn(
 
 async fn run(config: TailConfig, hub: Arc<Hub>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let wake = Arc::new(Notify::new());
-    let _watcher = if config.inotify {
-        watch(&config.path, wake.clone())
-    } else {
-        None
-    };
+    let _watcher = if config.inotify { watch(&config.path, wake.clone()) } else { None };
     tracing::debug!(file = %config.path.display(), inotify = _watcher.is_some(), "log-view: following");
     let mut follower = Follower::new(&config.path, &config.name);
     let mut backlog: VecDeque<String> = VecDeque::with_capacity(config.backlog.min(4096));
@@ -528,14 +501,10 @@ fn add_viewer(
     // then the current status, then the live lines through the hub: this task is the only
     // publisher, so nothing can slip in between.
     let lines: Vec<&String> = backlog.iter().collect();
-    let _ = channel.send_text(
-        &json!({"type": "lines", "file": config.name, "lines": lines, "backlog": true}).to_string(),
-    );
+    let _ =
+        channel.send_text(&json!({"type": "lines", "file": config.name, "lines": lines, "backlog": true}).to_string());
     if let Some(event) = status {
-        let _ = channel.send_frame(encode(&Message::Text(Bytes::from(event_json(
-            &config.name,
-            &event,
-        )))));
+        let _ = channel.send_frame(encode(&Message::Text(Bytes::from(event_json(&config.name, &event)))));
     }
     if let Err(error) = hub.subscribe(channel.id(), &config.subscription) {
         tracing::debug!(channel = %channel.id(), %error, "log-view: viewer left before subscribing");
@@ -600,12 +569,7 @@ fn watch(path: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     let name = path.file_name()?.to_owned();
     let handler = move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if event.paths.is_empty()
-                || event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == Some(name.as_os_str()))
-            {
+            if event.paths.is_empty() || event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
                 wake.notify_one();
             }
         }
@@ -632,39 +596,15 @@ mod tests {
     use std::io::Write;
 
     fn append(path: &Path, data: &[u8]) {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap()
-            .write_all(data)
-            .unwrap();
+        std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(data).unwrap();
     }
 
     fn lines(events: &[Event]) -> Vec<String> {
-        events
-            .iter()
-            .flat_map(|e| {
-                if let Event::Lines(l) = e {
-                    l.clone()
-                } else {
-                    vec![]
-                }
-            })
-            .collect()
+        events.iter().flat_map(|e| if let Event::Lines(l) = e { l.clone() } else { vec![] }).collect()
     }
 
     fn notices(events: &[Event]) -> Vec<String> {
-        events
-            .iter()
-            .filter_map(|e| {
-                if let Event::Notice(n) = e {
-                    Some(n.clone())
-                } else {
-                    None
-                }
-            })
-            .collect()
+        events.iter().filter_map(|e| if let Event::Notice(n) = e { Some(n.clone()) } else { None }).collect()
     }
 
     #[test]
@@ -707,10 +647,7 @@ mod tests {
         // not reopened the path yet)
         let (events, _) = f.poll();
         assert_eq!(lines(&events), ["old 2"]);
-        assert_eq!(
-            notices(&events),
-            ["a.log does not exist (yet); waiting for it"]
-        );
+        assert_eq!(notices(&events), ["a.log does not exist (yet); waiting for it"]);
         append(&old, b"tail\nold 3\n");
         assert_eq!(lines(&f.poll().0), ["old tail", "old 3"]);
         append(&old, b"old partial");
@@ -735,12 +672,7 @@ mod tests {
         f.start(10);
         // copytruncate: copy away, truncate in place (same inode), writer goes on appending
         std::fs::copy(&path, dir.path().join("a.log.1")).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
         append(&path, b"after\n");
         let (events, _) = f.poll();
         assert_eq!(lines(&events), ["after"]);
@@ -754,10 +686,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("later.log");
         let mut f = Follower::new(&path, "later.log");
-        assert_eq!(
-            notices(&f.start(5)),
-            ["later.log does not exist (yet); waiting for it"]
-        );
+        assert_eq!(notices(&f.start(5)), ["later.log does not exist (yet); waiting for it"]);
         assert!(f.status_event().is_some());
         assert_eq!(f.poll().0, vec![], "reported once");
         append(&path, b"first\n");
@@ -769,10 +698,7 @@ mod tests {
         std::fs::create_dir(&sub).unwrap();
         let mut d = Follower::new(&sub, "dir.log");
         let events = d.start(5);
-        assert!(
-            matches!(&events[..], [Event::Error(m)] if m.starts_with("cannot read dir.log")),
-            "{events:?}"
-        );
+        assert!(matches!(&events[..], [Event::Error(m)] if m.starts_with("cannot read dir.log")), "{events:?}");
         assert_eq!(d.poll().0, vec![], "reported once");
     }
 
@@ -813,16 +739,8 @@ mod tests {
         append(&path, &long);
         append(&path, b"bad \xff\xfe bytes\nok\n");
         let got = lines(&f.poll().0);
-        assert_eq!(
-            got.len(),
-            3,
-            "{:?}",
-            got.iter().map(|l| l.len()).collect::<Vec<_>>()
-        );
-        assert_eq!(
-            got[0],
-            format!("{}{CUT_MARK}", "x".repeat(MAX_LINE_BYTES - 1))
-        );
+        assert_eq!(got.len(), 3, "{:?}", got.iter().map(|l| l.len()).collect::<Vec<_>>());
+        assert_eq!(got[0], format!("{}{CUT_MARK}", "x".repeat(MAX_LINE_BYTES - 1)));
         assert_eq!(got[1], format!("bad \u{fffd}\u{fffd} bytes{LOSSY_MARK}"));
         assert_eq!(got[2], "ok");
         // an over-long line arriving in pieces is cut once and its rest skipped

@@ -110,11 +110,10 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::hub::test_support::open;
     use crate::pubsub::channel::{ChannelIdGenerator, ChannelQueue, Outbound};
+    use crate::pubsub::hub::test_support::open;
     use crate::pubsub::HubError;
     use bytes::Bytes;
-
 
     fn count(queue: &mut ChannelQueue) -> usize {
         let mut n = 0;

@@ -161,7 +161,12 @@ impl BrokerCounters {
 /// Builds the broker `[broker]` asks for, as node `node`, and attaches it to `hub`. A Redis
 /// broker connects in the background (an unreachable Redis is retried, not fatal); only
 /// unusable settings are errors. `counters` are the metrics registry's broker counters.
-pub fn attach(config: &BrokerConfig, node: &str, hub: &Arc<Hub>, counters: BrokerCounters) -> Result<Arc<dyn Broker>, String> {
+pub fn attach(
+    config: &BrokerConfig,
+    node: &str,
+    hub: &Arc<Hub>,
+    counters: BrokerCounters,
+) -> Result<Arc<dyn Broker>, String> {
     match redis_settings(config)? {
         Some(settings) => Ok(redis::RedisBroker::start(&settings, node, hub, counters)?),
         None => memory::MemoryBus::new()

@@ -35,7 +35,10 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::IntoConnectionInfo;
 use tokio::sync::{mpsc, watch};
 
-use super::{deliver_direct, Broker, BrokerCounters, BrokerError, Control, Envelope, Payload, ALL_CHANNEL, NODE_PREFIX, SUB_PREFIX};
+use super::{
+    deliver_direct, Broker, BrokerCounters, BrokerError, Control, Envelope, Payload, ALL_CHANNEL, NODE_PREFIX,
+    SUB_PREFIX,
+};
 use crate::apps::Message;
 use crate::pubsub::channel::ChannelId;
 use crate::pubsub::hub::{encode, Hub, ALL};
@@ -164,7 +167,12 @@ impl RedisBroker {
     /// inside a tokio runtime). It connects in the background: an unreachable Redis is not an
     /// error here, only a reason to retry. `counters` are the ones to export (pass the
     /// metrics registry's).
-    pub fn start(settings: &RedisSettings, node: &str, hub: &Arc<Hub>, counters: BrokerCounters) -> Result<Arc<Self>, String> {
+    pub fn start(
+        settings: &RedisSettings,
+        node: &str,
+        hub: &Arc<Hub>,
+        counters: BrokerCounters,
+    ) -> Result<Arc<Self>, String> {
         settings.client()?; // unusable settings fail now, not at the first connect
         let shared = Arc::new(Shared {
             node: node.to_owned(),
@@ -400,14 +408,18 @@ impl RedisSettings {
                 let mut conn = timed("connect", client.get_multiplexed_async_connection()).await?;
                 let primary: Option<(String, u16)> = timed(
                     "SENTINEL get-master-addr-by-name",
-                    redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(&sentinel.master_name).query_async(&mut conn),
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg(&sentinel.master_name)
+                        .query_async(&mut conn),
                 )
                 .await?;
                 primary.ok_or_else(|| format!("does not monitor a primary named {:?}", sentinel.master_name))
             };
             match asked.await {
                 Ok((host, port)) => {
-                    let primary = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+                    let primary =
+                        if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
                     return Ok((self.client_at(&primary, self.password.as_deref(), sentinel.tls)?, Some(primary)));
                 }
                 Err(error) => why.push(format!("sentinel {addr}: {error}")),
@@ -425,7 +437,12 @@ async fn timed<T>(what: &str, f: impl std::future::Future<Output = redis::RedisR
     }
 }
 
-async fn connect(client: &redis::Client, node: &str, hub: &Weak<Hub>, must_be_primary: bool) -> Result<Session, String> {
+async fn connect(
+    client: &redis::Client,
+    node: &str,
+    hub: &Weak<Hub>,
+    must_be_primary: bool,
+) -> Result<Session, String> {
     let mut conn = timed("connect (publisher)", client.get_multiplexed_async_connection()).await?;
     if must_be_primary {
         check_primary(&mut conn).await?;
@@ -540,10 +557,9 @@ fn deliver(shared: &Shared, hub: &Hub, node_channel: &str, channel: &str, payloa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::hub::test_support::open;
     use crate::pubsub::channel::{ChannelIdGenerator, ChannelQueue, Outbound};
+    use crate::pubsub::hub::test_support::open;
     use bytes::Bytes;
-
 
     fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
         let mut out = Vec::new();
