@@ -10,6 +10,9 @@
 //! | `POST /v1/channels/{id}/send` | `{"sent":true}` |
 //! | `PUT`/`DELETE /v1/channels/{id}/subscriptions/{name}` | `{"subscribed":bool,"changed":bool}` |
 //! | `DELETE /v1/channels/{id}[?code=1000&reason=..]` | 202 `{"closing":true}` |
+//! | `POST /v1/publish` `{"channel","data"}` | `{"offset","epoch","delivered"}` (pubsub apps' channels) |
+//! | `GET /v1/presence/{channel}` | `{"clients":{"<client>":{"user":..}}}` |
+//! | `GET /v1/history/{channel}[?limit=N]` | `{"publications":[..],"offset","epoch"}` |
 //!
 //! Message bodies are text (must be UTF-8) unless `Content-Type: application/octet-stream`.
 //! Errors are `{"error":".."}`: 400 bad parameters or body, 404 unknown channel or route,
@@ -84,6 +87,18 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body
             Method::PUT => membership(state, id, name, true),
             Method::DELETE => membership(state, id, name, false),
             _ => method_not_allowed("PUT, DELETE"),
+        },
+        ["publish"] => match method {
+            Method::POST => super::channels::publish(state, req).await,
+            _ => method_not_allowed("POST"),
+        },
+        ["presence", channel] => match method {
+            Method::GET | Method::HEAD => super::channels::presence(state, channel),
+            _ => method_not_allowed("GET, HEAD"),
+        },
+        ["history", channel] => match method {
+            Method::GET | Method::HEAD => super::channels::history(state, channel, req.uri().query()),
+            _ => method_not_allowed("GET, HEAD"),
         },
         _ => error(StatusCode::NOT_FOUND, "no such control route"),
     }
@@ -240,7 +255,7 @@ fn check_name(name: &str) -> Result<(), Response<Body>> {
 /// Reads a message body: binary with `Content-Type: application/octet-stream`, otherwise text
 /// that must be UTF-8 (a WebSocket text message must be, RFC 6455 §5.6).
 #[allow(clippy::result_large_err)]
-async fn read_message(req: Request<Incoming>, max: usize) -> Result<Message, Response<Body>> {
+pub(crate) async fn read_message(req: Request<Incoming>, max: usize) -> Result<Message, Response<Body>> {
     let binary = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -13,6 +13,7 @@
 //! `/metrics`, `/healthz` and `/readyz` answer any Host: they are read-only, carry no ids,
 //! and scrapers and load balancers address nodes by whatever name they know.
 
+pub mod channels;
 pub mod client;
 pub mod control;
 pub mod dashboard;
@@ -103,6 +104,8 @@ pub fn load_token(token_file: Option<&Path>) -> Result<Option<Token>, AdminError
 pub struct AdminState {
     /// The node's channels and subscriptions.
     pub hub: Arc<Hub>,
+    /// The `pubsub` apps' channels (`/v1/publish`, `/v1/presence`, `/v1/history`).
+    pub channels: Arc<crate::apps::pubsub::engine::Engine>,
     /// The metrics registry rendered at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Required on `/v1/` when set.

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod chat;
 pub mod echo;
 pub mod logview;
+pub mod pubsub;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -108,10 +109,24 @@ pub enum AppError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A key file could not be used.
+    #[error("apps.{name}.jwt: {reason}")]
+    Key {
+        /// App name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
-/// Builds the app `name` from its configuration; apps that publish get the node's hub.
-pub fn build(name: &str, config: &AppConfig, hub: &Arc<Hub>) -> Result<Arc<dyn App>, AppError> {
+/// Builds the app `name` from its configuration; apps that publish get the node's hub, and
+/// `pubsub` apps the node's channels.
+pub fn build(
+    name: &str,
+    config: &AppConfig,
+    hub: &Arc<Hub>,
+    channels: &Arc<pubsub::engine::Engine>,
+) -> Result<Arc<dyn App>, AppError> {
     match config.kind {
         AppKind::Echo => Ok(Arc::new(echo::Echo)),
         AppKind::LogView => Ok(Arc::new(logview::LogView::new(
@@ -124,5 +139,6 @@ pub fn build(name: &str, config: &AppConfig, hub: &Arc<Hub>) -> Result<Arc<dyn A
         ))),
         AppKind::Chat => Ok(Arc::new(chat::Chat::new(name, &config.urls, config.history(), hub.clone()))),
         AppKind::Backend => Ok(Arc::new(backend::Backend::new(name, config, hub.clone())?)),
+        AppKind::PubSub => Ok(Arc::new(pubsub::PubSub::new(name, config, channels.clone())?)),
     }
 }

@@ -805,6 +805,19 @@ fn unknown_keys(root: &Value, errors: &mut Errors<'_>) {
                     path.push(name.clone());
                     check_dict(d, fields_of::<AppConfig>(), &path, errors);
                     foreign_app_keys(d, &path, errors);
+                    if let Some(Value::Dict(_, jwt)) = d.get("jwt") {
+                        path.push("jwt".into());
+                        check_dict(jwt, fields_of::<super::pubsub::JwtConfig>(), &path, errors);
+                        path.pop();
+                    }
+                    if let Some(Value::Array(_, list)) = d.get("namespaces") {
+                        for (i, item) in list.iter().enumerate() {
+                            let Value::Dict(_, ns) = item else { continue };
+                            path.truncate(2);
+                            path.extend(["namespaces".into(), i.to_string()]);
+                            check_dict(ns, fields_of::<super::pubsub::NamespaceConfig>(), &path, errors);
+                        }
+                    }
                 }
             }
             _ => {}

@@ -7,6 +7,7 @@
 
 pub mod bounds;
 pub mod load;
+pub mod pubsub;
 pub mod readable;
 pub mod summary;
 pub mod units;
@@ -421,6 +422,9 @@ pub enum AppKind {
     LogView,
     /// Forwards events to an HTTP callback on the upstream.
     Backend,
+    /// Client-driven channels: token auth, history with recovery, presence (DESIGN §13).
+    #[serde(rename = "pubsub")]
+    PubSub,
 }
 
 impl AppKind {
@@ -431,6 +435,7 @@ impl AppKind {
             AppKind::Chat => "chat",
             AppKind::LogView => "log-view",
             AppKind::Backend => "backend",
+            AppKind::PubSub => "pubsub",
         }
     }
 }
@@ -489,6 +494,15 @@ pub struct AppConfig {
     /// backend: time allowed for a callback answer (default 5s).
     #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
     pub callback_timeout: Option<Duration>,
+    /// pubsub: token verification (absent = anonymous connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<pubsub::JwtConfig>,
+    /// pubsub: channel namespaces, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<pubsub::NamespaceConfig>,
+    /// pubsub: most channels one connection may subscribe to (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions: Option<usize>,
 }
 
 impl AppConfig {
@@ -509,6 +523,9 @@ impl AppConfig {
             history: None,
             callback: None,
             callback_timeout: None,
+            jwt: None,
+            namespaces: Vec::new(),
+            max_subscriptions: None,
         }
     }
 
@@ -553,6 +570,11 @@ impl AppConfig {
     /// chat history replayed on join (default 50 messages).
     pub fn history(&self) -> usize {
         self.history.unwrap_or(50)
+    }
+
+    /// pubsub: most subscriptions per connection (default 128).
+    pub fn max_subscriptions(&self) -> usize {
+        self.max_subscriptions.unwrap_or(pubsub::DEFAULT_MAX_SUBSCRIPTIONS)
     }
 
     /// backend callback timeout (default 5s).

@@ -136,6 +136,14 @@ pub fn named_files(config: &Config) -> Vec<NamedFile> {
         for (i, path) in app.files.iter().enumerate() {
             add(format!("apps.{name}.files.{i}"), path, true);
         }
+        if let Some(jwt) = &app.jwt {
+            if let Some(path) = &jwt.hmac_secret_file {
+                add(format!("apps.{name}.jwt.hmac_secret_file"), path, false);
+            }
+            if let Some(path) = &jwt.public_key_file {
+                add(format!("apps.{name}.jwt.public_key_file"), path, false);
+            }
+        }
     }
     out
 }

@@ -34,6 +34,7 @@ pub fn kind_specific_keys(kind: AppKind) -> &'static [&'static str] {
         AppKind::Chat => &["history"],
         AppKind::LogView => &["files", "refresh", "backlog_lines", "inotify"],
         AppKind::Backend => &["callback", "callback_timeout"],
+        AppKind::PubSub => &["jwt", "namespaces", "max_subscriptions"],
     }
 }
 
@@ -311,6 +312,9 @@ fn foreign_keys(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
         ("history", app.history.is_some()),
         ("callback", app.callback.is_some()),
         ("callback_timeout", app.callback_timeout.is_some()),
+        ("jwt", app.jwt.is_some()),
+        ("namespaces", !app.namespaces.is_empty()),
+        ("max_subscriptions", app.max_subscriptions.is_some()),
     ];
     for (key, set) in present {
         if set && !is_app_key(app.kind, key) {
@@ -357,7 +361,40 @@ fn kind_rules(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
                 out.push(Issue::new(format!("{base}.callback"), "a backend app needs callback = \"http://…\""));
             }
         }
+        AppKind::PubSub => pubsub_rules(base, app, out),
         AppKind::Echo | AppKind::Chat => {}
+    }
+}
+
+fn pubsub_rules(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
+    use super::pubsub::MAX_HISTORY;
+    if app.namespaces.is_empty() {
+        out.push(Issue::new(
+            format!("{base}.namespaces"),
+            "a pubsub app needs at least one [[apps.NAME.namespaces]] (a channel that matches none is refused)",
+        ));
+    }
+    for (i, ns) in app.namespaces.iter().enumerate() {
+        let path = format!("{base}.namespaces.{i}");
+        if let Err(e) = glob::Pattern::new(&ns.pattern) {
+            out.push(Issue::new(format!("{path}.pattern"), format!("{:?} is not a valid pattern: {e}", ns.pattern)));
+        }
+        if ns.history > MAX_HISTORY {
+            out.push(Issue::new(format!("{path}.history"), format!("at most {MAX_HISTORY} publications per channel")));
+        }
+        if ns.history_ttl.is_some_and(|t| t.is_zero()) {
+            out.push(Issue::new(format!("{path}.history_ttl"), "must be longer than 0s"));
+        }
+    }
+    if let Some(jwt) = &app.jwt {
+        if jwt.hmac_secret_file.is_some() == jwt.public_key_file.is_some() {
+            out.push(Issue::new(format!("{base}.jwt"), "set exactly one of hmac_secret_file and public_key_file"));
+        }
+    }
+    if let Some(n) = app.max_subscriptions {
+        if !(1..=100_000).contains(&n) {
+            out.push(Issue::new(format!("{base}.max_subscriptions"), "must be between 1 and 100000"));
+        }
     }
 }
 

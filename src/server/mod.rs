@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::admin::{self, AdminError, AdminState};
+use crate::apps::pubsub::engine::Engine as PubSubChannels;
 use crate::apps::{self, App};
 use crate::config::{AppConfig, Config, SlowConsumerPolicy as ConfigPolicy};
 use crate::metrics::{KindLabel, Metrics};
@@ -133,6 +134,8 @@ pub(crate) struct State {
     connection_capacity: usize,
     ids: ChannelIdGenerator,
     hub: Arc<Hub>,
+    /// The `pubsub` apps' channels (history, presence), kept across reloads.
+    channels: Arc<PubSubChannels>,
     metrics: Arc<Metrics>,
     drain: DrainWatch,
 }
@@ -254,7 +257,15 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         },
     )
     .map_err(StartError::Broker)?;
-    let runtime = build_runtime(config, &hub, &metrics, None)?;
+    let channels = PubSubChannels::new(hub.clone());
+    let runtime = build_runtime(config, &hub, &channels, &metrics, None)?;
+    if hub.broker().is_some()
+        && config.apps.values().any(|a| a.kind == crate::config::AppKind::PubSub && a.is_enabled())
+    {
+        tracing::warn!(
+            "pubsub apps keep channels per node in this version: with [broker] each node has its own offsets, history and presence"
+        );
+    }
     let admin_listener = match config.admin.addr {
         Some(addr) => {
             let token = admin::load_token(config.admin.token_file.as_deref())?;
@@ -281,6 +292,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         connection_capacity,
         ids: ChannelIdGenerator::new(node),
         hub,
+        channels,
         metrics,
         drain: drain.watch(),
     });
@@ -291,6 +303,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         let addr = listener.local_addr().map_err(|source| AdminError::Bind { addr: listener_addr(config), source })?;
         let admin_state = Arc::new(AdminState {
             hub: state.hub.clone(),
+            channels: state.channels.clone(),
             metrics: state.metrics.clone(),
             token,
             host_rule: host_rule::HostRule::new(&config.admin.allowed_hosts),
@@ -332,6 +345,7 @@ fn node_name() -> String {
 fn build_runtime(
     config: &Config,
     hub: &Arc<Hub>,
+    channels: &Arc<PubSubChannels>,
     metrics: &Metrics,
     previous: Option<&Runtime>,
 ) -> Result<Runtime, StartError> {
@@ -345,7 +359,7 @@ fn build_runtime(
             previous.and_then(|p| p.apps.get(name)).filter(|(old, _)| old == app_config).map(|(_, app)| app.clone());
         let app = match reused {
             Some(app) => app,
-            None => apps::build(name, app_config, hub)?,
+            None => apps::build(name, app_config, hub, channels)?,
         };
         built.insert(name.clone(), (app_config.clone(), app.clone()));
         let ws = &config.websocket;
@@ -390,6 +404,14 @@ fn build_runtime(
             body_read_timeout: config.limits.body_read_timeout,
         }),
     };
+    // Every pubsub app's namespaces, in config order: the first match sets a channel's history.
+    let namespaces = config
+        .apps
+        .values()
+        .filter(|a| a.kind == crate::config::AppKind::PubSub && a.is_enabled())
+        .flat_map(|a| a.namespaces.iter().filter_map(|ns| apps::pubsub::engine::Namespace::new(ns).ok()))
+        .collect();
+    channels.set_namespaces(namespaces);
     Ok(Runtime { router, apps: built, proxy, config: config.clone() })
 }
 
@@ -608,7 +630,8 @@ impl CheckProblem {
 /// certificate and key can be used. Returns every problem found.
 pub fn check(config: &Config) -> Result<(), Vec<CheckProblem>> {
     let mut problems = Vec::new();
-    if let Err(error) = build_runtime(config, &Arc::new(Hub::new()), &Metrics::new(), None) {
+    let hub = Arc::new(Hub::new());
+    if let Err(error) = build_runtime(config, &hub, &PubSubChannels::new(hub.clone()), &Metrics::new(), None) {
         problems.push(CheckProblem::plain(error.to_string()));
     }
     if config.admin.addr.is_some() {

@@ -315,7 +315,7 @@ impl RunningServer {
                 tracing::warn!("[{section}] changed: takes effect after a restart");
             }
         }
-        let runtime = build_runtime(&config, &state.hub, &state.metrics, Some(&old))?;
+        let runtime = build_runtime(&config, &state.hub, &state.channels, &state.metrics, Some(&old))?;
         let mut listeners = lock(&self.listeners);
         let prepared = listeners.prepare(&config)?;
 

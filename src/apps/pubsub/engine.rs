@@ -1,0 +1,463 @@
+//! The node's client-driven channels (DESIGN §13): per channel an offset, an epoch, a bounded
+//! history and the presence set, shared by every `pubsub` app and the control API.
+//!
+//! Exactness rests on one lock per channel: a publication takes its offset, enters the history
+//! and is queued to every member under that lock, and a subscription reads the history, queues
+//! its reply and joins the hub subscription under the same lock. So a subscriber receives each
+//! publication after the position it was told exactly once, in offset order, including those
+//! published while its history was read. Each member's queue is FIFO, so the reply always
+//! precedes the pushes that follow it.
+//!
+//! Channels are node-local in this version: with a Redis broker each node keeps its own
+//! offsets, history and presence (the app warns at start).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::protocol::ErrorCode;
+use crate::apps::Message;
+use crate::config::pubsub::NamespaceConfig;
+use crate::pubsub::hub::encode;
+use crate::pubsub::{ChannelHandle, ChannelId, Hub};
+use crate::sync::lock;
+
+/// Channels with state (history, presence or members) one node keeps at most.
+pub const MAX_CHANNELS: usize = 100_000;
+/// How often idle channel states are dropped.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A namespace with its compiled pattern.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    /// The compiled `pattern`.
+    pub pattern: glob::Pattern,
+    /// The settings as written.
+    pub config: NamespaceConfig,
+}
+
+impl Namespace {
+    /// Compiles `config` (validation has checked the pattern).
+    pub fn new(config: &NamespaceConfig) -> Result<Self, glob::PatternError> {
+        Ok(Namespace { pattern: glob::Pattern::new(&config.pattern)?, config: config.clone() })
+    }
+}
+
+/// The first namespace of `list` whose pattern matches `channel`.
+pub fn find<'a>(list: &'a [Namespace], channel: &str) -> Option<&'a Namespace> {
+    list.iter().find(|ns| ns.pattern.matches(channel))
+}
+
+/// Who published (absent for the control API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// The publisher's user (`sub` claim, "" for anonymous).
+    pub user: String,
+    /// The publisher's connection id.
+    pub client: String,
+}
+
+/// One publication as kept in the history.
+#[derive(Debug, Clone)]
+struct Publication {
+    offset: u64,
+    data: Arc<Value>,
+    info: Option<Info>,
+    at: Instant,
+}
+
+impl Publication {
+    fn to_json(&self) -> Value {
+        let mut v = json!({ "offset": self.offset, "data": &*self.data });
+        if let Some(info) = &self.info {
+            v["info"] = json!({ "user": info.user, "client": info.client });
+        }
+        v
+    }
+}
+
+/// A position in a channel's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// Last offset seen.
+    pub offset: u64,
+    /// The history it belongs to.
+    pub epoch: String,
+}
+
+/// Why an engine operation failed; maps onto a protocol error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// No namespace matches the channel.
+    #[error("no namespace matches channel {0:?}")]
+    UnknownChannel(String),
+    /// The node keeps [`MAX_CHANNELS`] channels already.
+    #[error("too many channels on this node (at most {MAX_CHANNELS})")]
+    TooManyChannels,
+    /// The namespace has presence off.
+    #[error("presence is off for this channel's namespace")]
+    PresenceOff,
+    /// A history query's `since` is no longer in the history (or from another epoch).
+    #[error("the position is not in the history any more (epoch changed or publications expired)")]
+    Unrecoverable,
+    /// The connection is gone.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+impl EngineError {
+    /// The protocol's error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            EngineError::UnknownChannel(_) => ErrorCode::UnknownChannel,
+            EngineError::TooManyChannels => ErrorCode::LimitExceeded,
+            EngineError::PresenceOff => ErrorCode::NotAvailable,
+            EngineError::Unrecoverable => ErrorCode::Unrecoverable,
+            EngineError::Closed => ErrorCode::Internal,
+        }
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Its offset.
+    pub offset: u64,
+    /// The channel's epoch.
+    pub epoch: String,
+    /// Local members it was queued to.
+    pub delivered: usize,
+}
+
+/// A history query's answer.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// Publications as JSON objects, oldest first.
+    pub publications: Vec<Value>,
+    /// The channel's current position.
+    pub position: Position,
+}
+
+struct ChannelState {
+    /// The hub subscription of the channel's local members.
+    subscription: String,
+    epoch: String,
+    offset: u64,
+    history: VecDeque<Publication>,
+    limit: usize,
+    ttl: Duration,
+    /// `Some` when the namespace has presence on: client id → user.
+    presence: Option<BTreeMap<String, String>>,
+    /// Set by the sweeper when it dropped this state: whoever holds it must look again.
+    removed: bool,
+}
+
+impl ChannelState {
+    fn prune(&mut self, now: Instant) {
+        while self.history.front().is_some_and(|p| now.duration_since(p.at) >= self.ttl) {
+            self.history.pop_front();
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position { offset: self.offset, epoch: self.epoch.clone() }
+    }
+
+    /// The publications after `since`, when the history still holds every one of them.
+    fn after(&self, since: &Position) -> Option<Vec<Value>> {
+        if since.epoch != self.epoch || since.offset > self.offset {
+            return None;
+        }
+        if since.offset == self.offset {
+            return Some(Vec::new());
+        }
+        let first = self.history.front()?.offset;
+        if first > since.offset + 1 {
+            return None; // trimmed or expired past the client's position
+        }
+        Some(self.history.iter().filter(|p| p.offset > since.offset).map(Publication::to_json).collect())
+    }
+
+    fn is_idle(&self, hub: &Hub) -> bool {
+        self.history.is_empty()
+            && self.presence.as_ref().is_none_or(BTreeMap::is_empty)
+            && !hub.has_local_members(&self.subscription)
+    }
+}
+
+/// The node's channels.
+pub struct Engine {
+    hub: Arc<Hub>,
+    /// Every pubsub app's namespaces in config order: the first match sets a channel's history
+    /// and presence (apps' own lists decide what their clients may do).
+    namespaces: ArcSwap<Vec<Namespace>>,
+    channels: Mutex<HashMap<String, Arc<Mutex<ChannelState>>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("channels", &lock(&self.channels).len()).finish_non_exhaustive()
+    }
+}
+
+/// A fresh epoch: random, so a restarted node never reuses one.
+fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+impl Engine {
+    /// An engine publishing through `hub`; inside a Tokio runtime it also starts the sweeper
+    /// that drops idle channel states every 30 s.
+    pub fn new(hub: Arc<Hub>) -> Arc<Self> {
+        let engine = Arc::new(Engine {
+            hub,
+            namespaces: ArcSwap::from_pointee(Vec::new()),
+            channels: Mutex::new(HashMap::new()),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&engine);
+            runtime.spawn(sweeper(weak));
+        }
+        engine
+    }
+
+    /// Replaces the node-wide namespace list (at start and on reload).
+    pub fn set_namespaces(&self, list: Vec<Namespace>) {
+        self.namespaces.store(Arc::new(list));
+    }
+
+    /// The namespace that sets `channel`'s history and presence.
+    pub fn namespace(&self, channel: &str) -> Option<NamespaceConfig> {
+        find(&self.namespaces.load(), channel).map(|ns| ns.config.clone())
+    }
+
+    /// Channel states kept now.
+    pub fn channel_count(&self) -> usize {
+        lock(&self.channels).len()
+    }
+
+    /// Runs `f` on `channel`'s state under its lock, creating the state when asked.
+    fn with_channel<T>(
+        &self,
+        channel: &str,
+        create: bool,
+        f: impl FnOnce(&mut ChannelState) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let ns = self.namespace(channel).ok_or_else(|| EngineError::UnknownChannel(channel.to_owned()))?;
+        loop {
+            let state = {
+                let mut channels = lock(&self.channels);
+                match channels.get(channel) {
+                    Some(state) => state.clone(),
+                    None => {
+                        if !create {
+                            let mut empty = fresh_state(channel, &ns);
+                            return f(&mut empty);
+                        }
+                        if channels.len() >= MAX_CHANNELS {
+                            return Err(EngineError::TooManyChannels);
+                        }
+                        let state = Arc::new(Mutex::new(fresh_state(channel, &ns)));
+                        channels.insert(channel.to_owned(), state.clone());
+                        state
+                    }
+                }
+            };
+            let mut guard = lock(&state);
+            if guard.removed {
+                continue; // the sweeper dropped it between the two locks
+            }
+            guard.prune(Instant::now());
+            return f(&mut guard);
+        }
+    }
+
+    /// Publishes `data` to `channel`: the next offset, into the history, to every local
+    /// member, in that order.
+    pub fn publish(&self, channel: &str, data: Value, info: Option<Info>) -> Result<Published, EngineError> {
+        let hub = self.hub.clone();
+        self.with_channel(channel, true, |state| {
+            state.offset += 1;
+            let publication = Publication { offset: state.offset, data: Arc::new(data), info, at: Instant::now() };
+            let push = json!({ "push": { "channel": channel, "pub": publication.to_json() } });
+            let frame = encode(&Message::Text(Bytes::from(push.to_string())));
+            if state.limit > 0 {
+                if state.history.len() >= state.limit {
+                    state.history.pop_front();
+                }
+                state.history.push_back(publication);
+            }
+            let delivery = hub.multicast_frame(&state.subscription, frame, &[]);
+            Ok(Published { offset: state.offset, epoch: state.epoch.clone(), delivered: delivery.delivered })
+        })
+    }
+
+    /// Subscribes `member` to `channel` and queues `reply(position, recovery)` to it first:
+    /// `recovery` is `Some(publications)` when `recover` was asked and the history holds every
+    /// publication after it, `None` otherwise. `user` enters the presence set (when on), with
+    /// a `join` push to the other members.
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        member: &ChannelHandle,
+        user: &str,
+        recover: Option<&Position>,
+        reply: impl FnOnce(&Position, Option<Vec<Value>>) -> Value,
+    ) -> Result<(), EngineError> {
+        let hub = self.hub.clone();
+        self.with_channel(channel, true, |state| {
+            let recovered = recover.and_then(|since| state.after(since));
+            let answer = reply(&state.position(), recovered);
+            member.send_text(&answer.to_string()).map_err(|_| EngineError::Closed)?;
+            hub.subscribe(member.id(), &state.subscription).map_err(|_| EngineError::Closed)?;
+            if let Some(presence) = &mut state.presence {
+                let client = member.id().as_str().to_owned();
+                presence.insert(client.clone(), user.to_owned());
+                let push = json!({ "push": { "channel": channel, "join": { "client": client, "user": user } } });
+                let frame = encode(&Message::Text(Bytes::from(push.to_string())));
+                hub.multicast_frame(&state.subscription, frame, std::slice::from_ref(member.id()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes `member` from `channel` (and its presence set, with a `leave` push).
+    pub fn unsubscribe(&self, channel: &str, member: &ChannelId) {
+        let hub = self.hub.clone();
+        let _ = self.with_channel(channel, false, |state| {
+            let _ = hub.unsubscribe(member, &state.subscription);
+            if let Some(presence) = &mut state.presence {
+                if let Some(user) = presence.remove(member.as_str()) {
+                    let push =
+                        json!({ "push": { "channel": channel, "leave": { "client": member.as_str(), "user": user } } });
+                    let frame = encode(&Message::Text(Bytes::from(push.to_string())));
+                    hub.multicast_frame(&state.subscription, frame, &[]);
+                }
+            }
+            Ok(())
+        });
+    }
+
+    /// The presence set of `channel`: client id → user.
+    pub fn presence(&self, channel: &str) -> Result<BTreeMap<String, String>, EngineError> {
+        self.with_channel(channel, false, |state| state.presence.clone().ok_or(EngineError::PresenceOff))
+    }
+
+    /// Up to `limit` publications (the newest ones, or the first ones after `since`) and the
+    /// channel's position; `since` outside the history is [`EngineError::Unrecoverable`].
+    pub fn history(&self, channel: &str, limit: usize, since: Option<&Position>) -> Result<HistoryPage, EngineError> {
+        // Created when absent, so the position it reports stays valid for a later subscribe.
+        self.with_channel(channel, true, |state| {
+            let publications = match since {
+                Some(since) => {
+                    let mut all = state.after(since).ok_or(EngineError::Unrecoverable)?;
+                    all.truncate(limit);
+                    all
+                }
+                None => {
+                    let skip = state.history.len().saturating_sub(limit);
+                    state.history.iter().skip(skip).map(Publication::to_json).collect()
+                }
+            };
+            Ok(HistoryPage { publications, position: state.position() })
+        })
+    }
+
+    /// Drops channel states with no history, presence or members (their epoch goes with them,
+    /// so a later recovery says `recovered:false` rather than guess).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut channels = lock(&self.channels);
+        channels.retain(|_, state| {
+            let Ok(mut guard) = state.try_lock() else { return true };
+            guard.prune(now);
+            if guard.is_idle(&self.hub) {
+                guard.removed = true;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+fn fresh_state(channel: &str, ns: &NamespaceConfig) -> ChannelState {
+    ChannelState {
+        subscription: format!("pubsub:{channel}"),
+        epoch: new_epoch(),
+        offset: 0,
+        history: VecDeque::new(),
+        limit: ns.history,
+        ttl: ns.history_ttl(),
+        presence: ns.presence.then(BTreeMap::new),
+        removed: false,
+    }
+}
+
+async fn sweeper(engine: Weak<Engine>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(engine) = engine.upgrade() else { return };
+        engine.sweep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(pattern: &str, history: usize) -> Namespace {
+        Namespace::new(&NamespaceConfig {
+            pattern: pattern.into(),
+            subscribe: Default::default(),
+            publish: Default::default(),
+            history,
+            history_ttl: None,
+            presence: true,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn offsets_grow_by_one_and_history_is_bounded() {
+        let engine = Engine::new(Arc::new(Hub::new()));
+        engine.set_namespaces(vec![ns("news:*", 3)]);
+        assert_eq!(engine.publish("other", json!(1), None), Err(EngineError::UnknownChannel("other".into())));
+        let first = engine.publish("news:a", json!(1), None).unwrap();
+        assert_eq!(first.offset, 1);
+        for i in 2..=5 {
+            let p = engine.publish("news:a", json!(i), None).unwrap();
+            assert_eq!((p.offset, &p.epoch), (i, &first.epoch));
+        }
+        let page = engine.history("news:a", 10, None).unwrap();
+        let offsets: Vec<_> = page.publications.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+        assert_eq!(offsets, [3, 4, 5]);
+        // Recoverable from 2 (3.. kept), not from 1 (2 was trimmed), nor from another epoch.
+        let at = |offset, epoch: &str| Position { offset, epoch: epoch.into() };
+        assert_eq!(engine.history("news:a", 10, Some(&at(2, &first.epoch))).unwrap().publications.len(), 3);
+        assert_eq!(engine.history("news:a", 10, Some(&at(1, &first.epoch))).unwrap_err(), EngineError::Unrecoverable);
+        assert_eq!(engine.history("news:a", 10, Some(&at(5, "other"))).unwrap_err(), EngineError::Unrecoverable);
+        assert_eq!(engine.history("news:a", 10, Some(&at(6, &first.epoch))).unwrap_err(), EngineError::Unrecoverable);
+        assert!(engine.history("news:a", 10, Some(&at(5, &first.epoch))).unwrap().publications.is_empty());
+    }
+
+    #[test]
+    fn sweep_drops_idle_channels_and_their_epoch() {
+        let engine = Engine::new(Arc::new(Hub::new()));
+        engine.set_namespaces(vec![ns("*", 0)]);
+        let first = engine.publish("c", json!(1), None).unwrap();
+        assert_eq!(engine.channel_count(), 1);
+        engine.sweep();
+        assert_eq!(engine.channel_count(), 0);
+        let again = engine.publish("c", json!(2), None).unwrap();
+        assert_eq!(again.offset, 1);
+        assert_ne!(again.epoch, first.epoch);
+    }
+}

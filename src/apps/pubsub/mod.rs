@@ -1,0 +1,375 @@
+//! `pubsub`: channels the clients subscribe to themselves (DESIGN §13), under JWT auth, with
+//! history, exact recovery and presence. This module holds the per-connection part (who the
+//! client is, what it may do, what it is subscribed to); [`engine::Engine`] holds the channels.
+//!
+//! Close codes of this app: 1003 binary frame, 1007 a frame that is not JSON, 4009 the
+//! connection token expired. Every other problem is an error reply and the connection stays.
+
+pub mod engine;
+pub mod protocol;
+pub mod token;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use self::engine::{Engine, EngineError, Info, Namespace, Position};
+use self::protocol::{error, reply, Command, ErrorCode, Failure, Subscribe};
+use self::token::{ChannelClaims, ConnectionClaims, TokenError, Verifier};
+use super::{App, AppError, Message, PreAccept, Rejection, UpgradeRequest};
+use crate::config::pubsub::Access;
+use crate::config::AppConfig;
+use crate::pubsub::{ChannelHandle, ChannelId};
+use crate::sync::lock;
+
+/// Close code when the connection token expires.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4009;
+
+/// Who a connected client is.
+#[derive(Debug, Default)]
+struct Identity {
+    user: String,
+    channels: Vec<glob::Pattern>,
+    publish: Vec<glob::Pattern>,
+    expires: Option<u64>,
+}
+
+impl Identity {
+    fn from_claims(claims: ConnectionClaims) -> Self {
+        let globs = |list: Vec<String>| list.iter().filter_map(|g| glob::Pattern::new(g).ok()).collect();
+        Identity {
+            user: claims.sub,
+            channels: globs(claims.channels),
+            publish: globs(claims.publish),
+            expires: claims.exp,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Connection {
+    /// `None` until the client is connected (token checked, or anonymous allowed).
+    identity: Option<Identity>,
+    subscriptions: HashSet<String>,
+    /// Closes the connection when its token expires.
+    expiry: Option<tokio::task::AbortHandle>,
+}
+
+/// The pubsub app.
+pub struct PubSub {
+    engine: Arc<Engine>,
+    verifier: Option<Verifier>,
+    namespaces: Vec<Namespace>,
+    max_subscriptions: usize,
+    connections: Mutex<HashMap<ChannelId, Connection>>,
+    /// Identities proven by `?token=` before the 101, taken by `on_open`.
+    pending: Mutex<HashMap<ChannelId, Identity>>,
+}
+
+impl std::fmt::Debug for PubSub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PubSub").field("namespaces", &self.namespaces.len()).finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The `token` query parameter of a request URL.
+fn query_token(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    crate::admin::control::query_pairs(Some(query)).into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
+}
+
+fn token_failure(e: &TokenError) -> Failure {
+    match e {
+        TokenError::Expired => Failure::new(ErrorCode::TokenExpired, "token expired"),
+        TokenError::Invalid(why) => Failure::new(ErrorCode::Unauthorized, why.clone()),
+    }
+}
+
+impl PubSub {
+    /// Builds the app `name` (reads its JWT key file).
+    pub fn new(name: &str, config: &AppConfig, engine: Arc<Engine>) -> Result<Self, AppError> {
+        let setting = |key, reason| AppError::Setting { name: name.to_owned(), key, reason };
+        let verifier = match &config.jwt {
+            Some(jwt) => {
+                Some(Verifier::from_config(jwt).map_err(|e| AppError::Key { name: name.to_owned(), reason: e })?)
+            }
+            None => None,
+        };
+        let namespaces = config
+            .namespaces
+            .iter()
+            .map(Namespace::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| setting("namespaces", "a pattern is not a valid glob"))?;
+        Ok(PubSub {
+            engine,
+            verifier,
+            namespaces,
+            max_subscriptions: config.max_subscriptions(),
+            connections: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether clients must show a connection token.
+    fn needs_token(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    fn send(channel: &ChannelHandle, value: &Value) {
+        // A full queue is the slow-consumer policy's business; nothing more to do here.
+        let _ = channel.send_text(&value.to_string());
+    }
+
+    /// Marks `channel` connected as `identity` and arms its expiry.
+    fn connect(&self, channel: &ChannelHandle, identity: Identity) -> Result<Value, Failure> {
+        let answer = json!({
+            "client": channel.id().as_str(),
+            "user": identity.user,
+            "expires": identity.expires,
+        });
+        let expiry = identity.expires.map(|exp| {
+            let wait = Duration::from_secs(exp.saturating_sub(unix_now()));
+            let handle = channel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                handle.close(CLOSE_TOKEN_EXPIRED, "token expired");
+            })
+            .abort_handle()
+        });
+        let mut connections = lock(&self.connections);
+        let connection = connections.entry(channel.id().clone()).or_default();
+        if let Some(old) = connection.expiry.take() {
+            old.abort();
+        }
+        connection.identity = Some(identity);
+        connection.expiry = expiry;
+        Ok(answer)
+    }
+
+    fn handle(
+        &self,
+        channel: &ChannelHandle,
+        id: Option<u64>,
+        command: Command,
+    ) -> Result<(&'static str, Value), Failure> {
+        if let Command::Connect { token } = command {
+            let identity = match (&self.verifier, token) {
+                (Some(verifier), Some(token)) => {
+                    Identity::from_claims(verifier.verify(&token).map_err(|e| token_failure(&e))?)
+                }
+                (Some(_), None) => return Err(Failure::new(ErrorCode::Unauthorized, "connect needs a token")),
+                (None, _) => Identity::default(),
+            };
+            return Ok(("connect", self.connect(channel, identity)?));
+        }
+        let (user, may_subscribe, may_publish, subscribed) = {
+            let connections = lock(&self.connections);
+            let connection = connections.get(channel.id());
+            let Some(identity) = connection.and_then(|c| c.identity.as_ref()) else {
+                return Err(Failure::new(ErrorCode::Unauthorized, "send connect with a token first"));
+            };
+            let subscribed = connection.map(|c| c.subscriptions.clone()).unwrap_or_default();
+            (identity.user.clone(), identity.channels.clone(), identity.publish.clone(), subscribed)
+        };
+        let namespace = |name: &str| {
+            engine::find(&self.namespaces, name).map(|ns| ns.config.clone()).ok_or_else(|| {
+                Failure::new(ErrorCode::UnknownChannel, format!("no namespace matches channel {name:?}"))
+            })
+        };
+        let engine_failure = |e: EngineError| Failure::new(e.code(), e.to_string());
+        match command {
+            Command::Connect { .. } => unreachable!("handled above"),
+            Command::Subscribe(s) => {
+                let ns = namespace(&s.channel)?;
+                if subscribed.contains(&s.channel) {
+                    return Err(Failure::new(ErrorCode::AlreadySubscribed, "already subscribed"));
+                }
+                if subscribed.len() >= self.max_subscriptions {
+                    return Err(Failure::new(
+                        ErrorCode::LimitExceeded,
+                        format!("at most {} subscriptions per connection", self.max_subscriptions),
+                    ));
+                }
+                self.may_subscribe(&s, ns.subscribe, &user, &may_subscribe)?;
+                self.subscribe(channel, &s, &user, id).map_err(engine_failure)?;
+                Ok(("subscribe", Value::Null)) // the engine queued the reply under the channel's lock
+            }
+            Command::Unsubscribe { channel: name } => {
+                namespace(&name)?;
+                let was = lock(&self.connections).get_mut(channel.id()).is_some_and(|c| c.subscriptions.remove(&name));
+                if was {
+                    self.engine.unsubscribe(&name, channel.id());
+                }
+                Ok(("unsubscribe", json!({})))
+            }
+            Command::Publish { channel: name, data } => {
+                let ns = namespace(&name)?;
+                let allowed = match ns.publish {
+                    Access::Any => true,
+                    Access::Token => may_publish.iter().any(|g| g.matches(&name)),
+                    Access::None => false,
+                };
+                if !allowed {
+                    return Err(Failure::new(ErrorCode::PermissionDenied, "publishing to this channel is not allowed"));
+                }
+                let info = Info { user, client: channel.id().as_str().to_owned() };
+                let p = self.engine.publish(&name, data, Some(info)).map_err(engine_failure)?;
+                Ok(("publish", json!({ "offset": p.offset, "epoch": p.epoch })))
+            }
+            Command::Presence { channel: name } => {
+                namespace(&name)?;
+                if !subscribed.contains(&name) {
+                    return Err(Failure::new(ErrorCode::PermissionDenied, "subscribe to the channel first"));
+                }
+                let clients = self.engine.presence(&name).map_err(engine_failure)?;
+                let clients: serde_json::Map<_, _> =
+                    clients.into_iter().map(|(client, user)| (client, json!({ "user": user }))).collect();
+                Ok(("presence", json!({ "clients": clients })))
+            }
+            Command::History { channel: name, limit, since } => {
+                namespace(&name)?;
+                if !subscribed.contains(&name) {
+                    return Err(Failure::new(ErrorCode::PermissionDenied, "subscribe to the channel first"));
+                }
+                let since = since.map(|s| Position { offset: s.offset, epoch: s.epoch });
+                let page =
+                    self.engine.history(&name, limit.unwrap_or(usize::MAX), since.as_ref()).map_err(engine_failure)?;
+                Ok((
+                    "history",
+                    json!({ "publications": page.publications, "offset": page.position.offset, "epoch": page.position.epoch }),
+                ))
+            }
+        }
+    }
+
+    /// Whether the namespace's `subscribe` rule and the tokens admit `user` to `s.channel`.
+    fn may_subscribe(&self, s: &Subscribe, rule: Access, user: &str, globs: &[glob::Pattern]) -> Result<(), Failure> {
+        let denied =
+            || Failure::new(ErrorCode::PermissionDenied, format!("not allowed to subscribe to {:?}", s.channel));
+        match rule {
+            Access::Any => Ok(()),
+            Access::None => Err(denied()),
+            Access::Token => {
+                if let Some(token) = &s.token {
+                    let verifier = self
+                        .verifier
+                        .as_ref()
+                        .ok_or_else(|| Failure::new(ErrorCode::Unauthorized, "this app verifies no tokens"))?;
+                    let claims: ChannelClaims = verifier.verify(token).map_err(|e| token_failure(&e))?;
+                    if claims.channel != s.channel || claims.sub != user {
+                        return Err(Failure::new(
+                            ErrorCode::PermissionDenied,
+                            "the channel token is for another channel or another user",
+                        ));
+                    }
+                    Ok(())
+                } else if globs.iter().any(|g| g.matches(&s.channel)) {
+                    Ok(())
+                } else {
+                    Err(denied())
+                }
+            }
+        }
+    }
+
+    fn subscribe(
+        &self,
+        channel: &ChannelHandle,
+        s: &Subscribe,
+        user: &str,
+        id: Option<u64>,
+    ) -> Result<(), EngineError> {
+        let since =
+            s.recover.then(|| Position { offset: s.offset.unwrap_or(0), epoch: s.epoch.clone().unwrap_or_default() });
+        self.engine.subscribe(&s.channel, channel, user, since.as_ref(), |position, recovered| {
+            let mut body = json!({ "channel": s.channel, "offset": position.offset, "epoch": position.epoch });
+            if s.recover {
+                body["recovered"] = json!(recovered.is_some());
+                body["publications"] = json!(recovered.unwrap_or_default());
+            }
+            reply(id, "subscribe", body)
+        })?;
+        if let Some(connection) = lock(&self.connections).get_mut(channel.id()) {
+            connection.subscriptions.insert(s.channel.clone());
+        }
+        Ok(())
+    }
+}
+
+impl App for PubSub {
+    fn pre_accept(&self, request: &UpgradeRequest<'_>) -> Option<PreAccept> {
+        let verifier = self.verifier.as_ref()?;
+        let token = query_token(request.url)?;
+        match verifier.verify::<ConnectionClaims>(&token) {
+            Ok(claims) => {
+                lock(&self.pending).insert(request.channel.clone(), Identity::from_claims(claims));
+                Some(Box::pin(async { Ok(()) }))
+            }
+            Err(e) => {
+                let mut rejection = Rejection::text(http::StatusCode::UNAUTHORIZED, &format!("{e}\n"));
+                rejection
+                    .headers
+                    .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"wsgate\""));
+                Some(Box::pin(async move { Err(rejection) }))
+            }
+        }
+    }
+
+    fn on_accept_failed(&self, channel: &ChannelHandle) {
+        lock(&self.pending).remove(channel.id());
+    }
+
+    fn on_open(&self, channel: &ChannelHandle) {
+        let proven = lock(&self.pending).remove(channel.id());
+        lock(&self.connections).insert(channel.id().clone(), Connection::default());
+        match proven {
+            Some(identity) => {
+                let _ = self.connect(channel, identity);
+            }
+            None if !self.needs_token() => {
+                let _ = self.connect(channel, Identity::default());
+            }
+            None => {}
+        }
+    }
+
+    fn on_message(&self, channel: &ChannelHandle, message: Message) {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                channel.close(crate::ws::close::code::UNSUPPORTED, "binary frames are not accepted; send JSON text");
+                return;
+            }
+        };
+        let Some(request) = protocol::parse(&text) else {
+            channel.close(crate::ws::close::code::INVALID_DATA, "not JSON");
+            return;
+        };
+        let id = request.id;
+        let outcome = request.command.and_then(|command| self.handle(channel, id, command));
+        match outcome {
+            Ok((_, Value::Null)) => {} // answered already
+            Ok((command, body)) => Self::send(channel, &reply(id, command, body)),
+            Err(failure) => Self::send(channel, &error(id, &failure)),
+        }
+    }
+
+    fn on_close(&self, channel: &ChannelHandle, _code: Option<u16>) {
+        let connection = lock(&self.connections).remove(channel.id());
+        if let Some(connection) = connection {
+            if let Some(expiry) = connection.expiry {
+                expiry.abort();
+            }
+            for name in connection.subscriptions {
+                self.engine.unsubscribe(&name, channel.id());
+            }
+        }
+    }
+}

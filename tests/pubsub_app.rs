@@ -1,0 +1,499 @@
+//! Issue 19 on one node, over real sockets: the `pubsub` app's protocol and errors, JWT
+//! connection and channel tokens (HMAC, Ed25519, ES256), expiry during a connection, presence,
+//! the control API's `/v1/publish`, `/v1/presence`, `/v1/history`, and a randomized property
+//! test of exact recovery with publishers running concurrently.
+
+mod common;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wsgate::ws::codec::Incoming as WsIncoming;
+
+const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn hs256(claims: Value) -> String {
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+/// A pubsub app at /live with `jwt` (a TOML body for `[apps.live.jwt]`, or "" for none).
+fn config(jwt: &str, history: usize) -> String {
+    let jwt = if jwt.is_empty() { String::new() } else { format!("[apps.live.jwt]\n{jwt}\n") };
+    basic_config(&format!(
+        r#"[apps.live]
+kind = "pubsub"
+urls = ["/live"]
+max_subscriptions = 4
+{jwt}
+[[apps.live.namespaces]]
+pattern = "chat:*"
+subscribe = "any"
+publish = "any"
+history = {history}
+presence = true
+
+[[apps.live.namespaces]]
+pattern = "news:*"
+subscribe = "any"
+publish = "none"
+history = {history}
+
+[[apps.live.namespaces]]
+pattern = "private:*"
+subscribe = "token"
+publish = "token"
+
+[admin]
+addr = "127.0.0.1:0"
+"#
+    ))
+}
+
+/// A protocol client: commands with ids, pushes kept aside until asked for.
+struct Client {
+    ws: WsClient,
+    pushes: VecDeque<Value>,
+    next_id: u64,
+}
+
+impl Client {
+    async fn open(addr: SocketAddr, path: &str) -> Client {
+        Client { ws: WsClient::connect(addr, path).await, pushes: VecDeque::new(), next_id: 1 }
+    }
+
+    async fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.next().await {
+                Some(WsIncoming::Text(t)) => return serde_json::from_slice(&t).expect("the server sends JSON"),
+                Some(WsIncoming::Close(c)) => panic!("closed: {c:?}"),
+                Some(_) => continue,
+                None => panic!("connection ended"),
+            }
+        }
+    }
+
+    /// Sends `{"id":N,name:body}` and returns the reply with that id.
+    async fn call(&mut self, name: &str, body: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ws.send_text(&json!({ "id": id, name: body }).to_string()).await;
+        loop {
+            let v = self.recv().await;
+            if v["id"] == id {
+                return v;
+            }
+            assert!(v.get("push").is_some(), "neither a push nor the reply to {id}: {v}");
+            self.pushes.push_back(v["push"].clone());
+        }
+    }
+
+    async fn push(&mut self) -> Value {
+        if let Some(p) = self.pushes.pop_front() {
+            return p;
+        }
+        let v = self.recv().await;
+        assert!(v.get("push").is_some(), "expected a push: {v}");
+        v["push"].clone()
+    }
+}
+
+fn error_code(reply: &Value) -> u64 {
+    reply["error"]["code"].as_u64().unwrap_or_else(|| panic!("expected an error: {reply}"))
+}
+
+/// One admin request on a fresh connection: status and JSON body.
+async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut all)).await.unwrap().unwrap();
+    let all = String::from_utf8_lossy(&all).into_owned();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn anonymous_clients_subscribe_publish_and_get_every_error_code() {
+    let up = start_upstream().await;
+    let gate = start_gate(&config("", 100), up.addr).await;
+    let mut a = Client::open(gate.addr, "/live").await;
+    let mut b = Client::open(gate.addr, "/live").await;
+    let hello = a.call("connect", json!({})).await;
+    let a_id = hello["connect"]["client"].as_str().unwrap().to_owned();
+    assert_eq!(hello["connect"]["user"], "");
+
+    let sub = a.call("subscribe", json!({"channel":"chat:1"})).await;
+    assert_eq!((sub["subscribe"]["offset"].as_u64(), sub["subscribe"]["channel"].as_str()), (Some(0), Some("chat:1")));
+    let epoch = sub["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    b.call("subscribe", json!({"channel":"chat:1"})).await;
+    // a sees b join (presence on in chat:*)
+    let join = a.push().await;
+    assert_eq!(join["join"]["user"], "", "{join}");
+
+    let published = a.call("publish", json!({"channel":"chat:1","data":{"text":"hi"}})).await;
+    assert_eq!(published["publish"], json!({"offset":1,"epoch":epoch}));
+    for client in [&mut a, &mut b] {
+        let p = client.push().await;
+        assert_eq!(p["channel"], "chat:1");
+        assert_eq!(p["pub"]["offset"], 1);
+        assert_eq!(p["pub"]["data"], json!({"text":"hi"}));
+        assert_eq!(p["pub"]["info"]["client"], a_id.as_str());
+    }
+    let presence = a.call("presence", json!({"channel":"chat:1"})).await;
+    assert_eq!(presence["presence"]["clients"].as_object().unwrap().len(), 2, "{presence}");
+    let history = b.call("history", json!({"channel":"chat:1","limit":10})).await;
+    assert_eq!(history["history"]["publications"][0]["data"], json!({"text":"hi"}));
+
+    // The error codes, each with its id echoed and the connection kept.
+    assert_eq!(error_code(&a.call("subscribe", json!({"channel":"elsewhere"})).await), 102);
+    assert_eq!(error_code(&a.call("publish", json!({"channel":"news:1","data":1})).await), 103);
+    assert_eq!(error_code(&a.call("subscribe", json!({"channel":"private:1"})).await), 103);
+    assert_eq!(error_code(&a.call("rpc", json!({})).await), 104);
+    assert_eq!(error_code(&a.call("subscribe", json!({"channel":"chat:1"})).await), 105);
+    for i in 2..=4 {
+        a.call("subscribe", json!({ "channel": format!("chat:{i}") })).await;
+    }
+    assert_eq!(error_code(&a.call("subscribe", json!({"channel":"chat:5"})).await), 106);
+    assert_eq!(error_code(&a.call("subscribe", json!({"channel":"chat:6","bogus":true})).await), 107);
+    assert_eq!(error_code(&b.call("presence", json!({"channel":"news:1"})).await), 103, "not subscribed");
+    b.call("subscribe", json!({"channel":"news:1"})).await;
+    assert_eq!(error_code(&b.call("presence", json!({"channel":"news:1"})).await), 108, "presence off");
+    let stale = json!({"channel":"chat:1","since":{"offset":0,"epoch":"not-the-epoch"}});
+    assert_eq!(error_code(&b.call("history", stale).await), 112);
+
+    // b leaves: a sees the leave.
+    b.call("unsubscribe", json!({"channel":"chat:1"})).await;
+    let leave = loop {
+        let p = a.push().await;
+        if p.get("leave").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(leave["channel"], "chat:1");
+
+    // Not JSON at all: 1007; binary: 1003.
+    b.ws.send_text("this is not json").await;
+    assert_eq!(b.ws.expect_close().await, Some(1007));
+    a.ws.send_frame(wsgate::ws::codec::OpCode::Binary, true, b"\x00\x01").await;
+    assert_eq!(a.ws.expect_close().await, Some(1003));
+    drop((a, b)); // a client that never answers a Close would hold the shutdown for its timeout
+    gate.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn tokens_decide_who_connects_and_subscribes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("jwt.key");
+    std::fs::write(&key, format!("{SECRET}\n")).unwrap();
+    let jwt = format!("hmac_secret_file = \"{}\"\naudience = \"wsgate\"", key.display());
+    let up = start_upstream().await;
+    let gate = start_gate(&config(&jwt, 10), up.addr).await;
+    let good = |sub: &str, extra: Value| {
+        let mut claims = json!({"sub": sub, "aud": "wsgate", "exp": now() + 300});
+        claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        hs256(claims)
+    };
+
+    // ?token= is checked before the 101: a bad one gets 401 and no WebSocket.
+    for token in [
+        "garbage".to_owned(),
+        hs256(json!({"sub":"a","aud":"wsgate","exp": now() - 10})),
+        hs256(json!({"sub":"a","aud":"elsewhere"})),
+    ] {
+        let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+        let response = raw_request(&mut stream, upgrade_request(&format!("/live?token={token}"), "").as_bytes()).await;
+        assert_eq!(response.status, 401, "{token}: {}", response.head);
+    }
+    let mut by_query = Client::open(gate.addr, &format!("/live?token={}", good("quinn", json!({})))).await;
+    let sub = by_query.call("subscribe", json!({"channel":"chat:q"})).await;
+    assert!(sub.get("subscribe").is_some(), "connected by ?token=: {sub}");
+
+    let mut c = Client::open(gate.addr, "/live").await;
+    assert_eq!(error_code(&c.call("subscribe", json!({"channel":"chat:1"})).await), 101, "connect first");
+    assert_eq!(error_code(&c.call("connect", json!({})).await), 101);
+    let expired = hs256(json!({"sub":"alice","aud":"wsgate","exp": now() - 5}));
+    assert_eq!(error_code(&c.call("connect", json!({ "token": expired })).await), 109);
+    let wrong_key = encode(
+        &Header::default(),
+        &json!({"sub":"alice","aud":"wsgate"}),
+        &EncodingKey::from_secret(b"another-secret-another-secret-another"),
+    )
+    .unwrap();
+    assert_eq!(error_code(&c.call("connect", json!({ "token": wrong_key })).await), 101);
+    assert_eq!(error_code(&c.call("connect", json!({ "token": hs256(json!({"sub":"alice","aud":"x"})) })).await), 101);
+    assert_eq!(error_code(&c.call("connect", json!({ "token": hs256(json!({"sub":"alice"})) })).await), 101, "no aud");
+    use base64::Engine as _;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let none = format!("{}.{}.", b64(json!({"alg":"none","typ":"JWT"})), b64(json!({"sub":"alice","aud":"wsgate"})));
+    assert_eq!(error_code(&c.call("connect", json!({ "token": none })).await), 101, "alg none");
+
+    let hello = c.call("connect", json!({ "token": good("alice", json!({"channels":["private:team*"]})) })).await;
+    assert_eq!(hello["connect"]["user"], "alice", "{hello}");
+    // Channel tokens: for this channel and this user only.
+    let channel_token = |channel: &str, sub: &str| hs256(json!({"sub": sub, "channel": channel, "aud": "wsgate"}));
+    assert_eq!(error_code(&c.call("subscribe", json!({"channel":"private:1"})).await), 103);
+    let other_channel = json!({"channel":"private:1","token": channel_token("private:2", "alice")});
+    assert_eq!(error_code(&c.call("subscribe", other_channel).await), 103);
+    let other_user = json!({"channel":"private:1","token": channel_token("private:1", "bob")});
+    assert_eq!(error_code(&c.call("subscribe", other_user).await), 103);
+    let expired_channel = json!({"channel":"private:1","token": hs256(json!({"sub":"alice","channel":"private:1","aud":"wsgate","exp":now()-5}))});
+    assert_eq!(error_code(&c.call("subscribe", expired_channel).await), 109);
+    let right = c.call("subscribe", json!({"channel":"private:1","token": channel_token("private:1", "alice")})).await;
+    assert!(right.get("subscribe").is_some(), "{right}");
+    // The connection's `channels` claim admits without a channel token.
+    let by_claim = c.call("subscribe", json!({"channel":"private:team7"})).await;
+    assert!(by_claim.get("subscribe").is_some(), "{by_claim}");
+    // publish = "token" needs the `publish` claim: alice has none.
+    assert_eq!(error_code(&c.call("publish", json!({"channel":"private:1","data":1})).await), 103);
+
+    // A token that expires during the connection closes it with 4009.
+    let mut short = Client::open(gate.addr, "/live").await;
+    let r = short.call("connect", json!({ "token": hs256(json!({"sub":"s","aud":"wsgate","exp": now() + 2})) })).await;
+    assert!(r.get("connect").is_some(), "{r}");
+    let started = std::time::Instant::now();
+    assert_eq!(short.ws.expect_close().await, Some(4009));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    drop((short, c, by_query));
+    gate.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn public_key_tokens_ed25519_and_es256() {
+    for (alg, algorithm) in
+        [(&rcgen::PKCS_ED25519, Algorithm::EdDSA), (&rcgen::PKCS_ECDSA_P256_SHA256, Algorithm::ES256)]
+    {
+        let pair = rcgen::KeyPair::generate_for(alg).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("jwt.pub");
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        let private = pair.serialize_pem();
+        let encoding = if algorithm == Algorithm::EdDSA {
+            EncodingKey::from_ed_pem(private.as_bytes())
+        } else {
+            EncodingKey::from_ec_pem(private.as_bytes())
+        }
+        .unwrap();
+        let up = start_upstream().await;
+        let gate = start_gate(&config(&format!("public_key_file = \"{}\"", public.display()), 10), up.addr).await;
+        let mut c = Client::open(gate.addr, "/live").await;
+        let token = encode(&Header::new(algorithm), &json!({"sub":"kim","exp":now()+60}), &encoding).unwrap();
+        let hello = c.call("connect", json!({ "token": token })).await;
+        assert_eq!(hello["connect"]["user"], "kim", "{algorithm:?}: {hello}");
+        // An HMAC token signed with the public key's text (the classic confusion) is refused.
+        let confused = encode(
+            &Header::default(),
+            &json!({"sub":"eve"}),
+            &EncodingKey::from_secret(pair.public_key_pem().as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(error_code(&c.call("connect", json!({ "token": confused })).await), 101);
+        drop(c);
+        gate.server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn control_api_publishes_with_offsets_and_answers_presence_and_history() {
+    let up = start_upstream().await;
+    let gate = start_gate(&config("", 3), up.addr).await;
+    let admin_addr = gate.server.admin_addr().unwrap();
+    let mut c = Client::open(gate.addr, "/live").await;
+    c.call("subscribe", json!({"channel":"news:1"})).await;
+    for i in 1..=5 {
+        let (status, body) =
+            admin(admin_addr, "POST", "/v1/publish", &json!({"channel":"news:1","data":i}).to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!((body["offset"].as_u64(), body["delivered"].as_u64()), (Some(i), Some(1)));
+        let p = c.push().await;
+        assert_eq!((p["pub"]["offset"].as_u64(), p["pub"]["data"].as_u64()), (Some(i), Some(i)));
+        assert!(p["pub"].get("info").is_none(), "no publisher info from the control API: {p}");
+    }
+    let (status, body) = admin(admin_addr, "GET", "/v1/history/news:1?limit=2", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [4, 5]
+    );
+    assert_eq!(body["offset"], 5);
+    let (status, body) = admin(admin_addr, "GET", "/v1/presence/news:1", "").await;
+    assert_eq!((status, body["code"].as_u64()), (409, Some(108)));
+    c.call("subscribe", json!({"channel":"chat:x"})).await;
+    let (status, body) = admin(admin_addr, "GET", "/v1/presence/chat:x", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["clients"].as_object().unwrap().len(), 1, "{body}");
+    for (body, status, code) in [
+        ("not json", 400, 107),
+        (r#"{"channel":"news:1"}"#, 400, 107),
+        (r#"{"channel":"","data":1}"#, 400, 107),
+        (r#"{"channel":"nowhere","data":1}"#, 404, 102),
+    ] {
+        let (s, answer) = admin(admin_addr, "POST", "/v1/publish", body).await;
+        assert_eq!((s, answer["code"].as_u64()), (status, Some(code)), "{body}: {answer}");
+    }
+    drop(c);
+    gate.server.shutdown().await;
+}
+
+/// Random interleavings: two publishers (a client and the control API) run concurrently
+/// with subscribers that drop their connection at random moments and come back with
+/// `recover` from the last offset they saw. Every subscriber must end with exactly the
+/// publications 1..=N, in order, once each, with the data the publishers got offsets for.
+// Several worker threads: publishers, subscribers and wsgate's connections really run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovery_is_exact_under_concurrent_publishing() {
+    const PER_PUBLISHER: u64 = 150;
+    const SUBSCRIBERS: usize = 4;
+    let up = start_upstream().await;
+    let gate = start_gate(&config("", 1000), up.addr).await;
+    let admin_addr = gate.server.admin_addr().unwrap();
+    let addr = gate.addr;
+    let sent: Arc<Mutex<BTreeMap<u64, Value>>> = Arc::default();
+
+    let seed = fastrand::u64(..);
+    eprintln!("seed {seed}");
+    let mut subscribers = Vec::new();
+    for s in 0..SUBSCRIBERS {
+        let rng = fastrand::Rng::with_seed(seed ^ s as u64);
+        subscribers.push(tokio::spawn(subscriber(addr, rng, 2 * PER_PUBLISHER)));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let by_client = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut c = Client::open(addr, "/live").await;
+            for i in 0..PER_PUBLISHER {
+                let data = json!({"from":"client","i":i});
+                let r = c.call("publish", json!({"channel":"chat:p","data":data})).await;
+                sent.lock().unwrap().insert(r["publish"]["offset"].as_u64().unwrap(), data);
+            }
+        })
+    };
+    let by_api = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            for i in 0..PER_PUBLISHER {
+                let data = json!({"from":"api","i":i});
+                let (status, r) =
+                    admin(admin_addr, "POST", "/v1/publish", &json!({"channel":"chat:p","data":data}).to_string())
+                        .await;
+                assert_eq!(status, 200, "{r}");
+                sent.lock().unwrap().insert(r["offset"].as_u64().unwrap(), data);
+            }
+        })
+    };
+    by_client.await.unwrap();
+    by_api.await.unwrap();
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.keys().copied().collect::<Vec<_>>(), (1..=2 * PER_PUBLISHER).collect::<Vec<_>>(), "offsets 1..=N");
+    for handle in subscribers {
+        let (seen, reconnects) = handle.await.unwrap();
+        assert!(reconnects > 0, "seed {seed}: the subscriber never reconnected");
+        let offsets: Vec<u64> = seen.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (1..=2 * PER_PUBLISHER).collect::<Vec<_>>(), "seed {seed}: gaps, duplicates or disorder");
+        for (offset, data) in seen {
+            assert_eq!(sent[&offset], data, "seed {seed}: offset {offset}");
+        }
+    }
+    gate.server.shutdown().await;
+}
+
+/// Subscribes, reads, drops the connection at random and recovers, until it has seen `total`.
+async fn subscriber(addr: SocketAddr, mut rng: fastrand::Rng, total: u64) -> (Vec<(u64, Value)>, usize) {
+    let mut seen: Vec<(u64, Value)> = Vec::new();
+    let mut position: Option<(u64, String)> = None;
+    let mut reconnects = 0;
+    loop {
+        let mut c = Client::open(addr, "/live").await;
+        let body = match &position {
+            None => json!({"channel":"chat:p"}),
+            Some((offset, epoch)) => json!({"channel":"chat:p","recover":true,"offset":offset,"epoch":epoch}),
+        };
+        let reply = c.call("subscribe", body).await;
+        let reply = &reply["subscribe"];
+        match &position {
+            None => {
+                // Joined at offset K: what came before is not ours to check, except through history.
+                let start = reply["offset"].as_u64().unwrap();
+                let history = c.call("history", json!({"channel":"chat:p"})).await;
+                for p in history["history"]["publications"].as_array().unwrap() {
+                    let o = p["offset"].as_u64().unwrap();
+                    if o <= start {
+                        seen.push((o, p["data"].clone()));
+                    }
+                }
+                assert_eq!(seen.len() as u64, start, "history holds everything before joining");
+                position = Some((start, reply["epoch"].as_str().unwrap().to_owned()));
+            }
+            Some(_) => {
+                assert_eq!(reply["recovered"], true, "{reply}");
+                reconnects += 1;
+                for p in reply["publications"].as_array().unwrap() {
+                    seen.push((p["offset"].as_u64().unwrap(), p["data"].clone()));
+                }
+            }
+        }
+        if let Some((o, _)) = seen.last() {
+            position.as_mut().unwrap().0 = *o;
+        }
+        // Read a random number of pushes, then drop the connection (or finish).
+        let budget = rng.u64(1..40);
+        for _ in 0..budget {
+            if seen.len() as u64 >= total {
+                return (seen, reconnects);
+            }
+            let p = c.push().await;
+            if let Some(publication) = p.get("pub") {
+                let o = publication["offset"].as_u64().unwrap();
+                seen.push((o, publication["data"].clone()));
+                position.as_mut().unwrap().0 = o;
+            }
+        }
+        if seen.len() as u64 >= total {
+            return (seen, reconnects);
+        }
+        drop(c);
+    }
+}
+
+#[tokio::test]
+async fn recovery_past_the_history_says_recovered_false() {
+    let up = start_upstream().await;
+    let gate = start_gate(&config("", 3), up.addr).await;
+    let mut c = Client::open(gate.addr, "/live").await;
+    let sub = c.call("subscribe", json!({"channel":"chat:r"})).await;
+    let epoch = sub["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    for i in 0..10 {
+        c.call("publish", json!({"channel":"chat:r","data":i})).await;
+    }
+    let mut late = Client::open(gate.addr, "/live").await;
+    // 7..=10 would be needed after offset 6: 8, 9, 10 are kept but not 7.
+    let r = late.call("subscribe", json!({"channel":"chat:r","recover":true,"offset":6,"epoch":epoch})).await;
+    assert_eq!(r["subscribe"]["recovered"], false, "{r}");
+    assert_eq!(r["subscribe"]["offset"], 10);
+    assert_eq!(r["subscribe"]["publications"], json!([]));
+    let mut exact = Client::open(gate.addr, "/live").await;
+    let r = exact.call("subscribe", json!({"channel":"chat:r","recover":true,"offset":7,"epoch":epoch})).await;
+    assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+    assert_eq!(r["subscribe"]["publications"].as_array().unwrap().len(), 3);
+    let mut other_epoch = Client::open(gate.addr, "/live").await;
+    let r = other_epoch.call("subscribe", json!({"channel":"chat:r","recover":true,"offset":10,"epoch":"old"})).await;
+    assert_eq!(r["subscribe"]["recovered"], false, "{r}");
+    drop((c, late, exact, other_epoch));
+    gate.server.shutdown().await;
+}
