@@ -70,6 +70,11 @@ struct PublishArgs {
     /// A channel id that must not receive it (repeatable, or comma-separated).
     #[arg(long, value_name = "ID")]
     exclude: Vec<String>,
+    /// Publish to a pubsub app's channel instead (history, offsets): the first argument is
+    /// the channel name and MESSAGE is JSON data (other text is sent as a JSON string);
+    /// prints {"offset","epoch","delivered"}.
+    #[arg(long, conflicts_with_all = ["binary", "exclude"])]
+    channel: bool,
 }
 
 #[derive(Args)]
@@ -169,6 +174,18 @@ fn publish(args: PublishArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.channel {
+        return match wsgate::admin::client::publish_channel_command(&config, &args.subscription, args.message) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("wsgate publish: {error}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match wsgate::admin::client::publish_command(&config, args.subscription, args.message, args.binary, args.exclude) {
         Ok(delivered) => {
             println!("{delivered}");

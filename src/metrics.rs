@@ -30,6 +30,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label: how a pubsub recovery ended (`recovered`, `not_recovered`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// The outcome.
+    pub outcome: &'static str,
+}
+
 /// Label: what the slow-consumer policy did.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
@@ -124,6 +131,18 @@ pub struct Metrics {
     pub broker_undelivered: Counter,
     /// Failed attempts to (re)connect to the broker.
     pub broker_connect_failures: Counter,
+    /// pubsub: channels with state (history, presence or members) on this node.
+    pub pubsub_channels: Gauge,
+    /// pubsub: publications kept in histories on this node.
+    pub pubsub_history_publications: Gauge,
+    /// pubsub: presence entries on this node (one per client and channel).
+    pub pubsub_presence_clients: Gauge,
+    /// pubsub: publications (from clients and the control API).
+    pub pubsub_publications: Counter,
+    /// pubsub: subscribe commands that asked to recover, by outcome.
+    pub pubsub_recoveries: Family<OutcomeLabel, Counter>,
+    /// pubsub: tokens refused, by reason (`expired`, `invalid`, `missing`, `wrong_channel`).
+    pub pubsub_token_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -162,6 +181,12 @@ impl Metrics {
             broker_errors: Counter::default(),
             broker_undelivered: Counter::default(),
             broker_connect_failures: Counter::default(),
+            pubsub_channels: Gauge::default(),
+            pubsub_history_publications: Gauge::default(),
+            pubsub_presence_clients: Gauge::default(),
+            pubsub_publications: Counter::default(),
+            pubsub_recoveries: Family::default(),
+            pubsub_token_failures: Family::default(),
             registry: Registry::default(),
         };
         let r = registry;
@@ -207,6 +232,20 @@ impl Metrics {
             "Failed attempts to connect or reconnect to the broker",
             m.broker_connect_failures.clone(),
         );
+        r.register("pubsub_channels", "pubsub channels with state on this node", m.pubsub_channels.clone());
+        r.register(
+            "pubsub_history_publications",
+            "pubsub publications kept in histories on this node",
+            m.pubsub_history_publications.clone(),
+        );
+        r.register(
+            "pubsub_presence_clients",
+            "pubsub presence entries on this node",
+            m.pubsub_presence_clients.clone(),
+        );
+        r.register("pubsub_publications", "pubsub publications", m.pubsub_publications.clone());
+        r.register("pubsub_recoveries", "pubsub recoveries asked for, by outcome", m.pubsub_recoveries.clone());
+        r.register("pubsub_token_failures", "pubsub tokens refused, by reason", m.pubsub_token_failures.clone());
         r.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Metrics { registry: root, ..m }
     }

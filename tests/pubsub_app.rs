@@ -108,6 +108,17 @@ impl Client {
     }
 }
 
+/// One sample of `/metrics` (0 when absent).
+async fn metric(admin_addr: SocketAddr, series: &str) -> f64 {
+    let mut stream = TcpStream::connect(admin_addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut all)).await.unwrap().unwrap();
+    all.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
 fn error_code(reply: &Value) -> u64 {
     reply["error"]["code"].as_u64().unwrap_or_else(|| panic!("expected an error: {reply}"))
 }
@@ -269,6 +280,12 @@ async fn tokens_decide_who_connects_and_subscribes() {
     let started = std::time::Instant::now();
     assert_eq!(short.ws.expect_close().await, Some(4009));
     assert!(started.elapsed() < Duration::from_secs(4));
+    let admin_addr = gate.server.admin_addr().unwrap();
+    let failures = |reason: &'static str| format!("wsgate_pubsub_token_failures_total{{reason=\"{reason}\"}}");
+    assert_eq!(metric(admin_addr, &failures("expired")).await, 3.0, "?token=, connect, channel token");
+    assert_eq!(metric(admin_addr, &failures("invalid")).await, 6.0);
+    assert_eq!(metric(admin_addr, &failures("missing")).await, 1.0);
+    assert_eq!(metric(admin_addr, &failures("wrong_channel")).await, 2.0);
     drop((short, c, by_query));
     gate.server.shutdown().await;
 }
@@ -337,6 +354,7 @@ async fn control_api_publishes_with_offsets_and_answers_presence_and_history() {
     let (status, body) = admin(admin_addr, "GET", "/v1/presence/chat:x", "").await;
     assert_eq!(status, 200);
     assert_eq!(body["clients"].as_object().unwrap().len(), 1, "{body}");
+    assert_eq!(metric(admin_addr, "wsgate_pubsub_presence_clients").await, 1.0);
     for (body, status, code) in [
         ("not json", 400, 107),
         (r#"{"channel":"news:1"}"#, 400, 107),
@@ -494,6 +512,57 @@ async fn recovery_past_the_history_says_recovered_false() {
     let mut other_epoch = Client::open(gate.addr, "/live").await;
     let r = other_epoch.call("subscribe", json!({"channel":"chat:r","recover":true,"offset":10,"epoch":"old"})).await;
     assert_eq!(r["subscribe"]["recovered"], false, "{r}");
+    let admin_addr = gate.server.admin_addr().unwrap();
+    assert_eq!(metric(admin_addr, "wsgate_pubsub_recoveries_total{outcome=\"recovered\"}").await, 1.0);
+    assert_eq!(metric(admin_addr, "wsgate_pubsub_recoveries_total{outcome=\"not_recovered\"}").await, 2.0);
+    assert_eq!(metric(admin_addr, "wsgate_pubsub_publications_total").await, 10.0);
+    assert_eq!(metric(admin_addr, "wsgate_pubsub_history_publications").await, 3.0);
     drop((c, late, exact, other_epoch));
+    gate.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wsgate_publish_channel_from_the_command_line() {
+    let up = start_upstream().await;
+    let gate = start_gate(&config("", 10), up.addr).await;
+    let admin_addr = gate.server.admin_addr().unwrap();
+    let mut c = Client::open(gate.addr, "/live").await;
+    c.call("subscribe", json!({"channel":"news:cli"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wsgate.toml");
+    std::fs::write(&config, format!("[upstream]\nurl = \"http://{}\"\n\n[admin]\naddr = \"{admin_addr}\"\n", up.addr))
+        .unwrap();
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+                .args(["publish", "--config"])
+                .arg(&config)
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    // JSON data goes as JSON, other text as a string; the answer carries the offset.
+    let (code, out, err) = run(vec!["--channel".into(), "news:cli".into(), r#"{"n":1}"#.into()]).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((answer["offset"].as_u64(), answer["delivered"].as_u64()), (Some(1), Some(1)), "{out}");
+    assert_eq!(c.push().await["pub"]["data"], json!({"n":1}));
+    let (code, _, err) = run(vec!["--channel".into(), "news:cli".into(), "deploy done".into()]).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let p = c.push().await;
+    assert_eq!((p["pub"]["offset"].as_u64(), &p["pub"]["data"]), (Some(2), &json!("deploy done")));
+    // A channel no namespace matches: exit 1 with the reason.
+    let (code, _, err) = run(vec!["--channel".into(), "nowhere".into(), "1".into()]).await.unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no namespace matches"), "{err}");
+    drop(c);
     gate.server.shutdown().await;
 }

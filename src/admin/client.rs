@@ -224,6 +224,57 @@ pub fn publish_command(
     runtime.block_on(publish(&target, &Publish { subscription, body, binary, exclude }))
 }
 
+/// `wsgate publish --channel CHANNEL DATA`: publishes to a `pubsub` channel through `POST
+/// /v1/publish` (history and offsets, like a client's publish). `message` is JSON data; text
+/// that is not JSON is sent as a JSON string. Returns the daemon's answer
+/// (`{"offset","epoch","delivered"}`).
+pub fn publish_channel_command(
+    config: &Config,
+    channel: &str,
+    message: Option<String>,
+) -> Result<serde_json::Value, ClientError> {
+    let text = match message.as_deref() {
+        None | Some("-") => {
+            let mut data = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut data)
+                .map_err(|e| ClientError::Token(format!("cannot read the message from standard input: {e}")))?;
+            data
+        }
+        Some(text) => text.to_owned(),
+    };
+    let data = serde_json::from_str::<serde_json::Value>(&text)
+        .unwrap_or_else(|_| serde_json::Value::String(text.trim_end_matches('\n').to_owned()));
+    let body = serde_json::json!({ "channel": channel, "data": data }).to_string();
+    let target = Target::from_config(config)?;
+    let mut request = Request::post("/v1/publish")
+        .header(header::HOST, target.addr.to_string())
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = &target.token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| ClientError::Io { addr: target.addr, reason: e.to_string() })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Io { addr: target.addr, reason: format!("cannot start the runtime: {e}") })?;
+    let (status, body) =
+        runtime
+            .block_on(async { tokio::time::timeout(TIMEOUT, call(target.addr, request)).await })
+            .map_err(|_| ClientError::Io { addr: target.addr, reason: format!("no answer within {TIMEOUT:?}") })??;
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let message = value
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+        return Err(ClientError::Refused { status, message });
+    }
+    Ok(value)
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters (§2.3).
 pub fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -930,6 +930,35 @@ mod tests {
     }
 
     #[test]
+    fn pubsub_settings_are_checked_to_the_nested_key() {
+        let ok = load_text_ok(
+            "[apps.live]\nkind = \"pubsub\"\nurls = [\"/live\"]\n[apps.live.jwt]\nhmac_secret_file = \"/etc/k\"\n\
+             [[apps.live.namespaces]]\npattern = \"news:*\"\nhistory = 10\nhistory_ttl = \"1m\"\npresence = true\n",
+        );
+        let live = &ok.apps["live"];
+        assert_eq!(live.namespaces[0].history, 10);
+        assert_eq!(live.namespaces[0].history_ttl(), std::time::Duration::from_secs(60));
+        let e = load_err(
+            "[apps.live]\nkind = \"pubsub\"\nurls = [\"/live\"]\n[apps.live.jwt]\nhmac_secret = \"x\"\n\
+             [[apps.live.namespaces]]\npattern = \"a\"\nhistroy = 1\n[[apps.live.namespaces]]\npattern = \"[\"\n\
+             history = 1000000\n",
+        );
+        assert!(e.contains("wsgate.toml:5: apps.live.jwt.hmac_secret: unknown key"), "{e}");
+        assert!(e.contains("apps.live.namespaces.0.histroy: unknown key"), "{e}");
+        let e = load_err(
+            "[apps.live]\nkind = \"pubsub\"\nurls = [\"/live\"]\n[apps.live.jwt]\naudience = \"x\"\n\
+             [[apps.live.namespaces]]\npattern = \"[\"\nhistory = 1000000\n",
+        );
+        assert!(e.contains("apps.live.jwt: set exactly one of hmac_secret_file and public_key_file"), "{e}");
+        assert!(e.contains("apps.live.namespaces.0.pattern: \"[\" is not a valid pattern"), "{e}");
+        assert!(e.contains("apps.live.namespaces.0.history: at most 100000"), "{e}");
+        let e = load_err("[apps.live]\nkind = \"pubsub\"\nurls = [\"/live\"]\n");
+        assert!(e.contains("apps.live.namespaces: a pubsub app needs at least one"), "{e}");
+        let e = load_err("[apps.e]\nkind = \"echo\"\nurls = [\"/e\"]\n[[apps.e.namespaces]]\npattern = \"a\"\n");
+        assert!(e.contains("apps.e.namespaces: not a setting of an `echo` app"), "{e}");
+    }
+
+    #[test]
     fn control_characters_in_a_key_are_escaped_so_each_problem_stays_one_line() {
         // Found by the `config` fuzz target: a quoted key with an escaped newline made
         // the "unknown key" problem span two lines.

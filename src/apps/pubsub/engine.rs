@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use super::protocol::ErrorCode;
 use crate::apps::Message;
 use crate::config::pubsub::NamespaceConfig;
+use crate::metrics::{Metrics, OutcomeLabel};
 use crate::pubsub::hub::encode;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
 use crate::sync::lock;
@@ -157,10 +158,13 @@ struct ChannelState {
 }
 
 impl ChannelState {
-    fn prune(&mut self, now: Instant) {
+    /// Drops expired publications; returns how many.
+    fn prune(&mut self, now: Instant) -> usize {
+        let before = self.history.len();
         while self.history.front().is_some_and(|p| now.duration_since(p.at) >= self.ttl) {
             self.history.pop_front();
         }
+        before - self.history.len()
     }
 
     fn position(&self) -> Position {
@@ -225,6 +229,17 @@ impl Engine {
         engine
     }
 
+    /// The node's metrics, when the hub has them.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.hub.metrics()
+    }
+
+    fn gauge(&self, pick: impl Fn(&Metrics) -> &prometheus_client::metrics::gauge::Gauge, delta: i64) {
+        if let Some(m) = self.hub.metrics() {
+            pick(m).inc_by(delta);
+        }
+    }
+
     /// Replaces the node-wide namespace list (at start and on reload).
     pub fn set_namespaces(&self, list: Vec<Namespace>) {
         self.namespaces.store(Arc::new(list));
@@ -263,6 +278,7 @@ impl Engine {
                         }
                         let state = Arc::new(Mutex::new(fresh_state(channel, &ns)));
                         channels.insert(channel.to_owned(), state.clone());
+                        self.gauge(|m| &m.pubsub_channels, 1);
                         state
                     }
                 }
@@ -271,7 +287,8 @@ impl Engine {
             if guard.removed {
                 continue; // the sweeper dropped it between the two locks
             }
-            guard.prune(Instant::now());
+            let pruned = guard.prune(Instant::now());
+            self.gauge(|m| &m.pubsub_history_publications, -(pruned as i64));
             return f(&mut guard);
         }
     }
@@ -288,8 +305,13 @@ impl Engine {
             if state.limit > 0 {
                 if state.history.len() >= state.limit {
                     state.history.pop_front();
+                } else {
+                    self.gauge(|m| &m.pubsub_history_publications, 1);
                 }
                 state.history.push_back(publication);
+            }
+            if let Some(m) = self.hub.metrics() {
+                m.pubsub_publications.inc();
             }
             let delivery = hub.multicast_frame(&state.subscription, frame, &[]);
             Ok(Published { offset: state.offset, epoch: state.epoch.clone(), delivered: delivery.delivered })
@@ -311,12 +333,18 @@ impl Engine {
         let hub = self.hub.clone();
         self.with_channel(channel, true, |state| {
             let recovered = recover.and_then(|since| state.after(since));
+            if let (Some(_), Some(m)) = (recover, self.hub.metrics()) {
+                let outcome = if recovered.is_some() { "recovered" } else { "not_recovered" };
+                m.pubsub_recoveries.get_or_create(&OutcomeLabel { outcome }).inc();
+            }
             let answer = reply(&state.position(), recovered);
             member.send_text(&answer.to_string()).map_err(|_| EngineError::Closed)?;
             hub.subscribe(member.id(), &state.subscription).map_err(|_| EngineError::Closed)?;
             if let Some(presence) = &mut state.presence {
                 let client = member.id().as_str().to_owned();
-                presence.insert(client.clone(), user.to_owned());
+                if presence.insert(client.clone(), user.to_owned()).is_none() {
+                    self.gauge(|m| &m.pubsub_presence_clients, 1);
+                }
                 let push = json!({ "push": { "channel": channel, "join": { "client": client, "user": user } } });
                 let frame = encode(&Message::Text(Bytes::from(push.to_string())));
                 hub.multicast_frame(&state.subscription, frame, std::slice::from_ref(member.id()));
@@ -332,6 +360,7 @@ impl Engine {
             let _ = hub.unsubscribe(member, &state.subscription);
             if let Some(presence) = &mut state.presence {
                 if let Some(user) = presence.remove(member.as_str()) {
+                    self.gauge(|m| &m.pubsub_presence_clients, -1);
                     let push =
                         json!({ "push": { "channel": channel, "leave": { "client": member.as_str(), "user": user } } });
                     let frame = encode(&Message::Text(Bytes::from(push.to_string())));
@@ -372,9 +401,11 @@ impl Engine {
     pub fn sweep(&self) {
         let now = Instant::now();
         let mut channels = lock(&self.channels);
+        let mut pruned = 0;
+        let before = channels.len();
         channels.retain(|_, state| {
             let Ok(mut guard) = state.try_lock() else { return true };
-            guard.prune(now);
+            pruned += guard.prune(now);
             if guard.is_idle(&self.hub) {
                 guard.removed = true;
                 false
@@ -382,6 +413,8 @@ impl Engine {
                 true
             }
         });
+        self.gauge(|m| &m.pubsub_history_publications, -(pruned as i64));
+        self.gauge(|m| &m.pubsub_channels, -((before - channels.len()) as i64));
     }
 }
 

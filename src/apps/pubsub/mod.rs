@@ -84,6 +84,20 @@ fn query_token(url: &str) -> Option<String> {
     crate::admin::control::query_pairs(Some(query)).into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
 }
 
+/// Counts a refused token by reason.
+fn count_token_failure(engine: &Engine, reason: &'static str) {
+    if let Some(m) = engine.metrics() {
+        m.pubsub_token_failures.get_or_create(&crate::metrics::ReasonLabel { reason }).inc();
+    }
+}
+
+fn reason(e: &TokenError) -> &'static str {
+    match e {
+        TokenError::Expired => "expired",
+        TokenError::Invalid(_) => "invalid",
+    }
+}
+
 fn token_failure(e: &TokenError) -> Failure {
     match e {
         TokenError::Expired => Failure::new(ErrorCode::TokenExpired, "token expired"),
@@ -161,10 +175,14 @@ impl PubSub {
     ) -> Result<(&'static str, Value), Failure> {
         if let Command::Connect { token } = command {
             let identity = match (&self.verifier, token) {
-                (Some(verifier), Some(token)) => {
-                    Identity::from_claims(verifier.verify(&token).map_err(|e| token_failure(&e))?)
+                (Some(verifier), Some(token)) => Identity::from_claims(verifier.verify(&token).map_err(|e| {
+                    count_token_failure(&self.engine, reason(&e));
+                    token_failure(&e)
+                })?),
+                (Some(_), None) => {
+                    count_token_failure(&self.engine, "missing");
+                    return Err(Failure::new(ErrorCode::Unauthorized, "connect needs a token"));
                 }
-                (Some(_), None) => return Err(Failure::new(ErrorCode::Unauthorized, "connect needs a token")),
                 (None, _) => Identity::default(),
             };
             return Ok(("connect", self.connect(channel, identity)?));
@@ -262,8 +280,12 @@ impl PubSub {
                         .verifier
                         .as_ref()
                         .ok_or_else(|| Failure::new(ErrorCode::Unauthorized, "this app verifies no tokens"))?;
-                    let claims: ChannelClaims = verifier.verify(token).map_err(|e| token_failure(&e))?;
+                    let claims: ChannelClaims = verifier.verify(token).map_err(|e| {
+                        count_token_failure(&self.engine, reason(&e));
+                        token_failure(&e)
+                    })?;
                     if claims.channel != s.channel || claims.sub != user {
+                        count_token_failure(&self.engine, "wrong_channel");
                         return Err(Failure::new(
                             ErrorCode::PermissionDenied,
                             "the channel token is for another channel or another user",
@@ -313,6 +335,7 @@ impl App for PubSub {
                 Some(Box::pin(async { Ok(()) }))
             }
             Err(e) => {
+                count_token_failure(&self.engine, reason(&e));
                 let mut rejection = Rejection::text(http::StatusCode::UNAUTHORIZED, &format!("{e}\n"));
                 rejection
                     .headers
