@@ -63,6 +63,24 @@ pub enum Message {
     Binary(Bytes),
 }
 
+/// What an app sees of a Server-Sent Events request (`GET` of its URL with `Accept:
+/// text/event-stream`) before the stream starts.
+#[derive(Debug, Clone)]
+pub struct EventStreamRequest<'a> {
+    /// The request's path and query.
+    pub url: &'a str,
+    /// The request's headers (`Last-Event-ID`, `Authorization`).
+    pub headers: &'a HeaderMap,
+}
+
+/// Turns the text messages queued to an event-stream channel into SSE bytes
+/// (`id:`/`data:` lines and the blank line that ends an event). One per stream.
+pub trait EventEncoder: Send + Sync + 'static {
+    /// The SSE text for one text message queued to the channel (the same message WebSocket
+    /// members get); empty to send nothing.
+    fn encode(&mut self, message: &[u8]) -> Bytes;
+}
+
 /// The behaviour behind an app URL.
 pub trait App: Send + Sync + 'static {
     /// Asked after wsgate's own checks of a valid upgrade and before the 101: `None` (the
@@ -93,6 +111,22 @@ pub trait App: Send + Sync + 'static {
     /// The HTML page served on a plain `GET` of the app's URLs, if the app has one.
     fn page(&self) -> Option<&'static str> {
         None
+    }
+
+    /// Whether the app serves Server-Sent Events on its URLs.
+    fn serves_event_streams(&self) -> bool {
+        false
+    }
+
+    /// An event stream starts on `channel` (registered in the hub, queue and slow-consumer
+    /// policy as for a WebSocket): the app subscribes it and returns the encoder of its
+    /// events, or refuses with an HTTP answer. `on_close` follows when the stream ends.
+    fn open_event_stream(
+        &self,
+        _channel: &ChannelHandle,
+        _request: &EventStreamRequest<'_>,
+    ) -> Result<Box<dyn EventEncoder>, Box<Rejection>> {
+        Err(Box::new(Rejection::text(StatusCode::NOT_ACCEPTABLE, "this app serves no event streams\n")))
     }
 }
 

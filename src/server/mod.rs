@@ -12,6 +12,7 @@ mod listen;
 pub mod reload;
 pub mod router;
 pub mod shutdown;
+mod sse;
 pub mod tls;
 mod upgrade;
 
@@ -462,6 +463,13 @@ async fn handle(
         // RFC 8441 WebSocket over HTTP/2 on an app URL; other extended CONNECTs keep their route.
         if let Some(app) = runtime.router.app(req.uri().path()) {
             route = Route::WebSocket(app);
+        }
+    }
+    if sse::wants_event_stream(&req) {
+        if let Some(app) = runtime.router.app(req.uri().path()).filter(|a| a.app.serves_event_streams()) {
+            let response = upgrade::refuse_page(&state, &client, app, &req)
+                .unwrap_or_else(|| sse::serve(state.clone(), &client, slot, app, &req));
+            return Ok(response);
         }
     }
     let response = match route {

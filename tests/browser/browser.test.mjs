@@ -225,3 +225,44 @@ test("admin dashboard: live counts follow clients, a publish from it reaches a c
   await context.close();
   await chat.context().close();
 });
+
+test("EventSource on a pubsub URL recovers what was published while its stream was down", async () => {
+  const page = await openPage("/websocket/chat", 1280);
+  const publish = async (data) => {
+    const r = await fetch(ADMIN + "/v1/publish", { method: "POST", body: JSON.stringify({ channel: "news:sse", data }) });
+    assert.equal(r.status, 200, await r.text());
+  };
+  await page.evaluate(() => {
+    window.sse = { pubs: [], subscribes: [], opens: 0 };
+    const source = new EventSource("/live?channel=news:sse");
+    source.onopen = () => { window.sse.opens++; };
+    source.onmessage = (e) => {
+      const m = JSON.parse(e.data);
+      if (m.subscribe) window.sse.subscribes.push(m.subscribe);
+      if (m.push && m.push.pub) window.sse.pubs.push(m.push.pub.offset);
+    };
+  });
+  await page.waitForFunction(() => window.sse.subscribes.length === 1);
+  for (const i of [1, 2, 3]) await publish({ i });
+  await page.waitForFunction(() => window.sse.pubs.length === 3);
+
+  // Drop the stream from the server side (the control API closes the channel), and publish
+  // while the browser waits to reconnect (the stream asked for `retry: 1000`).
+  const listed = await (await fetch(ADMIN + "/v1/channels")).json();
+  const stream = listed.channels.find((c) => c.app === "live");
+  assert.ok(stream, JSON.stringify(listed));
+  const closed = await fetch(ADMIN + "/v1/channels/" + encodeURIComponent(stream.id), { method: "DELETE" });
+  assert.equal(closed.status, 202);
+  for (const i of [4, 5, 6]) await publish({ i });
+
+  // The browser reconnects by itself with Last-Event-ID: 4, 5, 6 arrive once, in order.
+  await page.waitForFunction(() => window.sse.pubs.length >= 6 && window.sse.subscribes.length === 2);
+  const seen = await page.evaluate(() => window.sse);
+  assert.deepEqual(seen.pubs, [1, 2, 3, 4, 5, 6]);
+  assert.equal(seen.subscribes[1].recovered, true, JSON.stringify(seen.subscribes));
+  assert.ok(seen.opens >= 2);
+  await publish({ i: 7 });
+  await page.waitForFunction(() => window.sse.pubs.length === 7);
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});

@@ -41,6 +41,13 @@ urls = ["/admin/log-view"]
 files = ["$WORK/logs/app.log", "$WORK/logs/other.log"]
 backlog_lines = 20
 refresh = "1s"
+[apps.live]
+kind = "pubsub"
+urls = ["/live"]
+[[apps.live.namespaces]]
+pattern = "*"
+publish = "any"
+history = 100
 TOML
 
 "$BIN" run --config "$WORK/wsgate.toml" --log-level info 2>"$WORK/wsgate.log" &

@@ -6,6 +6,7 @@
 //! connection token expired. Every other problem is an error reply and the connection stays.
 
 pub mod engine;
+pub mod events;
 pub mod protocol;
 pub mod token;
 
@@ -18,7 +19,7 @@ use serde_json::{json, Value};
 use self::engine::{Engine, EngineError, Info, Namespace, Position};
 use self::protocol::{error, reply, Command, ErrorCode, Failure, Subscribe};
 use self::token::{ChannelClaims, ConnectionClaims, TokenError, Verifier};
-use super::{App, AppError, Message, PreAccept, Rejection, UpgradeRequest};
+use super::{App, AppError, EventEncoder, EventStreamRequest, Message, PreAccept, Rejection, UpgradeRequest};
 use crate::config::pubsub::Access;
 use crate::config::AppConfig;
 use crate::pubsub::{ChannelHandle, ChannelId};
@@ -325,7 +326,107 @@ impl PubSub {
     }
 }
 
+fn refuse(status: http::StatusCode, text: &str) -> Box<Rejection> {
+    let mut rejection = Rejection::text(status, &format!("{text}\n"));
+    if status == http::StatusCode::UNAUTHORIZED {
+        rejection
+            .headers
+            .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"wsgate\""));
+    }
+    Box::new(rejection)
+}
+
+impl PubSub {
+    /// Who the client of an event stream is: `?token=` or `Authorization: Bearer`.
+    fn stream_identity(&self, request: &EventStreamRequest<'_>) -> Result<Identity, Box<Rejection>> {
+        let Some(verifier) = &self.verifier else { return Ok(Identity::default()) };
+        let bearer = request
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let Some(token) = query_token(request.url).or(bearer) else {
+            count_token_failure(&self.engine, "missing");
+            return Err(refuse(http::StatusCode::UNAUTHORIZED, "a token is needed (?token= or Authorization: Bearer)"));
+        };
+        verifier.verify::<ConnectionClaims>(&token).map(Identity::from_claims).map_err(|e| {
+            count_token_failure(&self.engine, reason(&e));
+            refuse(http::StatusCode::UNAUTHORIZED, &e.to_string())
+        })
+    }
+
+    /// Starts an event stream; on `Err` nothing of it is left behind.
+    fn start_stream(&self, channel: &ChannelHandle, request: &EventStreamRequest<'_>) -> Result<(), Box<Rejection>> {
+        use http::StatusCode;
+        let identity = self.stream_identity(request)?;
+        let query = request.url.split_once('?').map(|(_, q)| q);
+        let channels: Vec<String> = crate::admin::control::query_pairs(query)
+            .into_iter()
+            .filter(|(k, _)| k == "channel")
+            .map(|(_, v)| v)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if channels.is_empty() {
+            return Err(refuse(StatusCode::BAD_REQUEST, "name at least one channel: ?channel=NAME (repeatable)"));
+        }
+        if channels.len() > self.max_subscriptions {
+            let text = format!("at most {} channels per stream", self.max_subscriptions);
+            return Err(refuse(StatusCode::BAD_REQUEST, &text));
+        }
+        for name in &channels {
+            protocol::check_channel(name).map_err(|e| refuse(StatusCode::BAD_REQUEST, &e))?;
+            let ns = engine::find(&self.namespaces, name)
+                .ok_or_else(|| refuse(StatusCode::NOT_FOUND, &format!("no namespace matches channel {name:?}")))?;
+            let s = Subscribe { channel: name.clone(), token: None, recover: false, offset: None, epoch: None };
+            self.may_subscribe(&s, ns.config.subscribe, &identity.user, &identity.channels)
+                .map_err(|f| refuse(StatusCode::FORBIDDEN, &f.message))?;
+        }
+        // Last-Event-ID: recover every channel it names; one we cannot read recovers none
+        // (and each subscribe event says recovered:false).
+        let last = request.headers.get("last-event-id").and_then(|v| v.to_str().ok());
+        let positions = last.map(|id| events::decode_id(id).unwrap_or_default());
+        let user = identity.user.clone();
+        self.connect(channel, identity).map_err(|f| refuse(StatusCode::UNAUTHORIZED, &f.message))?;
+        for name in channels {
+            let since = positions
+                .as_ref()
+                .map(|p| p.get(&name).cloned().unwrap_or(Position { offset: u64::MAX, epoch: String::new() }));
+            let s = Subscribe {
+                channel: name,
+                token: None,
+                recover: since.is_some(),
+                offset: since.as_ref().map(|p| p.offset),
+                epoch: since.map(|p| p.epoch),
+            };
+            self.subscribe(channel, &s, &user, None)
+                .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 impl App for PubSub {
+    fn serves_event_streams(&self) -> bool {
+        true
+    }
+
+    fn open_event_stream(
+        &self,
+        channel: &ChannelHandle,
+        request: &EventStreamRequest<'_>,
+    ) -> Result<Box<dyn EventEncoder>, Box<Rejection>> {
+        lock(&self.connections).insert(channel.id().clone(), Connection::default());
+        match self.start_stream(channel, request) {
+            Ok(()) => Ok(Box::new(events::Events::default())),
+            Err(rejection) => {
+                self.on_close(channel, None);
+                Err(rejection)
+            }
+        }
+    }
+
     fn pre_accept(&self, request: &UpgradeRequest<'_>) -> Option<PreAccept> {
         let verifier = self.verifier.as_ref()?;
         let token = query_token(request.url)?;
@@ -336,10 +437,7 @@ impl App for PubSub {
             }
             Err(e) => {
                 count_token_failure(&self.engine, reason(&e));
-                let mut rejection = Rejection::text(http::StatusCode::UNAUTHORIZED, &format!("{e}\n"));
-                rejection
-                    .headers
-                    .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"wsgate\""));
+                let rejection = *refuse(http::StatusCode::UNAUTHORIZED, &e.to_string());
                 Some(Box::pin(async move { Err(rejection) }))
             }
         }
