@@ -90,9 +90,12 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -addext su
 systemd-nspawn --boot --register=no --keep-unit --private-network --quiet -D "$ROOT" \
   > "$WORK/console.log" 2>&1 < /dev/null &
 NSPAWN_PID=$!
+# The container's init: the child of systemd-nspawn that runs systemd (nspawn may have a
+# short-lived helper child first, so take the one named systemd, not merely the first).
+container_init() { pgrep -P "$NSPAWN_PID" -x systemd | head -1 || true; }
 PID1=""
-for _ in $(seq 1 100); do
-  PID1=$(pgrep -P "$NSPAWN_PID" | head -1 || true)
+for _ in $(seq 1 300); do
+  PID1=$(container_init)
   [ -n "$PID1" ] && break
   kill -0 "$NSPAWN_PID" 2>/dev/null || break
   sleep 0.1
@@ -118,11 +121,16 @@ in_ct_bg() {
   echo "$BG_PID" >> "$WORK/bg.pids"
 }
 
+# Booting takes ~25 s here and longer on a loaded machine: wait up to 180 s.
 state=""
-for _ in $(seq 1 300); do
+deadline=$(( $(date +%s) + 180 ))
+while [ "$(date +%s)" -lt "$deadline" ]; do
   state=$(in_ct 'systemctl is-system-running' 2>/dev/null || true)
   case "$state" in running|degraded) break ;; esac
-  sleep 0.1
+  # Look the init up again in case the first pid was not it.
+  PID1=$(container_init)
+  [ -n "$PID1" ] || PID1=$(pgrep -P "$NSPAWN_PID" | head -1 || true)
+  sleep 0.2
 done
 case "$state" in
   running|degraded) ;;
