@@ -8,9 +8,11 @@
 //! - server → room (the sender included, so every page renders what the server stamped):
 //!   `{"type":"message","user","text","ts"}`, `{"type":"join"|"leave","user","ts"}`; `ts` is
 //!   RFC 3339 UTC with milliseconds.
-//! - server → one client: on open, the room's last `history` messages (as they were sent,
-//!   oldest first), then `{"type":"history_end","count":N}`; `{"type":"error","message":...}`
-//!   when a message is refused.
+//! - server → one client: on open, `{"type":"room","name":..,"members":[..]}` (the room's
+//!   display name: `room_names` for its URL, else the URL's last segment; the names of the
+//!   connections in the room on this node), then the room's last `history` messages (as they
+//!   were sent, oldest first), then `{"type":"history_end","count":N}`;
+//!   `{"type":"error","message":...}` when a message is refused.
 //!
 //! Each URL (and its `/connect` alias) is one room: one hub subscription named
 //! `chat:<app>:<url>`, so two rooms never see each other. A room's history is a bounded ring
@@ -47,6 +49,8 @@ pub const PAGE: &str = include_str!("../../assets/chat.html");
 
 struct Room {
     subscription: String,
+    /// The display name sent to pages.
+    name: String,
     history: VecDeque<Bytes>,
     users: HashMap<ChannelId, String>,
 }
@@ -79,6 +83,19 @@ impl RelayObserver for RoomRelay {
     }
 }
 
+/// A room's name when `room_names` gives none: the URL's last path segment.
+pub fn default_room_name(url: &str) -> String {
+    url.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("chat").to_owned()
+}
+
+/// The sorted, distinct names of a room's connections.
+fn member_names(room: &Room) -> Vec<&str> {
+    let mut names: Vec<&str> = room.users.values().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 /// Whether a relayed room message is a post (kept in the history), not a join or leave.
 fn is_post(message: &Message) -> bool {
     #[derive(serde::Deserialize)]
@@ -109,13 +126,20 @@ impl std::fmt::Debug for Chat {
 impl Chat {
     /// A chat app named `app` serving one room per entry of `urls`, replaying the last
     /// `history` messages to newcomers.
-    pub fn new(app: &str, urls: &[String], history: usize, hub: Arc<Hub>) -> Self {
+    pub fn new(
+        app: &str,
+        urls: &[String],
+        names: &std::collections::BTreeMap<String, String>,
+        history: usize,
+        hub: Arc<Hub>,
+    ) -> Self {
         let mut rooms = HashMap::new();
         let mut relays = Vec::new();
         for url in urls {
             let subscription = format!("chat:{app}:{url}");
             let room = Arc::new(Mutex::new(Room {
                 subscription: subscription.clone(),
+                name: names.get(url).cloned().unwrap_or_else(|| default_room_name(url)),
                 history: VecDeque::with_capacity(history.min(1024)),
                 users: HashMap::new(),
             }));
@@ -240,6 +264,8 @@ impl App for Chat {
             return;
         };
         let room = lock(room);
+        let _ =
+            channel.send_text(&json!({"type": "room", "name": room.name, "members": member_names(&room)}).to_string());
         // History first, then the subscription, both under the room lock: nothing published
         // in between can be missed or seen twice.
         for frame in &room.history {
@@ -302,6 +328,13 @@ mod tests {
         );
         assert!(parse(&text(r#"{"type":"shout"}"#)).unwrap_err().contains("unknown message type"));
         assert!(parse(&Message::Binary(Bytes::from_static(b"{}"))).unwrap_err().contains("binary"));
+    }
+
+    #[test]
+    fn room_names_default_to_the_last_segment() {
+        assert_eq!(default_room_name("/websocket/chat/ops"), "ops");
+        assert_eq!(default_room_name("/websocket/chat/"), "chat");
+        assert_eq!(default_room_name("/"), "chat");
     }
 
     #[test]

@@ -171,7 +171,9 @@ pub fn build(
             config.inotify(),
             hub.clone(),
         ))),
-        AppKind::Chat => Ok(Arc::new(chat::Chat::new(name, &config.urls, config.history(), hub.clone()))),
+        AppKind::Chat => {
+            Ok(Arc::new(chat::Chat::new(name, &config.urls, &config.room_names, config.history(), hub.clone())))
+        }
         AppKind::Backend => Ok(Arc::new(backend::Backend::new(name, config, hub.clone())?)),
         AppKind::PubSub => Ok(Arc::new(pubsub::PubSub::new(name, config, channels.clone())?)),
     }

@@ -1031,7 +1031,8 @@ mod tests {
                 t.push('\n');
             }
             let c = load_text_ok(&t);
-            assert_eq!(c.apps.len(), 4, "{t}");
+            assert_eq!(c.apps.len(), 5, "{t}");
+            assert_eq!(c.apps["live"].namespaces[0].history, 100);
             assert_eq!(c.apps["log-view"].files.len(), 2);
             assert_eq!(
                 c.apps["orders"].callback.as_ref().map(|u| u.as_str()),

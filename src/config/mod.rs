@@ -488,6 +488,9 @@ pub struct AppConfig {
     /// chat: messages replayed on join (default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<usize>,
+    /// chat: display names of rooms by URL (default: the URL's last path segment).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub room_names: BTreeMap<String, String>,
     /// backend: where events are POSTed (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<HttpUrl>,
@@ -521,6 +524,7 @@ impl AppConfig {
             backlog_lines: None,
             inotify: None,
             history: None,
+            room_names: BTreeMap::new(),
             callback: None,
             callback_timeout: None,
             jwt: None,

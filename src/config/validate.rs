@@ -31,7 +31,7 @@ const COMMON_APP_KEYS: &[&str] = &["kind", "urls", "allow", "allowed_hosts", "al
 pub fn kind_specific_keys(kind: AppKind) -> &'static [&'static str] {
     match kind {
         AppKind::Echo => &[],
-        AppKind::Chat => &["history"],
+        AppKind::Chat => &["history", "room_names"],
         AppKind::LogView => &["files", "refresh", "backlog_lines", "inotify"],
         AppKind::Backend => &["callback", "callback_timeout"],
         AppKind::PubSub => &["jwt", "namespaces", "max_subscriptions"],
@@ -310,6 +310,7 @@ fn foreign_keys(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
         ("backlog_lines", app.backlog_lines.is_some()),
         ("inotify", app.inotify.is_some()),
         ("history", app.history.is_some()),
+        ("room_names", !app.room_names.is_empty()),
         ("callback", app.callback.is_some()),
         ("callback_timeout", app.callback_timeout.is_some()),
         ("jwt", app.jwt.is_some()),
@@ -362,7 +363,18 @@ fn kind_rules(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
             }
         }
         AppKind::PubSub => pubsub_rules(base, app, out),
-        AppKind::Echo | AppKind::Chat => {}
+        AppKind::Chat => {
+            for (url, name) in &app.room_names {
+                let path = format!("{base}.room_names.{url}");
+                if !app.urls.contains(url) {
+                    out.push(Issue::new(&path, "not one of the app's urls"));
+                }
+                if name.trim().is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+                    out.push(Issue::new(&path, "a room name has 1 to 64 characters and no control characters"));
+                }
+            }
+        }
+        AppKind::Echo => {}
     }
 }
 

@@ -266,3 +266,61 @@ test("EventSource on a pubsub URL recovers what was published while its stream w
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });
+
+test("chat page: room name, who is here, own messages, history apart, at 360 and 1280 px", async () => {
+  // A first visit: no stored name, so the page asks for one with the focus in the name field.
+  const contextA = await browser.newContext({ viewport: { width: 360, height: 740 } });
+  const a = await contextA.newPage();
+  a.setDefaultTimeout(TIMEOUT);
+  const errors = [];
+  a.on("pageerror", (e) => errors.push(e));
+  await a.goto(BASE + "/websocket/chat/ops");
+  await a.waitForSelector('#status[data-state="open"]');
+  await a.waitForFunction(() => document.title === "Operations · wsgate chat");
+  assert.equal(await a.textContent("#room"), "Operations");
+  assert.equal(await a.evaluate(() => document.activeElement.id), "user");
+  assert.equal(await a.isVisible("#hint"), true);
+
+  await say(a, "amira", "layout check from amira");
+  await a.waitForFunction(() => [...document.querySelectorAll("#messages li.mine .text")].some((e) => e.textContent === "layout check from amira"));
+  await a.waitForFunction(() => /amira/.test(document.querySelector("#members").textContent));
+  assert.equal(await a.isVisible("#hint"), false);
+
+  // A second person at desktop width: history is set apart, amira's message is not "mine".
+  const b = await openPage("/websocket/chat/ops", 1280);
+  await b.waitForSelector("#messages li.divider");
+  const history = await b.$$eval("#messages li.history.message .text", (els) => els.map((e) => e.textContent));
+  assert.ok(history.includes("layout check from amira"), JSON.stringify(history));
+  assert.equal(await b.$$eval("#messages li.mine", (els) => els.length), 0);
+  await say(b, "bruno", "hello amira");
+  await a.waitForFunction(() => /2 here: .*amira.*bruno|2 here: .*bruno.*amira/.test(document.querySelector("#members").textContent));
+  await b.waitForFunction(() => [...document.querySelectorAll("#messages li.mine .text")].some((e) => e.textContent === "hello amira"));
+
+  // 360 px: nothing wider than the screen, Send on the message's row, the header above the list.
+  const layout = await a.evaluate(() => {
+    const box = (id) => document.getElementById(id).getBoundingClientRect();
+    return {
+      overflow: document.documentElement.scrollWidth - window.innerWidth,
+      textTop: box("text").top, sendTop: box("send").top,
+      headerBottom: document.querySelector("header").getBoundingClientRect().bottom, listTop: box("scroller").top,
+      formTop: document.getElementById("form").getBoundingClientRect().top, innerHeight: window.innerHeight,
+    };
+  });
+  assert.ok(layout.overflow <= 0, JSON.stringify(layout));
+  assert.ok(Math.abs(layout.textTop - layout.sendTop) < 2, "Send wraps at 360 px: " + JSON.stringify(layout));
+  assert.ok(layout.headerBottom <= layout.listTop + 0.5, JSON.stringify(layout));
+  assert.ok(layout.formTop < layout.innerHeight, JSON.stringify(layout));
+  await a.screenshot({ path: path.join(ARTIFACTS, "chat-360.png") });
+  await b.screenshot({ path: path.join(ARTIFACTS, "chat-1280.png") });
+
+  // log-view at phone width too.
+  const logs = await contextA.newPage();
+  await logs.goto(BASE + "/admin/log-view");
+  await logs.waitForSelector('#status[data-state="open"]');
+  const logOverflow = await logs.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(logOverflow <= 0, `log-view scrolls sideways by ${logOverflow}px at 360 px`);
+  await logs.screenshot({ path: path.join(ARTIFACTS, "log-view-360.png") });
+  assert.deepEqual(errors, []);
+  await contextA.close();
+  await b.context().close();
+});

@@ -35,6 +35,7 @@ addr = "127.0.0.1:$ADMIN_PORT"
 [apps.chat]
 kind = "chat"
 urls = ["/websocket/chat", "/websocket/chat/ops"]
+room_names = { "/websocket/chat/ops" = "Operations" }
 [apps.log-view]
 kind = "log-view"
 urls = ["/admin/log-view"]

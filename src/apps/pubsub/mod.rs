@@ -82,7 +82,7 @@ fn unix_now() -> u64 {
 /// The `token` query parameter of a request URL.
 fn query_token(url: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
-    crate::admin::control::query_pairs(Some(query)).into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
 }
 
 /// Counts a refused token by reason.
@@ -361,10 +361,9 @@ impl PubSub {
         use http::StatusCode;
         let identity = self.stream_identity(request)?;
         let query = request.url.split_once('?').map(|(_, q)| q);
-        let channels: Vec<String> = crate::admin::control::query_pairs(query)
-            .into_iter()
+        let channels: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .filter(|(k, _)| k == "channel")
-            .map(|(_, v)| v)
+            .map(|(_, v)| v.into_owned())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
