@@ -42,6 +42,9 @@ impl WsClient {
 /// Connects to a chat room and consumes the history up to `history_end`.
 async fn chat_join(addr: SocketAddr, path: &str) -> (WsClient, Vec<Value>) {
     let mut ws = WsClient::connect(addr, path).await;
+    let room = ws.json().await;
+    assert_eq!(room["type"], "room", "the room's name and members come first: {room}");
+    assert!(room["name"].is_string() && room["members"].is_array(), "{room}");
     let mut history = Vec::new();
     loop {
         let m = ws.json().await;
@@ -198,6 +201,8 @@ async fn chat_page_is_served_on_plain_get() {
     assert_eq!(r.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
     let page = wsgate::apps::chat::PAGE;
     assert!(!page.contains("innerHTML"), "the page must render text as text");
+    // No external assets (the inline icon's SVG namespace is a name, not a load).
+    let page = page.replace("http://www.w3.org/2000/svg", "");
     assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("src="), "no external assets");
     gate.server.shutdown().await;
 }

@@ -584,6 +584,7 @@ async fn chat_open(gate: &Gate) -> (WsClient, Vec<String>) {
                 return (client, history);
             }
             Some("message") => history.push(message["text"].as_str().unwrap_or_default().to_owned()),
+            Some("room") if history.is_empty() => {} // the room's name and this node's members
             other => panic!("unexpected {other:?} before history_end"),
         }
     }
