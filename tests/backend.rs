@@ -145,6 +145,13 @@ async fn backend_round_trip_open_message_close_with_ordered_actions() {
     let mut bob = WsClient::connect(gate.addr, "/ws/orders?user=bob").await;
     assert_eq!(bob.next().await, text("welcome bob"));
     let hub = gate.server.hub();
+    // The actions run in order after the welcome was queued: wait for the subscribe to apply.
+    for _ in 0..200 {
+        if hub.members("room").len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(hub.members("room").len(), 2, "both subscribed by the open answer");
 
     // publish with exclude_self reaches the others only
