@@ -32,6 +32,35 @@ fn check_accepts_a_good_config_and_the_embedded_demo() {
 }
 
 #[test]
+fn check_tries_the_pubsub_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "only-16-bytes!!!\n").unwrap();
+    let app = |jwt: &str| {
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:8000\"\n\n[apps.live]\nkind = \"pubsub\"\nurls = [\"/live\"]\n\
+             [apps.live.jwt]\n{jwt}\n[[apps.live.namespaces]]\npattern = \"*\"\n"
+        )
+    };
+    for (jwt, expected) in [
+        (format!("hmac_secret_file = \"{}\"", short.display()), "at least 32 bytes (has 16)".to_owned()),
+        ("hmac_secret_file = \"/nonexistent/jwt.key\"".to_owned(), "/nonexistent/jwt.key".to_owned()),
+        (format!("public_key_file = \"{}\"", short.display()), "not a PEM RSA, EC or Ed25519 public key".to_owned()),
+    ] {
+        let path = write_config(&dir, &app(&jwt));
+        let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{jwt}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("apps.live.jwt") && err.contains(&expected), "{jwt}: {err}");
+    }
+    let good = dir.path().join("good.key");
+    std::fs::write(&good, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let path = write_config(&dir, &app(&format!("hmac_secret_file = \"{}\"", good.display())));
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn check_names_the_bad_key_and_its_file_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, "[upstream]\nurl = \"http://127.0.0.1:8000\"\n\n[limits]\nmax_conections = 5\n");
