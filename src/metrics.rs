@@ -30,9 +30,19 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
-/// Label: how a pubsub recovery ended (`recovered`, `not_recovered`).
+/// Label: a pubsub namespace's pattern (from the configuration, so the set is bounded; never
+/// one series per channel name).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
+pub struct NamespaceLabel {
+    /// The namespace's `pattern`.
+    pub namespace: String,
+}
+
+/// Labels: a pubsub namespace and how a recovery in it ended (`recovered`, `not_recovered`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceOutcomeLabel {
+    /// The namespace's `pattern`.
+    pub namespace: String,
     /// The outcome.
     pub outcome: &'static str,
 }
@@ -131,16 +141,16 @@ pub struct Metrics {
     pub broker_undelivered: Counter,
     /// Failed attempts to (re)connect to the broker.
     pub broker_connect_failures: Counter,
-    /// pubsub: channels with state (history, presence or members) on this node.
-    pub pubsub_channels: Gauge,
-    /// pubsub: publications kept in histories on this node.
-    pub pubsub_history_publications: Gauge,
-    /// pubsub: presence entries on this node (one per client and channel).
-    pub pubsub_presence_clients: Gauge,
-    /// pubsub: publications (from clients and the control API).
-    pub pubsub_publications: Counter,
-    /// pubsub: subscribe commands that asked to recover, by outcome.
-    pub pubsub_recoveries: Family<OutcomeLabel, Counter>,
+    /// pubsub: channels with state (history, presence or members) on this node, by namespace.
+    pub pubsub_channels: Family<NamespaceLabel, Gauge>,
+    /// pubsub: publications kept in histories on this node, by namespace.
+    pub pubsub_history_publications: Family<NamespaceLabel, Gauge>,
+    /// pubsub: presence entries on this node (one per client and channel), by namespace.
+    pub pubsub_presence_clients: Family<NamespaceLabel, Gauge>,
+    /// pubsub: publications (from clients and the control API), by namespace.
+    pub pubsub_publications: Family<NamespaceLabel, Counter>,
+    /// pubsub: subscribes that asked to recover, by namespace and outcome.
+    pub pubsub_recoveries: Family<NamespaceOutcomeLabel, Counter>,
     /// pubsub: tokens refused, by reason (`expired`, `invalid`, `missing`, `wrong_channel`).
     pub pubsub_token_failures: Family<ReasonLabel, Counter>,
 }
@@ -181,10 +191,10 @@ impl Metrics {
             broker_errors: Counter::default(),
             broker_undelivered: Counter::default(),
             broker_connect_failures: Counter::default(),
-            pubsub_channels: Gauge::default(),
-            pubsub_history_publications: Gauge::default(),
-            pubsub_presence_clients: Gauge::default(),
-            pubsub_publications: Counter::default(),
+            pubsub_channels: Family::default(),
+            pubsub_history_publications: Family::default(),
+            pubsub_presence_clients: Family::default(),
+            pubsub_publications: Family::default(),
             pubsub_recoveries: Family::default(),
             pubsub_token_failures: Family::default(),
             registry: Registry::default(),

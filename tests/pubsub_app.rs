@@ -354,7 +354,7 @@ async fn control_api_publishes_with_offsets_and_answers_presence_and_history() {
     let (status, body) = admin(admin_addr, "GET", "/v1/presence/chat:x", "").await;
     assert_eq!(status, 200);
     assert_eq!(body["clients"].as_object().unwrap().len(), 1, "{body}");
-    assert_eq!(metric(admin_addr, "wsgate_pubsub_presence_clients").await, 1.0);
+    assert_eq!(metric(admin_addr, "wsgate_pubsub_presence_clients{namespace=\"chat:*\"}").await, 1.0);
     for (body, status, code) in [
         ("not json", 400, 107),
         (r#"{"channel":"news:1"}"#, 400, 107),
@@ -513,10 +513,10 @@ async fn recovery_past_the_history_says_recovered_false() {
     let r = other_epoch.call("subscribe", json!({"channel":"chat:r","recover":true,"offset":10,"epoch":"old"})).await;
     assert_eq!(r["subscribe"]["recovered"], false, "{r}");
     let admin_addr = gate.server.admin_addr().unwrap();
-    assert_eq!(metric(admin_addr, "wsgate_pubsub_recoveries_total{outcome=\"recovered\"}").await, 1.0);
-    assert_eq!(metric(admin_addr, "wsgate_pubsub_recoveries_total{outcome=\"not_recovered\"}").await, 2.0);
-    assert_eq!(metric(admin_addr, "wsgate_pubsub_publications_total").await, 10.0);
-    assert_eq!(metric(admin_addr, "wsgate_pubsub_history_publications").await, 3.0);
+    assert_eq!(metric(admin_addr, "wsgate_pubsub_recoveries_total{namespace=\"chat:*\",outcome=\"recovered\"}").await, 1.0);
+    assert_eq!(metric(admin_addr, "wsgate_pubsub_recoveries_total{namespace=\"chat:*\",outcome=\"not_recovered\"}").await, 2.0);
+    assert_eq!(metric(admin_addr, "wsgate_pubsub_publications_total{namespace=\"chat:*\"}").await, 10.0);
+    assert_eq!(metric(admin_addr, "wsgate_pubsub_history_publications{namespace=\"chat:*\"}").await, 3.0);
     drop((c, late, exact, other_epoch));
     gate.server.shutdown().await;
 }

@@ -16,13 +16,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::protocol::ErrorCode;
 use crate::apps::Message;
 use crate::config::pubsub::NamespaceConfig;
-use crate::metrics::{Metrics, OutcomeLabel};
+use crate::metrics::{Metrics, NamespaceLabel, NamespaceOutcomeLabel};
 use crate::pubsub::hub::encode;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
 use crate::sync::lock;
@@ -155,6 +157,8 @@ struct ChannelState {
     presence: Option<BTreeMap<String, String>>,
     /// Set by the sweeper when it dropped this state: whoever holds it must look again.
     removed: bool,
+    /// The metrics label: the namespace that set this channel's history and presence.
+    namespace: NamespaceLabel,
 }
 
 impl ChannelState {
@@ -234,9 +238,9 @@ impl Engine {
         self.hub.metrics()
     }
 
-    fn gauge(&self, pick: impl Fn(&Metrics) -> &prometheus_client::metrics::gauge::Gauge, delta: i64) {
-        if let Some(m) = self.hub.metrics() {
-            pick(m).inc_by(delta);
+    fn gauge(&self, pick: impl Fn(&Metrics) -> &Family<NamespaceLabel, Gauge>, namespace: &NamespaceLabel, delta: i64) {
+        if let (Some(m), true) = (self.hub.metrics(), delta != 0) {
+            pick(m).get_or_create(namespace).inc_by(delta);
         }
     }
 
@@ -276,9 +280,10 @@ impl Engine {
                         if channels.len() >= MAX_CHANNELS {
                             return Err(EngineError::TooManyChannels);
                         }
-                        let state = Arc::new(Mutex::new(fresh_state(channel, &ns)));
+                        let fresh = fresh_state(channel, &ns);
+                        self.gauge(|m| &m.pubsub_channels, &fresh.namespace, 1);
+                        let state = Arc::new(Mutex::new(fresh));
                         channels.insert(channel.to_owned(), state.clone());
-                        self.gauge(|m| &m.pubsub_channels, 1);
                         state
                     }
                 }
@@ -288,7 +293,7 @@ impl Engine {
                 continue; // the sweeper dropped it between the two locks
             }
             let pruned = guard.prune(Instant::now());
-            self.gauge(|m| &m.pubsub_history_publications, -(pruned as i64));
+            self.gauge(|m| &m.pubsub_history_publications, &guard.namespace, -(pruned as i64));
             return f(&mut guard);
         }
     }
@@ -306,12 +311,12 @@ impl Engine {
                 if state.history.len() >= state.limit {
                     state.history.pop_front();
                 } else {
-                    self.gauge(|m| &m.pubsub_history_publications, 1);
+                    self.gauge(|m| &m.pubsub_history_publications, &state.namespace, 1);
                 }
                 state.history.push_back(publication);
             }
             if let Some(m) = self.hub.metrics() {
-                m.pubsub_publications.inc();
+                m.pubsub_publications.get_or_create(&state.namespace).inc();
             }
             let delivery = hub.multicast_frame(&state.subscription, frame, &[]);
             Ok(Published { offset: state.offset, epoch: state.epoch.clone(), delivered: delivery.delivered })
@@ -335,7 +340,8 @@ impl Engine {
             let recovered = recover.and_then(|since| state.after(since));
             if let (Some(_), Some(m)) = (recover, self.hub.metrics()) {
                 let outcome = if recovered.is_some() { "recovered" } else { "not_recovered" };
-                m.pubsub_recoveries.get_or_create(&OutcomeLabel { outcome }).inc();
+                let labels = NamespaceOutcomeLabel { namespace: state.namespace.namespace.clone(), outcome };
+                m.pubsub_recoveries.get_or_create(&labels).inc();
             }
             let answer = reply(&state.position(), recovered);
             member.send_text(&answer.to_string()).map_err(|_| EngineError::Closed)?;
@@ -343,7 +349,7 @@ impl Engine {
             if let Some(presence) = &mut state.presence {
                 let client = member.id().as_str().to_owned();
                 if presence.insert(client.clone(), user.to_owned()).is_none() {
-                    self.gauge(|m| &m.pubsub_presence_clients, 1);
+                    self.gauge(|m| &m.pubsub_presence_clients, &state.namespace, 1);
                 }
                 let push = json!({ "push": { "channel": channel, "join": { "client": client, "user": user } } });
                 let frame = encode(&Message::Text(Bytes::from(push.to_string())));
@@ -360,7 +366,7 @@ impl Engine {
             let _ = hub.unsubscribe(member, &state.subscription);
             if let Some(presence) = &mut state.presence {
                 if let Some(user) = presence.remove(member.as_str()) {
-                    self.gauge(|m| &m.pubsub_presence_clients, -1);
+                    self.gauge(|m| &m.pubsub_presence_clients, &state.namespace, -1);
                     let push =
                         json!({ "push": { "channel": channel, "leave": { "client": member.as_str(), "user": user } } });
                     let frame = encode(&Message::Text(Bytes::from(push.to_string())));
@@ -401,20 +407,18 @@ impl Engine {
     pub fn sweep(&self) {
         let now = Instant::now();
         let mut channels = lock(&self.channels);
-        let mut pruned = 0;
-        let before = channels.len();
         channels.retain(|_, state| {
             let Ok(mut guard) = state.try_lock() else { return true };
-            pruned += guard.prune(now);
+            let pruned = guard.prune(now);
+            self.gauge(|m| &m.pubsub_history_publications, &guard.namespace, -(pruned as i64));
             if guard.is_idle(&self.hub) {
                 guard.removed = true;
+                self.gauge(|m| &m.pubsub_channels, &guard.namespace, -1);
                 false
             } else {
                 true
             }
         });
-        self.gauge(|m| &m.pubsub_history_publications, -(pruned as i64));
-        self.gauge(|m| &m.pubsub_channels, -((before - channels.len()) as i64));
     }
 }
 
@@ -428,6 +432,7 @@ fn fresh_state(channel: &str, ns: &NamespaceConfig) -> ChannelState {
         ttl: ns.history_ttl(),
         presence: ns.presence.then(BTreeMap::new),
         removed: false,
+        namespace: NamespaceLabel { namespace: ns.pattern.clone() },
     }
 }
 
