@@ -513,8 +513,14 @@ async fn recovery_past_the_history_says_recovered_false() {
     let r = other_epoch.call("subscribe", json!({"channel":"chat:r","recover":true,"offset":10,"epoch":"old"})).await;
     assert_eq!(r["subscribe"]["recovered"], false, "{r}");
     let admin_addr = gate.server.admin_addr().unwrap();
-    assert_eq!(metric(admin_addr, "wsgate_pubsub_recoveries_total{namespace=\"chat:*\",outcome=\"recovered\"}").await, 1.0);
-    assert_eq!(metric(admin_addr, "wsgate_pubsub_recoveries_total{namespace=\"chat:*\",outcome=\"not_recovered\"}").await, 2.0);
+    assert_eq!(
+        metric(admin_addr, "wsgate_pubsub_recoveries_total{namespace=\"chat:*\",outcome=\"recovered\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(admin_addr, "wsgate_pubsub_recoveries_total{namespace=\"chat:*\",outcome=\"not_recovered\"}").await,
+        2.0
+    );
     assert_eq!(metric(admin_addr, "wsgate_pubsub_publications_total{namespace=\"chat:*\"}").await, 10.0);
     assert_eq!(metric(admin_addr, "wsgate_pubsub_history_publications{namespace=\"chat:*\"}").await, 3.0);
     drop((c, late, exact, other_epoch));

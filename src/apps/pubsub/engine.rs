@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::protocol::ErrorCode;
