@@ -572,3 +572,35 @@ async fn wsgate_publish_channel_from_the_command_line() {
     drop(c);
     gate.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn public_key_tokens_rsa_rs256_and_ps256() {
+    // An RSA key pair from openssl (rcgen on ring cannot generate RSA keys).
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("rsa.key");
+    let public = dir.path().join("rsa.pub");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", private.to_str().unwrap()]);
+    run(&["pkey", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+    let encoding = EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let up = start_upstream().await;
+    let gate = start_gate(&config(&format!("public_key_file = \"{}\"", public.display()), 10), up.addr).await;
+    for algorithm in [Algorithm::RS256, Algorithm::PS256] {
+        let mut c = Client::open(gate.addr, "/live").await;
+        let token = encode(&Header::new(algorithm), &json!({"sub":"rosa","exp":now()+60}), &encoding).unwrap();
+        let hello = c.call("connect", json!({ "token": token })).await;
+        assert_eq!(hello["connect"]["user"], "rosa", "{algorithm:?}: {hello}");
+        drop(c);
+    }
+    // The public key's text used as an HMAC secret (algorithm confusion) is refused.
+    let mut c = Client::open(gate.addr, "/live").await;
+    let confused =
+        encode(&Header::default(), &json!({"sub":"eve"}), &EncodingKey::from_secret(&std::fs::read(&public).unwrap()))
+            .unwrap();
+    assert_eq!(error_code(&c.call("connect", json!({ "token": confused })).await), 101);
+    drop(c);
+    gate.server.shutdown().await;
+}
