@@ -9,6 +9,9 @@
 pub mod admin;
 pub mod apps;
 pub mod config;
+pub mod crypto;
+pub mod host_rule;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

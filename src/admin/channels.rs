@@ -13,7 +13,7 @@ use super::{json, AdminState};
 use crate::apps::pubsub::engine::EngineError;
 use crate::apps::pubsub::protocol::{check_channel, ErrorCode};
 use crate::apps::Message;
-use crate::server::Body;
+use crate::http::Body;
 
 fn failure(status: StatusCode, code: ErrorCode, message: &str) -> Response<Body> {
     json(status, &json!({ "error": message, "code": code as u16 }))
@@ -43,7 +43,7 @@ pub async fn publish(state: &AdminState, req: Request<Incoming>) -> Response<Bod
         channel: String,
         data: Value,
     }
-    let body = match super::control::read_message(req, state.max_body).await {
+    let body = match super::read_message(req, state.max_body).await {
         Ok(Message::Text(body)) => body,
         Ok(Message::Binary(_)) => {
             return failure(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "the body is JSON text")
@@ -87,8 +87,8 @@ pub fn history(state: &AdminState, channel: &str, query: Option<&str>) -> Respon
         return response;
     }
     let mut limit = usize::MAX;
-    for (key, value) in super::control::query_pairs(query) {
-        match (key.as_str(), value.parse::<usize>()) {
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match (key.as_ref(), value.parse::<usize>()) {
             ("limit", Ok(n)) => limit = n,
             ("limit", Err(_)) => {
                 return failure(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "limit is a whole number")

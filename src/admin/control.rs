@@ -25,18 +25,15 @@
 //! `Retry-After: 1` and `{"error":..,"delivered":0,"relayed":false}` *before* anything is
 //! delivered, so the publisher can retry it without duplicates.
 
-use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::{error, json, method_not_allowed, AdminState};
-use crate::apps::Message;
+use super::{error, json, method_not_allowed, read_message, AdminState};
+use crate::http::Body;
 use crate::pubsub::broker::{self, Control};
 use crate::pubsub::hub::{ChannelSummary, HubError};
 use crate::pubsub::{ChannelId, SendError};
-use crate::server::Body;
 use crate::ws::close::code;
 
 /// Longest subscription name accepted.
@@ -250,39 +247,6 @@ fn check_name(name: &str) -> Result<(), Response<Body>> {
         return Err(error(StatusCode::BAD_REQUEST, &format!("subscription name must be 1 to {MAX_NAME} bytes")));
     }
     Ok(())
-}
-
-/// Reads a message body: binary with `Content-Type: application/octet-stream`, otherwise text
-/// that must be UTF-8 (a WebSocket text message must be, RFC 6455 §5.6).
-#[allow(clippy::result_large_err)]
-pub(crate) async fn read_message(req: Request<Incoming>, max: usize) -> Result<Message, Response<Body>> {
-    let binary = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/octet-stream"));
-    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body over max_message_size ({max} bytes)"));
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return Err(too_large());
-    }
-    let body: Bytes = match Limited::new(req.into_body(), max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))),
-    };
-    if binary {
-        return Ok(Message::Binary(body));
-    }
-    if simdutf8::basic::from_utf8(&body).is_err() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "text body is not valid UTF-8; send binary with Content-Type: application/octet-stream",
-        ));
-    }
-    Ok(Message::Text(body))
 }
 
 /// `application/x-www-form-urlencoded` pairs of a query string (`+` is a space).

@@ -22,7 +22,7 @@ use hyper::body::Frame;
 use serde_json::json;
 
 use super::{error, AdminState};
-use crate::server::{full_body, Body, BoxError};
+use crate::http::{full_body, Body, BoxError};
 
 /// The dashboard page (no external assets).
 pub const PAGE: &str = include_str!("../../assets/dashboard.html");

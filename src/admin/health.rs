@@ -7,7 +7,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use tokio::sync::watch;
 
 use super::{json, AdminState};
-use crate::server::{full_body, Body};
+use crate::http::{full_body, Body};
 
 /// The exposition format `prometheus-client` writes. It is OpenMetrics 1.0, not the older
 /// Prometheus text format 0.0.4: counters are typed without `_total`, `build_info` is of

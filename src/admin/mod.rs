@@ -6,7 +6,7 @@
 //! without one, so the API is never open to the network. Metrics and health stay
 //! unauthenticated: scrapers and load balancers do not carry tokens.
 //!
-//! Browsers are kept out of `/v1/` by the Host rule ([`crate::server::host_rule`]): a `Host`
+//! Browsers are kept out of `/v1/` by the Host rule ([`crate::host_rule`]): a `Host`
 //! that is not an IP literal, `localhost` or a name in `[admin] allowed_hosts` gets 421 (DNS
 //! rebinding), and a state-changing request a browser marks as cross-site (`Sec-Fetch-Site`)
 //! or from another origin (`Origin`) gets 403, whether or not a token is configured.
@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -34,10 +35,11 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::apps::Message;
+use crate::host_rule::{HostDenied, HostRule};
+use crate::http::{full_body, Body};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pubsub::Hub;
-use crate::server::host_rule::{HostDenied, HostRule};
-use crate::server::{full_body, Body};
 
 /// Time allowed for a complete request head on the admin listener.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -262,6 +264,39 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = error(StatusCode::METHOD_NOT_ALLOWED, &format!("method not allowed; use {allow}"));
     response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     response
+}
+
+/// Reads a message body: binary with `Content-Type: application/octet-stream`, otherwise text
+/// that must be UTF-8 (a WebSocket text message must be, RFC 6455 §5.6).
+#[allow(clippy::result_large_err)]
+pub(crate) async fn read_message(req: Request<Incoming>, max: usize) -> Result<Message, Response<Body>> {
+    let binary = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/octet-stream"));
+    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body over max_message_size ({max} bytes)"));
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let body: Bytes = match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
+        Err(e) => return Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))),
+    };
+    if binary {
+        return Ok(Message::Binary(body));
+    }
+    if simdutf8::basic::from_utf8(&body).is_err() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "text body is not valid UTF-8; send binary with Content-Type: application/octet-stream",
+        ));
+    }
+    Ok(Message::Text(body))
 }
 
 #[cfg(test)]

@@ -220,7 +220,7 @@ fn broker(config: &Config, out: &mut Vec<Issue>) {
 /// `allowed_hosts` entries: plain DNS names (IP literals and localhost are always allowed).
 fn host_names(path: &str, list: &[String], out: &mut Vec<Issue>) {
     for (i, name) in list.iter().enumerate() {
-        if !crate::server::host_rule::valid_name(name) {
+        if !crate::host_rule::valid_name(name) {
             out.push(Issue::new(
                 format!("{path}.{i}"),
                 format!("{name:?} is not a host name: write a DNS name without port or wildcard (IP addresses and localhost are always allowed)"),

@@ -1,5 +1,5 @@
 //! Access checks before a WebSocket handshake (pure): client address allow list, the Host
-//! rule of restricted apps ([`super::host_rule`]), Origin, and the headers of the `auth`
+//! rule of restricted apps ([`crate::host_rule`]), Origin, and the headers of the `auth`
 //! subrequest (sent by `server/auth.rs`).
 //!
 //! The Origin check stops cross-site WebSocket hijacking (RFC 6455 §10.2). Browsers always send
@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use http::{header, HeaderMap};
 use ipnet::IpNet;
 
-use super::host_rule::HostRule;
+use crate::host_rule::HostRule;
 
 /// Why a client was refused (also the `reason` label of `handshake_failures_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,8 @@ mod fastpath;
 mod fd_budget;
 pub mod fuzzing;
 mod h2_guard;
-pub mod host_rule;
+/// The Host rule (moved to [`crate::host_rule`]; this path stays for callers).
+pub use crate::host_rule;
 mod listen;
 pub mod reload;
 pub mod router;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
@@ -43,10 +44,8 @@ use crate::ws::session::SessionConfig;
 use router::{Route, Router};
 use shutdown::{Drain, DrainWatch};
 
-/// The error type of response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body of every response wsgate sends.
-pub type Body = BoxBody<Bytes, BoxError>;
+pub(crate) use crate::http::{empty_body, full_body, text_response};
+pub use crate::http::{Body, BoxError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -582,22 +581,6 @@ fn page_response(req: &Request<Incoming>, html: &'static str) -> Response<Body> 
     headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
     headers.insert("x-content-type-options", header::HeaderValue::from_static("nosniff"));
     response
-}
-
-/// A short plain-text response (errors wsgate answers itself).
-pub(crate) fn text_response(status: StatusCode, text: &str) -> Response<Body> {
-    let mut response = Response::new(full_body(Bytes::copy_from_slice(text.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
-}
-
-pub(crate) fn full_body(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
-pub(crate) fn empty_body() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
 }
 
 /// One problem found by [`check`]: what is wrong, and the configuration key it is about

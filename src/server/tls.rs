@@ -44,10 +44,7 @@ pub enum TlsError {
     },
 }
 
-/// The single crypto provider wsgate uses (ring), so no process-wide default is needed.
-pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use crate::crypto::crypto_provider;
 
 /// Loads a server configuration from PEM files, offering ALPN `h2` and `http/1.1`.
 pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {

@@ -252,9 +252,9 @@ pub(super) fn refuse_page<B>(
     })
 }
 
-/// 421 for a Host outside the Host rule (see [`super::host_rule::HostDenied::status`]).
+/// 421 for a Host outside the Host rule (see [`crate::host_rule::HostDenied::status`]).
 fn host_refused() -> Response<Body> {
-    let denied = super::host_rule::HostDenied::Host;
+    let denied = crate::host_rule::HostDenied::Host;
     text_response(denied.status(), denied.body())
 }
 

@@ -235,7 +235,7 @@ fn tls_connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector
     if roots.is_empty() {
         return Err(ClientError::TlsSetup("no trusted CA certificates (no system roots found; use --ca FILE)".into()));
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::server::tls::crypto_provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::crypto::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::TlsSetup(e.to_string()))?
         .with_root_certificates(roots)
