@@ -108,15 +108,7 @@ pub async fn publish(target: &Target, message: &Publish) -> Result<u64, ClientEr
     let (status, body) = tokio::time::timeout(TIMEOUT, call(target.addr, request))
         .await
         .map_err(|_| ClientError::Io { addr: target.addr, reason: format!("no answer within {TIMEOUT:?}") })??;
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        let message = value
-            .get("error")
-            .and_then(|e| e.as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
-        return Err(ClientError::Refused { status, message });
-    }
+    let value = json_answer(status, &body)?;
     value.get("delivered").and_then(|d| d.as_u64()).ok_or_else(|| ClientError::Io {
         addr: target.addr,
         reason: format!("unexpected answer: {}", String::from_utf8_lossy(&body)),
@@ -263,13 +255,19 @@ pub fn publish_channel_command(
         runtime
             .block_on(async { tokio::time::timeout(TIMEOUT, call(target.addr, request)).await })
             .map_err(|_| ClientError::Io { addr: target.addr, reason: format!("no answer within {TIMEOUT:?}") })??;
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let value = json_answer(status, &body)?;
+    Ok(value)
+}
+
+/// The JSON of a control-API answer, or the refusal it carries (its `error`, else its text).
+fn json_answer(status: StatusCode, body: &[u8]) -> Result<serde_json::Value, ClientError> {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
         let message = value
             .get("error")
             .and_then(|e| e.as_str())
             .map(str::to_owned)
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+            .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
         return Err(ClientError::Refused { status, message });
     }
     Ok(value)
