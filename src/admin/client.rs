@@ -97,22 +97,54 @@ pub async fn publish(target: &Target, message: &Publish) -> Result<u64, ClientEr
         uri.push_str(&ids.join(","));
     }
     let content_type = if message.binary { "application/octet-stream" } else { "text/plain; charset=utf-8" };
-    let mut request =
-        Request::post(uri).header(header::HOST, target.addr.to_string()).header(header::CONTENT_TYPE, content_type);
-    if let Some(token) = &target.token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Full::new(message.body.clone()))
-        .map_err(|e| ClientError::Io { addr: target.addr, reason: e.to_string() })?;
-    let (status, body) = tokio::time::timeout(TIMEOUT, call(target.addr, request))
-        .await
-        .map_err(|_| ClientError::Io { addr: target.addr, reason: format!("no answer within {TIMEOUT:?}") })??;
+    let (status, body) = post(target, &uri, content_type, message.body.clone()).await?;
     let value = json_answer(status, &body)?;
     value.get("delivered").and_then(|d| d.as_u64()).ok_or_else(|| ClientError::Io {
         addr: target.addr,
         reason: format!("unexpected answer: {}", String::from_utf8_lossy(&body)),
     })
+}
+
+/// POSTs `body` to `uri` on the admin listener (with the token, if any), within [`TIMEOUT`].
+async fn post(target: &Target, uri: &str, content_type: &str, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
+    let mut request =
+        Request::post(uri).header(header::HOST, target.addr.to_string()).header(header::CONTENT_TYPE, content_type);
+    if let Some(token) = &target.token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request =
+        request.body(Full::new(body)).map_err(|e| ClientError::Io { addr: target.addr, reason: e.to_string() })?;
+    tokio::time::timeout(TIMEOUT, call(target.addr, request))
+        .await
+        .map_err(|_| ClientError::Io { addr: target.addr, reason: format!("no answer within {TIMEOUT:?}") })?
+}
+
+/// Runs `work` on a runtime of its own (the CLI commands are synchronous).
+fn block_on<T>(
+    target: &Target,
+    work: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Io { addr: target.addr, reason: format!("cannot start the runtime: {e}") })?;
+    runtime.block_on(work)
+}
+
+/// The message given on the command line, or standard input for `-` or none.
+fn message_bytes(message: Option<String>) -> Result<Bytes, ClientError> {
+    match message {
+        None => read_stdin(),
+        Some(text) if text == "-" => read_stdin(),
+        Some(text) => Ok(Bytes::from(text)),
+    }
+}
+
+fn read_stdin() -> Result<Bytes, ClientError> {
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut data)
+        .map_err(|e| ClientError::Token(format!("cannot read the message from standard input: {e}")))?;
+    Ok(Bytes::from(data))
 }
 
 async fn call(addr: SocketAddr, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ClientError> {
@@ -195,25 +227,13 @@ pub fn publish_command(
     binary: bool,
     exclude: Vec<String>,
 ) -> Result<u64, ClientError> {
-    let body = match message.as_deref() {
-        None | Some("-") => {
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut data)
-                .map_err(|e| ClientError::Token(format!("cannot read the message from standard input: {e}")))?;
-            Bytes::from(data)
-        }
-        Some(text) => Bytes::from(text.to_owned()),
-    };
+    let body = message_bytes(message)?;
     let exclude = exclude.iter().flat_map(|e| e.split(',')).filter(|e| !e.is_empty()).map(str::to_owned).collect();
     let destination = resolve_subscription(config, &subscription).map_err(ClientError::Token)?;
     let body = if destination.chat_room && !binary { chat_message(&body) } else { body };
     let subscription = destination.subscription;
     let target = Target::from_config(config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClientError::Io { addr: target.addr, reason: format!("cannot start the runtime: {e}") })?;
-    runtime.block_on(publish(&target, &Publish { subscription, body, binary, exclude }))
+    block_on(&target, publish(&target, &Publish { subscription, body, binary, exclude }))
 }
 
 /// `wsgate publish --channel CHANNEL DATA`: publishes to a `pubsub` channel through `POST
@@ -225,38 +245,14 @@ pub fn publish_channel_command(
     channel: &str,
     message: Option<String>,
 ) -> Result<serde_json::Value, ClientError> {
-    let text = match message.as_deref() {
-        None | Some("-") => {
-            let mut data = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut data)
-                .map_err(|e| ClientError::Token(format!("cannot read the message from standard input: {e}")))?;
-            data
-        }
-        Some(text) => text.to_owned(),
-    };
+    let text = String::from_utf8(message_bytes(message)?.to_vec())
+        .map_err(|e| ClientError::Token(format!("cannot read the message from standard input: {e}")))?;
     let data = serde_json::from_str::<serde_json::Value>(&text)
         .unwrap_or_else(|_| serde_json::Value::String(text.trim_end_matches('\n').to_owned()));
     let body = serde_json::json!({ "channel": channel, "data": data }).to_string();
     let target = Target::from_config(config)?;
-    let mut request = Request::post("/v1/publish")
-        .header(header::HOST, target.addr.to_string())
-        .header(header::CONTENT_TYPE, "application/json");
-    if let Some(token) = &target.token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| ClientError::Io { addr: target.addr, reason: e.to_string() })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClientError::Io { addr: target.addr, reason: format!("cannot start the runtime: {e}") })?;
-    let (status, body) =
-        runtime
-            .block_on(async { tokio::time::timeout(TIMEOUT, call(target.addr, request)).await })
-            .map_err(|_| ClientError::Io { addr: target.addr, reason: format!("no answer within {TIMEOUT:?}") })??;
-    let value = json_answer(status, &body)?;
-    Ok(value)
+    let (status, body) = block_on(&target, post(&target, "/v1/publish", "application/json", Bytes::from(body)))?;
+    json_answer(status, &body)
 }
 
 /// The JSON of a control-API answer, or the refusal it carries (its `error`, else its text).
