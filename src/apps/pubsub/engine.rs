@@ -306,7 +306,7 @@ impl Engine {
             state.offset += 1;
             let publication = Publication { offset: state.offset, data: Arc::new(data), info, at: Instant::now() };
             let push = json!({ "push": { "channel": channel, "pub": publication.to_json() } });
-            let frame = encode(&Message::Text(Bytes::from(push.to_string())));
+            let frame = text_frame(&push);
             if state.limit > 0 {
                 if state.history.len() >= state.limit {
                     state.history.pop_front();
@@ -352,7 +352,7 @@ impl Engine {
                     self.gauge(|m| &m.pubsub_presence_clients, &state.namespace, 1);
                 }
                 let push = json!({ "push": { "channel": channel, "join": { "client": client, "user": user } } });
-                let frame = encode(&Message::Text(Bytes::from(push.to_string())));
+                let frame = text_frame(&push);
                 hub.multicast_frame(&state.subscription, frame, std::slice::from_ref(member.id()));
             }
             Ok(())
@@ -369,7 +369,7 @@ impl Engine {
                     self.gauge(|m| &m.pubsub_presence_clients, &state.namespace, -1);
                     let push =
                         json!({ "push": { "channel": channel, "leave": { "client": member.as_str(), "user": user } } });
-                    let frame = encode(&Message::Text(Bytes::from(push.to_string())));
+                    let frame = text_frame(&push);
                     hub.multicast_frame(&state.subscription, frame, &[]);
                 }
             }
@@ -420,6 +420,11 @@ impl Engine {
             }
         });
     }
+}
+
+/// A push encoded once as a text frame, shared by every member it is queued to.
+fn text_frame(push: &Value) -> Bytes {
+    encode(&Message::Text(Bytes::from(push.to_string())))
 }
 
 fn fresh_state(channel: &str, ns: &NamespaceConfig) -> ChannelState {

@@ -51,8 +51,9 @@ impl Identity {
 
 #[derive(Debug, Default)]
 struct Connection {
-    /// `None` until the client is connected (token checked, or anonymous allowed).
-    identity: Option<Identity>,
+    /// `None` until the client is connected (token checked, or anonymous allowed). Shared, so
+    /// a command takes it without copying its patterns.
+    identity: Option<Arc<Identity>>,
     subscriptions: HashSet<String>,
     /// Closes the connection when its token expires.
     expiry: Option<tokio::task::AbortHandle>,
@@ -142,8 +143,13 @@ impl PubSub {
         let _ = channel.send_text(&value.to_string());
     }
 
-    /// Marks `channel` connected as `identity` and arms its expiry.
-    fn connect(&self, channel: &ChannelHandle, identity: Identity) -> Result<Value, Failure> {
+    /// Verifies `token` as claims `T`, counting a refusal by its reason.
+    fn verify<T: serde::de::DeserializeOwned>(&self, verifier: &Verifier, token: &str) -> Result<T, TokenError> {
+        verifier.verify(token).inspect_err(|e| count_token_failure(&self.engine, reason(e)))
+    }
+
+    /// Marks `channel` connected as `identity` and arms its expiry; the `connect` reply.
+    fn connect(&self, channel: &ChannelHandle, identity: Identity) -> Value {
         let answer = json!({
             "client": channel.id().as_str(),
             "user": identity.user,
@@ -163,9 +169,9 @@ impl PubSub {
         if let Some(old) = connection.expiry.take() {
             old.abort();
         }
-        connection.identity = Some(identity);
+        connection.identity = Some(Arc::new(identity));
         connection.expiry = expiry;
-        Ok(answer)
+        answer
     }
 
     fn handle(
@@ -176,26 +182,27 @@ impl PubSub {
     ) -> Result<(&'static str, Value), Failure> {
         if let Command::Connect { token } = command {
             let identity = match (&self.verifier, token) {
-                (Some(verifier), Some(token)) => Identity::from_claims(verifier.verify(&token).map_err(|e| {
-                    count_token_failure(&self.engine, reason(&e));
-                    token_failure(&e)
-                })?),
+                (Some(verifier), Some(token)) => {
+                    Identity::from_claims(self.verify(verifier, &token).map_err(|e| token_failure(&e))?)
+                }
                 (Some(_), None) => {
                     count_token_failure(&self.engine, "missing");
                     return Err(Failure::new(ErrorCode::Unauthorized, "connect needs a token"));
                 }
                 (None, _) => Identity::default(),
             };
-            return Ok(("connect", self.connect(channel, identity)?));
+            return Ok(("connect", self.connect(channel, identity)));
         }
-        let (user, may_subscribe, may_publish, subscribed) = {
+        // Who the client is, whether it is subscribed to the command's channel, and to how many.
+        let (identity, subscribed, subscriptions) = {
             let connections = lock(&self.connections);
             let connection = connections.get(channel.id());
-            let Some(identity) = connection.and_then(|c| c.identity.as_ref()) else {
+            let Some(identity) = connection.and_then(|c| c.identity.clone()) else {
                 return Err(Failure::new(ErrorCode::Unauthorized, "send connect with a token first"));
             };
-            let subscribed = connection.map(|c| c.subscriptions.clone()).unwrap_or_default();
-            (identity.user.clone(), identity.channels.clone(), identity.publish.clone(), subscribed)
+            let target = command.channel().unwrap_or_default();
+            let subscribed = connection.is_some_and(|c| c.subscriptions.contains(target));
+            (identity, subscribed, connection.map_or(0, |c| c.subscriptions.len()))
         };
         let namespace = |name: &str| {
             engine::find(&self.namespaces, name).map(|ns| ns.config.clone()).ok_or_else(|| {
@@ -207,17 +214,17 @@ impl PubSub {
             Command::Connect { .. } => unreachable!("handled above"),
             Command::Subscribe(s) => {
                 let ns = namespace(&s.channel)?;
-                if subscribed.contains(&s.channel) {
+                if subscribed {
                     return Err(Failure::new(ErrorCode::AlreadySubscribed, "already subscribed"));
                 }
-                if subscribed.len() >= self.max_subscriptions {
+                if subscriptions >= self.max_subscriptions {
                     return Err(Failure::new(
                         ErrorCode::LimitExceeded,
                         format!("at most {} subscriptions per connection", self.max_subscriptions),
                     ));
                 }
-                self.may_subscribe(&s, ns.subscribe, &user, &may_subscribe)?;
-                self.subscribe(channel, &s, &user, id).map_err(engine_failure)?;
+                self.may_subscribe(&s, ns.subscribe, &identity.user, &identity.channels)?;
+                self.subscribe(channel, &s, &identity.user, id).map_err(engine_failure)?;
                 Ok(("subscribe", Value::Null)) // the engine queued the reply under the channel's lock
             }
             Command::Unsubscribe { channel: name } => {
@@ -232,19 +239,19 @@ impl PubSub {
                 let ns = namespace(&name)?;
                 let allowed = match ns.publish {
                     Access::Any => true,
-                    Access::Token => may_publish.iter().any(|g| g.matches(&name)),
+                    Access::Token => identity.publish.iter().any(|g| g.matches(&name)),
                     Access::None => false,
                 };
                 if !allowed {
                     return Err(Failure::new(ErrorCode::PermissionDenied, "publishing to this channel is not allowed"));
                 }
-                let info = Info { user, client: channel.id().as_str().to_owned() };
+                let info = Info { user: identity.user.clone(), client: channel.id().as_str().to_owned() };
                 let p = self.engine.publish(&name, data, Some(info)).map_err(engine_failure)?;
                 Ok(("publish", json!({ "offset": p.offset, "epoch": p.epoch })))
             }
             Command::Presence { channel: name } => {
                 namespace(&name)?;
-                if !subscribed.contains(&name) {
+                if !subscribed {
                     return Err(Failure::new(ErrorCode::PermissionDenied, "subscribe to the channel first"));
                 }
                 let clients = self.engine.presence(&name).map_err(engine_failure)?;
@@ -254,7 +261,7 @@ impl PubSub {
             }
             Command::History { channel: name, limit, since } => {
                 namespace(&name)?;
-                if !subscribed.contains(&name) {
+                if !subscribed {
                     return Err(Failure::new(ErrorCode::PermissionDenied, "subscribe to the channel first"));
                 }
                 let since = since.map(|s| Position { offset: s.offset, epoch: s.epoch });
@@ -281,10 +288,7 @@ impl PubSub {
                         .verifier
                         .as_ref()
                         .ok_or_else(|| Failure::new(ErrorCode::Unauthorized, "this app verifies no tokens"))?;
-                    let claims: ChannelClaims = verifier.verify(token).map_err(|e| {
-                        count_token_failure(&self.engine, reason(&e));
-                        token_failure(&e)
-                    })?;
+                    let claims: ChannelClaims = self.verify(verifier, token).map_err(|e| token_failure(&e))?;
                     if claims.channel != s.channel || claims.sub != user {
                         count_token_failure(&self.engine, "wrong_channel");
                         return Err(Failure::new(
@@ -350,10 +354,9 @@ impl PubSub {
             count_token_failure(&self.engine, "missing");
             return Err(refuse(http::StatusCode::UNAUTHORIZED, "a token is needed (?token= or Authorization: Bearer)"));
         };
-        verifier.verify::<ConnectionClaims>(&token).map(Identity::from_claims).map_err(|e| {
-            count_token_failure(&self.engine, reason(&e));
-            refuse(http::StatusCode::UNAUTHORIZED, &e.to_string())
-        })
+        self.verify::<ConnectionClaims>(verifier, &token)
+            .map(Identity::from_claims)
+            .map_err(|e| refuse(http::StatusCode::UNAUTHORIZED, &e.to_string()))
     }
 
     /// Starts an event stream; on `Err` nothing of it is left behind.
@@ -387,7 +390,7 @@ impl PubSub {
         let last = request.headers.get("last-event-id").and_then(|v| v.to_str().ok());
         let positions = last.map(|id| events::decode_id(id).unwrap_or_default());
         let user = identity.user.clone();
-        self.connect(channel, identity).map_err(|f| refuse(StatusCode::UNAUTHORIZED, &f.message))?;
+        self.connect(channel, identity);
         for name in channels {
             let since = positions
                 .as_ref()
@@ -429,13 +432,12 @@ impl App for PubSub {
     fn pre_accept(&self, request: &UpgradeRequest<'_>) -> Option<PreAccept> {
         let verifier = self.verifier.as_ref()?;
         let token = query_token(request.url)?;
-        match verifier.verify::<ConnectionClaims>(&token) {
+        match self.verify::<ConnectionClaims>(verifier, &token) {
             Ok(claims) => {
                 lock(&self.pending).insert(request.channel.clone(), Identity::from_claims(claims));
                 Some(Box::pin(async { Ok(()) }))
             }
             Err(e) => {
-                count_token_failure(&self.engine, reason(&e));
                 let rejection = *refuse(http::StatusCode::UNAUTHORIZED, &e.to_string());
                 Some(Box::pin(async move { Err(rejection) }))
             }
@@ -451,10 +453,10 @@ impl App for PubSub {
         lock(&self.connections).insert(channel.id().clone(), Connection::default());
         match proven {
             Some(identity) => {
-                let _ = self.connect(channel, identity);
+                self.connect(channel, identity);
             }
             None if !self.needs_token() => {
-                let _ = self.connect(channel, Identity::default());
+                self.connect(channel, Identity::default());
             }
             None => {}
         }

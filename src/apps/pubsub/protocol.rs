@@ -209,20 +209,23 @@ fn command(mut object: Map<String, Value>) -> Result<Command, Failure> {
             ))
         }
     };
-    if let Some(channel) = channel_of(&command) {
+    if let Some(channel) = command.channel() {
         check_channel(channel).map_err(|e| bad(fields(&e)))?;
     }
     Ok(command)
 }
 
-fn channel_of(command: &Command) -> Option<&str> {
-    match command {
-        Command::Connect { .. } => None,
-        Command::Subscribe(s) => Some(&s.channel),
-        Command::Unsubscribe { channel }
-        | Command::Publish { channel, .. }
-        | Command::Presence { channel }
-        | Command::History { channel, .. } => Some(channel),
+impl Command {
+    /// The channel the command is about (`None` for `connect`).
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Command::Connect { .. } => None,
+            Command::Subscribe(s) => Some(&s.channel),
+            Command::Unsubscribe { channel }
+            | Command::Publish { channel, .. }
+            | Command::Presence { channel }
+            | Command::History { channel, .. } => Some(channel),
+        }
     }
 }
 
