@@ -11,7 +11,6 @@
 //! with at most [`MAX_LISTED`] subscriptions and channels (the page says when it cut). The
 //! metrics text is parsed by the page: one source of the figures, the same as a scraper's.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +33,8 @@ pub const MAX_STREAMS: usize = 16;
 const STREAM_LIFETIME: Duration = Duration::from_secs(3600);
 const INTERVAL: Duration = Duration::from_secs(1);
 
-static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
+/// One permit per open event stream, released when its stream is dropped.
+static STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_STREAMS);
 
 /// `GET /`: the page.
 pub fn page() -> Response<Body> {
@@ -74,29 +74,9 @@ pub fn snapshot(state: &AdminState) -> serde_json::Value {
     })
 }
 
-/// Counts one open stream; dropped when the stream ends.
-struct StreamSlot;
-
-impl StreamSlot {
-    fn acquire() -> Option<Self> {
-        let before = OPEN_STREAMS.fetch_add(1, Ordering::AcqRel);
-        if before >= MAX_STREAMS {
-            OPEN_STREAMS.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(StreamSlot)
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        OPEN_STREAMS.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// `GET /v1/events`: a snapshot now and every second after, as `data:` events, for an hour.
 pub fn events(state: &Arc<AdminState>) -> Response<Body> {
-    let Some(slot) = StreamSlot::acquire() else {
+    let Ok(slot) = STREAMS.try_acquire() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many dashboard streams open");
     };
     let state = state.clone();

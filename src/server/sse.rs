@@ -95,6 +95,7 @@ pub(super) fn serve(
     route.session.metrics.connections_active.inc();
     tracing::debug!(app = %route.name, channel = %channel.id(), peer = %client.peer, "event stream open");
     let stream = Stream {
+        shutdown: state.drain.receiver(),
         state,
         route_app: route.app.clone(),
         metrics: route.session.metrics.clone(),
@@ -128,6 +129,8 @@ struct Stream {
     encoder: Box<dyn EventEncoder>,
     _slot: Arc<ConnectionSlot>,
     first: bool,
+    /// Changes to `true` on shutdown.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Stream {
@@ -137,14 +140,13 @@ impl Stream {
             // Reconnect after 1 s when the stream drops (the browser's default is ~3 s).
             return Some(Bytes::from_static(b"retry: 1000\n\n"));
         }
-        let mut shutdown = self.state.drain.receiver();
         loop {
-            if *shutdown.borrow() {
+            if *self.shutdown.borrow() {
                 return None;
             }
             let item = tokio::select! {
                 item = self.queue.rx.recv() => item?,
-                _ = shutdown.changed() => return None,
+                _ = self.shutdown.changed() => return None,
                 () = tokio::time::sleep(KEEPALIVE) => return Some(Bytes::from_static(b": keepalive\n\n")),
             };
             let reserved = match &item {
