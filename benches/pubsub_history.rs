@@ -14,6 +14,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use futures_util::FutureExt;
 use serde_json::json;
 use wsgate::apps::pubsub::engine::{Engine, Namespace, Position};
 use wsgate::config::pubsub::{Access, NamespaceConfig};
@@ -63,7 +64,7 @@ fn setup(history: usize, members: usize) -> Setup {
     let mut s = Setup { engine, hub, ids: ChannelIdGenerator::new("bench"), queues: Vec::new(), handles: Vec::new() };
     for _ in 0..members {
         let (handle, mut queue) = member(&s);
-        s.engine.subscribe("news", &handle, "", None, |_, _| json!({"subscribe": {}})).unwrap();
+        s.engine.subscribe("news", &handle, "", None, |_, _| json!({"subscribe": {}})).now_or_never().unwrap().unwrap();
         drain(std::slice::from_mut(&mut queue));
         s.handles.push(handle);
         s.queues.push(queue);
@@ -88,7 +89,7 @@ fn publish(c: &mut Criterion) {
         let data = json!({"text": "x".repeat(200)});
         group.bench_function(label, |b| {
             b.iter(|| {
-                black_box(s.engine.publish("news", data.clone(), None).unwrap());
+                black_box(s.engine.publish("news", data.clone(), None).now_or_never().unwrap().unwrap());
                 drain(&mut s.queues);
             })
         });
@@ -100,7 +101,7 @@ fn recover(c: &mut Criterion) {
     let s = setup(1000, 0);
     let mut last = None;
     for i in 0..100 {
-        last = Some(s.engine.publish("news", json!({ "i": i }), None).unwrap());
+        last = Some(s.engine.publish("news", json!({ "i": i }), None).now_or_never().unwrap().unwrap());
     }
     let last = last.unwrap();
     let since = Position { offset: last.offset - 100, epoch: last.epoch.clone() };
@@ -114,9 +115,11 @@ fn recover(c: &mut Criterion) {
                         assert_eq!(publications.len(), 100);
                         json!({ "subscribe": { "offset": position.offset, "publications": publications } })
                     })
+                    .now_or_never()
+                    .unwrap()
                     .unwrap();
                 drain(std::slice::from_mut(&mut queue));
-                s.engine.unsubscribe("news", handle.id());
+                s.engine.unsubscribe("news", handle.id()).now_or_never();
                 s.hub.unregister(handle.id());
             },
             BatchSize::SmallInput,

@@ -2,7 +2,8 @@
 //! offsets (the same path as a client's publish), presence and history queries.
 //!
 //! Errors are `{"error":"..","code":C}` with the protocol's code: 400 (107) bad body, 404 (102)
-//! no namespace matches, 409 (108) presence off, 503 (106) too many channels.
+//! no namespace matches, 409 (108) presence off, 503 (106) too many channels, 503 (100) Redis
+//! unreachable in cluster mode (retry).
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -26,6 +27,7 @@ fn engine_failure(e: &EngineError) -> Response<Body> {
         EngineError::TooManyChannels => StatusCode::SERVICE_UNAVAILABLE,
         EngineError::Unrecoverable => StatusCode::BAD_REQUEST,
         EngineError::Closed => StatusCode::INTERNAL_SERVER_ERROR,
+        EngineError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     failure(status, e.code(), &e.to_string())
 }
@@ -60,18 +62,18 @@ pub async fn publish(state: &AdminState, req: Request<Incoming>) -> Response<Bod
     if let Err(response) = channel_name(&request.channel) {
         return response;
     }
-    match state.channels.publish(&request.channel, request.data, None) {
+    match state.channels.publish(&request.channel, request.data, None).await {
         Ok(p) => json(StatusCode::OK, &json!({ "offset": p.offset, "epoch": p.epoch, "delivered": p.delivered })),
         Err(e) => engine_failure(&e),
     }
 }
 
 /// `GET /v1/presence/{channel}`.
-pub fn presence(state: &AdminState, channel: &str) -> Response<Body> {
+pub async fn presence(state: &AdminState, channel: &str) -> Response<Body> {
     if let Err(response) = channel_name(channel) {
         return response;
     }
-    match state.channels.presence(channel) {
+    match state.channels.presence(channel).await {
         Ok(clients) => {
             let clients: serde_json::Map<_, _> =
                 clients.into_iter().map(|(client, user)| (client, json!({ "user": user }))).collect();
@@ -82,7 +84,7 @@ pub fn presence(state: &AdminState, channel: &str) -> Response<Body> {
 }
 
 /// `GET /v1/history/{channel}[?limit=N]`.
-pub fn history(state: &AdminState, channel: &str, query: Option<&str>) -> Response<Body> {
+pub async fn history(state: &AdminState, channel: &str, query: Option<&str>) -> Response<Body> {
     if let Err(response) = channel_name(channel) {
         return response;
     }
@@ -96,7 +98,7 @@ pub fn history(state: &AdminState, channel: &str, query: Option<&str>) -> Respon
             _ => {}
         }
     }
-    match state.channels.history(channel, limit, None) {
+    match state.channels.history(channel, limit, None).await {
         Ok(page) => json(
             StatusCode::OK,
             &json!({ "publications": page.publications, "offset": page.position.offset, "epoch": page.position.epoch }),

@@ -90,11 +90,11 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body
             _ => method_not_allowed("POST"),
         },
         ["presence", channel] => match method {
-            Method::GET | Method::HEAD => super::channels::presence(state, channel),
+            Method::GET | Method::HEAD => super::channels::presence(state, channel).await,
             _ => method_not_allowed("GET, HEAD"),
         },
         ["history", channel] => match method {
-            Method::GET | Method::HEAD => super::channels::history(state, channel, req.uri().query()),
+            Method::GET | Method::HEAD => super::channels::history(state, channel, req.uri().query()).await,
             _ => method_not_allowed("GET, HEAD"),
         },
         _ => error(StatusCode::NOT_FOUND, "no such control route"),

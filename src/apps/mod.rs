@@ -175,6 +175,6 @@ pub fn build(
             Ok(Arc::new(chat::Chat::new(name, &config.urls, &config.room_names, config.history(), hub.clone())))
         }
         AppKind::Backend => Ok(Arc::new(backend::Backend::new(name, config, hub.clone())?)),
-        AppKind::PubSub => Ok(Arc::new(pubsub::PubSub::new(name, config, channels.clone())?)),
+        AppKind::PubSub => Ok(pubsub::PubSub::new(name, config, channels.clone())?),
     }
 }

@@ -258,14 +258,11 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     )
     .map_err(StartError::Broker)?;
     let channels = PubSubChannels::new(hub.clone());
-    let runtime = build_runtime(config, &hub, &channels, &metrics, None)?;
-    if hub.broker().is_some()
-        && config.apps.values().any(|a| a.kind == crate::config::AppKind::PubSub && a.is_enabled())
-    {
-        tracing::warn!(
-            "pubsub apps keep channels per node in this version: with [broker] each node has its own offsets, history and presence"
-        );
+    // Cluster mode: with Redis, the pubsub apps' channels live there (DESIGN §13).
+    if let Ok(Some(settings)) = crate::pubsub::broker::redis_settings(&config.broker) {
+        channels.attach_cluster(crate::apps::pubsub::cluster::Cluster::start(&settings, &node, hub.clone()));
     }
+    let runtime = build_runtime(config, &hub, &channels, &metrics, None)?;
     let admin_listener = match config.admin.addr {
         Some(addr) => {
             let token = admin::load_token(config.admin.token_file.as_deref())?;

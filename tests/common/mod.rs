@@ -23,6 +23,9 @@ use wsgate::config::{self, CliOverrides, ConfigSource};
 use wsgate::server::RunningServer;
 use wsgate::ws::codec::{encode_frame, Decoder, DecoderConfig, Incoming as WsIncoming, OpCode, Role};
 
+pub mod pubsub;
+pub mod redis;
+
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// wsgate started from a TOML text in which `{UPSTREAM}` is replaced by the upstream URL.

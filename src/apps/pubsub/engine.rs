@@ -8,11 +8,11 @@
 //! published while its history was read. Each member's queue is FIFO, so the reply always
 //! precedes the pushes that follow it.
 //!
-//! Channels are node-local in this version: with a Redis broker each node keeps its own
-//! offsets, history and presence (the app warns at start).
+//! With a Redis broker the channels live in Redis instead ([`Cluster`], cluster mode): the
+//! same API, every node sharing offsets, history and presence.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Value};
 
+use super::cluster::Cluster;
 use super::protocol::ErrorCode;
 use crate::apps::Message;
 use crate::config::pubsub::NamespaceConfig;
@@ -110,6 +111,9 @@ pub enum EngineError {
     /// The connection is gone.
     #[error("the connection is closed")]
     Closed,
+    /// Cluster mode: Redis cannot be reached now (retry later).
+    #[error("channels are unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl EngineError {
@@ -120,7 +124,7 @@ impl EngineError {
             EngineError::TooManyChannels => ErrorCode::LimitExceeded,
             EngineError::PresenceOff => ErrorCode::NotAvailable,
             EngineError::Unrecoverable => ErrorCode::Unrecoverable,
-            EngineError::Closed => ErrorCode::Internal,
+            EngineError::Closed | EngineError::Unavailable(_) => ErrorCode::Internal,
         }
     }
 }
@@ -204,6 +208,8 @@ pub struct Engine {
     /// and presence (apps' own lists decide what their clients may do).
     namespaces: ArcSwap<Vec<Namespace>>,
     channels: Mutex<HashMap<String, Arc<Mutex<ChannelState>>>>,
+    /// Cluster mode (`[broker] kind = "redis"`): channels live in Redis instead of `channels`.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -225,6 +231,7 @@ impl Engine {
             hub,
             namespaces: ArcSwap::from_pointee(Vec::new()),
             channels: Mutex::new(HashMap::new()),
+            cluster: OnceLock::new(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&engine);
@@ -256,7 +263,101 @@ impl Engine {
 
     /// Channel states kept now.
     pub fn channel_count(&self) -> usize {
-        lock(&self.channels).len()
+        match self.cluster.get() {
+            Some(cluster) => cluster.channel_count(),
+            None => lock(&self.channels).len(),
+        }
+    }
+
+    /// Keeps channels in Redis from now on, shared with the other nodes (call once, before
+    /// the first client; later calls are ignored).
+    pub fn attach_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Whether the connection `member` receives `channel`'s publications on this node.
+    pub fn is_member(&self, channel: &str, member: &ChannelId) -> bool {
+        let subscription = super::cluster::subscription(channel);
+        self.hub.channel_summary(member.as_str()).is_some_and(|s| s.subscriptions.contains(&subscription))
+    }
+
+    /// Whether channels live in Redis (cluster mode).
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.get().is_some()
+    }
+
+    fn namespace_of(&self, channel: &str) -> Result<NamespaceConfig, EngineError> {
+        self.namespace(channel).ok_or_else(|| EngineError::UnknownChannel(channel.to_owned()))
+    }
+
+    /// Publishes `data` to `channel`: the next offset, into the history, to every member (on
+    /// one node: the local members, in that order; in a cluster: every node's, through Redis).
+    pub async fn publish(&self, channel: &str, data: Value, info: Option<Info>) -> Result<Published, EngineError> {
+        let Some(cluster) = self.cluster.get() else { return self.publish_local(channel, data, info) };
+        let ns = self.namespace_of(channel)?;
+        let published = cluster.publish(channel, &ns, data, info).await?;
+        if let Some(m) = self.hub.metrics() {
+            m.pubsub_publications.get_or_create(&Cluster::label(&ns)).inc();
+        }
+        Ok(published)
+    }
+
+    /// Subscribes `member` to `channel` and queues `reply(position, recovery)` to it first:
+    /// `recovery` is `Some(publications)` when `recover` was asked and the history holds every
+    /// publication after it, `None` otherwise. `user` enters the presence set (when on), with
+    /// a `join` push to the other members.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        member: &ChannelHandle,
+        user: &str,
+        recover: Option<&Position>,
+        reply: impl FnOnce(&Position, Option<Vec<Value>>) -> Value,
+    ) -> Result<(), EngineError> {
+        let Some(cluster) = self.cluster.get() else {
+            return self.subscribe_local(channel, member, user, recover, reply);
+        };
+        let ns = self.namespace_of(channel)?;
+        let outcome = cluster.subscribe(channel, &ns, MAX_CHANNELS, member, user, recover, reply).await?;
+        if let (Some(recovered), Some(m)) = (outcome, self.hub.metrics()) {
+            let outcome = if recovered { "recovered" } else { "not_recovered" };
+            let labels = NamespaceOutcomeLabel { namespace: ns.pattern.clone(), outcome };
+            m.pubsub_recoveries.get_or_create(&labels).inc();
+        }
+        Ok(())
+    }
+
+    /// Removes `member` from `channel` (and its presence set, with a `leave` push).
+    pub async fn unsubscribe(&self, channel: &str, member: &ChannelId) {
+        match (self.cluster.get(), self.namespace(channel)) {
+            (Some(cluster), Some(ns)) => cluster.unsubscribe(channel, &ns, member).await,
+            (Some(_), None) => {
+                let _ = self.hub.unsubscribe(member, &super::cluster::subscription(channel));
+            }
+            (None, _) => self.unsubscribe_local(channel, member),
+        }
+    }
+
+    /// The presence set of `channel` (cluster-wide in cluster mode): client id → user.
+    pub async fn presence(&self, channel: &str) -> Result<BTreeMap<String, String>, EngineError> {
+        let Some(cluster) = self.cluster.get() else { return self.presence_local(channel) };
+        if !self.namespace_of(channel)?.presence {
+            return Err(EngineError::PresenceOff);
+        }
+        cluster.presence(channel).await
+    }
+
+    /// Up to `limit` publications (the newest ones, or the first ones after `since`) and the
+    /// channel's position; `since` outside the history is [`EngineError::Unrecoverable`].
+    pub async fn history(
+        &self,
+        channel: &str,
+        limit: usize,
+        since: Option<&Position>,
+    ) -> Result<HistoryPage, EngineError> {
+        let Some(cluster) = self.cluster.get() else { return self.history_local(channel, limit, since) };
+        let ns = self.namespace_of(channel)?;
+        cluster.history(channel, &ns, limit, since).await
     }
 
     /// Runs `f` on `channel`'s state under its lock, creating the state when asked.
@@ -300,7 +401,7 @@ impl Engine {
 
     /// Publishes `data` to `channel`: the next offset, into the history, to every local
     /// member, in that order.
-    pub fn publish(&self, channel: &str, data: Value, info: Option<Info>) -> Result<Published, EngineError> {
+    fn publish_local(&self, channel: &str, data: Value, info: Option<Info>) -> Result<Published, EngineError> {
         let hub = self.hub.clone();
         self.with_channel(channel, true, |state| {
             state.offset += 1;
@@ -327,7 +428,7 @@ impl Engine {
     /// `recovery` is `Some(publications)` when `recover` was asked and the history holds every
     /// publication after it, `None` otherwise. `user` enters the presence set (when on), with
     /// a `join` push to the other members.
-    pub fn subscribe(
+    fn subscribe_local(
         &self,
         channel: &str,
         member: &ChannelHandle,
@@ -360,7 +461,7 @@ impl Engine {
     }
 
     /// Removes `member` from `channel` (and its presence set, with a `leave` push).
-    pub fn unsubscribe(&self, channel: &str, member: &ChannelId) {
+    fn unsubscribe_local(&self, channel: &str, member: &ChannelId) {
         let hub = self.hub.clone();
         let _ = self.with_channel(channel, false, |state| {
             let _ = hub.unsubscribe(member, &state.subscription);
@@ -378,13 +479,13 @@ impl Engine {
     }
 
     /// The presence set of `channel`: client id → user.
-    pub fn presence(&self, channel: &str) -> Result<BTreeMap<String, String>, EngineError> {
+    fn presence_local(&self, channel: &str) -> Result<BTreeMap<String, String>, EngineError> {
         self.with_channel(channel, false, |state| state.presence.clone().ok_or(EngineError::PresenceOff))
     }
 
     /// Up to `limit` publications (the newest ones, or the first ones after `since`) and the
     /// channel's position; `since` outside the history is [`EngineError::Unrecoverable`].
-    pub fn history(&self, channel: &str, limit: usize, since: Option<&Position>) -> Result<HistoryPage, EngineError> {
+    fn history_local(&self, channel: &str, limit: usize, since: Option<&Position>) -> Result<HistoryPage, EngineError> {
         // Created when absent, so the position it reports stays valid for a later subscribe.
         self.with_channel(channel, true, |state| {
             let publications = match since {
@@ -423,13 +524,13 @@ impl Engine {
 }
 
 /// A push encoded once as a text frame, shared by every member it is queued to.
-fn text_frame(push: &Value) -> Bytes {
+pub(crate) fn text_frame(push: &Value) -> Bytes {
     encode(&Message::Text(Bytes::from(push.to_string())))
 }
 
 fn fresh_state(channel: &str, ns: &NamespaceConfig) -> ChannelState {
     ChannelState {
-        subscription: format!("pubsub:{channel}"),
+        subscription: super::cluster::subscription(channel),
         epoch: new_epoch(),
         offset: 0,
         history: VecDeque::new(),
@@ -472,34 +573,40 @@ mod tests {
     fn offsets_grow_by_one_and_history_is_bounded() {
         let engine = Engine::new(Arc::new(Hub::new()));
         engine.set_namespaces(vec![ns("news:*", 3)]);
-        assert_eq!(engine.publish("other", json!(1), None), Err(EngineError::UnknownChannel("other".into())));
-        let first = engine.publish("news:a", json!(1), None).unwrap();
+        assert_eq!(engine.publish_local("other", json!(1), None), Err(EngineError::UnknownChannel("other".into())));
+        let first = engine.publish_local("news:a", json!(1), None).unwrap();
         assert_eq!(first.offset, 1);
         for i in 2..=5 {
-            let p = engine.publish("news:a", json!(i), None).unwrap();
+            let p = engine.publish_local("news:a", json!(i), None).unwrap();
             assert_eq!((p.offset, &p.epoch), (i, &first.epoch));
         }
-        let page = engine.history("news:a", 10, None).unwrap();
+        let page = engine.history_local("news:a", 10, None).unwrap();
         let offsets: Vec<_> = page.publications.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
         assert_eq!(offsets, [3, 4, 5]);
         // Recoverable from 2 (3.. kept), not from 1 (2 was trimmed), nor from another epoch.
         let at = |offset, epoch: &str| Position { offset, epoch: epoch.into() };
-        assert_eq!(engine.history("news:a", 10, Some(&at(2, &first.epoch))).unwrap().publications.len(), 3);
-        assert_eq!(engine.history("news:a", 10, Some(&at(1, &first.epoch))).unwrap_err(), EngineError::Unrecoverable);
-        assert_eq!(engine.history("news:a", 10, Some(&at(5, "other"))).unwrap_err(), EngineError::Unrecoverable);
-        assert_eq!(engine.history("news:a", 10, Some(&at(6, &first.epoch))).unwrap_err(), EngineError::Unrecoverable);
-        assert!(engine.history("news:a", 10, Some(&at(5, &first.epoch))).unwrap().publications.is_empty());
+        assert_eq!(engine.history_local("news:a", 10, Some(&at(2, &first.epoch))).unwrap().publications.len(), 3);
+        assert_eq!(
+            engine.history_local("news:a", 10, Some(&at(1, &first.epoch))).unwrap_err(),
+            EngineError::Unrecoverable
+        );
+        assert_eq!(engine.history_local("news:a", 10, Some(&at(5, "other"))).unwrap_err(), EngineError::Unrecoverable);
+        assert_eq!(
+            engine.history_local("news:a", 10, Some(&at(6, &first.epoch))).unwrap_err(),
+            EngineError::Unrecoverable
+        );
+        assert!(engine.history_local("news:a", 10, Some(&at(5, &first.epoch))).unwrap().publications.is_empty());
     }
 
     #[test]
     fn sweep_drops_idle_channels_and_their_epoch() {
         let engine = Engine::new(Arc::new(Hub::new()));
         engine.set_namespaces(vec![ns("*", 0)]);
-        let first = engine.publish("c", json!(1), None).unwrap();
+        let first = engine.publish_local("c", json!(1), None).unwrap();
         assert_eq!(engine.channel_count(), 1);
         engine.sweep();
         assert_eq!(engine.channel_count(), 0);
-        let again = engine.publish("c", json!(2), None).unwrap();
+        let again = engine.publish_local("c", json!(2), None).unwrap();
         assert_eq!(again.offset, 1);
         assert_ne!(again.epoch, first.epoch);
     }

@@ -5,19 +5,21 @@
 //! Close codes of this app: 1003 binary frame, 1007 a frame that is not JSON, 4009 the
 //! connection token expired. Every other problem is an error reply and the connection stays.
 
+pub mod cluster;
 pub mod engine;
 pub mod events;
 pub mod protocol;
 pub mod token;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
 use self::engine::{Engine, EngineError, Info, Namespace, Position};
-use self::protocol::{error, reply, Command, ErrorCode, Failure, Subscribe};
+use self::protocol::{error, reply, Command, ErrorCode, Failure, Request, Subscribe};
 use self::token::{ChannelClaims, ConnectionClaims, TokenError, Verifier};
 use super::{App, AppError, EventEncoder, EventStreamRequest, Message, PreAccept, Rejection, UpgradeRequest};
 use crate::config::pubsub::Access;
@@ -27,6 +29,19 @@ use crate::sync::lock;
 
 /// Close code when the connection token expires.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4009;
+/// Commands of one connection waiting for their turn; more are answered with error 106.
+const MAX_PENDING_COMMANDS: usize = 1024;
+
+/// Work for a connection's worker, done strictly in arrival order (a command's engine call
+/// may wait on Redis in cluster mode; its replies and effects must not overtake each other).
+enum Job {
+    /// A client command.
+    Command(Request),
+    /// An event stream's subscription (from its URL).
+    Stream(Subscribe, String),
+    /// The connection ended: leave every channel.
+    Close,
+}
 
 /// Who a connected client is.
 #[derive(Debug, Default)]
@@ -57,10 +72,16 @@ struct Connection {
     subscriptions: HashSet<String>,
     /// Closes the connection when its token expires.
     expiry: Option<tokio::task::AbortHandle>,
+    /// The connection's worker.
+    jobs: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
+    /// Commands queued to the worker and not done yet.
+    queued: Arc<AtomicUsize>,
 }
 
 /// The pubsub app.
 pub struct PubSub {
+    /// This app, for the connections' workers.
+    me: Weak<PubSub>,
     engine: Arc<Engine>,
     verifier: Option<Verifier>,
     namespaces: Vec<Namespace>,
@@ -109,7 +130,7 @@ fn token_failure(e: &TokenError) -> Failure {
 
 impl PubSub {
     /// Builds the app `name` (reads its JWT key file).
-    pub fn new(name: &str, config: &AppConfig, engine: Arc<Engine>) -> Result<Self, AppError> {
+    pub fn new(name: &str, config: &AppConfig, engine: Arc<Engine>) -> Result<Arc<Self>, AppError> {
         let setting = |key, reason| AppError::Setting { name: name.to_owned(), key, reason };
         let verifier = match &config.jwt {
             Some(jwt) => {
@@ -123,14 +144,58 @@ impl PubSub {
             .map(Namespace::new)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| setting("namespaces", "a pattern is not a valid glob"))?;
-        Ok(PubSub {
+        Ok(Arc::new_cyclic(|me| PubSub {
+            me: me.clone(),
             engine,
             verifier,
             namespaces,
             max_subscriptions: config.max_subscriptions(),
             connections: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
-        })
+        }))
+    }
+
+    /// Registers `channel` as a connection of this app and starts its worker.
+    fn open_connection(&self, channel: &ChannelHandle) {
+        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+        let connection = Connection { jobs: Some(jobs), ..Connection::default() };
+        let queued = connection.queued.clone();
+        lock(&self.connections).insert(channel.id().clone(), connection);
+        tokio::spawn(worker(self.me.clone(), channel.clone(), queue, queued));
+    }
+
+    /// Queues `job` to the connection's worker; `false` when the connection has none.
+    fn queue(&self, channel: &ChannelHandle, job: Job) -> bool {
+        let connections = lock(&self.connections);
+        let Some(jobs) = connections.get(channel.id()).and_then(|c| c.jobs.as_ref()) else { return false };
+        jobs.send(job).is_ok()
+    }
+
+    /// One command, answered (the worker calls this in arrival order).
+    async fn run_command(&self, channel: &ChannelHandle, request: Request) {
+        let id = request.id;
+        let outcome = match request.command {
+            Ok(command) => self.handle(channel, id, command).await,
+            Err(failure) => Err(failure),
+        };
+        match outcome {
+            Ok((_, Value::Null)) => {} // answered already
+            Ok((command, body)) => Self::send(channel, &reply(id, command, body)),
+            Err(failure) => Self::send(channel, &error(id, &failure)),
+        }
+    }
+
+    /// Leaves every channel of a connection that ended.
+    async fn leave_all(&self, channel: &ChannelHandle) {
+        let connection = lock(&self.connections).remove(channel.id());
+        if let Some(connection) = connection {
+            if let Some(expiry) = connection.expiry {
+                expiry.abort();
+            }
+            for name in connection.subscriptions {
+                self.engine.unsubscribe(&name, channel.id()).await;
+            }
+        }
     }
 
     /// Whether clients must show a connection token.
@@ -174,7 +239,7 @@ impl PubSub {
         answer
     }
 
-    fn handle(
+    async fn handle(
         &self,
         channel: &ChannelHandle,
         id: Option<u64>,
@@ -214,7 +279,8 @@ impl PubSub {
             Command::Connect { .. } => unreachable!("handled above"),
             Command::Subscribe(s) => {
                 let ns = namespace(&s.channel)?;
-                if subscribed {
+                // A channel the server unsubscribed it from (push `unsubscribe`) may be taken again.
+                if subscribed && self.engine.is_member(&s.channel, channel.id()) {
                     return Err(Failure::new(ErrorCode::AlreadySubscribed, "already subscribed"));
                 }
                 if subscriptions >= self.max_subscriptions {
@@ -224,14 +290,14 @@ impl PubSub {
                     ));
                 }
                 self.may_subscribe(&s, ns.subscribe, &identity.user, &identity.channels)?;
-                self.subscribe(channel, &s, &identity.user, id).map_err(engine_failure)?;
+                self.subscribe(channel, &s, &identity.user, id).await.map_err(engine_failure)?;
                 Ok(("subscribe", Value::Null)) // the engine queued the reply under the channel's lock
             }
             Command::Unsubscribe { channel: name } => {
                 namespace(&name)?;
                 let was = lock(&self.connections).get_mut(channel.id()).is_some_and(|c| c.subscriptions.remove(&name));
                 if was {
-                    self.engine.unsubscribe(&name, channel.id());
+                    self.engine.unsubscribe(&name, channel.id()).await;
                 }
                 Ok(("unsubscribe", json!({})))
             }
@@ -246,7 +312,7 @@ impl PubSub {
                     return Err(Failure::new(ErrorCode::PermissionDenied, "publishing to this channel is not allowed"));
                 }
                 let info = Info { user: identity.user.clone(), client: channel.id().as_str().to_owned() };
-                let p = self.engine.publish(&name, data, Some(info)).map_err(engine_failure)?;
+                let p = self.engine.publish(&name, data, Some(info)).await.map_err(engine_failure)?;
                 Ok(("publish", json!({ "offset": p.offset, "epoch": p.epoch })))
             }
             Command::Presence { channel: name } => {
@@ -254,7 +320,7 @@ impl PubSub {
                 if !subscribed {
                     return Err(Failure::new(ErrorCode::PermissionDenied, "subscribe to the channel first"));
                 }
-                let clients = self.engine.presence(&name).map_err(engine_failure)?;
+                let clients = self.engine.presence(&name).await.map_err(engine_failure)?;
                 let clients: serde_json::Map<_, _> =
                     clients.into_iter().map(|(client, user)| (client, json!({ "user": user }))).collect();
                 Ok(("presence", json!({ "clients": clients })))
@@ -265,8 +331,11 @@ impl PubSub {
                     return Err(Failure::new(ErrorCode::PermissionDenied, "subscribe to the channel first"));
                 }
                 let since = since.map(|s| Position { offset: s.offset, epoch: s.epoch });
-                let page =
-                    self.engine.history(&name, limit.unwrap_or(usize::MAX), since.as_ref()).map_err(engine_failure)?;
+                let page = self
+                    .engine
+                    .history(&name, limit.unwrap_or(usize::MAX), since.as_ref())
+                    .await
+                    .map_err(engine_failure)?;
                 Ok((
                     "history",
                     json!({ "publications": page.publications, "offset": page.position.offset, "epoch": page.position.epoch }),
@@ -306,7 +375,7 @@ impl PubSub {
         }
     }
 
-    fn subscribe(
+    async fn subscribe(
         &self,
         channel: &ChannelHandle,
         s: &Subscribe,
@@ -315,14 +384,16 @@ impl PubSub {
     ) -> Result<(), EngineError> {
         let since =
             s.recover.then(|| Position { offset: s.offset.unwrap_or(0), epoch: s.epoch.clone().unwrap_or_default() });
-        self.engine.subscribe(&s.channel, channel, user, since.as_ref(), |position, recovered| {
-            let mut body = json!({ "channel": s.channel, "offset": position.offset, "epoch": position.epoch });
-            if s.recover {
-                body["recovered"] = json!(recovered.is_some());
-                body["publications"] = json!(recovered.unwrap_or_default());
-            }
-            reply(id, "subscribe", body)
-        })?;
+        self.engine
+            .subscribe(&s.channel, channel, user, since.as_ref(), |position, recovered| {
+                let mut body = json!({ "channel": s.channel, "offset": position.offset, "epoch": position.epoch });
+                if s.recover {
+                    body["recovered"] = json!(recovered.is_some());
+                    body["publications"] = json!(recovered.unwrap_or_default());
+                }
+                reply(id, "subscribe", body)
+            })
+            .await?;
         if let Some(connection) = lock(&self.connections).get_mut(channel.id()) {
             connection.subscriptions.insert(s.channel.clone());
         }
@@ -402,8 +473,7 @@ impl PubSub {
                 offset: since.as_ref().map(|p| p.offset),
                 epoch: since.map(|p| p.epoch),
             };
-            self.subscribe(channel, &s, &user, None)
-                .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))?;
+            self.queue(channel, Job::Stream(s, user.clone()));
         }
         Ok(())
     }
@@ -419,7 +489,7 @@ impl App for PubSub {
         channel: &ChannelHandle,
         request: &EventStreamRequest<'_>,
     ) -> Result<Box<dyn EventEncoder>, Box<Rejection>> {
-        lock(&self.connections).insert(channel.id().clone(), Connection::default());
+        self.open_connection(channel);
         match self.start_stream(channel, request) {
             Ok(()) => Ok(Box::new(events::Events::default())),
             Err(rejection) => {
@@ -450,7 +520,7 @@ impl App for PubSub {
 
     fn on_open(&self, channel: &ChannelHandle) {
         let proven = lock(&self.pending).remove(channel.id());
-        lock(&self.connections).insert(channel.id().clone(), Connection::default());
+        self.open_connection(channel);
         match proven {
             Some(identity) => {
                 self.connect(channel, identity);
@@ -474,23 +544,55 @@ impl App for PubSub {
             channel.close(crate::ws::close::code::INVALID_DATA, "not JSON");
             return;
         };
-        let id = request.id;
-        let outcome = request.command.and_then(|command| self.handle(channel, id, command));
-        match outcome {
-            Ok((_, Value::Null)) => {} // answered already
-            Ok((command, body)) => Self::send(channel, &reply(id, command, body)),
-            Err(failure) => Self::send(channel, &error(id, &failure)),
+        let queued = lock(&self.connections).get(channel.id()).map(|c| c.queued.clone());
+        let Some(queued) = queued else { return };
+        if queued.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_COMMANDS {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            let failure = Failure::new(ErrorCode::LimitExceeded, "too many commands waiting; wait for replies");
+            Self::send(channel, &error(request.id, &failure));
+            return;
+        }
+        if !self.queue(channel, Job::Command(request)) {
+            queued.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     fn on_close(&self, channel: &ChannelHandle, _code: Option<u16>) {
-        let connection = lock(&self.connections).remove(channel.id());
-        if let Some(connection) = connection {
-            if let Some(expiry) = connection.expiry {
-                expiry.abort();
+        // The worker leaves the channels after the commands queued before the close.
+        let expiry = lock(&self.connections).get_mut(channel.id()).and_then(|c| c.expiry.take());
+        if let Some(expiry) = expiry {
+            expiry.abort();
+        }
+        if !self.queue(channel, Job::Close) {
+            lock(&self.connections).remove(channel.id());
+        }
+    }
+}
+
+/// A connection's worker: runs its jobs one at a time, in order, until the connection ends.
+async fn worker(
+    app: Weak<PubSub>,
+    channel: ChannelHandle,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
+    queued: Arc<AtomicUsize>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let Some(app) = app.upgrade() else { return };
+        match job {
+            Job::Command(request) => {
+                app.run_command(&channel, request).await;
+                queued.fetch_sub(1, Ordering::AcqRel);
             }
-            for name in connection.subscriptions {
-                self.engine.unsubscribe(&name, channel.id());
+            Job::Stream(s, user) => {
+                if let Err(e) = app.subscribe(&channel, &s, &user, None).await {
+                    let push = json!({ "push": { "channel": s.channel, "unsubscribe": {
+                        "code": e.code() as u16, "reason": e.to_string() } } });
+                    PubSub::send(&channel, &push);
+                }
+            }
+            Job::Close => {
+                app.leave_all(&channel).await;
+                return;
             }
         }
     }

@@ -397,7 +397,7 @@ async fn check_primary(conn: &mut MultiplexedConnection) -> Result<(), String> {
 impl RedisSettings {
     /// The client to connect with now and, with Sentinel, the primary's address: `url`'s, or
     /// the primary the first sentinel that answers names.
-    async fn current_client(&self) -> Result<(redis::Client, Option<String>), String> {
+    pub async fn current_client(&self) -> Result<(redis::Client, Option<String>), String> {
         let Some(sentinel) = &self.sentinel else {
             return self.client_for(&self.url, self.password.as_deref()).map(|c| (c, None));
         };

@@ -1,0 +1,888 @@
+//! Client-driven channels across nodes (DESIGN §13, cluster mode): with `[broker] kind =
+//! "redis"` a channel's offset, epoch, history and presence live in Redis, so every node
+//! reports the same offset for the same publication and a client recovers on any node.
+//!
+//! Storage, per channel `c` (the `{c}` hash tag keeps one channel's keys on one shard):
+//! - `wsgate:ps:{c}:meta`, a hash: `epoch` (random, set when the hash is created) and
+//!   `offset` (the last one given). It expires [`META_TTL`] (or `history_ttl`, if longer) after
+//!   the last publish or subscribe; a new hash is a new epoch.
+//! - `wsgate:ps:{c}:hist`, a list of `"<offset> <unix ms> <body>"`, newest last, trimmed to the
+//!   namespace's `history` and pruned by `history_ttl`. A list with a counter, not a stream:
+//!   reads go by offset, and the offset is the list position, which a stream id is not.
+//! - `wsgate:ps:{c}:pres`, a hash: client id → `"<node>\t<instance>\t<user>"`.
+//! - `wsgate:alive:<node>`: the node's instance id, refreshed every 10 s with a 30 s expiry.
+//!   Presence shows only entries whose node is alive with the same instance, so a node that
+//!   dies (SIGKILL, power loss) leaves no ghost entries beyond **30 s**; readers delete them.
+//!
+//! A publish is one Lua script: it takes the next offset, appends to the history and
+//! PUBLISHes `P <epoch> <offset> <body>` on the Redis channel `wsgate:ps:{c}`, atomically, so
+//! every node receives publications in offset order. Join and leave pushes travel on the same
+//! Redis channel as `J <client> <push>` and `L <push>` (not part of the offsets).
+//!
+//! **Exactness across nodes.** Each node keeps, per channel with local members, the position
+//! its members have reached (epoch, offset), guarded by one async lock per channel:
+//! - A subscribe first makes sure this node's Redis SUBSCRIBE to the channel is *confirmed*,
+//!   then, under the lock, reads the position and the history in one script: members already
+//!   here get what lies between their position and the top (so the node's view is the top),
+//!   the new member gets its recovery and the reply at the top and joins. Every later
+//!   publication arrives by the subscription; those at or below the top are dropped.
+//! - A live publication one past the position is delivered; an older one is a duplicate; a
+//!   gap (a lost connection, a subscription that was not yet confirmed) is filled from the
+//!   history. After a reconnect every channel is read again the same way.
+//! - When the history cannot fill a gap (trimmed, expired, history off) or the epoch changed
+//!   (the Redis keys were lost), the node's members are unsubscribed with the push
+//!   `{"unsubscribe":{"code":112,…}}`: they subscribe again with `recover` and get
+//!   `recovered:false` with the new position — never a silent gap.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::Stream;
+use redis::aio::{MultiplexedConnection, PubSubSink};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::engine::{EngineError, HistoryPage, Info, Position, Published};
+use super::protocol::ErrorCode;
+use crate::config::pubsub::NamespaceConfig;
+use crate::metrics::NamespaceLabel;
+use crate::pubsub::broker::redis::RedisSettings;
+use crate::pubsub::{ChannelHandle, ChannelId, Hub};
+use crate::sync::lock;
+
+/// How long a channel's position outlives its last publish or subscribe (unless its
+/// `history_ttl` is longer).
+pub const META_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a node's presence entries stay visible after its last heartbeat.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Takes the next offset, keeps the publication and PUBLISHes it, atomically.
+/// KEYS: meta, hist. ARGV: epoch if new, body, history limit, history ttl ms, meta ttl ms,
+/// Redis channel. Returns {epoch, offset, receivers}.
+const PUBLISH_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local limit = tonumber(ARGV[3])
+if limit > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('RPUSH', KEYS[2], string.format('%d %d ', offset, now) .. ARGV[2])
+  redis.call('LTRIM', KEYS[2], -limit, -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+local n = redis.call('PUBLISH', ARGV[6], 'P ' .. epoch .. string.format(' %d ', offset) .. ARGV[2])
+return {epoch, offset, n}
+";
+
+/// Reads a channel's position and its history after an offset (creating the position when
+/// absent, so it stays valid for a later recovery). KEYS: meta, hist. ARGV: epoch if new,
+/// history ttl ms, meta ttl ms, after (-1: the whole history). Returns {epoch, offset, entries}.
+const READ_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local oldest = now - tonumber(ARGV[2])
+while true do
+  local first = redis.call('LINDEX', KEYS[2], 0)
+  if not first then break end
+  local at = tonumber(string.match(first, '^%d+ (%d+) '))
+  if at and at >= oldest then break end
+  redis.call('LPOP', KEYS[2])
+end
+local after = tonumber(ARGV[4])
+local entries = {}
+local len = redis.call('LLEN', KEYS[2])
+local i = len - 1
+while i >= 0 do
+  local e = redis.call('LINDEX', KEYS[2], i)
+  local o = tonumber(string.match(e, '^(%d+) '))
+  if after >= 0 and o and o <= after then break end
+  table.insert(entries, 1, e)
+  i = i - 1
+end
+return {epoch, offset, entries}
+";
+
+/// A Lua script run by its SHA-1 (`EVALSHA`), sent whole once when Redis does not know it
+/// (after a restart). The `redis` crate's `Script` needs a feature with one more dependency.
+struct Script {
+    code: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(code: &'static str) -> Self {
+        use sha1::{Digest, Sha1};
+        let sha = Sha1::digest(code.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        Script { code, sha }
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[&str],
+        args: &[String],
+    ) -> redis::RedisResult<T> {
+        let call = |command: &str, body: &str| {
+            let mut cmd = redis::cmd(command);
+            cmd.arg(body).arg(keys.len()).arg(keys).arg(args);
+            cmd
+        };
+        match call("EVALSHA", &self.sha).query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                call("EVAL", self.code).query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// The Redis keys and channel of one pubsub channel.
+struct Keys {
+    meta: String,
+    hist: String,
+    pres: String,
+    channel: String,
+}
+
+fn keys(channel: &str) -> Keys {
+    let base = format!("wsgate:ps:{{{channel}}}");
+    Keys { meta: format!("{base}:meta"), hist: format!("{base}:hist"), pres: format!("{base}:pres"), channel: base }
+}
+
+/// The pubsub channel a Redis channel `wsgate:ps:{c}` carries.
+fn channel_of(redis_channel: &str) -> Option<&str> {
+    redis_channel.strip_prefix("wsgate:ps:{")?.strip_suffix('}')
+}
+
+/// The hub subscription of a channel's local members (the same as on one node).
+pub fn subscription(channel: &str) -> String {
+    format!("pubsub:{channel}")
+}
+
+/// One publication read from Redis: its offset and the `pub` object clients get.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    offset: u64,
+    publication: Value,
+}
+
+/// `{"offset":N,"data":…,"info":…}` from an offset and a stored body `{"data":…,"info":…}`;
+/// `None` when the body is not a JSON object (anything with access to Redis can write).
+fn publication(offset: u64, body: &str) -> Option<Value> {
+    let Value::Object(mut map) = serde_json::from_str::<Value>(body).ok()? else { return None };
+    map.insert("offset".into(), json!(offset));
+    Some(Value::Object(map))
+}
+
+/// Parses a history entry `"<offset> <ms> <body>"`.
+fn parse_entry(entry: &str) -> Option<Entry> {
+    let mut parts = entry.splitn(3, ' ');
+    let offset = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some(Entry { offset, publication: publication(offset, parts.next()?)? })
+}
+
+/// The entries after `since` up to `top`, when `entries` hold every one of them.
+fn covering(entries: &[Entry], since: u64, top: u64) -> Option<Vec<&Entry>> {
+    let after: Vec<&Entry> = entries.iter().filter(|e| e.offset > since && e.offset <= top).collect();
+    let complete = after.len() as u64 == top.saturating_sub(since)
+        && after.iter().zip(since + 1..).all(|(e, want)| e.offset == want);
+    complete.then_some(after)
+}
+
+/// What a node knows of one channel with local members.
+struct Tracked {
+    /// The position its members have reached; `None` until a subscribe reads it.
+    position: Option<(String, u64)>,
+    /// History ttl and meta ttl, in ms, for reads (from the namespace at subscribe).
+    ttl_ms: u64,
+    meta_ttl_ms: u64,
+    /// Set by the sweeper when it dropped this entry: whoever holds it must look again.
+    removed: bool,
+}
+
+enum Request {
+    /// Make the Redis SUBSCRIBE to this channel active; answers when it is confirmed.
+    Hold(String, oneshot::Sender<bool>),
+    /// Unsubscribe in Redis if no local member and no pending subscribe needs it.
+    Reconcile(String),
+}
+
+/// The cluster side of the [`Engine`](super::engine::Engine).
+pub struct Cluster {
+    hub: Arc<Hub>,
+    node: String,
+    /// Random per process: presence entries of an earlier process of this node are ghosts.
+    instance: String,
+    conn: watch::Receiver<Option<MultiplexedConnection>>,
+    connected: AtomicBool,
+    requests: mpsc::UnboundedSender<Request>,
+    /// Subscribes in progress per channel (they need the Redis subscription before they join).
+    pending: Mutex<HashMap<String, usize>>,
+    tracked: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Tracked>>>>,
+    publish_script: Script,
+    read_script: Script,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+async fn timed<T>(what: &str, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, EngineError> {
+    match tokio::time::timeout(IO_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(format!("{what}: {e}"))),
+        Err(_) => Err(unavailable(format!("{what}: no answer within {IO_TIMEOUT:?}"))),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+impl Cluster {
+    /// Starts the cluster store of node `node` on Redis (connects in the background, like the
+    /// broker; must run inside a tokio runtime).
+    pub fn start(settings: &RedisSettings, node: &str, hub: Arc<Hub>) -> Arc<Self> {
+        let (conn_tx, conn_rx) = watch::channel(None);
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let cluster = Arc::new(Cluster {
+            hub,
+            node: node.to_owned(),
+            instance: new_epoch(),
+            conn: conn_rx,
+            connected: AtomicBool::new(false),
+            requests,
+            pending: Mutex::new(HashMap::new()),
+            tracked: Mutex::new(HashMap::new()),
+            publish_script: Script::new(PUBLISH_SCRIPT),
+            read_script: Script::new(READ_SCRIPT),
+            stop: watch::channel(false).0,
+        });
+        let stop = cluster.stop.subscribe();
+        tokio::spawn(run(Arc::downgrade(&cluster), settings.clone(), conn_tx, requests_rx, stop));
+        cluster
+    }
+
+    fn conn(&self) -> Result<MultiplexedConnection, EngineError> {
+        self.conn.borrow().clone().ok_or_else(|| unavailable("not connected to Redis"))
+    }
+
+    /// Channels this node tracks now.
+    pub fn channel_count(&self) -> usize {
+        lock(&self.tracked).len()
+    }
+
+    fn tracked(&self, channel: &str, max: usize) -> Result<Arc<tokio::sync::Mutex<Tracked>>, EngineError> {
+        let mut tracked = lock(&self.tracked);
+        if let Some(t) = tracked.get(channel) {
+            return Ok(t.clone());
+        }
+        if tracked.len() >= max {
+            return Err(EngineError::TooManyChannels);
+        }
+        let t =
+            Arc::new(tokio::sync::Mutex::new(Tracked { position: None, ttl_ms: 0, meta_ttl_ms: 0, removed: false }));
+        tracked.insert(channel.to_owned(), t.clone());
+        Ok(t)
+    }
+
+    /// Publishes through the script; `delivered` is the number of nodes subscribed to the
+    /// channel in Redis (each delivers to its own members).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        data: Value,
+        info: Option<Info>,
+    ) -> Result<Published, EngineError> {
+        let mut conn = self.conn()?;
+        let mut body = json!({ "data": data });
+        if let Some(info) = info {
+            body["info"] = json!({ "user": info.user, "client": info.client });
+        }
+        let k = keys(channel);
+        let ttl = ns.history_ttl();
+        let args = [
+            new_epoch(),
+            body.to_string(),
+            ns.history.to_string(),
+            millis(ttl).to_string(),
+            millis(ttl.max(META_TTL)).to_string(),
+            k.channel,
+        ];
+        let (epoch, offset, receivers): (String, u64, usize) =
+            timed("publish", self.publish_script.invoke(&mut conn, &[&k.meta, &k.hist], &args)).await?;
+        Ok(Published { offset, epoch, delivered: receivers })
+    }
+
+    async fn read(
+        &self,
+        channel: &str,
+        ttl_ms: u64,
+        meta_ttl_ms: u64,
+        after: Option<u64>,
+    ) -> Result<(String, u64, Vec<Entry>), EngineError> {
+        let mut conn = self.conn()?;
+        let k = keys(channel);
+        let after = after.map_or(-1, |a| a.min(i64::MAX as u64) as i64);
+        let args = [new_epoch(), ttl_ms.to_string(), meta_ttl_ms.to_string(), after.to_string()];
+        let (epoch, offset, entries): (String, u64, Vec<String>) =
+            timed("read", self.read_script.invoke(&mut conn, &[&k.meta, &k.hist], &args)).await?;
+        Ok((epoch, offset, entries.iter().filter_map(|e| parse_entry(e)).collect()))
+    }
+
+    /// Asks the subscriber task for an active Redis subscription to `channel`.
+    async fn hold(&self, channel: &str) -> Result<(), EngineError> {
+        *lock(&self.pending).entry(channel.to_owned()).or_default() += 1;
+        let (tx, rx) = oneshot::channel();
+        let _ = self.requests.send(Request::Hold(channel.to_owned(), tx));
+        if matches!(rx.await, Ok(true)) {
+            Ok(())
+        } else {
+            self.release(channel);
+            Err(unavailable("not connected to Redis"))
+        }
+    }
+
+    fn release(&self, channel: &str) {
+        {
+            let mut pending = lock(&self.pending);
+            if let Some(n) = pending.get_mut(channel) {
+                *n -= 1;
+                if *n == 0 {
+                    pending.remove(channel);
+                }
+            }
+        }
+        let _ = self.requests.send(Request::Reconcile(channel.to_owned()));
+    }
+
+    fn wanted(&self, channel: &str) -> bool {
+        lock(&self.pending).contains_key(channel) || self.hub.has_local_members(&subscription(channel))
+    }
+
+    /// Subscribes `member` (see [`Engine::subscribe`](super::engine::Engine::subscribe)).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        max_channels: usize,
+        member: &ChannelHandle,
+        user: &str,
+        recover: Option<&Position>,
+        reply: impl FnOnce(&Position, Option<Vec<Value>>) -> Value,
+    ) -> Result<Option<bool>, EngineError> {
+        self.hold(channel).await?;
+        let result = self.subscribe_held(channel, ns, max_channels, member, user, recover, reply).await;
+        self.release(channel);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn subscribe_held(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        max_channels: usize,
+        member: &ChannelHandle,
+        user: &str,
+        recover: Option<&Position>,
+        reply: impl FnOnce(&Position, Option<Vec<Value>>) -> Value,
+    ) -> Result<Option<bool>, EngineError> {
+        let sub = subscription(channel);
+        let mut t = loop {
+            let guard = self.tracked(channel, max_channels)?.lock_owned().await;
+            if !guard.removed {
+                break guard;
+            }
+        };
+        let ttl = ns.history_ttl();
+        t.ttl_ms = millis(ttl);
+        t.meta_ttl_ms = millis(ttl.max(META_TTL));
+        // Read from the lowest position anyone here needs.
+        let since = recover.map(|p| p.offset);
+        let low = match (&t.position, since) {
+            (Some((_, l)), Some(s)) => Some((*l).min(s)),
+            (Some((_, l)), None) => Some(*l),
+            (None, s) => s,
+        };
+        let (epoch, top, entries) =
+            self.read(channel, t.ttl_ms, t.meta_ttl_ms, Some(low.unwrap_or(u64::MAX).min(i64::MAX as u64))).await?;
+        self.catch_up(channel, &mut t, &epoch, top, &entries);
+        let recovered = recover.and_then(|since| {
+            if since.epoch != epoch || since.offset > top {
+                return None;
+            }
+            covering(&entries, since.offset, top).map(|list| list.iter().map(|e| e.publication.clone()).collect())
+        });
+        let outcome = recover.map(|_| recovered.is_some());
+        let answer = reply(&Position { offset: top, epoch }, recovered);
+        member.send_text(&answer.to_string()).map_err(|_| EngineError::Closed)?;
+        self.hub.subscribe(member.id(), &sub).map_err(|_| EngineError::Closed)?;
+        drop(t);
+        if let (true, Ok(mut conn)) = (ns.presence, self.conn()) {
+            let k = keys(channel);
+            let client = member.id().as_str();
+            let value = format!("{}\t{}\t{user}", self.node, self.instance);
+            let push = json!({ "push": { "channel": channel, "join": { "client": client, "user": user } } });
+            let mut pipe = redis::pipe();
+            pipe.hset(&k.pres, client, value).ignore();
+            pipe.publish(&k.channel, format!("J {client} {push}")).ignore();
+            // The member is subscribed already: a failure here costs the presence entry only.
+            if let Err(error) = timed("presence", pipe.query_async::<()>(&mut conn)).await {
+                tracing::warn!(channel, %error, "pubsub: presence entry not written");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Brings this node's members from their position to `top` with `entries`; when that
+    /// cannot be done exactly, unsubscribes them (they must recover). Afterwards the node's
+    /// position is `top` of `epoch`.
+    fn catch_up(&self, channel: &str, t: &mut Tracked, epoch: &str, top: u64, entries: &[Entry]) {
+        let sub = subscription(channel);
+        match &t.position {
+            Some((e, l)) if e == epoch && *l >= top => return,
+            Some((e, l)) if e == epoch => match covering(entries, *l, top) {
+                Some(missing) => {
+                    for entry in missing {
+                        self.deliver(channel, &sub, &entry.publication);
+                    }
+                }
+                None => self.insufficient(channel, &sub),
+            },
+            Some(_) => self.insufficient(channel, &sub),
+            None => {}
+        }
+        t.position = Some((epoch.to_owned(), top));
+    }
+
+    fn deliver(&self, channel: &str, sub: &str, publication: &Value) {
+        let push = json!({ "push": { "channel": channel, "pub": publication } });
+        self.hub.multicast_frame(sub, super::engine::text_frame(&push), &[]);
+    }
+
+    /// Unsubscribes this node's members of `channel`: what they missed cannot be delivered.
+    fn insufficient(&self, channel: &str, sub: &str) {
+        let members = self.hub.members(sub);
+        if members.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            channel,
+            members = members.len(),
+            "pubsub: publications were lost to this node (history gap or new epoch); its subscribers must recover"
+        );
+        let push = json!({ "push": { "channel": channel, "unsubscribe": {
+            "code": ErrorCode::Unrecoverable as u16,
+            "reason": "publications were missed; subscribe again with recover",
+        } } });
+        let text = push.to_string();
+        for id in members {
+            let _ = self.hub.unsubscribe(&id, sub);
+            if let Some(handle) = self.hub.channel(id.as_str()) {
+                let _ = handle.send_text(&text);
+            }
+        }
+        let _ = self.requests.send(Request::Reconcile(channel.to_owned()));
+    }
+
+    /// A live message from the channel's Redis subscription.
+    async fn on_message(&self, redis_channel: &str, payload: &[u8]) {
+        let Some(channel) = channel_of(redis_channel) else { return };
+        let Ok(text) = std::str::from_utf8(payload) else { return };
+        let sub = subscription(channel);
+        match text.as_bytes().first() {
+            Some(b'P') => {
+                let mut parts = text.splitn(4, ' ');
+                let (_, Some(epoch), Some(offset), Some(body)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return;
+                };
+                let Ok(offset) = offset.parse::<u64>() else { return };
+                let Some(tracked) = lock(&self.tracked).get(channel).cloned() else { return };
+                let mut t = tracked.lock().await;
+                let Some((known, last)) = t.position.clone() else { return };
+                if known == epoch && offset <= last {
+                    return; // delivered from the history already
+                }
+                if known == epoch && offset == last + 1 {
+                    if let Some(publication) = publication(offset, body) {
+                        self.deliver(channel, &sub, &publication);
+                    }
+                    t.position = Some((known, offset));
+                    return;
+                }
+                // A gap or another epoch: read what is missing.
+                match self.read(channel, t.ttl_ms, t.meta_ttl_ms, Some(last)).await {
+                    Ok((epoch, top, entries)) => self.catch_up(channel, &mut t, &epoch, top, &entries),
+                    Err(error) => {
+                        tracing::warn!(channel, %error, "pubsub: cannot fill a gap from the history");
+                        self.insufficient(channel, &sub);
+                        t.position = None;
+                    }
+                }
+            }
+            Some(b'J') => {
+                let mut parts = text.splitn(3, ' ');
+                let (_, Some(client), Some(push)) = (parts.next(), parts.next(), parts.next()) else { return };
+                if serde_json::from_str::<Value>(push).is_ok() {
+                    let frame = crate::pubsub::hub::encode(&crate::apps::Message::Text(push.to_owned().into()));
+                    self.hub.multicast_frame(&sub, frame, &[ChannelId::from(client)]);
+                }
+            }
+            Some(b'L') => {
+                if let Some(push) = text.strip_prefix("L ").filter(|p| serde_json::from_str::<Value>(p).is_ok()) {
+                    let frame = crate::pubsub::hub::encode(&crate::apps::Message::Text(push.to_owned().into()));
+                    self.hub.multicast_frame(&sub, frame, &[]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// After a (re)connect: reads every tracked channel again and catches its members up.
+    async fn resync(&self) {
+        let all: Vec<(String, Arc<tokio::sync::Mutex<Tracked>>)> =
+            lock(&self.tracked).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (channel, tracked) in all {
+            let mut t = tracked.lock().await;
+            let Some((_, last)) = t.position.clone() else { continue };
+            match self.read(&channel, t.ttl_ms, t.meta_ttl_ms, Some(last)).await {
+                Ok((epoch, top, entries)) => self.catch_up(&channel, &mut t, &epoch, top, &entries),
+                Err(_) => return, // lost again; the next connect resyncs
+            }
+        }
+    }
+
+    /// Removes `member` from `channel` (presence too, with a `leave` push to every node).
+    pub async fn unsubscribe(&self, channel: &str, ns: &NamespaceConfig, member: &ChannelId) {
+        let _ = self.hub.unsubscribe(member, &subscription(channel));
+        let _ = self.requests.send(Request::Reconcile(channel.to_owned()));
+        if !ns.presence {
+            return;
+        }
+        let Ok(mut conn) = self.conn() else { return };
+        let k = keys(channel);
+        let removed: Result<(String, usize), _> = timed("presence", async {
+            let value: Option<String> =
+                redis::cmd("HGET").arg(&k.pres).arg(member.as_str()).query_async(&mut conn).await?;
+            let n: usize = redis::cmd("HDEL").arg(&k.pres).arg(member.as_str()).query_async(&mut conn).await?;
+            Ok((value.unwrap_or_default(), n))
+        })
+        .await;
+        if let Ok((value, 1)) = removed {
+            let user = value.splitn(3, '\t').nth(2).unwrap_or_default().to_owned();
+            let push = json!({ "push": { "channel": channel, "leave": { "client": member.as_str(), "user": user } } });
+            let _ = timed(
+                "leave",
+                redis::cmd("PUBLISH").arg(&k.channel).arg(format!("L {push}")).query_async::<()>(&mut conn),
+            )
+            .await;
+        }
+    }
+
+    /// The cluster-wide presence set: client id → user, without entries of dead nodes (which
+    /// are deleted here).
+    pub async fn presence(&self, channel: &str) -> Result<BTreeMap<String, String>, EngineError> {
+        let mut conn = self.conn()?;
+        let k = keys(channel);
+        let entries: HashMap<String, String> =
+            timed("presence", redis::cmd("HGETALL").arg(&k.pres).query_async(&mut conn)).await?;
+        let nodes: Vec<String> = entries
+            .values()
+            .filter_map(|v| v.split('\t').next().map(str::to_owned))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut alive = HashMap::new();
+        if !nodes.is_empty() {
+            let names: Vec<String> = nodes.iter().map(|n| format!("wsgate:alive:{n}")).collect();
+            let instances: Vec<Option<String>> =
+                timed("presence", redis::cmd("MGET").arg(&names).query_async(&mut conn)).await?;
+            alive.extend(nodes.into_iter().zip(instances));
+        }
+        let mut clients = BTreeMap::new();
+        let mut ghosts = Vec::new();
+        for (client, value) in entries {
+            let mut parts = value.splitn(3, '\t');
+            let (node, instance, user) =
+                (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next());
+            match (alive.get(node), user) {
+                (Some(Some(current)), Some(user)) if current == instance => {
+                    clients.insert(client, user.to_owned());
+                }
+                _ => ghosts.push(client),
+            }
+        }
+        if !ghosts.is_empty() {
+            let _ = timed("presence", redis::cmd("HDEL").arg(&k.pres).arg(&ghosts).query_async::<()>(&mut conn)).await;
+        }
+        Ok(clients)
+    }
+
+    /// Up to `limit` publications (the newest, or the first after `since`) and the position.
+    pub async fn history(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        limit: usize,
+        since: Option<&Position>,
+    ) -> Result<HistoryPage, EngineError> {
+        let ttl = ns.history_ttl();
+        let (epoch, top, entries) =
+            self.read(channel, millis(ttl), millis(ttl.max(META_TTL)), since.map(|s| s.offset)).await?;
+        let publications = match since {
+            Some(since) => {
+                if since.epoch != epoch || since.offset > top {
+                    return Err(EngineError::Unrecoverable);
+                }
+                let mut list: Vec<Value> = covering(&entries, since.offset, top)
+                    .ok_or(EngineError::Unrecoverable)?
+                    .into_iter()
+                    .map(|e| e.publication.clone())
+                    .collect();
+                list.truncate(limit);
+                list
+            }
+            None => {
+                let skip = entries.len().saturating_sub(limit);
+                entries.into_iter().skip(skip).map(|e| e.publication).collect()
+            }
+        };
+        Ok(HistoryPage { publications, position: Position { offset: top, epoch } })
+    }
+
+    /// Drops tracked channels with no local members (their position is read again when a
+    /// member comes back).
+    fn sweep(&self) {
+        lock(&self.tracked).retain(|channel, tracked| {
+            let Ok(mut t) = tracked.try_lock() else { return true };
+            if self.wanted(channel) {
+                return true;
+            }
+            t.removed = true;
+            false
+        });
+    }
+
+    /// Whether this node has a working Redis connection for channels.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// The metrics label is the namespace's, as on one node.
+    pub fn label(ns: &NamespaceConfig) -> NamespaceLabel {
+        NamespaceLabel { namespace: ns.pattern.clone() }
+    }
+}
+
+/// The connection task: the command connection, the subscriber connection, the heartbeat,
+/// subscriptions that follow local interest, reconnects with backoff.
+async fn run(
+    cluster: Weak<Cluster>,
+    settings: RedisSettings,
+    conn_tx: watch::Sender<Option<MultiplexedConnection>>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.tick().await;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let Some(me) = cluster.upgrade() else { return };
+        let session = connect(&me, &settings).await;
+        drop(me);
+        match session {
+            Ok((conn, sink, stream, active)) => {
+                backoff = BACKOFF_MIN;
+                conn_tx.send_replace(Some(conn.clone()));
+                if let Some(me) = cluster.upgrade() {
+                    me.connected.store(true, Ordering::Release);
+                    me.resync().await;
+                }
+                let why = serve(&cluster, conn, sink, stream, active, &mut requests, &mut stop, &mut sweep).await;
+                conn_tx.send_replace(None);
+                if let Some(me) = cluster.upgrade() {
+                    me.connected.store(false, Ordering::Release);
+                }
+                match why {
+                    None => return,
+                    Some(why) => tracing::warn!(%why, "pubsub cluster: lost Redis; reconnecting"),
+                }
+            }
+            Err(why) => tracing::warn!(%why, "pubsub cluster: cannot connect to Redis; retrying"),
+        }
+        let wait = backoff.mul_f64(0.8 + 0.4 * fastrand::f64());
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = stop.changed() => return,
+                request = requests.recv() => match request {
+                    None => return,
+                    Some(Request::Hold(_, answer)) => { let _ = answer.send(false); }
+                    Some(Request::Reconcile(_)) => {}
+                },
+            }
+        }
+    }
+}
+
+type Session = (MultiplexedConnection, PubSubSink, redis::aio::PubSubStream, HashSet<String>);
+
+async fn connect(me: &Cluster, settings: &RedisSettings) -> Result<Session, String> {
+    let (client, _) = settings.current_client().await?;
+    let io = |e: EngineError| e.to_string();
+    let mut conn = timed("connect", client.get_multiplexed_async_connection()).await.map_err(io)?;
+    let pubsub = timed("connect (subscriber)", client.get_async_pubsub()).await.map_err(io)?;
+    let (mut sink, stream) = pubsub.split();
+    heartbeat(me, &mut conn).await.map_err(io)?;
+    let wanted: Vec<String> = {
+        let tracked: Vec<String> = lock(&me.tracked).keys().cloned().collect();
+        let pending: Vec<String> = lock(&me.pending).keys().cloned().collect();
+        tracked.into_iter().chain(pending).filter(|c| me.wanted(c)).collect::<HashSet<_>>().into_iter().collect()
+    };
+    if !wanted.is_empty() {
+        let channels: Vec<String> = wanted.iter().map(|c| keys(c).channel).collect();
+        timed("SUBSCRIBE", sink.subscribe(channels)).await.map_err(io)?;
+    }
+    Ok((conn, sink, stream, wanted.into_iter().collect()))
+}
+
+async fn heartbeat(me: &Cluster, conn: &mut MultiplexedConnection) -> Result<(), EngineError> {
+    let key = format!("wsgate:alive:{}", me.node);
+    timed(
+        "heartbeat",
+        redis::cmd("SET").arg(key).arg(&me.instance).arg("PX").arg(millis(PRESENCE_TTL)).query_async::<()>(conn),
+    )
+    .await
+}
+
+/// Serves one connection; `None` when stopped, `Some(reason)` when the connection was lost.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    cluster: &Weak<Cluster>,
+    mut conn: MultiplexedConnection,
+    mut sink: PubSubSink,
+    mut stream: redis::aio::PubSubStream,
+    mut active: HashSet<String>,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    stop: &mut watch::Receiver<bool>,
+    sweep: &mut tokio::time::Interval,
+) -> Option<String> {
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.tick().await;
+    loop {
+        tokio::select! {
+            msg = poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)) => {
+                let Some(msg) = msg else { return Some("the subscriber connection closed".into()) };
+                let me = cluster.upgrade()?;
+                me.on_message(msg.get_channel_name(), msg.get_payload_bytes()).await;
+            }
+            request = requests.recv() => {
+                let me = cluster.upgrade()?;
+                match request? {
+                    Request::Hold(channel, answer) => {
+                        if !active.contains(&channel) {
+                            if let Err(e) = timed("SUBSCRIBE", sink.subscribe(keys(&channel).channel)).await {
+                                let _ = answer.send(false);
+                                return Some(e.to_string());
+                            }
+                            active.insert(channel);
+                        }
+                        let _ = answer.send(true);
+                    }
+                    Request::Reconcile(channel) => {
+                        if active.contains(&channel) && !me.wanted(&channel) {
+                            if let Err(e) = timed("UNSUBSCRIBE", sink.unsubscribe(keys(&channel).channel)).await {
+                                return Some(e.to_string());
+                            }
+                            active.remove(&channel);
+                        }
+                    }
+                }
+            }
+            _ = beat.tick() => {
+                let me = cluster.upgrade()?;
+                if let Err(e) = heartbeat(&me, &mut conn).await {
+                    return Some(e.to_string());
+                }
+                if let Err(e) = timed("PING (subscriber)", sink.ping::<redis::Value>()).await {
+                    return Some(e.to_string());
+                }
+            }
+            _ = sweep.tick() => cluster.upgrade()?.sweep(),
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_and_coverage() {
+        let e = parse_entry(r#"7 1733450000000 {"data":{"x":1},"info":{"user":"u","client":"c"}}"#).unwrap();
+        assert_eq!(e.offset, 7);
+        assert_eq!(e.publication, json!({"offset":7,"data":{"x":1},"info":{"user":"u","client":"c"}}));
+        assert!(parse_entry("7 1 not-json").is_none());
+        assert!(parse_entry("x 1 {}").is_none());
+        let list: Vec<Entry> = (3..=6).map(|o| Entry { offset: o, publication: json!(o) }).collect();
+        assert_eq!(covering(&list, 2, 6).unwrap().len(), 4);
+        assert_eq!(covering(&list, 4, 6).unwrap().len(), 2);
+        assert_eq!(covering(&list, 6, 6).unwrap().len(), 0);
+        assert!(covering(&list, 1, 6).is_none(), "offset 2 was trimmed");
+        assert!(covering(&list, 2, 7).is_none(), "offset 7 is missing");
+        let holey: Vec<Entry> = [3, 5].iter().map(|&o| Entry { offset: o, publication: json!(o) }).collect();
+        assert!(covering(&holey, 2, 5).is_none());
+        assert_eq!(channel_of(&keys("a b{c}").channel), Some("a b{c}"));
+    }
+}
