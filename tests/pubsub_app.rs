@@ -536,3 +536,104 @@ async fn public_key_tokens_rsa_rs256_and_ps256() {
     drop(c);
     gate.server.shutdown().await;
 }
+
+/// A JWK Set served over HTTP by the test: the body can be swapped (key rotation) and the
+/// fetches are counted.
+struct KeyServer {
+    url: String,
+    body: Arc<Mutex<String>>,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn key_server(body: String) -> KeyServer {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let body = Arc::new(Mutex::new(body));
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (b, f) = (body.clone(), fetches.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (b, f) = (b.clone(), f.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| {
+                    f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let text = b.lock().unwrap().clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(text),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    KeyServer { url, body, fetches }
+}
+
+/// An Ed25519 key pair: its JWK (with `kid`) and a signing key.
+fn ed25519_jwk(kid: &str) -> (Value, EncodingKey) {
+    use base64::Engine;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key_raw());
+    let jwk = json!({"kty":"OKP","crv":"Ed25519","kid":kid,"use":"sig","x":x});
+    (jwk, EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap())
+}
+
+fn ed_token(kid: &str, key: &EncodingKey, sub: &str) -> String {
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(kid.to_owned());
+    encode(&header, &json!({"sub":sub,"exp":now()+60}), key).unwrap()
+}
+
+#[tokio::test]
+async fn jwks_keys_rotate_without_a_restart() {
+    let (jwk1, key1) = ed25519_jwk("k1");
+    let (jwk2, key2) = ed25519_jwk("k2");
+    let server = key_server(json!({ "keys": [jwk1.clone()] }).to_string()).await;
+    let up = start_upstream().await;
+    let gate = start_gate(&config(&format!("jwks_url = \"{}\"", server.url), 10), up.addr).await;
+
+    // k1 is in the set: a connection token signed with it passes, before the 101 too.
+    let mut c = Client::open(gate.addr, "/live").await;
+    let hello = c.call("connect", json!({ "token": ed_token("k1", &key1, "ana") })).await;
+    assert_eq!(hello["connect"]["user"], "ana", "{hello}");
+    let path = format!("/live?token={}", ed_token("k1", &key1, "bo"));
+    let mut by_query = Client::open(gate.addr, &path).await;
+    assert!(by_query.call("subscribe", json!({"channel":"chat:1"})).await.get("subscribe").is_some());
+
+    // A token naming k1 but signed with another key, and one naming no key, are refused.
+    assert_eq!(error_code(&c.call("connect", json!({ "token": ed_token("k1", &key2, "eve") })).await), 101);
+    let no_kid = encode(&Header::new(Algorithm::EdDSA), &json!({"sub":"eve"}), &key1).unwrap();
+    assert_eq!(error_code(&c.call("connect", json!({ "token": no_kid })).await), 101);
+
+    // The issuer rotates to k2: a k2 token is accepted once wsgate refetches the set because
+    // of the unknown kid (at most once per 2 s), with no restart.
+    *server.body.lock().unwrap() = json!({ "keys": [jwk2] }).to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = c.call("connect", json!({ "token": ed_token("k2", &key2, "cy") })).await;
+        if reply["connect"]["user"] == "cy" {
+            break;
+        }
+        assert_eq!(error_code(&reply), 101, "{reply}");
+        assert!(std::time::Instant::now() < deadline, "k2 never picked up: {reply}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // k1 left the set: its tokens are refused now.
+    assert_eq!(error_code(&c.call("connect", json!({ "token": ed_token("k1", &key1, "ana") })).await), 101);
+
+    // Tokens with made-up key ids do not turn wsgate into a load generator.
+    let before = server.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    for i in 0..30 {
+        let bogus = ed_token(&format!("made-up-{i}"), &key2, "eve");
+        assert_eq!(error_code(&c.call("connect", json!({ "token": bogus })).await), 101);
+    }
+    let extra = server.fetches.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(extra <= 2, "{extra} fetches for 30 unknown key ids in well under 2 s");
+    drop((c, by_query));
+    gate.server.shutdown().await;
+}

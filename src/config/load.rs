@@ -949,7 +949,7 @@ mod tests {
             "[apps.live]\nkind = \"pubsub\"\nurls = [\"/live\"]\n[apps.live.jwt]\naudience = \"x\"\n\
              [[apps.live.namespaces]]\npattern = \"[\"\nhistory = 1000000\n",
         );
-        assert!(e.contains("apps.live.jwt: set exactly one of hmac_secret_file and public_key_file"), "{e}");
+        assert!(e.contains("apps.live.jwt: set exactly one of hmac_secret_file, public_key_file and jwks_url"), "{e}");
         assert!(e.contains("apps.live.namespaces.0.pattern: \"[\" is not a valid pattern"), "{e}");
         assert!(e.contains("apps.live.namespaces.0.history: at most 100000"), "{e}");
         let e = load_err("[apps.live]\nkind = \"pubsub\"\nurls = [\"/live\"]\n");

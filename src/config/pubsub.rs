@@ -19,6 +19,10 @@ pub struct JwtConfig {
     /// RS*/PS* (RSA), ES256/ES384 (EC) or EdDSA (Ed25519): a PEM public key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key_file: Option<PathBuf>,
+    /// A JWK Set (RFC 7517) fetched over `http://` or `https://`: tokens name their key by
+    /// `kid`; refetched every 10 minutes and when a token names an unknown `kid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
     /// Required `aud` claim, when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,

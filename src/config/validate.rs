@@ -399,8 +399,20 @@ fn pubsub_rules(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
         }
     }
     if let Some(jwt) = &app.jwt {
-        if jwt.hmac_secret_file.is_some() == jwt.public_key_file.is_some() {
-            out.push(Issue::new(format!("{base}.jwt"), "set exactly one of hmac_secret_file and public_key_file"));
+        let sources = [jwt.hmac_secret_file.is_some(), jwt.public_key_file.is_some(), jwt.jwks_url.is_some()];
+        if sources.iter().filter(|set| **set).count() != 1 {
+            out.push(Issue::new(
+                format!("{base}.jwt"),
+                "set exactly one of hmac_secret_file, public_key_file and jwks_url",
+            ));
+        }
+        if let Some(url) = &jwt.jwks_url {
+            let ok = url.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+            });
+            if !ok {
+                out.push(Issue::new(format!("{base}.jwt.jwks_url"), "an http:// or https:// URL with a host"));
+            }
         }
     }
     if let Some(n) = app.max_subscriptions {

@@ -212,7 +212,7 @@ fn parse_url(url: &str) -> Result<Target, ClientError> {
     Ok(Target { tls, host, port, authority, path })
 }
 
-fn tls_connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector, ClientError> {
+pub(crate) fn tls_connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector, ClientError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod engine;
 pub mod events;
+pub mod jwks;
 pub mod protocol;
 pub mod token;
 
@@ -248,6 +249,7 @@ impl PubSub {
         if let Command::Connect { token } = command {
             let identity = match (&self.verifier, token) {
                 (Some(verifier), Some(token)) => {
+                    verifier.prepare(&token).await;
                     Identity::from_claims(self.verify(verifier, &token).map_err(|e| token_failure(&e))?)
                 }
                 (Some(_), None) => {
@@ -288,6 +290,9 @@ impl PubSub {
                         ErrorCode::LimitExceeded,
                         format!("at most {} subscriptions per connection", self.max_subscriptions),
                     ));
+                }
+                if let (Some(verifier), Some(token)) = (&self.verifier, &s.token) {
+                    verifier.prepare(token).await;
                 }
                 self.may_subscribe(&s, ns.subscribe, &identity.user, &identity.channels)?;
                 self.subscribe(channel, &s, &identity.user, id).await.map_err(engine_failure)?;
@@ -425,9 +430,10 @@ impl PubSub {
             count_token_failure(&self.engine, "missing");
             return Err(refuse(http::StatusCode::UNAUTHORIZED, "a token is needed (?token= or Authorization: Bearer)"));
         };
-        self.verify::<ConnectionClaims>(verifier, &token)
-            .map(Identity::from_claims)
-            .map_err(|e| refuse(http::StatusCode::UNAUTHORIZED, &e.to_string()))
+        self.verify::<ConnectionClaims>(verifier, &token).map(Identity::from_claims).map_err(|e| {
+            verifier.prepare_later(&token); // a key rotated in: the browser's next try finds it
+            refuse(http::StatusCode::UNAUTHORIZED, &e.to_string())
+        })
     }
 
     /// Starts an event stream; on `Err` nothing of it is left behind.
@@ -500,18 +506,21 @@ impl App for PubSub {
     }
 
     fn pre_accept(&self, request: &UpgradeRequest<'_>) -> Option<PreAccept> {
-        let verifier = self.verifier.as_ref()?;
+        self.verifier.as_ref()?;
         let token = query_token(request.url)?;
-        match self.verify::<ConnectionClaims>(verifier, &token) {
-            Ok(claims) => {
-                lock(&self.pending).insert(request.channel.clone(), Identity::from_claims(claims));
-                Some(Box::pin(async { Ok(()) }))
+        let app = self.me.upgrade()?;
+        let channel = request.channel.clone();
+        Some(Box::pin(async move {
+            let verifier = app.verifier.as_ref().ok_or_else(|| *refuse(http::StatusCode::UNAUTHORIZED, "no key"))?;
+            verifier.prepare(&token).await;
+            match app.verify::<ConnectionClaims>(verifier, &token) {
+                Ok(claims) => {
+                    lock(&app.pending).insert(channel, Identity::from_claims(claims));
+                    Ok(())
+                }
+                Err(e) => Err(*refuse(http::StatusCode::UNAUTHORIZED, &e.to_string())),
             }
-            Err(e) => {
-                let rejection = *refuse(http::StatusCode::UNAUTHORIZED, &e.to_string());
-                Some(Box::pin(async move { Err(rejection) }))
-            }
-        }
+        }))
     }
 
     fn on_accept_failed(&self, channel: &ChannelHandle) {

@@ -7,11 +7,13 @@
 //! token instead of being skipped.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::jwks::Jwks;
 use crate::config::pubsub::JwtConfig;
 
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: a key of at least the hash's size).
@@ -58,9 +60,17 @@ pub enum TokenError {
     Invalid(String),
 }
 
-/// Checks tokens against one key.
+/// Where the verifying keys come from.
+enum Keys {
+    /// One key from the configuration.
+    Fixed(DecodingKey),
+    /// A JWK Set: the token's `kid` picks the key and its algorithms.
+    Set(Arc<Jwks>),
+}
+
+/// Checks tokens against the configured key, or the key its `kid` names in a JWK Set.
 pub struct Verifier {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
 }
 
@@ -77,8 +87,15 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 impl Verifier {
     /// A verifier for `config` (reads the key file).
     pub fn from_config(config: &JwtConfig) -> Result<Self, String> {
-        let (key, algorithms) = match (&config.hmac_secret_file, &config.public_key_file) {
-            (Some(path), None) => {
+        let (keys, algorithms) = match (&config.hmac_secret_file, &config.public_key_file, &config.jwks_url) {
+            (None, None, Some(url)) => {
+                let jwks = Jwks::new(url)?;
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    Jwks::spawn_refresher(&jwks);
+                }
+                (Keys::Set(jwks), vec![Algorithm::RS256]) // replaced per token by its key's
+            }
+            (Some(path), None, None) => {
                 let mut secret = read(path)?;
                 while secret.last().is_some_and(u8::is_ascii_whitespace) {
                     secret.pop();
@@ -90,11 +107,12 @@ impl Verifier {
                         secret.len()
                     ));
                 }
-                (DecodingKey::from_secret(&secret), vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512])
+                let hmac = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+                (Keys::Fixed(DecodingKey::from_secret(&secret)), hmac)
             }
-            (None, Some(path)) => {
+            (None, Some(path), None) => {
                 let pem = read(path)?;
-                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                let (key, algorithms) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                     let rsa = [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::PS256];
                     (key, [rsa.as_slice(), &[Algorithm::PS384, Algorithm::PS512]].concat())
                 } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
@@ -103,10 +121,12 @@ impl Verifier {
                     (key, vec![Algorithm::EdDSA])
                 } else {
                     return Err(format!("{}: not a PEM RSA, EC or Ed25519 public key", path.display()));
-                }
+                };
+                (Keys::Fixed(key), algorithms)
             }
-            _ => return Err("set exactly one of hmac_secret_file and public_key_file".into()),
+            _ => return Err("set exactly one of hmac_secret_file, public_key_file and jwks_url".into()),
         };
+
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
         validation.required_spec_claims.clear(); // exp is optional (no expiry); checked when present
@@ -125,17 +145,50 @@ impl Verifier {
             validation.set_issuer(&[issuer]);
             validation.required_spec_claims.insert("iss".into());
         }
-        Ok(Verifier { key, validation })
+        Ok(Verifier { keys, validation })
+    }
+
+    /// With a JWK Set: fetches the set again when `token` names a `kid` it lacks (rate
+    /// limited). Call before [`Verifier::verify`] where waiting is possible.
+    pub async fn prepare(&self, token: &str) {
+        if let (Keys::Set(jwks), Some(kid)) = (&self.keys, kid(token)) {
+            jwks.ensure(&kid).await;
+        }
+    }
+
+    /// Like [`Verifier::prepare`], in the background (for callers that cannot wait: the next
+    /// attempt finds the key).
+    pub fn prepare_later(&self, token: &str) {
+        if let (Keys::Set(jwks), Some(kid)) = (&self.keys, kid(token)) {
+            let jwks = jwks.clone();
+            tokio::spawn(async move { jwks.ensure(&kid).await });
+        }
     }
 
     /// Verifies `token` and returns its claims.
     pub fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
-        match jsonwebtoken::decode::<T>(token, &self.key, &self.validation) {
+        let decoded = match &self.keys {
+            Keys::Fixed(key) => jsonwebtoken::decode::<T>(token, key, &self.validation),
+            Keys::Set(jwks) => {
+                let kid = kid(token).ok_or_else(|| TokenError::Invalid("the token names no key (kid)".into()))?;
+                let entry =
+                    jwks.get(&kid).ok_or_else(|| TokenError::Invalid(format!("no key {kid:?} in the JWK Set")))?;
+                let mut validation = self.validation.clone();
+                validation.algorithms = entry.algorithms;
+                jsonwebtoken::decode::<T>(token, &entry.key, &validation)
+            }
+        };
+        match decoded {
             Ok(data) => Ok(data.claims),
             Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
             Err(e) => Err(TokenError::Invalid(e.to_string())),
         }
     }
+}
+
+/// The `kid` in a token's header.
+fn kid(token: &str) -> Option<String> {
+    jsonwebtoken::decode_header(token).ok()?.kid
 }
 
 #[cfg(test)]
@@ -152,6 +205,7 @@ mod tests {
         let mut config = JwtConfig {
             hmac_secret_file: Some(file.path().into()),
             public_key_file: None,
+            jwks_url: None,
             audience: None,
             issuer: None,
             leeway: None,
@@ -216,6 +270,7 @@ mod tests {
         let config = JwtConfig {
             hmac_secret_file: Some(file.path().into()),
             public_key_file: None,
+            jwks_url: None,
             audience: None,
             issuer: None,
             leeway: None,
