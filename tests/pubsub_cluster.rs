@@ -255,6 +255,43 @@ async fn a_redis_restart_is_a_new_epoch_never_a_silent_gap() {
     b.server.shutdown().await;
 }
 
+/// One sample of `/metrics` on an admin listener (0 when absent).
+async fn metric(admin_addr: SocketAddr, series: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut all)).await.unwrap().unwrap();
+    all.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// The `nodes` of the dashboard's snapshot (`GET /v1/events`) once it equals `want`, or the
+/// last one seen after 15 s (the list follows the heartbeats, every 10 s).
+async fn dashboard_nodes(admin_addr: SocketAddr, want: &[&str]) -> Vec<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        let mut stream = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
+        stream.write_all(b"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = tokio::time::timeout(TIMEOUT, lines.next_line()).await.unwrap() {
+            if let Some(data) = line.strip_prefix("data: ") {
+                let snapshot: Value = serde_json::from_str(data).unwrap();
+                last = snapshot["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()).collect();
+                break;
+            }
+        }
+        if last == want {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    last
+}
+
 /// The member ids in a presence answer.
 fn members(presence: &Value) -> Vec<String> {
     let mut ids: Vec<String> = presence["clients"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
@@ -297,6 +334,11 @@ async fn presence_spans_nodes_and_a_killed_node_leaves_within_30s() {
     }
     let (status, api) = admin(b.server.admin_addr().unwrap(), "GET", "/v1/presence/chat:room", "").await;
     assert_eq!((status, members(&api)), (200, all.clone()));
+    // Node a's gauges count its own members; its dashboard lists the three live nodes.
+    let a_admin = a.server.admin_addr().unwrap();
+    assert_eq!(metric(a_admin, "wsgate_pubsub_presence_clients{namespace=\"chat:*\"}").await, 1.0);
+    assert!(metric(a_admin, "wsgate_pubsub_channels{namespace=\"chat:*\"}").await >= 1.0);
+    assert_eq!(dashboard_nodes(a_admin, &["qa", "qb", "qc"]).await, ["qa", "qb", "qc"]);
 
     // b leaves cleanly: a is told at once, and b is gone from presence.
     cb.call("unsubscribe", json!({"channel":"chat:room"})).await;
@@ -317,6 +359,8 @@ async fn presence_spans_nodes_and_a_killed_node_leaves_within_30s() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("the killed node's member was gone after {:?}", killed.elapsed());
+    // Its heartbeat expired with it: the dashboard stops listing it.
+    assert_eq!(dashboard_nodes(a.server.admin_addr().unwrap(), &["qa", "qb"]).await, ["qa", "qb"]);
     a.server.shutdown().await;
     b.server.shutdown().await;
 }

@@ -6,7 +6,8 @@
 //! apply unchanged: the Host rule, the cross-site rule for actions, and the bearer token when
 //! one is configured (the page asks for it and sends it as `Authorization`, never in a URL).
 //!
-//! A snapshot is `{"node", "broker":{"kind","connected","errors"}, "draining", "metrics":
+//! A snapshot is `{"node", "broker":{"kind","connected","errors"}, "nodes":[live nodes of the
+//! cluster, from their Redis heartbeats], "draining", "metrics":
 //! <the /metrics text>, "subscriptions":[{"name","channels"}], "channels":[..], "channel_total"}`
 //! with at most [`MAX_LISTED`] subscriptions and channels (the page says when it cut). The
 //! metrics text is parsed by the page: one source of the figures, the same as a scraper's.
@@ -64,6 +65,7 @@ pub fn snapshot(state: &AdminState) -> serde_json::Value {
     json!({
         "node": state.hub.broker().map(|b| b.node().to_owned()),
         "broker": broker,
+        "nodes": state.channels.cluster_nodes(),
         "draining": *state.readiness.draining.borrow(),
         "metrics": state.metrics.render(),
         "subscriptions": subscriptions.iter().take(MAX_LISTED)

@@ -221,6 +221,8 @@ struct Tracked {
     meta_ttl_ms: u64,
     /// Set by the sweeper when it dropped this entry: whoever holds it must look again.
     removed: bool,
+    /// The `pubsub_channels` gauge it counts in.
+    label: NamespaceLabel,
 }
 
 enum Request {
@@ -244,6 +246,8 @@ pub struct Cluster {
     tracked: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Tracked>>>>,
     publish_script: Script,
     read_script: Script,
+    /// The live nodes (their heartbeat keys), as of the last heartbeat.
+    nodes: Mutex<Vec<String>>,
     stop: watch::Sender<bool>,
 }
 
@@ -296,6 +300,7 @@ impl Cluster {
             tracked: Mutex::new(HashMap::new()),
             publish_script: Script::new(PUBLISH_SCRIPT),
             read_script: Script::new(READ_SCRIPT),
+            nodes: Mutex::new(Vec::new()),
             stop: watch::channel(false).0,
         });
         let stop = cluster.stop.subscribe();
@@ -307,12 +312,30 @@ impl Cluster {
         self.conn.borrow().clone().ok_or_else(|| unavailable("not connected to Redis"))
     }
 
+    /// The nodes alive in the cluster (a heartbeat within 30 s), as of the last heartbeat
+    /// (every 10 s); empty while Redis is unreachable.
+    pub fn nodes(&self) -> Vec<String> {
+        lock(&self.nodes).clone()
+    }
+
+    /// Changes the `pubsub_presence_clients` gauge of `ns` by `delta`.
+    fn presence_gauge(&self, ns: &NamespaceConfig, delta: i64) {
+        if let Some(m) = self.hub.metrics() {
+            m.pubsub_presence_clients.get_or_create(&Self::label(ns)).inc_by(delta);
+        }
+    }
+
     /// Channels this node tracks now.
     pub fn channel_count(&self) -> usize {
         lock(&self.tracked).len()
     }
 
-    fn tracked(&self, channel: &str, max: usize) -> Result<Arc<tokio::sync::Mutex<Tracked>>, EngineError> {
+    fn tracked(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        max: usize,
+    ) -> Result<Arc<tokio::sync::Mutex<Tracked>>, EngineError> {
         let mut tracked = lock(&self.tracked);
         if let Some(t) = tracked.get(channel) {
             return Ok(t.clone());
@@ -320,8 +343,16 @@ impl Cluster {
         if tracked.len() >= max {
             return Err(EngineError::TooManyChannels);
         }
-        let t =
-            Arc::new(tokio::sync::Mutex::new(Tracked { position: None, ttl_ms: 0, meta_ttl_ms: 0, removed: false }));
+        let t = Arc::new(tokio::sync::Mutex::new(Tracked {
+            position: None,
+            ttl_ms: 0,
+            meta_ttl_ms: 0,
+            removed: false,
+            label: Self::label(ns),
+        }));
+        if let Some(m) = self.hub.metrics() {
+            m.pubsub_channels.get_or_create(&Self::label(ns)).inc();
+        }
         tracked.insert(channel.to_owned(), t.clone());
         Ok(t)
     }
@@ -432,7 +463,7 @@ impl Cluster {
     ) -> Result<Option<bool>, EngineError> {
         let sub = subscription(channel);
         let mut t = loop {
-            let guard = self.tracked(channel, max_channels)?.lock_owned().await;
+            let guard = self.tracked(channel, ns, max_channels)?.lock_owned().await;
             if !guard.removed {
                 break guard;
             }
@@ -467,11 +498,12 @@ impl Cluster {
             let value = format!("{}\t{}\t{user}", self.node, self.instance);
             let push = json!({ "push": { "channel": channel, "join": { "client": client, "user": user } } });
             let mut pipe = redis::pipe();
-            pipe.hset(&k.pres, client, value).ignore();
+            pipe.hset(&k.pres, client, value);
             pipe.publish(&k.channel, format!("J {client} {push}")).ignore();
             // The member is subscribed already: a failure here costs the presence entry only.
-            if let Err(error) = timed("presence", pipe.query_async::<()>(&mut conn)).await {
-                tracing::warn!(channel, %error, "pubsub: presence entry not written");
+            match timed("presence", pipe.query_async::<(usize,)>(&mut conn)).await {
+                Ok((added,)) => self.presence_gauge(ns, added as i64),
+                Err(error) => tracing::warn!(channel, %error, "pubsub: presence entry not written"),
             }
         }
         Ok(outcome)
@@ -614,6 +646,7 @@ impl Cluster {
         })
         .await;
         if let Ok((value, 1)) = removed {
+            self.presence_gauge(ns, -1);
             let user = value.splitn(3, '\t').nth(2).unwrap_or_default().to_owned();
             let push = json!({ "push": { "channel": channel, "leave": { "client": member.as_str(), "user": user } } });
             let _ = timed(
@@ -704,6 +737,9 @@ impl Cluster {
                 return true;
             }
             t.removed = true;
+            if let Some(m) = self.hub.metrics() {
+                m.pubsub_channels.get_or_create(&t.label).dec();
+            }
             false
         });
     }
@@ -750,6 +786,7 @@ async fn run(
                 conn_tx.send_replace(None);
                 if let Some(me) = cluster.upgrade() {
                     me.connected.store(false, Ordering::Release);
+                    lock(&me.nodes).clear();
                 }
                 match why {
                     None => return,
@@ -796,13 +833,30 @@ async fn connect(me: &Cluster, settings: &RedisSettings) -> Result<Session, Stri
     Ok((conn, sink, stream, wanted.into_iter().collect()))
 }
 
+/// Refreshes this node's heartbeat key and reads which nodes are alive.
 async fn heartbeat(me: &Cluster, conn: &mut MultiplexedConnection) -> Result<(), EngineError> {
     let key = format!("wsgate:alive:{}", me.node);
     timed(
         "heartbeat",
         redis::cmd("SET").arg(key).arg(&me.instance).arg("PX").arg(millis(PRESENCE_TTL)).query_async::<()>(conn),
     )
-    .await
+    .await?;
+    let mut nodes = Vec::new();
+    let mut cursor = 0u64;
+    // A bounded walk: a deployment has tens of nodes, not thousands.
+    for _ in 0..100 {
+        let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("wsgate:alive:*").arg("COUNT").arg(1000).clone();
+        let (next, keys): (u64, Vec<String>) = timed("SCAN", scan.query_async(conn)).await?;
+        nodes.extend(keys.into_iter().filter_map(|k| k.strip_prefix("wsgate:alive:").map(str::to_owned)));
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    nodes.sort();
+    nodes.dedup();
+    *lock(&me.nodes) = nodes;
+    Ok(())
 }
 
 /// Serves one connection; `None` when stopped, `Some(reason)` when the connection was lost.

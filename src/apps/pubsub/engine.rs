@@ -281,6 +281,11 @@ impl Engine {
         self.hub.channel_summary(member.as_str()).is_some_and(|s| s.subscriptions.contains(&subscription))
     }
 
+    /// The live nodes of the cluster (empty on one node or while Redis is unreachable).
+    pub fn cluster_nodes(&self) -> Vec<String> {
+        self.cluster.get().map(|c| c.nodes()).unwrap_or_default()
+    }
+
     /// Whether channels live in Redis (cluster mode).
     pub fn is_clustered(&self) -> bool {
         self.cluster.get().is_some()
