@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::pubsub::{admin, error_code, Client};
+use common::pubsub::{admin, check_exact_recovery, error_code, Client};
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -312,113 +311,8 @@ async fn recovery_is_exact_under_concurrent_publishing() {
     let up = start_upstream().await;
     let gate = start_gate(&config("", 1000), up.addr).await;
     let admin_addr = gate.server.admin_addr().unwrap();
-    let addr = gate.addr;
-    let sent: Arc<Mutex<BTreeMap<u64, Value>>> = Arc::default();
-
-    let seed = fastrand::u64(..);
-    eprintln!("seed {seed}");
-    let mut subscribers = Vec::new();
-    for s in 0..SUBSCRIBERS {
-        let rng = fastrand::Rng::with_seed(seed ^ s as u64);
-        subscribers.push(tokio::spawn(subscriber(addr, rng, 2 * PER_PUBLISHER)));
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let by_client = {
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            let mut c = Client::open(addr, "/live").await;
-            for i in 0..PER_PUBLISHER {
-                let data = json!({"from":"client","i":i});
-                let r = c.call("publish", json!({"channel":"chat:p","data":data})).await;
-                sent.lock().unwrap().insert(r["publish"]["offset"].as_u64().unwrap(), data);
-            }
-        })
-    };
-    let by_api = {
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            for i in 0..PER_PUBLISHER {
-                let data = json!({"from":"api","i":i});
-                let (status, r) =
-                    admin(admin_addr, "POST", "/v1/publish", &json!({"channel":"chat:p","data":data}).to_string())
-                        .await;
-                assert_eq!(status, 200, "{r}");
-                sent.lock().unwrap().insert(r["offset"].as_u64().unwrap(), data);
-            }
-        })
-    };
-    by_client.await.unwrap();
-    by_api.await.unwrap();
-    let sent = sent.lock().unwrap().clone();
-    assert_eq!(sent.keys().copied().collect::<Vec<_>>(), (1..=2 * PER_PUBLISHER).collect::<Vec<_>>(), "offsets 1..=N");
-    for handle in subscribers {
-        let (seen, reconnects) = handle.await.unwrap();
-        assert!(reconnects > 0, "seed {seed}: the subscriber never reconnected");
-        let offsets: Vec<u64> = seen.iter().map(|(o, _)| *o).collect();
-        assert_eq!(offsets, (1..=2 * PER_PUBLISHER).collect::<Vec<_>>(), "seed {seed}: gaps, duplicates or disorder");
-        for (offset, data) in seen {
-            assert_eq!(sent[&offset], data, "seed {seed}: offset {offset}");
-        }
-    }
+    check_exact_recovery(&[gate.addr], gate.addr, admin_addr, PER_PUBLISHER, SUBSCRIBERS).await;
     gate.server.shutdown().await;
-}
-
-/// Subscribes, reads, drops the connection at random and recovers, until it has seen `total`.
-async fn subscriber(addr: SocketAddr, mut rng: fastrand::Rng, total: u64) -> (Vec<(u64, Value)>, usize) {
-    let mut seen: Vec<(u64, Value)> = Vec::new();
-    let mut position: Option<(u64, String)> = None;
-    let mut reconnects = 0;
-    loop {
-        let mut c = Client::open(addr, "/live").await;
-        let body = match &position {
-            None => json!({"channel":"chat:p"}),
-            Some((offset, epoch)) => json!({"channel":"chat:p","recover":true,"offset":offset,"epoch":epoch}),
-        };
-        let reply = c.call("subscribe", body).await;
-        let reply = &reply["subscribe"];
-        match &position {
-            None => {
-                // Joined at offset K: what came before is not ours to check, except through history.
-                let start = reply["offset"].as_u64().unwrap();
-                let history = c.call("history", json!({"channel":"chat:p"})).await;
-                for p in history["history"]["publications"].as_array().unwrap() {
-                    let o = p["offset"].as_u64().unwrap();
-                    if o <= start {
-                        seen.push((o, p["data"].clone()));
-                    }
-                }
-                assert_eq!(seen.len() as u64, start, "history holds everything before joining");
-                position = Some((start, reply["epoch"].as_str().unwrap().to_owned()));
-            }
-            Some(_) => {
-                assert_eq!(reply["recovered"], true, "{reply}");
-                reconnects += 1;
-                for p in reply["publications"].as_array().unwrap() {
-                    seen.push((p["offset"].as_u64().unwrap(), p["data"].clone()));
-                }
-            }
-        }
-        if let Some((o, _)) = seen.last() {
-            position.as_mut().unwrap().0 = *o;
-        }
-        // Read a random number of pushes, then drop the connection (or finish).
-        let budget = rng.u64(1..40);
-        for _ in 0..budget {
-            if seen.len() as u64 >= total {
-                return (seen, reconnects);
-            }
-            let p = c.push().await;
-            if let Some(publication) = p.get("pub") {
-                let o = publication["offset"].as_u64().unwrap();
-                seen.push((o, publication["data"].clone()));
-                position.as_mut().unwrap().0 = o;
-            }
-        }
-        if seen.len() as u64 >= total {
-            return (seen, reconnects);
-        }
-        drop(c);
-    }
 }
 
 #[tokio::test]

@@ -12,12 +12,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::pubsub::{admin, error_code, Client};
+use common::pubsub::{admin, check_exact_recovery, error_code, Client};
 use common::redis::Redis;
 use common::*;
 use serde_json::{json, Value};
@@ -85,54 +83,9 @@ async fn recovery_is_exact_across_three_nodes() {
     let gates = start_nodes(&redis.url(), 1000, up.addr).await;
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
     wait_ready(&addrs).await;
+    // A client on node a and the control API of node b publish; subscribers hop over all three.
     let api = gates[1].server.admin_addr().unwrap();
-    let sent: Arc<Mutex<BTreeMap<u64, Value>>> = Arc::default();
-
-    let seed = fastrand::u64(..);
-    eprintln!("seed {seed}");
-    let mut subscribers = Vec::new();
-    for s in 0..SUBSCRIBERS {
-        let rng = fastrand::Rng::with_seed(seed ^ s as u64);
-        subscribers.push(tokio::spawn(subscriber(addrs.clone(), rng, 2 * PER_PUBLISHER)));
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let by_client = {
-        let (sent, addr) = (sent.clone(), addrs[0]);
-        tokio::spawn(async move {
-            let mut c = Client::open(addr, "/live").await;
-            for i in 0..PER_PUBLISHER {
-                let data = json!({"from":"client","i":i});
-                let r = c.call("publish", json!({"channel":"chat:p","data":data})).await;
-                sent.lock().unwrap().insert(r["publish"]["offset"].as_u64().unwrap(), data);
-            }
-        })
-    };
-    let by_api = {
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            for i in 0..PER_PUBLISHER {
-                let data = json!({"from":"api","i":i});
-                let (status, r) =
-                    admin(api, "POST", "/v1/publish", &json!({"channel":"chat:p","data":data}).to_string()).await;
-                assert_eq!(status, 200, "{r}");
-                sent.lock().unwrap().insert(r["offset"].as_u64().unwrap(), data);
-            }
-        })
-    };
-    by_client.await.unwrap();
-    by_api.await.unwrap();
-    let sent = sent.lock().unwrap().clone();
-    let all: Vec<u64> = (1..=2 * PER_PUBLISHER).collect();
-    assert_eq!(sent.keys().copied().collect::<Vec<_>>(), all, "one offset per publication, cluster-wide");
-    for handle in subscribers {
-        let (seen, reconnects) = tokio::time::timeout(Duration::from_secs(60), handle).await.unwrap().unwrap();
-        assert!(reconnects > 0, "seed {seed}: the subscriber never reconnected");
-        let offsets: Vec<u64> = seen.iter().map(|(o, _)| *o).collect();
-        assert_eq!(offsets, all, "seed {seed}: gaps, duplicates or disorder");
-        for (offset, data) in seen {
-            assert_eq!(sent[&offset], data, "seed {seed}: offset {offset}");
-        }
-    }
+    check_exact_recovery(&addrs, addrs[0], api, PER_PUBLISHER, SUBSCRIBERS).await;
     // Every node reports the same position and history.
     for gate in &gates {
         let (status, page) = admin(gate.server.admin_addr().unwrap(), "GET", "/v1/history/chat:p?limit=5", "").await;
@@ -142,64 +95,6 @@ async fn recovery_is_exact_across_three_nodes() {
     }
     for gate in gates {
         gate.server.shutdown().await;
-    }
-}
-
-/// Subscribes on a random node, reads, drops the connection at random and recovers on another
-/// random node, until it has seen `total`.
-async fn subscriber(addrs: Vec<SocketAddr>, mut rng: fastrand::Rng, total: u64) -> (Vec<(u64, Value)>, usize) {
-    let mut seen: Vec<(u64, Value)> = Vec::new();
-    let mut position: Option<(u64, String)> = None;
-    let mut reconnects = 0;
-    loop {
-        let mut c = Client::open(addrs[rng.usize(..addrs.len())], "/live").await;
-        let body = match &position {
-            None => json!({"channel":"chat:p"}),
-            Some((offset, epoch)) => json!({"channel":"chat:p","recover":true,"offset":offset,"epoch":epoch}),
-        };
-        let reply = c.call("subscribe", body).await;
-        let reply = &reply["subscribe"];
-        match &position {
-            None => {
-                let start = reply["offset"].as_u64().unwrap();
-                let history = c.call("history", json!({"channel":"chat:p"})).await;
-                for p in history["history"]["publications"].as_array().unwrap() {
-                    let o = p["offset"].as_u64().unwrap();
-                    if o <= start {
-                        seen.push((o, p["data"].clone()));
-                    }
-                }
-                assert_eq!(seen.len() as u64, start, "history holds everything before joining");
-                position = Some((start, reply["epoch"].as_str().unwrap().to_owned()));
-            }
-            Some(_) => {
-                assert_eq!(reply["recovered"], true, "{reply}");
-                reconnects += 1;
-                for p in reply["publications"].as_array().unwrap() {
-                    seen.push((p["offset"].as_u64().unwrap(), p["data"].clone()));
-                }
-            }
-        }
-        if let Some((o, _)) = seen.last() {
-            position.as_mut().unwrap().0 = *o;
-        }
-        let budget = rng.u64(1..40);
-        for _ in 0..budget {
-            if seen.len() as u64 >= total {
-                return (seen, reconnects);
-            }
-            let p = tokio::time::timeout(Duration::from_secs(20), c.push()).await.expect("a push within 20 s");
-            assert!(p.get("unsubscribe").is_none(), "no gap may reach a subscriber here: {p}");
-            if let Some(publication) = p.get("pub") {
-                let o = publication["offset"].as_u64().unwrap();
-                seen.push((o, publication["data"].clone()));
-                position.as_mut().unwrap().0 = o;
-            }
-        }
-        if seen.len() as u64 >= total {
-            return (seen, reconnects);
-        }
-        drop(c);
     }
 }
 

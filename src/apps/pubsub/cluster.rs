@@ -64,16 +64,27 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Takes the next offset, keeps the publication and PUBLISHes it, atomically.
-/// KEYS: meta, hist. ARGV: epoch if new, body, history limit, history ttl ms, meta ttl ms,
-/// Redis channel. Returns {epoch, offset, receivers}.
-const PUBLISH_SCRIPT: &str = r"
+/// The start of both scripts: the channel's epoch, created with `ARGV[1]` (and an emptied
+/// history) when the position hash is absent — a new hash is a new epoch.
+macro_rules! epoch_prologue {
+    () => {
+        r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
+"
+    };
+}
+
+/// Takes the next offset, keeps the publication and PUBLISHes it, atomically.
+/// KEYS: meta, hist. ARGV: epoch if new, body, history limit, history ttl ms, meta ttl ms,
+/// Redis channel. Returns {epoch, offset, receivers}.
+const PUBLISH_SCRIPT: &str = concat!(
+    epoch_prologue!(),
+    r"
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 local limit = tonumber(ARGV[3])
@@ -86,18 +97,15 @@ if limit > 0 then
 end
 local n = redis.call('PUBLISH', ARGV[6], 'P ' .. epoch .. string.format(' %d ', offset) .. ARGV[2])
 return {epoch, offset, n}
-";
+"
+);
 
 /// Reads a channel's position and its history after an offset (creating the position when
 /// absent, so it stays valid for a later recovery). KEYS: meta, hist. ARGV: epoch if new,
 /// history ttl ms, meta ttl ms, after (-1: the whole history). Returns {epoch, offset, entries}.
-const READ_SCRIPT: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-end
+const READ_SCRIPT: &str = concat!(
+    epoch_prologue!(),
+    r"
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
 local t = redis.call('TIME')
@@ -122,7 +130,8 @@ while i >= 0 do
   i = i - 1
 end
 return {epoch, offset, entries}
-";
+"
+);
 
 /// A Lua script run by its SHA-1 (`EVALSHA`), sent whole once when Redis does not know it
 /// (after a restart). The `redis` crate's `Script` needs a feature with one more dependency.
@@ -210,6 +219,18 @@ fn covering(entries: &[Entry], since: u64, top: u64) -> Option<Vec<&Entry>> {
     let complete = after.len() as u64 == top.saturating_sub(since)
         && after.iter().zip(since + 1..).all(|(e, want)| e.offset == want);
     complete.then_some(after)
+}
+
+/// A subscribe in progress: keeps the channel's Redis subscription wanted until dropped.
+struct Held<'a> {
+    cluster: &'a Cluster,
+    channel: &'a str,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.cluster.release(self.channel);
+    }
 }
 
 /// What a node knows of one channel with local members.
@@ -432,7 +453,8 @@ impl Cluster {
         lock(&self.pending).contains_key(channel) || self.hub.has_local_members(&subscription(channel))
     }
 
-    /// Subscribes `member` (see [`Engine::subscribe`](super::engine::Engine::subscribe)).
+    /// Subscribes `member` (see [`Engine::subscribe`](super::engine::Engine::subscribe)); the
+    /// outcome of a recovery when one was asked.
     #[allow(clippy::too_many_arguments)]
     pub async fn subscribe(
         &self,
@@ -445,22 +467,7 @@ impl Cluster {
         reply: impl FnOnce(&Position, Option<Vec<Value>>) -> Value,
     ) -> Result<Option<bool>, EngineError> {
         self.hold(channel).await?;
-        let result = self.subscribe_held(channel, ns, max_channels, member, user, recover, reply).await;
-        self.release(channel);
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn subscribe_held(
-        &self,
-        channel: &str,
-        ns: &NamespaceConfig,
-        max_channels: usize,
-        member: &ChannelHandle,
-        user: &str,
-        recover: Option<&Position>,
-        reply: impl FnOnce(&Position, Option<Vec<Value>>) -> Value,
-    ) -> Result<Option<bool>, EngineError> {
+        let _held = Held { cluster: self, channel };
         let sub = subscription(channel);
         let mut t = loop {
             let guard = self.tracked(channel, ns, max_channels)?.lock_owned().await;

@@ -404,8 +404,7 @@ impl Engine {
         }
     }
 
-    /// Publishes `data` to `channel`: the next offset, into the history, to every local
-    /// member, in that order.
+    /// The one-node form of [`Engine::publish`].
     fn publish_local(&self, channel: &str, data: Value, info: Option<Info>) -> Result<Published, EngineError> {
         let hub = self.hub.clone();
         self.with_channel(channel, true, |state| {
@@ -429,10 +428,7 @@ impl Engine {
         })
     }
 
-    /// Subscribes `member` to `channel` and queues `reply(position, recovery)` to it first:
-    /// `recovery` is `Some(publications)` when `recover` was asked and the history holds every
-    /// publication after it, `None` otherwise. `user` enters the presence set (when on), with
-    /// a `join` push to the other members.
+    /// The one-node form of [`Engine::subscribe`].
     fn subscribe_local(
         &self,
         channel: &str,
@@ -465,7 +461,7 @@ impl Engine {
         })
     }
 
-    /// Removes `member` from `channel` (and its presence set, with a `leave` push).
+    /// The one-node form of [`Engine::unsubscribe`].
     fn unsubscribe_local(&self, channel: &str, member: &ChannelId) {
         let hub = self.hub.clone();
         let _ = self.with_channel(channel, false, |state| {
@@ -483,13 +479,12 @@ impl Engine {
         });
     }
 
-    /// The presence set of `channel`: client id → user.
+    /// The one-node form of [`Engine::presence`].
     fn presence_local(&self, channel: &str) -> Result<BTreeMap<String, String>, EngineError> {
         self.with_channel(channel, false, |state| state.presence.clone().ok_or(EngineError::PresenceOff))
     }
 
-    /// Up to `limit` publications (the newest ones, or the first ones after `since`) and the
-    /// channel's position; `since` outside the history is [`EngineError::Unrecoverable`].
+    /// The one-node form of [`Engine::history`].
     fn history_local(&self, channel: &str, limit: usize, since: Option<&Position>) -> Result<HistoryPage, EngineError> {
         // Created when absent, so the position it reports stays valid for a later subscribe.
         self.with_channel(channel, true, |state| {
