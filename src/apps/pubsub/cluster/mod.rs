@@ -34,17 +34,20 @@
 //!   `{"unsubscribe":{"code":112,…}}`: they subscribe again with `recover` and get
 //!   `recovered:false` with the new position — never a silent gap.
 
+mod link;
+mod storage;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::Stream;
-use redis::aio::{MultiplexedConnection, PubSubSink};
+use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use self::storage::subscription;
+use self::storage::{channel_of, covering, keys, parse_entry, publication, Entry, Script, PUBLISH_SCRIPT, READ_SCRIPT};
 use super::engine::{EngineError, HistoryPage, Info, Position, Published};
 use super::protocol::ErrorCode;
 use crate::config::pubsub::NamespaceConfig;
@@ -58,168 +61,7 @@ use crate::sync::lock;
 pub const META_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a node's presence entries stay visible after its last heartbeat.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
-const HEARTBEAT: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-
-/// The start of both scripts: the channel's epoch, created with `ARGV[1]` (and an emptied
-/// history) when the position hash is absent — a new hash is a new epoch.
-macro_rules! epoch_prologue {
-    () => {
-        r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-end
-"
-    };
-}
-
-/// Takes the next offset, keeps the publication and PUBLISHes it, atomically.
-/// KEYS: meta, hist. ARGV: epoch if new, body, history limit, history ttl ms, meta ttl ms,
-/// Redis channel. Returns {epoch, offset, receivers}.
-const PUBLISH_SCRIPT: &str = concat!(
-    epoch_prologue!(),
-    r"
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-local limit = tonumber(ARGV[3])
-if limit > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('RPUSH', KEYS[2], string.format('%d %d ', offset, now) .. ARGV[2])
-  redis.call('LTRIM', KEYS[2], -limit, -1)
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-end
-local n = redis.call('PUBLISH', ARGV[6], 'P ' .. epoch .. string.format(' %d ', offset) .. ARGV[2])
-return {epoch, offset, n}
-"
-);
-
-/// Reads a channel's position and its history after an offset (creating the position when
-/// absent, so it stays valid for a later recovery). KEYS: meta, hist. ARGV: epoch if new,
-/// history ttl ms, meta ttl ms, after (-1: the whole history). Returns {epoch, offset, entries}.
-const READ_SCRIPT: &str = concat!(
-    epoch_prologue!(),
-    r"
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local oldest = now - tonumber(ARGV[2])
-while true do
-  local first = redis.call('LINDEX', KEYS[2], 0)
-  if not first then break end
-  local at = tonumber(string.match(first, '^%d+ (%d+) '))
-  if at and at >= oldest then break end
-  redis.call('LPOP', KEYS[2])
-end
-local after = tonumber(ARGV[4])
-local entries = {}
-local len = redis.call('LLEN', KEYS[2])
-local i = len - 1
-while i >= 0 do
-  local e = redis.call('LINDEX', KEYS[2], i)
-  local o = tonumber(string.match(e, '^(%d+) '))
-  if after >= 0 and o and o <= after then break end
-  table.insert(entries, 1, e)
-  i = i - 1
-end
-return {epoch, offset, entries}
-"
-);
-
-/// A Lua script run by its SHA-1 (`EVALSHA`), sent whole once when Redis does not know it
-/// (after a restart). The `redis` crate's `Script` needs a feature with one more dependency.
-struct Script {
-    code: &'static str,
-    sha: String,
-}
-
-impl Script {
-    fn new(code: &'static str) -> Self {
-        use sha1::{Digest, Sha1};
-        let sha = Sha1::digest(code.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-        Script { code, sha }
-    }
-
-    async fn invoke<T: redis::FromRedisValue>(
-        &self,
-        conn: &mut MultiplexedConnection,
-        keys: &[&str],
-        args: &[String],
-    ) -> redis::RedisResult<T> {
-        let call = |command: &str, body: &str| {
-            let mut cmd = redis::cmd(command);
-            cmd.arg(body).arg(keys.len()).arg(keys).arg(args);
-            cmd
-        };
-        match call("EVALSHA", &self.sha).query_async(conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                call("EVAL", self.code).query_async(conn).await
-            }
-            other => other,
-        }
-    }
-}
-
-/// The Redis keys and channel of one pubsub channel.
-struct Keys {
-    meta: String,
-    hist: String,
-    pres: String,
-    channel: String,
-}
-
-fn keys(channel: &str) -> Keys {
-    let base = format!("wsgate:ps:{{{channel}}}");
-    Keys { meta: format!("{base}:meta"), hist: format!("{base}:hist"), pres: format!("{base}:pres"), channel: base }
-}
-
-/// The pubsub channel a Redis channel `wsgate:ps:{c}` carries.
-fn channel_of(redis_channel: &str) -> Option<&str> {
-    redis_channel.strip_prefix("wsgate:ps:{")?.strip_suffix('}')
-}
-
-/// The hub subscription of a channel's local members (the same as on one node).
-pub fn subscription(channel: &str) -> String {
-    format!("pubsub:{channel}")
-}
-
-/// One publication read from Redis: its offset and the `pub` object clients get.
-#[derive(Debug, Clone, PartialEq)]
-struct Entry {
-    offset: u64,
-    publication: Value,
-}
-
-/// `{"offset":N,"data":…,"info":…}` from an offset and a stored body `{"data":…,"info":…}`;
-/// `None` when the body is not a JSON object (anything with access to Redis can write).
-fn publication(offset: u64, body: &str) -> Option<Value> {
-    let Value::Object(mut map) = serde_json::from_str::<Value>(body).ok()? else { return None };
-    map.insert("offset".into(), json!(offset));
-    Some(Value::Object(map))
-}
-
-/// Parses a history entry `"<offset> <ms> <body>"`.
-fn parse_entry(entry: &str) -> Option<Entry> {
-    let mut parts = entry.splitn(3, ' ');
-    let offset = parts.next()?.parse().ok()?;
-    parts.next()?;
-    Some(Entry { offset, publication: publication(offset, parts.next()?)? })
-}
-
-/// The entries after `since` up to `top`, when `entries` hold every one of them.
-fn covering(entries: &[Entry], since: u64, top: u64) -> Option<Vec<&Entry>> {
-    let after: Vec<&Entry> = entries.iter().filter(|e| e.offset > since && e.offset <= top).collect();
-    let complete = after.len() as u64 == top.saturating_sub(since)
-        && after.iter().zip(since + 1..).all(|(e, want)| e.offset == want);
-    complete.then_some(after)
-}
 
 /// A subscribe in progress: keeps the channel's Redis subscription wanted until dropped.
 struct Held<'a> {
@@ -325,7 +167,7 @@ impl Cluster {
             stop: watch::channel(false).0,
         });
         let stop = cluster.stop.subscribe();
-        tokio::spawn(run(Arc::downgrade(&cluster), settings.clone(), conn_tx, requests_rx, stop));
+        tokio::spawn(link::run(Arc::downgrade(&cluster), settings.clone(), conn_tx, requests_rx, stop));
         cluster
     }
 
@@ -759,191 +601,5 @@ impl Cluster {
     /// The metrics label is the namespace's, as on one node.
     pub fn label(ns: &NamespaceConfig) -> NamespaceLabel {
         NamespaceLabel { namespace: ns.pattern.clone() }
-    }
-}
-
-/// The connection task: the command connection, the subscriber connection, the heartbeat,
-/// subscriptions that follow local interest, reconnects with backoff.
-async fn run(
-    cluster: Weak<Cluster>,
-    settings: RedisSettings,
-    conn_tx: watch::Sender<Option<MultiplexedConnection>>,
-    mut requests: mpsc::UnboundedReceiver<Request>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut backoff = BACKOFF_MIN;
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    sweep.tick().await;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let Some(me) = cluster.upgrade() else { return };
-        let session = connect(&me, &settings).await;
-        drop(me);
-        match session {
-            Ok((conn, sink, stream, active)) => {
-                backoff = BACKOFF_MIN;
-                conn_tx.send_replace(Some(conn.clone()));
-                if let Some(me) = cluster.upgrade() {
-                    me.connected.store(true, Ordering::Release);
-                    me.resync().await;
-                }
-                let why = serve(&cluster, conn, sink, stream, active, &mut requests, &mut stop, &mut sweep).await;
-                conn_tx.send_replace(None);
-                if let Some(me) = cluster.upgrade() {
-                    me.connected.store(false, Ordering::Release);
-                    lock(&me.nodes).clear();
-                }
-                match why {
-                    None => return,
-                    Some(why) => tracing::warn!(%why, "pubsub cluster: lost Redis; reconnecting"),
-                }
-            }
-            Err(why) => tracing::warn!(%why, "pubsub cluster: cannot connect to Redis; retrying"),
-        }
-        let wait = backoff.mul_f64(0.8 + 0.4 * fastrand::f64());
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-        let until = tokio::time::Instant::now() + wait;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => break,
-                _ = stop.changed() => return,
-                request = requests.recv() => match request {
-                    None => return,
-                    Some(Request::Hold(_, answer)) => { let _ = answer.send(false); }
-                    Some(Request::Reconcile(_)) => {}
-                },
-            }
-        }
-    }
-}
-
-type Session = (MultiplexedConnection, PubSubSink, redis::aio::PubSubStream, HashSet<String>);
-
-async fn connect(me: &Cluster, settings: &RedisSettings) -> Result<Session, String> {
-    let (client, _) = settings.current_client().await?;
-    let io = |e: EngineError| e.to_string();
-    let mut conn = timed("connect", client.get_multiplexed_async_connection()).await.map_err(io)?;
-    let pubsub = timed("connect (subscriber)", client.get_async_pubsub()).await.map_err(io)?;
-    let (mut sink, stream) = pubsub.split();
-    heartbeat(me, &mut conn).await.map_err(io)?;
-    let wanted: Vec<String> = {
-        let tracked: Vec<String> = lock(&me.tracked).keys().cloned().collect();
-        let pending: Vec<String> = lock(&me.pending).keys().cloned().collect();
-        tracked.into_iter().chain(pending).filter(|c| me.wanted(c)).collect::<HashSet<_>>().into_iter().collect()
-    };
-    if !wanted.is_empty() {
-        let channels: Vec<String> = wanted.iter().map(|c| keys(c).channel).collect();
-        timed("SUBSCRIBE", sink.subscribe(channels)).await.map_err(io)?;
-    }
-    Ok((conn, sink, stream, wanted.into_iter().collect()))
-}
-
-/// Refreshes this node's heartbeat key and reads which nodes are alive.
-async fn heartbeat(me: &Cluster, conn: &mut MultiplexedConnection) -> Result<(), EngineError> {
-    let key = format!("wsgate:alive:{}", me.node);
-    timed(
-        "heartbeat",
-        redis::cmd("SET").arg(key).arg(&me.instance).arg("PX").arg(millis(PRESENCE_TTL)).query_async::<()>(conn),
-    )
-    .await?;
-    let mut nodes = Vec::new();
-    let mut cursor = 0u64;
-    // A bounded walk: a deployment has tens of nodes, not thousands.
-    for _ in 0..100 {
-        let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("wsgate:alive:*").arg("COUNT").arg(1000).clone();
-        let (next, keys): (u64, Vec<String>) = timed("SCAN", scan.query_async(conn)).await?;
-        nodes.extend(keys.into_iter().filter_map(|k| k.strip_prefix("wsgate:alive:").map(str::to_owned)));
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    nodes.sort();
-    nodes.dedup();
-    *lock(&me.nodes) = nodes;
-    Ok(())
-}
-
-/// Serves one connection; `None` when stopped, `Some(reason)` when the connection was lost.
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    cluster: &Weak<Cluster>,
-    mut conn: MultiplexedConnection,
-    mut sink: PubSubSink,
-    mut stream: redis::aio::PubSubStream,
-    mut active: HashSet<String>,
-    requests: &mut mpsc::UnboundedReceiver<Request>,
-    stop: &mut watch::Receiver<bool>,
-    sweep: &mut tokio::time::Interval,
-) -> Option<String> {
-    let mut beat = tokio::time::interval(HEARTBEAT);
-    beat.tick().await;
-    loop {
-        tokio::select! {
-            msg = poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)) => {
-                let Some(msg) = msg else { return Some("the subscriber connection closed".into()) };
-                let me = cluster.upgrade()?;
-                me.on_message(msg.get_channel_name(), msg.get_payload_bytes()).await;
-            }
-            request = requests.recv() => {
-                let me = cluster.upgrade()?;
-                match request? {
-                    Request::Hold(channel, answer) => {
-                        if !active.contains(&channel) {
-                            if let Err(e) = timed("SUBSCRIBE", sink.subscribe(keys(&channel).channel)).await {
-                                let _ = answer.send(false);
-                                return Some(e.to_string());
-                            }
-                            active.insert(channel);
-                        }
-                        let _ = answer.send(true);
-                    }
-                    Request::Reconcile(channel) => {
-                        if active.contains(&channel) && !me.wanted(&channel) {
-                            if let Err(e) = timed("UNSUBSCRIBE", sink.unsubscribe(keys(&channel).channel)).await {
-                                return Some(e.to_string());
-                            }
-                            active.remove(&channel);
-                        }
-                    }
-                }
-            }
-            _ = beat.tick() => {
-                let me = cluster.upgrade()?;
-                if let Err(e) = heartbeat(&me, &mut conn).await {
-                    return Some(e.to_string());
-                }
-                if let Err(e) = timed("PING (subscriber)", sink.ping::<redis::Value>()).await {
-                    return Some(e.to_string());
-                }
-            }
-            _ = sweep.tick() => cluster.upgrade()?.sweep(),
-            _ = stop.changed() => return None,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entries_and_coverage() {
-        let e = parse_entry(r#"7 1733450000000 {"data":{"x":1},"info":{"user":"u","client":"c"}}"#).unwrap();
-        assert_eq!(e.offset, 7);
-        assert_eq!(e.publication, json!({"offset":7,"data":{"x":1},"info":{"user":"u","client":"c"}}));
-        assert!(parse_entry("7 1 not-json").is_none());
-        assert!(parse_entry("x 1 {}").is_none());
-        let list: Vec<Entry> = (3..=6).map(|o| Entry { offset: o, publication: json!(o) }).collect();
-        assert_eq!(covering(&list, 2, 6).unwrap().len(), 4);
-        assert_eq!(covering(&list, 4, 6).unwrap().len(), 2);
-        assert_eq!(covering(&list, 6, 6).unwrap().len(), 0);
-        assert!(covering(&list, 1, 6).is_none(), "offset 2 was trimmed");
-        assert!(covering(&list, 2, 7).is_none(), "offset 7 is missing");
-        let holey: Vec<Entry> = [3, 5].iter().map(|&o| Entry { offset: o, publication: json!(o) }).collect();
-        assert!(covering(&holey, 2, 5).is_none());
-        assert_eq!(channel_of(&keys("a b{c}").channel), Some("a b{c}"));
     }
 }
