@@ -259,3 +259,50 @@ async fn presence_spans_nodes_and_a_killed_node_leaves_within_30s() {
     a.server.shutdown().await;
     b.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_recovers_on_another_node_by_last_event_id() {
+    let bin = require_redis!();
+    let redis = Redis::start(&bin, &[]).await;
+    let up = start_upstream().await;
+    let a = start_gate(&basic_config(&node_config("sa", &redis.url(), 100)), up.addr).await;
+    let b = start_gate(&basic_config(&node_config("sb", &redis.url(), 100)), up.addr).await;
+    wait_ready(&[a.addr, b.addr]).await;
+    let api = b.server.admin_addr().unwrap();
+    let publish = |i: u64| async move {
+        let (status, r) = admin(api, "POST", "/v1/publish", &json!({"channel":"chat:s","data":i}).to_string()).await;
+        assert_eq!(status, 200, "{r}");
+        r["offset"].as_u64().unwrap()
+    };
+    // A stream on node a; publications made through node b reach it.
+    let (status, _, stream) = common::sse::open(a.addr, "channel=chat:s", None).await;
+    assert_eq!(status, 200);
+    let mut stream = stream.unwrap();
+    assert!(stream.next().await.unwrap().data.get("subscribe").is_some());
+    let mut last_id = None;
+    for i in 1..=2 {
+        assert_eq!(publish(i).await, i);
+        let event = stream.next().await.unwrap();
+        assert_eq!(event.data["push"]["pub"]["offset"], i, "{:?}", event.data);
+        last_id = event.id;
+    }
+    drop(stream);
+    for i in 3..=5 {
+        publish(i).await;
+    }
+    // The browser comes back on node b with its Last-Event-ID: exactly 3, 4, 5, then live.
+    let (status, _, stream) = common::sse::open(b.addr, "channel=chat:s", last_id.as_deref()).await;
+    assert_eq!(status, 200);
+    let mut stream = stream.unwrap();
+    for want in 3..=5 {
+        let event = stream.next().await.unwrap();
+        assert_eq!(event.data["push"]["pub"]["offset"], want, "{:?}", event.data);
+    }
+    let subscribed = stream.next().await.unwrap();
+    assert_eq!(subscribed.data["subscribe"]["recovered"], true, "{:?}", subscribed.data);
+    publish(6).await;
+    assert_eq!(stream.next().await.unwrap().data["push"]["pub"]["offset"], 6);
+    drop(stream);
+    a.server.shutdown().await;
+    b.server.shutdown().await;
+}

@@ -25,6 +25,7 @@ use wsgate::ws::codec::{encode_frame, Decoder, DecoderConfig, Incoming as WsInco
 
 pub mod pubsub;
 pub mod redis;
+pub mod sse;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
