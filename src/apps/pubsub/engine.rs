@@ -16,22 +16,17 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Value};
 
 use super::cluster::Cluster;
-use super::protocol::ErrorCode;
-use crate::apps::Message;
+pub use super::model::{text_frame, EngineError, HistoryPage, Info, Position, Published, MAX_CHANNELS};
 use crate::config::pubsub::NamespaceConfig;
 use crate::metrics::{Metrics, NamespaceLabel, NamespaceOutcomeLabel};
-use crate::pubsub::hub::encode;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
 use crate::sync::lock;
 
-/// Channels with state (history, presence or members) one node keeps at most.
-pub const MAX_CHANNELS: usize = 100_000;
 /// How often idle channel states are dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -56,15 +51,6 @@ pub fn find<'a>(list: &'a [Namespace], channel: &str) -> Option<&'a Namespace> {
     list.iter().find(|ns| ns.pattern.matches(channel))
 }
 
-/// Who published (absent for the control API).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Info {
-    /// The publisher's user (`sub` claim, "" for anonymous).
-    pub user: String,
-    /// The publisher's connection id.
-    pub client: String,
-}
-
 /// One publication as kept in the history.
 #[derive(Debug, Clone)]
 struct Publication {
@@ -82,71 +68,6 @@ impl Publication {
         }
         v
     }
-}
-
-/// A position in a channel's stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    /// Last offset seen.
-    pub offset: u64,
-    /// The history it belongs to.
-    pub epoch: String,
-}
-
-/// Why an engine operation failed; maps onto a protocol error code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EngineError {
-    /// No namespace matches the channel.
-    #[error("no namespace matches channel {0:?}")]
-    UnknownChannel(String),
-    /// The node keeps [`MAX_CHANNELS`] channels already.
-    #[error("too many channels on this node (at most {MAX_CHANNELS})")]
-    TooManyChannels,
-    /// The namespace has presence off.
-    #[error("presence is off for this channel's namespace")]
-    PresenceOff,
-    /// A history query's `since` is no longer in the history (or from another epoch).
-    #[error("the position is not in the history any more (epoch changed or publications expired)")]
-    Unrecoverable,
-    /// The connection is gone.
-    #[error("the connection is closed")]
-    Closed,
-    /// Cluster mode: Redis cannot be reached now (retry later).
-    #[error("channels are unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl EngineError {
-    /// The protocol's error code for this failure.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            EngineError::UnknownChannel(_) => ErrorCode::UnknownChannel,
-            EngineError::TooManyChannels => ErrorCode::LimitExceeded,
-            EngineError::PresenceOff => ErrorCode::NotAvailable,
-            EngineError::Unrecoverable => ErrorCode::Unrecoverable,
-            EngineError::Closed | EngineError::Unavailable(_) => ErrorCode::Internal,
-        }
-    }
-}
-
-/// What a publish did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    /// Its offset.
-    pub offset: u64,
-    /// The channel's epoch.
-    pub epoch: String,
-    /// Local members it was queued to.
-    pub delivered: usize,
-}
-
-/// A history query's answer.
-#[derive(Debug, Clone)]
-pub struct HistoryPage {
-    /// Publications as JSON objects, oldest first.
-    pub publications: Vec<Value>,
-    /// The channel's current position.
-    pub position: Position,
 }
 
 struct ChannelState {
@@ -521,11 +442,6 @@ impl Engine {
             }
         });
     }
-}
-
-/// A push encoded once as a text frame, shared by every member it is queued to.
-pub(crate) fn text_frame(push: &Value) -> Bytes {
-    encode(&Message::Text(Bytes::from(push.to_string())))
 }
 
 fn fresh_state(channel: &str, ns: &NamespaceConfig) -> ChannelState {

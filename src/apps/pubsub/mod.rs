@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod engine;
 pub mod events;
 pub mod jwks;
+pub mod model;
 pub mod protocol;
 pub mod token;
 

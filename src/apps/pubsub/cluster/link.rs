@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::storage::keys;
 use super::{millis, timed, Cluster, Request, PRESENCE_TTL};
-use crate::apps::pubsub::engine::EngineError;
+use crate::apps::pubsub::model::EngineError;
 use crate::pubsub::broker::redis::RedisSettings;
 use crate::sync::lock;
 

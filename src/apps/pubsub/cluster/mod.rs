@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::storage::subscription;
 use self::storage::{channel_of, covering, keys, parse_entry, publication, Entry, Script, PUBLISH_SCRIPT, READ_SCRIPT};
-use super::engine::{EngineError, HistoryPage, Info, Position, Published};
+use super::model::{EngineError, HistoryPage, Info, Position, Published};
 use super::protocol::ErrorCode;
 use crate::config::pubsub::NamespaceConfig;
 use crate::metrics::NamespaceLabel;
@@ -381,7 +381,7 @@ impl Cluster {
 
     fn deliver(&self, channel: &str, sub: &str, publication: &Value) {
         let push = json!({ "push": { "channel": channel, "pub": publication } });
-        self.hub.multicast_frame(sub, super::engine::text_frame(&push), &[]);
+        self.hub.multicast_frame(sub, super::model::text_frame(&push), &[]);
     }
 
     /// Unsubscribes this node's members of `channel`: what they missed cannot be delivered.
