@@ -816,3 +816,71 @@ async fn backend_publish_spans_nodes_exactly_once_in_order() {
         gate.server.shutdown().await;
     }
 }
+
+/// The first message of a chat client: the room with its member list.
+async fn chat_members(gate: &Gate) -> (WsClient, Vec<String>) {
+    let mut client = WsClient::connect(gate.addr, "/chat/room").await;
+    let room = chat_next(&mut client).await;
+    assert_eq!(room["type"], "room", "{room}");
+    let members = room["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_owned()).collect();
+    (client, members)
+}
+
+/// Issue 20: a newcomer's member list is the room's on every node, and a member who leaves
+/// (or whose node dies: same heartbeat rule as presence) drops out of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_member_list_spans_nodes() {
+    let bin = require_redis!();
+    let redis = Redis::start(&bin, &[]).await;
+    let upstream = start_upstream().await;
+    let mut gates = Vec::new();
+    for node in ["ma", "mb"] {
+        let config = basic_config(&format!(
+            "\n[apps.chat]\nkind = \"chat\"\nurls = [\"/chat/room\"]\n\n[limits]\nshutdown_timeout = \"1s\"\n\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\nurl = \"{}\"\n",
+            redis.url()
+        ));
+        gates.push(start_gate(&config, upstream.addr).await);
+    }
+    wait_connected(&gates, true).await;
+    let (mut ann, _) = chat_open(&gates[0]).await;
+    ann.send_text(r#"{"type":"join","user":"ann"}"#).await;
+    assert_eq!(chat_next(&mut ann).await["type"], "join");
+    // Bo opens on the other node: ann is in the list it gets first (her entry may take a
+    // moment to reach Redis).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut bo = loop {
+        let (client, members) = chat_members(&gates[1]).await;
+        if members == ["ann"] {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "ann never listed on node b: {members:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    while chat_next(&mut bo).await["type"] != "history_end" {}
+    bo.send_text(r#"{"type":"join","user":"bo"}"#).await;
+    // A third client on node a sees both.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_client, members) = chat_members(&gates[0]).await;
+        if members == ["ann", "bo"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bo never listed on node a: {members:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Ann leaves: a newcomer on node b no longer lists her.
+    drop(ann);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_client, members) = chat_members(&gates[1]).await;
+        if members == ["bo"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ann still listed after leaving: {members:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(bo);
+    for gate in gates {
+        gate.server.shutdown().await;
+    }
+}

@@ -10,7 +10,7 @@
 //!   RFC 3339 UTC with milliseconds.
 //! - server → one client: on open, `{"type":"room","name":..,"members":[..]}` (the room's
 //!   display name: `room_names` for its URL, else the URL's last segment; the names of the
-//!   connections in the room on this node), then the room's last `history` messages (as they
+//!   connections in the room — on every node, in a cluster), then the room's last `history` messages (as they
 //!   were sent, oldest first), then `{"type":"history_end","count":N}`;
 //!   `{"type":"error","message":...}` when a message is refused.
 //!
@@ -24,13 +24,18 @@
 //! not it has members in the room, keeping them in its own history, so a newcomer on any node
 //! sees the room's messages from every node. Messages from different nodes that cross in
 //! flight may be ordered differently on different nodes; one node's messages keep their order.
+//! The member list a newcomer gets is the room's on every node: each node writes its named
+//! connections to a Redis hash (`wsgate:chat:{<subscription>}:members`, in order, by one task),
+//! and an open reads it (leaving out nodes whose heartbeat stopped: no ghost after 30 s) before
+//! it sends the room message, the history and joins — so open waits one Redis round trip.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::pubsub::cluster::Cluster;
 use super::{App, Message};
 use crate::pubsub::hub::encode;
 use crate::pubsub::{ChannelHandle, ChannelId, Delivery, Hub, RelayObserver};
@@ -88,12 +93,38 @@ pub fn default_room_name(url: &str) -> String {
     url.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("chat").to_owned()
 }
 
-/// The sorted, distinct names of a room's connections.
-fn member_names(room: &Room) -> Vec<&str> {
-    let mut names: Vec<&str> = room.users.values().map(String::as_str).collect();
+/// The sorted, distinct names of a room's connections, with `remote` (client id → user) of
+/// the other nodes in a cluster.
+fn member_names<'a>(room: &'a Room, remote: &'a BTreeMap<String, String>) -> Vec<&'a str> {
+    let mut names: Vec<&str> = room.users.values().chain(remote.values()).map(String::as_str).collect();
     names.sort_unstable();
     names.dedup();
     names
+}
+
+/// The Redis hash of a room's named connections on every node.
+fn roster_key(subscription: &str) -> String {
+    format!("wsgate:chat:{{{subscription}}}:members")
+}
+
+/// A change to a room's member list in Redis.
+enum RosterChange {
+    Set { key: String, client: ChannelId, user: String },
+    Remove { key: String, client: ChannelId },
+}
+
+/// Applies member-list changes in the order they were made (a rename then a close must not
+/// land the other way round).
+async fn write_roster(cluster: Arc<Cluster>, mut changes: tokio::sync::mpsc::UnboundedReceiver<RosterChange>) {
+    while let Some(change) = changes.recv().await {
+        let written = match &change {
+            RosterChange::Set { key, client, user } => cluster.roster_set(key, client.as_str(), user).await,
+            RosterChange::Remove { key, client } => cluster.roster_remove(key, client.as_str()).await,
+        };
+        if let Err(error) = written {
+            tracing::debug!(%error, "chat: member list not updated in Redis");
+        }
+    }
 }
 
 /// Whether a relayed room message is a post (kept in the history), not a join or leave.
@@ -109,7 +140,11 @@ fn is_post(message: &Message) -> bool {
 
 /// The chat app: one room per URL.
 pub struct Chat {
+    /// This app, for opens that wait on the cluster's member list.
+    me: Weak<Chat>,
     hub: Arc<Hub>,
+    /// In a cluster: where the rooms' member lists live, and the queue of changes to them.
+    roster: Option<(Arc<Cluster>, tokio::sync::mpsc::UnboundedSender<RosterChange>)>,
     history: usize,
     /// Room by URL path; each URL's `/connect` alias maps to the same room.
     rooms: HashMap<String, Arc<Mutex<Room>>>,
@@ -125,14 +160,15 @@ impl std::fmt::Debug for Chat {
 
 impl Chat {
     /// A chat app named `app` serving one room per entry of `urls`, replaying the last
-    /// `history` messages to newcomers.
+    /// `history` messages to newcomers; with `cluster`, member lists span the nodes.
     pub fn new(
         app: &str,
         urls: &[String],
-        names: &std::collections::BTreeMap<String, String>,
+        names: &BTreeMap<String, String>,
         history: usize,
         hub: Arc<Hub>,
-    ) -> Self {
+        cluster: Option<Arc<Cluster>>,
+    ) -> Arc<Self> {
         let mut rooms = HashMap::new();
         let mut relays = Vec::new();
         for url in urls {
@@ -150,7 +186,36 @@ impl Chat {
             rooms.insert(format!("{}/connect", url.trim_end_matches('/')), room.clone());
             rooms.insert(url.clone(), room);
         }
-        Self { hub, history, rooms, _relays: relays }
+        let roster = cluster.filter(|_| tokio::runtime::Handle::try_current().is_ok()).map(|cluster| {
+            let (changes, queue) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(write_roster(cluster.clone(), queue));
+            (cluster, changes)
+        });
+        Arc::new_cyclic(|me| Self { me: me.clone(), hub, roster, history, rooms, _relays: relays })
+    }
+
+    fn change_roster(&self, change: RosterChange) {
+        if let Some((_, changes)) = &self.roster {
+            let _ = changes.send(change);
+        }
+    }
+
+    /// Sends the room message (members: this node's and `remote`'s), the history, and joins
+    /// the room, all under the room's lock.
+    fn enter(&self, channel: &ChannelHandle, remote: &BTreeMap<String, String>) {
+        let Some(room) = self.room(channel) else { return };
+        let room = lock(room);
+        let members = member_names(&room, remote);
+        let _ = channel.send_text(&json!({"type": "room", "name": room.name, "members": members}).to_string());
+        // History first, then the subscription, both under the room lock: nothing published
+        // in between can be missed or seen twice.
+        for frame in &room.history {
+            let _ = channel.send_frame(frame.clone());
+        }
+        let _ = channel.send_text(&json!({"type": "history_end", "count": room.history.len()}).to_string());
+        if let Err(error) = self.hub.subscribe(channel.id(), &room.subscription) {
+            tracing::debug!(channel = %channel.id(), %error, "chat: cannot join the room");
+        }
     }
 
     fn room(&self, channel: &ChannelHandle) -> Option<&Arc<Mutex<Room>>> {
@@ -183,6 +248,8 @@ impl Chat {
                 self.publish(room, &json!({"type": "leave", "user": old, "ts": ts}), false);
             }
             room.users.insert(channel.id().clone(), user.clone());
+            let key = roster_key(&room.subscription);
+            self.change_roster(RosterChange::Set { key, client: channel.id().clone(), user: user.clone() });
             self.publish(room, &json!({"type": "join", "user": user, "ts": ts}), false);
         }
         if let Some(text) = text {
@@ -263,18 +330,23 @@ impl App for Chat {
             tracing::warn!(url = channel.url(), "chat: no room for this URL");
             return;
         };
-        let room = lock(room);
-        let _ =
-            channel.send_text(&json!({"type": "room", "name": room.name, "members": member_names(&room)}).to_string());
-        // History first, then the subscription, both under the room lock: nothing published
-        // in between can be missed or seen twice.
-        for frame in &room.history {
-            let _ = channel.send_frame(frame.clone());
-        }
-        let _ = channel.send_text(&json!({"type": "history_end", "count": room.history.len()}).to_string());
-        if let Err(error) = self.hub.subscribe(channel.id(), &room.subscription) {
-            tracing::debug!(channel = %channel.id(), %error, "chat: cannot join the room");
-        }
+        let Some((cluster, _)) = &self.roster else {
+            return self.enter(channel, &BTreeMap::new());
+        };
+        // In a cluster the member list comes from Redis first: the other nodes' part of it
+        // (this node's own is in the room, always current).
+        let key = roster_key(&lock(room).subscription);
+        let (app, channel, cluster) = (self.me.clone(), channel.clone(), cluster.clone());
+        tokio::spawn(async move {
+            let everyone = cluster.roster(&key).await.unwrap_or_default();
+            let remote: BTreeMap<String, String> = everyone
+                .into_iter()
+                .filter(|(client, _)| crate::pubsub::broker::node_of(client) != Some(cluster.node()))
+                .collect();
+            if let (Some(app), false) = (app.upgrade(), channel.is_closing()) {
+                app.enter(&channel, &remote);
+            }
+        });
     }
 
     fn on_message(&self, channel: &ChannelHandle, message: Message) {
@@ -299,6 +371,8 @@ impl App for Chat {
         let mut room = lock(room);
         let _ = self.hub.unsubscribe(channel.id(), &room.subscription);
         if let Some(user) = room.users.remove(channel.id()) {
+            let key = roster_key(&room.subscription);
+            self.change_roster(RosterChange::Remove { key, client: channel.id().clone() });
             self.publish(&mut room, &json!({"type": "leave", "user": user, "ts": now_rfc3339()}), false);
         }
     }

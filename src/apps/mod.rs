@@ -172,7 +172,8 @@ pub fn build(
             hub.clone(),
         ))),
         AppKind::Chat => {
-            Ok(Arc::new(chat::Chat::new(name, &config.urls, &config.room_names, config.history(), hub.clone())))
+            let cluster = channels.cluster().cloned();
+            Ok(chat::Chat::new(name, &config.urls, &config.room_names, config.history(), hub.clone(), cluster))
         }
         AppKind::Backend => Ok(Arc::new(backend::Backend::new(name, config, hub.clone())?)),
         AppKind::PubSub => Ok(pubsub::PubSub::new(name, config, channels.clone())?),

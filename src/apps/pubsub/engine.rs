@@ -207,6 +207,11 @@ impl Engine {
         self.cluster.get().map(|c| c.nodes()).unwrap_or_default()
     }
 
+    /// The cluster store, in cluster mode (other apps keep their member lists there).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
     /// Whether channels live in Redis (cluster mode).
     pub fn is_clustered(&self) -> bool {
         self.cluster.get().is_some()

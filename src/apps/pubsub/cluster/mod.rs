@@ -509,10 +509,21 @@ impl Cluster {
     /// The cluster-wide presence set: client id → user, without entries of dead nodes (which
     /// are deleted here).
     pub async fn presence(&self, channel: &str) -> Result<BTreeMap<String, String>, EngineError> {
+        self.roster(&keys(channel).pres).await
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// A member list in Redis (the hash `key`: client id → node, instance, user), shared by
+    /// every node, with the entries of dead nodes left out (and deleted): the presence sets,
+    /// and the chat rooms' member lists. Client id → user.
+    pub async fn roster(&self, key: &str) -> Result<BTreeMap<String, String>, EngineError> {
         let mut conn = self.conn()?;
-        let k = keys(channel);
         let entries: HashMap<String, String> =
-            timed("presence", redis::cmd("HGETALL").arg(&k.pres).query_async(&mut conn)).await?;
+            timed("presence", redis::cmd("HGETALL").arg(key).query_async(&mut conn)).await?;
         let nodes: Vec<String> = entries
             .values()
             .filter_map(|v| v.split('\t').next().map(str::to_owned))
@@ -540,9 +551,22 @@ impl Cluster {
             }
         }
         if !ghosts.is_empty() {
-            let _ = timed("presence", redis::cmd("HDEL").arg(&k.pres).arg(&ghosts).query_async::<()>(&mut conn)).await;
+            let _ = timed("presence", redis::cmd("HDEL").arg(key).arg(&ghosts).query_async::<()>(&mut conn)).await;
         }
         Ok(clients)
+    }
+
+    /// Enters `client` as `user` in the member list `key` (see [`Cluster::roster`]).
+    pub async fn roster_set(&self, key: &str, client: &str, user: &str) -> Result<(), EngineError> {
+        let mut conn = self.conn()?;
+        let value = format!("{}\t{}\t{user}", self.node, self.instance);
+        timed("roster", redis::cmd("HSET").arg(key).arg(client).arg(value).query_async::<()>(&mut conn)).await
+    }
+
+    /// Removes `client` from the member list `key`.
+    pub async fn roster_remove(&self, key: &str, client: &str) -> Result<(), EngineError> {
+        let mut conn = self.conn()?;
+        timed("roster", redis::cmd("HDEL").arg(key).arg(client).query_async::<()>(&mut conn)).await
     }
 
     /// Up to `limit` publications (the newest, or the first after `since`) and the position.
