@@ -212,11 +212,6 @@ impl Engine {
         self.cluster.get()
     }
 
-    /// Whether channels live in Redis (cluster mode).
-    pub fn is_clustered(&self) -> bool {
-        self.cluster.get().is_some()
-    }
-
     fn namespace_of(&self, channel: &str) -> Result<NamespaceConfig, EngineError> {
         self.namespace(channel).ok_or_else(|| EngineError::UnknownChannel(channel.to_owned()))
     }

@@ -119,16 +119,6 @@ impl Jwks {
         self.keys.load().get(kid).cloned()
     }
 
-    /// Keys cached now.
-    pub fn len(&self) -> usize {
-        self.keys.load().len()
-    }
-
-    /// Whether no key is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Makes sure key `kid` is known if the key server has it: fetches the set when `kid` is
     /// not cached and the last fetch is older than [`MIN_REFETCH`].
     pub async fn ensure(&self, kid: &str) {

@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::future::poll_fn;
-use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -47,13 +46,11 @@ pub(super) async fn run(
                 backoff = BACKOFF_MIN;
                 conn_tx.send_replace(Some(conn.clone()));
                 if let Some(me) = cluster.upgrade() {
-                    me.connected.store(true, Ordering::Release);
                     me.resync().await;
                 }
                 let why = serve(&cluster, conn, sink, stream, active, &mut requests, &mut stop, &mut sweep).await;
                 conn_tx.send_replace(None);
                 if let Some(me) = cluster.upgrade() {
-                    me.connected.store(false, Ordering::Release);
                     lock(&me.nodes).clear();
                 }
                 match why {

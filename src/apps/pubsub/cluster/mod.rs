@@ -38,7 +38,6 @@ mod link;
 mod storage;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -102,7 +101,6 @@ pub struct Cluster {
     /// Random per process: presence entries of an earlier process of this node are ghosts.
     instance: String,
     conn: watch::Receiver<Option<MultiplexedConnection>>,
-    connected: AtomicBool,
     requests: mpsc::UnboundedSender<Request>,
     /// Subscribes in progress per channel (they need the Redis subscription before they join).
     pending: Mutex<HashMap<String, usize>>,
@@ -157,7 +155,6 @@ impl Cluster {
             node: node.to_owned(),
             instance: new_epoch(),
             conn: conn_rx,
-            connected: AtomicBool::new(false),
             requests,
             pending: Mutex::new(HashMap::new()),
             tracked: Mutex::new(HashMap::new()),
@@ -615,11 +612,6 @@ impl Cluster {
             }
             false
         });
-    }
-
-    /// Whether this node has a working Redis connection for channels.
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
     }
 
     /// The metrics label is the namespace's, as on one node.
