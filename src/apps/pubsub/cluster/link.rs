@@ -98,28 +98,14 @@ async fn connect(me: &Cluster, settings: &RedisSettings) -> Result<Session, Stri
     Ok((conn, sink, stream, wanted.into_iter().collect()))
 }
 
-/// Refreshes this node's heartbeat key and reads which nodes are alive.
+/// Refreshes this node's heartbeat and reads which nodes are alive, in one script (a sorted
+/// set of nodes by expiry, so no walk over the keyspace).
 async fn heartbeat(me: &Cluster, conn: &mut MultiplexedConnection) -> Result<(), EngineError> {
-    let key = format!("wsgate:alive:{}", me.node);
-    timed(
-        "heartbeat",
-        redis::cmd("SET").arg(key).arg(&me.instance).arg("PX").arg(millis(PRESENCE_TTL)).query_async::<()>(conn),
-    )
-    .await?;
-    let mut nodes = Vec::new();
-    let mut cursor = 0u64;
-    // A bounded walk: a deployment has tens of nodes, not thousands.
-    for _ in 0..100 {
-        let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("wsgate:alive:*").arg("COUNT").arg(1000).clone();
-        let (next, keys): (u64, Vec<String>) = timed("SCAN", scan.query_async(conn)).await?;
-        nodes.extend(keys.into_iter().filter_map(|k| k.strip_prefix("wsgate:alive:").map(str::to_owned)));
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
+    let alive = format!("wsgate:alive:{}", me.node);
+    let args = [me.instance.clone(), millis(PRESENCE_TTL).to_string(), me.node.clone()];
+    let mut nodes: Vec<String> =
+        timed("heartbeat", me.heartbeat_script.invoke(conn, &[&alive, "wsgate:nodes"], &args)).await?;
     nodes.sort();
-    nodes.dedup();
     *lock(&me.nodes) = nodes;
     Ok(())
 }

@@ -46,7 +46,9 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::storage::subscription;
-use self::storage::{channel_of, covering, keys, parse_entry, publication, Entry, Script, PUBLISH_SCRIPT, READ_SCRIPT};
+use self::storage::{
+    channel_of, covering, keys, parse_entry, publication, Entry, Script, HEARTBEAT_SCRIPT, PUBLISH_SCRIPT, READ_SCRIPT,
+};
 use super::model::{EngineError, HistoryPage, Info, Position, Published};
 use super::protocol::ErrorCode;
 use crate::config::pubsub::NamespaceConfig;
@@ -107,6 +109,7 @@ pub struct Cluster {
     tracked: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Tracked>>>>,
     publish_script: Script,
     read_script: Script,
+    heartbeat_script: Script,
     /// The live nodes (their heartbeat keys), as of the last heartbeat.
     nodes: Mutex<Vec<String>>,
     stop: watch::Sender<bool>,
@@ -160,6 +163,7 @@ impl Cluster {
             tracked: Mutex::new(HashMap::new()),
             publish_script: Script::new(PUBLISH_SCRIPT),
             read_script: Script::new(READ_SCRIPT),
+            heartbeat_script: Script::new(HEARTBEAT_SCRIPT),
             nodes: Mutex::new(Vec::new()),
             stop: watch::channel(false).0,
         });
@@ -484,14 +488,11 @@ impl Cluster {
         }
         let Ok(mut conn) = self.conn() else { return };
         let k = keys(channel);
-        let removed: Result<(String, usize), _> = timed("presence", async {
-            let value: Option<String> =
-                redis::cmd("HGET").arg(&k.pres).arg(member.as_str()).query_async(&mut conn).await?;
-            let n: usize = redis::cmd("HDEL").arg(&k.pres).arg(member.as_str()).query_async(&mut conn).await?;
-            Ok((value.unwrap_or_default(), n))
-        })
-        .await;
+        let mut pipe = redis::pipe();
+        pipe.atomic().hget(&k.pres, member.as_str()).hdel(&k.pres, member.as_str());
+        let removed: Result<(Option<String>, usize), _> = timed("presence", pipe.query_async(&mut conn)).await;
         if let Ok((value, 1)) = removed {
+            let value = value.unwrap_or_default();
             self.presence_gauge(ns, -1);
             let user = value.splitn(3, '\t').nth(2).unwrap_or_default().to_owned();
             let push = json!({ "push": { "channel": channel, "leave": { "client": member.as_str(), "user": user } } });

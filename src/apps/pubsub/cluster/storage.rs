@@ -73,6 +73,18 @@ return {epoch, offset, entries}
 "
 );
 
+/// A node's heartbeat: its instance id under `wsgate:alive:<node>` for the TTL, and its
+/// expiry time in the sorted set `wsgate:nodes`, from which expired nodes are dropped; returns
+/// the live node names. KEYS: alive key, node set. ARGV: instance, ttl ms, node.
+pub(super) const HEARTBEAT_SCRIPT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+return redis.call('ZRANGE', KEYS[2], 0, -1)
+";
+
 /// A Lua script run by its SHA-1 (`EVALSHA`), sent whole once when Redis does not know it
 /// (after a restart). The `redis` crate's `Script` needs a feature with one more dependency.
 pub(super) struct Script {
