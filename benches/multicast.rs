@@ -15,8 +15,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use wsgate::apps::Message;
 use wsgate::metrics::Metrics;
+use wsgate::pubsub::budget::SlowConsumerPolicy;
 use wsgate::pubsub::channel::{ChannelIdGenerator, ChannelInfo, ChannelQueue};
-use wsgate::pubsub::queue::SlowConsumerPolicy;
 use wsgate::pubsub::{ChannelHandle, Hub};
 
 #[global_allocator]

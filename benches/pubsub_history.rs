@@ -19,8 +19,8 @@ use serde_json::json;
 use wsgate::apps::pubsub::engine::{Engine, Namespace, Position};
 use wsgate::config::pubsub::{Access, NamespaceConfig};
 use wsgate::metrics::Metrics;
+use wsgate::pubsub::budget::SlowConsumerPolicy;
 use wsgate::pubsub::channel::{ChannelIdGenerator, ChannelInfo, ChannelQueue};
-use wsgate::pubsub::queue::SlowConsumerPolicy;
 use wsgate::pubsub::{ChannelHandle, Hub};
 
 const MEMBERS: usize = 1000;

@@ -4,6 +4,6 @@
 use std::sync::Arc;
 
 /// The single crypto provider wsgate uses (ring).
-pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -161,7 +161,7 @@ impl HostRule {
 
 /// Whether `name` may be listed in `allowed_hosts`: a DNS name (letters, digits, `-`, `_`,
 /// dots between labels), no port, no wildcard, at most 253 characters.
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253

@@ -33,7 +33,7 @@ enum Command {
     /// are subscriptions made through the control API or a backend app.
     Publish(PublishArgs),
     /// Connect to a WebSocket URL: interactive (stdin lines out, messages in) or --send/--receive.
-    Client(wsgate::ws::client_cli::ClientArgs),
+    Client(wsgate::client::cli::ClientArgs),
     /// Ask the running daemon to reload its configuration (SIGHUP) and wait for its answer:
     /// exit 0 when the new configuration is in force, 1 with the daemon's reason when it was
     /// rejected (the old one keeps serving). Used by the unit's ExecReload=.
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Man => man(),
         Command::Publish(args) => publish(args),
-        Command::Client(args) => wsgate::ws::client_cli::run(args),
+        Command::Client(args) => wsgate::client::cli::run(args),
         Command::Reload(args) => reload(&args),
     }
 }
@@ -376,7 +376,7 @@ async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
         let last_reload = last_reload.clone();
         move || {
             let line = monitor.status_line();
-            let last = wsgate::sync::lock(&last_reload).clone();
+            let last = last_reload.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             if last.is_empty() {
                 line
             } else {
@@ -415,7 +415,7 @@ async fn serve(config: Config, args: &ConfigArgs) -> ExitCode {
                         (wsgate::reload_status::Outcome::Rejected, reason.clone(), format!("last reload rejected at {now}: {reason}"))
                     }
                 };
-                *wsgate::sync::lock(&last_reload) = status;
+                *last_reload.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = status;
                 write_reload_status(status_file.as_deref(), generation, result, &message);
                 // READY=1 even after a rejected reload, or systemd stays in "reloading".
                 systemd::ready(&status_line());

@@ -6,7 +6,7 @@
 //! The `process_*` family (no `wsgate_` prefix, as every Prometheus client library names it)
 //! comes from [`process::ProcessCollector`], read from `/proc/self` at scrape time.
 
-pub mod process;
+pub(crate) mod process;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

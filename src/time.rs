@@ -13,12 +13,12 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// `now + after`, saturating at ~30 years from `now` (at `now` itself if even that
 /// overflows, which no real clock does).
-pub fn deadline_after(now: Instant, after: Duration) -> Instant {
+pub(crate) fn deadline_after(now: Instant, after: Duration) -> Instant {
     now.checked_add(after.min(FAR_FUTURE)).unwrap_or(now)
 }
 
 /// [`deadline_after`] from now.
-pub fn deadline(after: Duration) -> Instant {
+pub(crate) fn deadline(after: Duration) -> Instant {
     deadline_after(Instant::now(), after)
 }
 

@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use wsgate::ws::codec::{Incoming as WsIncoming, OpCode};
 
-fn body(b: &'static [u8]) -> http_body_util::combinators::BoxBody<Bytes, hyper::Error> {
+fn body(b: &'static [u8]) -> common::upstream::TestBody {
     Full::new(Bytes::from_static(b)).map_err(|never| match never {}).boxed()
 }
 
@@ -98,12 +98,12 @@ struct ChunkBody {
 
 impl hyper::body::Body for ChunkBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.left == 0 {
             return std::task::Poll::Ready(None);
         }

@@ -1,7 +1,7 @@
 //! Integration tests of the proxy over real loopback sockets (a checklist in the
 //! spirit of linkerd's `transparency.rs`).
 
-mod support;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,8 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::*;
+use common::inproc::*;
+use common::upstream::*;
 
 fn dump_lines(text: &str) -> Vec<String> {
     text.lines().map(str::to_owned).collect()
@@ -26,7 +27,7 @@ fn dump_header(text: &str, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn get_is_forwarded_with_rewritten_headers() {
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
     let resp = raw(
         proxy,
@@ -68,7 +69,7 @@ async fn get_is_forwarded_with_rewritten_headers() {
 
 #[tokio::test]
 async fn trusted_peer_keeps_and_appends_forwarding_headers() {
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let mut s = settings(up.addr);
     s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     let proxy = start_proxy(s).await;
@@ -88,7 +89,7 @@ async fn trusted_peer_keeps_and_appends_forwarding_headers() {
 
 #[tokio::test]
 async fn post_bodies_are_byte_exact_both_framings() {
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
     let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
 
@@ -118,7 +119,7 @@ async fn post_bodies_are_byte_exact_both_framings() {
 
 #[tokio::test]
 async fn response_hop_by_hop_headers_are_removed() {
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
     let resp = raw(proxy, b"GET /hop HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
     assert_eq!(resp.status, 200);
@@ -161,7 +162,7 @@ async fn silent_upstream_gives_504_after_response_timeout() {
 async fn response_timeout_restarts_while_the_upload_progresses() {
     // 10 chunks 100 ms apart (1 s) with a 300 ms response timeout: no 504, because
     // the timeout counts from the last request byte sent.
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let mut s = settings(up.addr);
     s.response_timeout = Duration::from_millis(300);
     let proxy = start_proxy(s).await;
@@ -200,7 +201,7 @@ async fn upstream_dying_mid_body_aborts_the_client_without_hanging() {
 
 #[tokio::test]
 async fn keep_alive_reuses_one_upstream_connection() {
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
     let mut client = h1_client(proxy).await;
     for i in 0..20 {
@@ -220,7 +221,7 @@ async fn keep_alive_reuses_one_upstream_connection() {
 
 #[tokio::test]
 async fn upgrade_is_tunnelled_byte_for_byte() {
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(b"GET /tunnel HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: foo\r\n\r\n")
@@ -260,7 +261,7 @@ async fn upgrade_is_tunnelled_byte_for_byte() {
 
 #[tokio::test]
 async fn upgrade_refused_by_upstream_is_a_normal_response() {
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
     // `Upgrade` without `Connection: upgrade` is not an upgrade (RFC 9110 §7.8):
     // forwarded as a plain request with Upgrade stripped.
@@ -271,7 +272,7 @@ async fn upgrade_refused_by_upstream_is_a_normal_response() {
 
 #[tokio::test]
 async fn via_loop_gives_508_without_contacting_the_upstream() {
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
     let resp = raw(proxy, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nVia: 1.1 a, 1.1 wsgate\r\n\r\n").await;
     assert_eq!(resp.status, 508);
@@ -293,7 +294,7 @@ async fn proxy_pointing_at_itself_is_stopped_by_via() {
 
 #[tokio::test]
 async fn http2_client_gets_host_from_authority() {
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
     let stream = TcpStream::connect(proxy).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(

@@ -2,7 +2,7 @@
 //! proxy must stream, never buffer a whole body. Alone in its test binary so the
 //! process's peak RSS (`VmHWM`) is attributable to this test.
 
-mod support;
+mod common;
 
 use std::time::Duration;
 
@@ -10,7 +10,8 @@ use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use support::*;
+use common::inproc::*;
+use common::upstream::*;
 
 const LEN: u64 = 64 << 20;
 
@@ -48,7 +49,7 @@ async fn verify(mut body: Incoming, len: u64, pause: Option<Duration>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_of_64_mib_stream_through_without_buffering() {
-    let up = start_upstream().await;
+    let up = start_dump_upstream().await;
     let proxy = start_proxy(settings(up.addr)).await;
     let base = vm("VmRSS");
 

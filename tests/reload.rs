@@ -34,7 +34,14 @@ async fn in_flight_requests_finish_on_the_old_upstream() {
     let gate = start_gate(&toml, old_up.addr).await;
     let addr = gate.addr;
     let slow = tokio::spawn(async move { http_get(addr, "/slow").await });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // In flight once the old upstream has its connection (the request follows on it).
+    for _ in 0..500 {
+        if old_up.accepts() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(old_up.accepts(), 1, "the request reached the old upstream");
 
     // Switch the upstream, lower max_connections to 1 and add an app while /slow is in flight.
     let text = toml.replace("{UPSTREAM}", &format!("http://{}", new_up.addr))

@@ -38,7 +38,7 @@ fn channel_name(channel: &str) -> Result<(), Response<Body>> {
 }
 
 /// `POST /v1/publish` with `{"channel":"c","data":…}`.
-pub async fn publish(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn publish(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Publish {
@@ -69,7 +69,7 @@ pub async fn publish(state: &AdminState, req: Request<Incoming>) -> Response<Bod
 }
 
 /// `GET /v1/presence/{channel}`.
-pub async fn presence(state: &AdminState, channel: &str) -> Response<Body> {
+pub(crate) async fn presence(state: &AdminState, channel: &str) -> Response<Body> {
     if let Err(response) = channel_name(channel) {
         return response;
     }
@@ -84,7 +84,7 @@ pub async fn presence(state: &AdminState, channel: &str) -> Response<Body> {
 }
 
 /// `GET /v1/history/{channel}[?limit=N]`.
-pub async fn history(state: &AdminState, channel: &str, query: Option<&str>) -> Response<Body> {
+pub(crate) async fn history(state: &AdminState, channel: &str, query: Option<&str>) -> Response<Body> {
     if let Err(response) = channel_name(channel) {
         return response;
     }

@@ -18,7 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a control API call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum AdminClientError {
     /// `[admin] addr = "off"`.
     #[error("the admin listener is off ([admin] addr = \"off\"); there is no control API to call")]
     AdminOff,
@@ -54,8 +54,8 @@ pub struct Target {
 
 impl Target {
     /// The target described by `config`'s `[admin]`.
-    pub fn from_config(config: &Config) -> Result<Self, ClientError> {
-        let mut addr = config.admin.addr.ok_or(ClientError::AdminOff)?;
+    pub fn from_config(config: &Config) -> Result<Self, AdminClientError> {
+        let mut addr = config.admin.addr.ok_or(AdminClientError::AdminOff)?;
         if addr.ip().is_unspecified() {
             // Bound to every address: this host reaches it on loopback.
             addr.set_ip(match addr.ip() {
@@ -66,7 +66,7 @@ impl Target {
         let token = match &config.admin.token_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
-                    .map_err(|e| ClientError::Token(format!("admin.token_file {}: {e}", path.display())))?;
+                    .map_err(|e| AdminClientError::Token(format!("admin.token_file {}: {e}", path.display())))?;
                 Some(text.trim().to_owned())
             }
             None => None,
@@ -89,7 +89,7 @@ pub struct Publish {
 }
 
 /// Publishes one message; returns the number of channels it was queued to.
-pub async fn publish(target: &Target, message: &Publish) -> Result<u64, ClientError> {
+pub async fn publish(target: &Target, message: &Publish) -> Result<u64, AdminClientError> {
     let mut uri = format!("/v1/subscriptions/{}/publish", percent_encode(&message.subscription));
     if !message.exclude.is_empty() {
         let ids: Vec<String> = message.exclude.iter().map(|id| percent_encode(id)).collect();
@@ -99,40 +99,45 @@ pub async fn publish(target: &Target, message: &Publish) -> Result<u64, ClientEr
     let content_type = if message.binary { "application/octet-stream" } else { "text/plain; charset=utf-8" };
     let (status, body) = post(target, &uri, content_type, message.body.clone()).await?;
     let value = json_answer(status, &body)?;
-    value.get("delivered").and_then(|d| d.as_u64()).ok_or_else(|| ClientError::Io {
+    value.get("delivered").and_then(|d| d.as_u64()).ok_or_else(|| AdminClientError::Io {
         addr: target.addr,
         reason: format!("unexpected answer: {}", String::from_utf8_lossy(&body)),
     })
 }
 
 /// POSTs `body` to `uri` on the admin listener (with the token, if any), within [`TIMEOUT`].
-async fn post(target: &Target, uri: &str, content_type: &str, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
+async fn post(
+    target: &Target,
+    uri: &str,
+    content_type: &str,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), AdminClientError> {
     let mut request =
         Request::post(uri).header(header::HOST, target.addr.to_string()).header(header::CONTENT_TYPE, content_type);
     if let Some(token) = &target.token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request =
-        request.body(Full::new(body)).map_err(|e| ClientError::Io { addr: target.addr, reason: e.to_string() })?;
+        request.body(Full::new(body)).map_err(|e| AdminClientError::Io { addr: target.addr, reason: e.to_string() })?;
     tokio::time::timeout(TIMEOUT, call(target.addr, request))
         .await
-        .map_err(|_| ClientError::Io { addr: target.addr, reason: format!("no answer within {TIMEOUT:?}") })?
+        .map_err(|_| AdminClientError::Io { addr: target.addr, reason: format!("no answer within {TIMEOUT:?}") })?
 }
 
 /// Runs `work` on a runtime of its own (the CLI commands are synchronous).
 fn block_on<T>(
     target: &Target,
-    work: impl std::future::Future<Output = Result<T, ClientError>>,
-) -> Result<T, ClientError> {
+    work: impl std::future::Future<Output = Result<T, AdminClientError>>,
+) -> Result<T, AdminClientError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ClientError::Io { addr: target.addr, reason: format!("cannot start the runtime: {e}") })?;
+        .map_err(|e| AdminClientError::Io { addr: target.addr, reason: format!("cannot start the runtime: {e}") })?;
     runtime.block_on(work)
 }
 
 /// The message given on the command line, or standard input for `-` or none.
-fn message_bytes(message: Option<String>) -> Result<Bytes, ClientError> {
+fn message_bytes(message: Option<String>) -> Result<Bytes, AdminClientError> {
     match message {
         None => read_stdin(),
         Some(text) if text == "-" => read_stdin(),
@@ -140,15 +145,15 @@ fn message_bytes(message: Option<String>) -> Result<Bytes, ClientError> {
     }
 }
 
-fn read_stdin() -> Result<Bytes, ClientError> {
+fn read_stdin() -> Result<Bytes, AdminClientError> {
     let mut data = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut data)
-        .map_err(|e| ClientError::Token(format!("cannot read the message from standard input: {e}")))?;
+        .map_err(|e| AdminClientError::Token(format!("cannot read the message from standard input: {e}")))?;
     Ok(Bytes::from(data))
 }
 
-async fn call(addr: SocketAddr, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ClientError> {
-    let io_error = |e: &dyn std::fmt::Display| ClientError::Io { addr, reason: e.to_string() };
+async fn call(addr: SocketAddr, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), AdminClientError> {
+    let io_error = |e: &dyn std::fmt::Display| AdminClientError::Io { addr, reason: e.to_string() };
     let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| io_error(&e))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| io_error(&e))?;
@@ -226,10 +231,10 @@ pub fn publish_command(
     message: Option<String>,
     binary: bool,
     exclude: Vec<String>,
-) -> Result<u64, ClientError> {
+) -> Result<u64, AdminClientError> {
     let body = message_bytes(message)?;
     let exclude = exclude.iter().flat_map(|e| e.split(',')).filter(|e| !e.is_empty()).map(str::to_owned).collect();
-    let destination = resolve_subscription(config, &subscription).map_err(ClientError::Token)?;
+    let destination = resolve_subscription(config, &subscription).map_err(AdminClientError::Token)?;
     let body = if destination.chat_room && !binary { chat_message(&body) } else { body };
     let subscription = destination.subscription;
     let target = Target::from_config(config)?;
@@ -244,9 +249,9 @@ pub fn publish_channel_command(
     config: &Config,
     channel: &str,
     message: Option<String>,
-) -> Result<serde_json::Value, ClientError> {
+) -> Result<serde_json::Value, AdminClientError> {
     let text = String::from_utf8(message_bytes(message)?.to_vec())
-        .map_err(|e| ClientError::Token(format!("cannot read the message from standard input: {e}")))?;
+        .map_err(|e| AdminClientError::Token(format!("cannot read the message from standard input: {e}")))?;
     let data = serde_json::from_str::<serde_json::Value>(&text)
         .unwrap_or_else(|_| serde_json::Value::String(text.trim_end_matches('\n').to_owned()));
     let body = serde_json::json!({ "channel": channel, "data": data }).to_string();
@@ -256,7 +261,7 @@ pub fn publish_channel_command(
 }
 
 /// The JSON of a control-API answer, or the refusal it carries (its `error`, else its text).
-fn json_answer(status: StatusCode, body: &[u8]) -> Result<serde_json::Value, ClientError> {
+fn json_answer(status: StatusCode, body: &[u8]) -> Result<serde_json::Value, AdminClientError> {
     let value: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
         let message = value
@@ -264,7 +269,7 @@ fn json_answer(status: StatusCode, body: &[u8]) -> Result<serde_json::Value, Cli
             .and_then(|e| e.as_str())
             .map(str::to_owned)
             .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
-        return Err(ClientError::Refused { status, message });
+        return Err(AdminClientError::Refused { status, message });
     }
     Ok(value)
 }

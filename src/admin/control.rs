@@ -37,10 +37,10 @@ use crate::pubsub::{ChannelId, SendError};
 use crate::ws::close::code;
 
 /// Longest subscription name accepted.
-pub const MAX_NAME: usize = 256;
+pub(crate) const MAX_NAME: usize = 256;
 
 /// Answers one `/v1/` request (already authorized).
-pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().strip_prefix("/v1").unwrap_or_default().trim_start_matches('/').to_owned();
     let raw: Vec<&str> = if path.is_empty() { Vec::new() } else { path.split('/').collect() };
     let mut segments = Vec::with_capacity(raw.len());
@@ -250,7 +250,7 @@ fn check_name(name: &str) -> Result<(), Response<Body>> {
 }
 
 /// `application/x-www-form-urlencoded` pairs of a query string (`+` is a space).
-pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .unwrap_or_default()
         .split('&')
@@ -264,7 +264,7 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 /// Decodes `%XX` escapes; `None` when an escape is malformed or the result is not UTF-8.
-pub fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     if !text.contains('%') {
         return Some(text.to_owned());
     }

@@ -14,7 +14,7 @@ use crate::http::{full_body, Body};
 /// type `info`, and the text ends with `# EOF`. Prometheus picks its parser from this
 /// Content-Type, and its 0.0.4 parser rejects the `info` type, so announcing `text/plain`
 /// would make scrapes fail.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What `/readyz` checks: the public listeners accept (no drain has started), the upstream
 /// accepts a TCP connection within a short timeout, and the broker is connected (the
@@ -44,7 +44,7 @@ impl std::fmt::Debug for Readiness {
 }
 
 /// `GET /metrics`.
-pub fn metrics(state: &AdminState) -> Response<Body> {
+pub(crate) fn metrics(state: &AdminState) -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::from(state.metrics.render())));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -52,14 +52,14 @@ pub fn metrics(state: &AdminState) -> Response<Body> {
 }
 
 /// `GET /healthz`: the process serves requests.
-pub fn healthz() -> Response<Body> {
+pub(crate) fn healthz() -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::from_static(b"ok\n")));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
 /// `GET /readyz`: 200 when every check passes, 503 otherwise; the JSON body names each check.
-pub async fn readyz(readiness: &Readiness) -> Response<Body> {
+pub(crate) async fn readyz(readiness: &Readiness) -> Response<Body> {
     let listeners = if *readiness.draining.borrow() {
         Err("draining: listeners closed".to_owned())
     } else if readiness.listeners == 0 {

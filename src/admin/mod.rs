@@ -13,11 +13,11 @@
 //! `/metrics`, `/healthz` and `/readyz` answer any Host: they are read-only, carry no ids,
 //! and scrapers and load balancers address nodes by whatever name they know.
 
-pub mod channels;
+pub(crate) mod channels;
 pub mod client;
-pub mod control;
+pub(crate) mod control;
 pub mod dashboard;
-pub mod health;
+pub(crate) mod health;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -34,29 +34,28 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{App, AppError, Message, PreAccept, Rejection, UpgradeRequest};
+use super::{App, AppError, Message, PendingUpgrade, PreAccept, Rejection};
 use crate::config::AppConfig;
+use crate::locks::lock;
 use crate::metrics::KindLabel;
+use crate::proxy::pool::Pool;
+use crate::proxy::UpstreamError;
 use crate::pubsub::hub::encode;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
-use crate::sync::lock;
 use crate::ws::close::{code, is_valid_wire_code};
 
 /// Events queued per channel while a callback is in flight.
-pub const EVENT_QUEUE: usize = 256;
+pub(crate) const EVENT_QUEUE: usize = 256;
 /// Largest callback answer read.
 const MAX_ANSWER: usize = 16 << 20;
 /// Largest body of a rejecting answer passed on to the client.
 const MAX_REJECTION_BODY: usize = 64 << 10;
 
 /// The backend app.
-pub struct Backend {
+pub(crate) struct Backend {
     inner: Arc<Inner>,
 }
 
@@ -64,7 +63,8 @@ struct Inner {
     name: Arc<str>,
     callback: Uri,
     timeout: Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// The proxy's upstream client (keep-alive pool, connect and response timeouts).
+    client: Pool,
     hub: Arc<Hub>,
     /// Actions answered to `open`, applied once the channel is open.
     pending: Mutex<HashMap<ChannelId, Vec<Action>>>,
@@ -86,7 +86,7 @@ enum Event {
 
 /// One action of a callback answer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Send to this channel (`channel: None`) or to another one.
     Send {
         /// Target channel id; `None` = the event's channel.
@@ -151,7 +151,7 @@ impl std::fmt::Display for CallError {
 
 impl Backend {
     /// The app `name` POSTing to its configured `callback`.
-    pub fn new(name: &str, config: &AppConfig, hub: Arc<Hub>) -> Result<Self, AppError> {
+    pub(crate) fn new(name: &str, config: &AppConfig, hub: Arc<Hub>) -> Result<Self, AppError> {
         let callback = config
             .callback
             .as_ref()
@@ -163,14 +163,7 @@ impl Backend {
             .uri()
             .clone();
         let timeout = config.callback_timeout();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let client = Pool::new(timeout, timeout);
         let inner = Inner {
             name: name.into(),
             callback,
@@ -185,7 +178,7 @@ impl Backend {
 }
 
 impl App for Backend {
-    fn pre_accept(&self, request: &UpgradeRequest<'_>) -> Option<PreAccept> {
+    fn pre_accept(&self, request: &PendingUpgrade<'_>) -> Option<PreAccept> {
         let inner = self.inner.clone();
         let event = json!({
             "event": "open",
@@ -303,7 +296,10 @@ impl Inner {
             .body(Full::new(Bytes::from(event.to_string())))
             .map_err(|e| CallError::Failed(e.to_string()))?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| CallError::Failed(error_chain(&e)))?;
+            let response = self.client.send(request).await.map_err(|e| match e {
+                UpstreamError::ResponseTimeout => CallError::Timeout,
+                other => CallError::Failed(error_chain(&other)),
+            })?;
             let (parts, body) = response.into_parts();
             let limit = if parts.status.is_success() { MAX_ANSWER } else { MAX_REJECTION_BODY };
             let body = Limited::new(body, limit)
@@ -403,7 +399,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Parses a callback answer: empty (no actions) or `{"actions":[...]}`. A malformed action is
 /// logged and left out; a malformed answer is an error.
-pub fn parse_answer(body: &[u8]) -> Result<Vec<Action>, String> {
+pub(crate) fn parse_answer(body: &[u8]) -> Result<Vec<Action>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }

@@ -37,9 +37,9 @@ use serde_json::{json, Value};
 
 use super::pubsub::cluster::Cluster;
 use super::{App, Message};
+use crate::locks::lock;
 use crate::pubsub::hub::encode;
 use crate::pubsub::{ChannelHandle, ChannelId, Delivery, Hub, RelayObserver};
-use crate::sync::lock;
 
 /// Longest user name, in characters.
 pub const MAX_USER_CHARS: usize = 32;

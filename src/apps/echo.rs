@@ -6,18 +6,11 @@ use crate::pubsub::ChannelHandle;
 
 /// The echo app.
 #[derive(Debug, Default)]
-pub struct Echo;
+pub(crate) struct Echo;
 
 impl App for Echo {
     fn on_message(&self, channel: &ChannelHandle, message: Message) {
         // A full queue is handled by the channel's slow-consumer policy; nothing more to do here.
-        let _ = match message {
-            Message::Text(text) => channel.send_frame(text_frame(&text)),
-            Message::Binary(data) => channel.send_binary(&data),
-        };
+        let _ = channel.send(&message);
     }
-}
-
-fn text_frame(text: &[u8]) -> bytes::Bytes {
-    crate::ws::codec::server_frame(crate::ws::codec::OpCode::Text, text)
 }

@@ -1,10 +1,10 @@
 //! The built-in apps. Each app sees WebSocket connections only through the [`App`] trait and
 //! [`ChannelHandle`]s: it never touches sockets or encodes frames itself.
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod chat;
-pub mod echo;
-pub mod logview;
+pub(crate) mod echo;
+pub(crate) mod logview;
 pub mod pubsub;
 
 use std::future::Future;
@@ -16,11 +16,12 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use crate::config::{AppConfig, AppKind};
+pub use crate::pubsub::Message;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
 
 /// What an app sees of a WebSocket upgrade request before it is accepted.
 #[derive(Debug, Clone)]
-pub struct UpgradeRequest<'a> {
+pub struct PendingUpgrade<'a> {
     /// The id the channel will have if accepted.
     pub channel: &'a ChannelId,
     /// The request's path and query.
@@ -54,15 +55,6 @@ impl Rejection {
 /// The decision an app takes before the 101 (see [`App::pre_accept`]).
 pub type PreAccept = Pin<Box<dyn Future<Output = Result<(), Rejection>> + Send>>;
 
-/// One complete data message received from a client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Message {
-    /// A text message; the bytes are valid UTF-8 (checked by the codec).
-    Text(Bytes),
-    /// A binary message.
-    Binary(Bytes),
-}
-
 /// What an app sees of a Server-Sent Events request (`GET` of its URL with `Accept:
 /// text/event-stream`) before the stream starts.
 #[derive(Debug, Clone)]
@@ -88,7 +80,7 @@ pub trait App: Send + Sync + 'static {
     /// request with the rejection instead. When it resolves `Ok`, the app later gets
     /// either `on_open` (and eventually `on_close`) or, if the client vanished during the
     /// upgrade, [`App::on_accept_failed`].
-    fn pre_accept(&self, _request: &UpgradeRequest<'_>) -> Option<PreAccept> {
+    fn pre_accept(&self, _request: &PendingUpgrade<'_>) -> Option<PreAccept> {
         None
     }
 

@@ -10,12 +10,12 @@
 use std::time::Duration;
 
 use super::units::{format_duration, format_size};
-use super::validate::Issue;
+use super::Issue;
 use super::{AppConfig, Config};
 
 /// A configured number and its kind, for the range check and the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Value {
+pub(crate) enum Value {
     /// A duration (`"30s"`).
     Duration(Duration),
     /// A byte size (`"1MiB"`).
@@ -26,7 +26,7 @@ pub enum Value {
 
 /// An inclusive range `min..=max` of one kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Range {
+pub(crate) enum Range {
     /// Durations.
     Duration(Duration, Duration),
     /// Byte sizes.
@@ -37,7 +37,7 @@ pub enum Range {
 
 impl Range {
     /// Whether `value` is of this range's kind and inside it.
-    pub fn contains(self, value: Value) -> bool {
+    pub(crate) fn contains(self, value: Value) -> bool {
         match (self, value) {
             (Range::Duration(lo, hi), Value::Duration(v)) => lo <= v && v <= hi,
             (Range::Size(lo, hi), Value::Size(v)) | (Range::Count(lo, hi), Value::Count(v)) => lo <= v && v <= hi,
@@ -46,7 +46,7 @@ impl Range {
     }
 
     /// The range as written in a config file: `"100ms" to "1d"`, `"1KiB" to "1MiB"`, `1 to 10000000`.
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         match self {
             Range::Duration(lo, hi) => format!("\"{}\" to \"{}\"", format_duration(lo), format_duration(hi)),
             Range::Size(lo, hi) => format!("\"{}\" to \"{}\"", format_size(lo), format_size(hi)),
@@ -72,7 +72,7 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 /// One fixed key: its dotted path, its range, and how to read it from the tree.
-pub struct Bound {
+pub(crate) struct Bound {
     /// Dotted key path (`limits.max_header_bytes`).
     pub path: &'static str,
     /// Allowed values.
@@ -83,7 +83,7 @@ pub struct Bound {
 
 /// One per-app key (`apps.NAME.<key>`); `get` answers `None` when the key is not written
 /// (the default is inside the range).
-pub struct AppBound {
+pub(crate) struct AppBound {
     /// The key inside `[apps.NAME]`.
     pub key: &'static str,
     /// Allowed values.
@@ -111,7 +111,7 @@ fn count(n: usize) -> Value {
 /// - `max_header_bytes` 1KiB (a browser's head fits) to 1MiB (each connection may buffer
 ///   that much before 431); `max_message_size` and `send_queue` at most 1GiB per connection;
 /// - `max_connections` 1 to 10 million (more than any one process's descriptors).
-pub const BOUNDS: &[Bound] = &[
+pub(crate) const BOUNDS: &[Bound] = &[
     Bound {
         path: "upstream.connect_timeout",
         range: Range::Duration(MS, HOUR),
@@ -165,7 +165,7 @@ pub const BOUNDS: &[Bound] = &[
 /// - log-view `refresh` 10ms (a poll loop, not a spin) to an hour; `backlog_lines` and chat
 ///   `history` 0 to 100,000 (each is held in memory per file or room and sent on join);
 /// - backend `callback_timeout` 1ms to an hour.
-pub const APP_BOUNDS: &[AppBound] = &[
+pub(crate) const APP_BOUNDS: &[AppBound] = &[
     AppBound {
         key: "refresh",
         range: Range::Duration(Duration::from_millis(10), HOUR),
@@ -186,7 +186,7 @@ fn out_of_range(value: Value, range: Range) -> String {
 }
 
 /// Reports every value outside its range.
-pub fn check(config: &Config, out: &mut Vec<Issue>) {
+pub(crate) fn check(config: &Config, out: &mut Vec<Issue>) {
     for bound in BOUNDS {
         let value = (bound.get)(config);
         if !bound.range.contains(value) {
@@ -205,7 +205,8 @@ pub fn check(config: &Config, out: &mut Vec<Issue>) {
 }
 
 /// The range of a fixed key, for docs and tests.
-pub fn range_of(path: &str) -> Option<Range> {
+#[cfg(test)]
+pub(crate) fn range_of(path: &str) -> Option<Range> {
     BOUNDS
         .iter()
         .find(|b| b.path == path)

@@ -5,18 +5,20 @@
 //! denies unknown keys, so a typo is an error instead of a silently ignored setting.
 //! `Serialize` writes the tree back in the file's own format (`wsgate check --print`).
 
-pub mod bounds;
+pub(crate) mod bounds;
+mod issue;
 pub mod load;
 pub mod pubsub;
 pub mod readable;
 pub mod summary;
-pub mod units;
-pub mod validate;
+pub(crate) mod units;
+pub(crate) mod validate;
 
+pub use issue::Issue;
 pub use load::{
     key_prefix, load, locate, CliOverrides, ConfigError, ConfigSource, ErrorEntry, ErrorSource, DEMO_CONFIG,
 };
-pub use validate::{validate, Issue};
+pub use validate::validate;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -318,10 +320,13 @@ pub struct WebSocketConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// `[websocket] max_message_size` unless set; also the codec's default ([`crate::ws::DecoderConfig`]).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+
 impl Default for WebSocketConfig {
     fn default() -> Self {
         WebSocketConfig {
-            max_message_size: 1 << 20,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             send_queue: 1 << 20,
@@ -592,14 +597,14 @@ mod addr_or_off {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::net::SocketAddr;
 
-    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(a) => s.collect_str(a),
             None => s.serialize_str("off"),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
         let text = String::deserialize(d)?;
         if text == "off" || text.is_empty() {
             return Ok(None);
@@ -617,11 +622,11 @@ mod socket_addr {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::net::SocketAddr;
 
-    pub fn serialize<S: Serializer>(v: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(v: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(v)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(|_| {
             serde::de::Error::custom(format!(

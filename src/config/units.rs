@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Why a size or duration string was rejected. The text is shown to operators.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct UnitError(String);
+pub(crate) struct UnitError(String);
 
 /// Size suffixes, matched case-insensitively. Bare `k`/`m`/`g` are left out on purpose:
 /// whether they mean 1000 or 1024 differs between tools.
@@ -35,7 +35,7 @@ const SIZE_UNITS: &[(&str, u64)] = &[
 /// (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`, `TB`, `TiB`; any case, spaces allowed
 /// before the unit). Binary units are powers of 1024, decimal ones powers of 1000.
 /// `"1.5MiB"` is accepted when it comes to a whole number of bytes.
-pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, UnitError> {
     let s = text.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
@@ -87,7 +87,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 
 /// Formats a byte count with the largest binary unit that divides it exactly
 /// (`1048576` → `"1MiB"`), or as plain bytes (`"1000B"`).
-pub fn format_size(bytes: u64) -> String {
+pub(crate) fn format_size(bytes: u64) -> String {
     for (unit, mult) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
         if bytes != 0 && bytes % mult == 0 {
             return format!("{}{unit}", bytes / mult);
@@ -98,7 +98,7 @@ pub fn format_size(bytes: u64) -> String {
 
 /// Parses a duration with units, as `humantime` does: `"30s"`, `"250ms"`, `"1m 30s"`,
 /// `"2h"`. A bare number is rejected with a hint, because its unit would be a guess.
-pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let s = text.trim();
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(bare_number_hint(s));
@@ -108,7 +108,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 }
 
 /// Formats a duration the way [`parse_duration`] reads it back (`"1m 30s"`, `"250ms"`).
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     if d.is_zero() {
         return "0s".to_string();
     }
@@ -121,19 +121,19 @@ fn bare_number_hint(number: impl fmt::Display) -> UnitError {
 
 /// Serde helpers for a `usize` byte size: reads an integer or a size string, writes the
 /// shortest exact string (`"1MiB"`).
-pub mod size {
+pub(crate) mod size {
     use super::{format_size, parse_size};
     use serde::de::{self, Visitor};
     use serde::{Deserializer, Serializer};
     use std::fmt;
 
     /// Serializes a size as a string such as `"16KiB"`.
-    pub fn serialize<S: Serializer>(value: &usize, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(value: &usize, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_size(*value as u64))
     }
 
     /// Deserializes a size from an integer (bytes) or a string with a unit.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
         d.deserialize_any(SizeVisitor)
     }
 
@@ -166,7 +166,7 @@ pub mod size {
 }
 
 /// Serde helpers for a [`Duration`] written as a string with units.
-pub mod duration {
+pub(crate) mod duration {
     use super::{bare_number_hint, format_duration, parse_duration};
     use serde::de::{self, Visitor};
     use serde::{Deserializer, Serializer};
@@ -174,12 +174,12 @@ pub mod duration {
     use std::time::Duration;
 
     /// Serializes a duration as a string such as `"30s"`.
-    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_duration(*value))
     }
 
     /// Deserializes a duration from a string with units; numbers are rejected with a hint.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         d.deserialize_any(DurationVisitor)
     }
 
@@ -211,7 +211,7 @@ pub mod duration {
 }
 
 /// Serde helpers for an `Option<Duration>` (absent = `None`).
-pub mod opt_duration {
+pub(crate) mod opt_duration {
     use super::duration::DurationVisitor;
     use super::format_duration;
     use serde::de::{self, Visitor};
@@ -220,7 +220,7 @@ pub mod opt_duration {
     use std::time::Duration;
 
     /// Serializes `Some(d)` as a duration string and `None` as none.
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match value {
             Some(d) => s.serialize_some(&format_duration(*d)),
             None => s.serialize_none(),
@@ -228,7 +228,7 @@ pub mod opt_duration {
     }
 
     /// Deserializes an optional duration string.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         d.deserialize_option(OptVisitor)
     }
 

@@ -7,28 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{is_loopback, AppConfig, AppKind, BrokerKind, Config};
-
-/// One validation problem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
-    /// Dotted key path, array elements by index: `apps.echo.urls.0`, `listen.1.addr`.
-    pub path: String,
-    /// What is wrong, for operators.
-    pub message: String,
-}
-
-impl Issue {
-    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Issue { path: path.into(), message: message.into() }
-    }
-}
+use super::{is_loopback, AppConfig, AppKind, BrokerKind, Config, Issue};
 
 /// Settings every app kind accepts.
 const COMMON_APP_KEYS: &[&str] = &["kind", "urls", "allow", "allowed_hosts", "allowed_origins", "auth", "subprotocols"];
 
 /// The keys an app of `kind` accepts besides the common ones.
-pub fn kind_specific_keys(kind: AppKind) -> &'static [&'static str] {
+pub(crate) fn kind_specific_keys(kind: AppKind) -> &'static [&'static str] {
     match kind {
         AppKind::Echo => &[],
         AppKind::Chat => &["history", "room_names"],
@@ -39,12 +24,12 @@ pub fn kind_specific_keys(kind: AppKind) -> &'static [&'static str] {
 }
 
 /// Whether `key` is a setting of an app of `kind`.
-pub fn is_app_key(kind: AppKind, key: &str) -> bool {
+pub(crate) fn is_app_key(kind: AppKind, key: &str) -> bool {
     COMMON_APP_KEYS.contains(&key) || kind_specific_keys(kind).contains(&key)
 }
 
 /// The message for a setting written on an app of another kind.
-pub fn foreign_key_message(kind: AppKind) -> String {
+pub(crate) fn foreign_key_message(kind: AppKind) -> String {
     let article = if kind.as_str().starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
     format!("not a setting of {article} `{kind}` app")
 }
@@ -211,7 +196,7 @@ fn broker(config: &Config, out: &mut Vec<Issue>) {
         }
     }
     if let Some(node) = &config.broker.node {
-        if !crate::pubsub::broker::valid_node_name(node) {
+        if !valid_node_name(node) {
             out.push(Issue::new("broker.node", format!("{node:?}: use 1 to 64 of A-Z a-z 0-9 . _ -")));
         }
     }
@@ -239,6 +224,12 @@ fn origins(path: &str, list: &[String], out: &mut Vec<Issue>) {
             ));
         }
     }
+}
+
+/// Whether `node` can be used as a node name: 1 to 64 of `A-Z a-z 0-9 . _ -`, so it can be a
+/// channel-id prefix and part of a Redis channel name (`pubsub::broker`).
+fn valid_node_name(node: &str) -> bool {
+    (1..=64).contains(&node.len()) && node.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn valid_app_name(name: &str) -> bool {
@@ -451,6 +442,15 @@ mod tests {
         assert_eq!(issues.len(), 1, "{issues:?}");
         assert_eq!(issues[0].path, path, "{issues:?}");
         assert!(issues[0].message.contains(needle), "{issues:?}");
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(valid_node_name("node-a.1_x"));
+        assert!(!valid_node_name(""));
+        assert!(!valid_node_name("a b"));
+        assert!(!valid_node_name("a:b"));
+        assert!(!valid_node_name(&"x".repeat(65)));
     }
 
     #[test]

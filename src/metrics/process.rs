@@ -22,13 +22,13 @@ const TICKS_PER_SECOND: f64 = 100.0;
 /// `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds` and
 /// `process_start_time_seconds`.
 #[derive(Debug, Default)]
-pub struct ProcessCollector {
+pub(crate) struct ProcessCollector {
     _private: (),
 }
 
 /// One reading of the process's figures; `None` where `/proc` did not tell.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct ProcessStats {
+pub(crate) struct ProcessStats {
     /// User + system CPU time, seconds.
     pub cpu_seconds: Option<f64>,
     /// Resident set size, bytes.
@@ -45,14 +45,14 @@ pub struct ProcessStats {
 
 impl ProcessCollector {
     /// A collector for the current process.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 }
 
 impl ProcessStats {
     /// Reads the current process's figures from `/proc/self` and `/proc/stat`.
-    pub fn read() -> Self {
+    pub(crate) fn read() -> Self {
         let stat = fs::read_to_string("/proc/self/stat").ok();
         let stat_fields = stat.as_deref().and_then(stat_fields_after_comm);
         let status = fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -23,7 +23,7 @@ use tokio::time::{Instant, Sleep};
 use super::BoxError;
 
 /// Bytes of a request body read before the request is forwarded.
-pub const PREFETCH_LIMIT: usize = 64 * 1024;
+pub(crate) const PREFETCH_LIMIT: usize = 64 * 1024;
 
 /// Why a client's request body could not be forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +40,7 @@ pub enum BodyFailure {
 /// The request body as it is sent upstream: what was read ahead, then the rest of the
 /// client's body under the idle timeout. A failure of the rest is recorded where the proxy
 /// finds it after the exchange ([`ClientBody::failure`]).
-pub struct ClientBody<B> {
+pub(crate) struct ClientBody<B> {
     read_ahead: VecDeque<Frame<Bytes>>,
     read_ahead_len: u64,
     /// A trailer section was read ahead: the body cannot be sent with a length.
@@ -53,13 +53,13 @@ pub struct ClientBody<B> {
 
 impl<B> ClientBody<B> {
     /// Where a failure of the streamed rest of the body is recorded.
-    pub fn failure(&self) -> Arc<OnceLock<BodyFailure>> {
+    pub(crate) fn failure(&self) -> Arc<OnceLock<BodyFailure>> {
         self.failure.clone()
     }
 }
 
 /// Reads `body` until it ends or [`PREFETCH_LIMIT`] bytes are in, all within `timeout`.
-pub async fn prefetch<B>(mut body: B, timeout: Duration) -> Result<ClientBody<B>, BodyFailure>
+pub(crate) async fn prefetch<B>(mut body: B, timeout: Duration) -> Result<ClientBody<B>, BodyFailure>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,

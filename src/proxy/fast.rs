@@ -15,17 +15,14 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::error::UpstreamError;
-use super::h1::{self, ChunkedEnd, ForwardPlan, Framing, ResponseHead, ResponsePlan};
+use super::h1::{self, ChunkedEnd, ForwardPlan, Framing, ResponseHead, ResponsePlan, MAX_RESPONSE_HEAD};
 use super::Proxy;
 
-/// A response head larger than this is refused (502); the full path's client has the same
-/// buffer limit (`proxy::pool`).
-pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Bytes asked of the kernel per read of a body.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -315,75 +312,4 @@ async fn write_both<C: AsyncWrite + Unpin>(client: &mut C, mut a: &[u8], mut b: 
         b = &b[(written - from_a).min(b.len())..];
     }
     client.flush().await.is_ok()
-}
-
-/// The client connection's bytes read ahead of hyper: when the fast path hands a connection
-/// over, hyper reads these first.
-pub struct Prefixed<I> {
-    prefix: bytes::Bytes,
-    io: I,
-}
-
-impl<I> Prefixed<I> {
-    /// `io` whose reads start with `prefix`.
-    pub fn new(prefix: bytes::Bytes, io: I) -> Self {
-        Self { prefix, io }
-    }
-
-    /// The bytes not read yet and the connection.
-    pub fn into_parts(self) -> (bytes::Bytes, I) {
-        (self.prefix, self.io)
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }

@@ -22,6 +22,9 @@ use super::headers::{is_dropped, is_valid_host, via_has_pseudonym_bytes, Forward
 pub const MAX_HEADERS: usize = 64;
 /// Field lines per response head at most (hyper's client default, so both paths agree).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
+/// A response head larger than this is refused (502), on the fast path and by the full path's
+/// client (`proxy::pool`), so both answer alike.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// What to do with the bytes at the start of a client connection's buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -105,12 +108,42 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
     if is_app_url(path) {
         return app_upgrade(req.headers, method, target, head_len).map_or(RequestPlan::Fallback, RequestPlan::Upgrade);
     }
+    let Some(fields) = screen_request_fields(req.headers) else {
+        return RequestPlan::Fallback;
+    };
+    RequestPlan::Forward(ForwardPlan {
+        head_len,
+        body_len: fields.body_len,
+        upstream_head: upstream_request_head(method, target, req.headers, &fields, ctx, head_len),
+        head_method: method == "HEAD",
+        keep_alive: fields.keep_alive,
+        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
+    })
+}
+
+/// What the fast path needs to know of a request's fields, once they passed its screening.
+struct ScreenedFields<'a> {
+    /// The one plain `Content-Length` (0 without one).
+    body_len: usize,
+    /// The one valid `Host`.
+    host: &'a [u8],
+    /// No `Connection: close`.
+    keep_alive: bool,
+    /// The other field names `Connection` lists (removed on the way up).
+    named: Vec<&'a str>,
+}
+
+/// Screens a request's fields for the fast path; `None` when the full path must serve the
+/// request: a framing it judges or streams (several or large `Content-Length`s,
+/// `Transfer-Encoding`, `Expect`), an upgrade, a loop (our `Via` pseudonym), anything but
+/// exactly one valid `Host` (RFC 9112 §3.2: the full path refuses it with 400).
+fn screen_request_fields<'a>(fields: &[httparse::Header<'a>]) -> Option<ScreenedFields<'a>> {
     let mut keep_alive = true;
     let mut body_len = None;
     let mut host: Option<&[u8]> = None;
     let mut hosts = 0;
     let mut named: Vec<&str> = Vec::new();
-    for field in req.headers.iter() {
+    for field in fields {
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
             // One plain length up to MAX_FAST_BODY. A second field (even an identical one), a
@@ -118,13 +151,13 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
             // streams it.
             match (body_len, plain_length(field.value)) {
                 (None, Some(n)) if n <= MAX_FAST_BODY => body_len = Some(n),
-                _ => return RequestPlan::Fallback,
+                _ => return None,
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
             || name.eq_ignore_ascii_case("upgrade")
         {
-            return RequestPlan::Fallback;
+            return None;
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
             host = Some(field.value);
@@ -133,22 +166,31 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
                 if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return RequestPlan::Fallback;
+                    return None;
                 } else if let Ok(token) = std::str::from_utf8(token) {
                     named.push(token);
                 }
             }
         } else if name.eq_ignore_ascii_case("via") && via_has_pseudonym_bytes(field.value) {
             // A loop: the full path answers 508.
-            return RequestPlan::Fallback;
+            return None;
         }
     }
-    // RFC 9112 §3.2: exactly one valid Host; anything else is the full path's to refuse (400,
-    // headers::check_request).
-    let Some(host) = host.filter(|h| hosts == 1 && is_valid_host(h)) else {
-        return RequestPlan::Fallback;
-    };
+    let host = host.filter(|h| hosts == 1 && is_valid_host(h))?;
+    Some(ScreenedFields { body_len: body_len.unwrap_or(0), host, keep_alive, named })
+}
 
+/// The request head sent upstream: the request line, the client's fields without the
+/// hop-by-hop ones (the shared rule, `headers::is_dropped`) and `Proxy-Authorization`, the one
+/// parsed length, then our `X-Forwarded-*`, `Forwarded` and `Via` (DESIGN §2).
+fn upstream_request_head(
+    method: &str,
+    target: &str,
+    fields: &[httparse::Header<'_>],
+    screened: &ScreenedFields<'_>,
+    ctx: &ForwardContext,
+    head_len: usize,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(head_len + 160);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -157,15 +199,15 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
     let mut xff = ListMerge::default();
     let mut forwarded = ListMerge::default();
     let mut via = ListMerge::default();
-    for field in req.headers.iter() {
+    for field in fields {
         let name = field.name;
-        if is_dropped(name, &named) || name.eq_ignore_ascii_case("proxy-authorization") {
+        if is_dropped(name, &screened.named) || name.eq_ignore_ascii_case("proxy-authorization") {
             continue;
         }
         if name.eq_ignore_ascii_case("content-length") {
             // The framing sent on is the one parsed here (one plain length), whatever the
             // field looked like and whatever `Connection` named.
-            push_length(&mut out, body_len.unwrap_or(0) as u64);
+            push_length(&mut out, screened.body_len as u64);
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
             xff.add(field.value);
         } else if name.eq_ignore_ascii_case("forwarded") {
@@ -180,19 +222,12 @@ pub fn plan_request(buf: &[u8], ctx: &ForwardContext, is_app_url: impl Fn(&str) 
     // are formatted straight into the head (no allocation per request).
     xff.push(&mut out, b"x-forwarded-for", ctx.trusted, format_args!("{}", ctx.peer));
     push_field(&mut out, b"x-forwarded-proto", ctx.proto().as_bytes());
-    let element = ForwardedElement { ctx, host: visible_ascii(host) };
+    let element = ForwardedElement { ctx, host: visible_ascii(screened.host) };
     forwarded.push(&mut out, b"forwarded", ctx.trusted, format_args!("{element}"));
-    push_field(&mut out, b"x-forwarded-host", host);
+    push_field(&mut out, b"x-forwarded-host", screened.host);
     via.push(&mut out, b"via", true, format_args!("1.1 {PSEUDONYM}"));
     out.extend_from_slice(b"\r\n");
-    RequestPlan::Forward(ForwardPlan {
-        head_len,
-        body_len: body_len.unwrap_or(0),
-        upstream_head: out,
-        head_method: method == "HEAD",
-        keep_alive,
-        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
-    })
+    out
 }
 
 /// The request on an app URL when it is body-less and asks for an upgrade; `None` for anything
@@ -302,20 +337,57 @@ fn plan_response_in<'b>(
         100..=199 => return Some(ResponsePlan::Interim(head_len)),
         _ => {}
     }
-    let mut chunked = false;
-    let mut other_coding = false;
-    let mut length: Option<u64> = None;
-    let mut conflicting_length = false;
-    let mut upstream_close = version == 0;
-    let mut named: Vec<&str> = Vec::new();
-    for field in resp.headers.iter() {
+    let scanned = scan_response_fields(resp.headers, version);
+    let framing = match response_framing(&scanned, status, head_method, version) {
+        Ok(framing) => framing,
+        Err(reason) => return Some(ResponsePlan::Invalid(reason)),
+    };
+    let close_client = !keep_alive || framing == Framing::UntilClose;
+    let client_head = client_response_head(&resp, status, &scanned, framing, close_client, head_len);
+    Some(ResponsePlan::Ready(ResponseHead {
+        head_len,
+        status,
+        client_head,
+        framing,
+        upstream_keep_alive: !scanned.upstream_close && framing != Framing::UntilClose,
+    }))
+}
+
+/// What a response's fields say about its framing and its connection.
+struct ResponseFields<'a> {
+    /// `Transfer-Encoding: chunked` (once).
+    chunked: bool,
+    /// Any other transfer coding, or `chunked` twice.
+    other_coding: bool,
+    /// The `Content-Length` (all its values agreeing).
+    length: Option<u64>,
+    /// `Content-Length` values that disagree or do not parse.
+    conflicting_length: bool,
+    /// The upstream closes the connection after this response (`Connection: close`, or
+    /// HTTP/1.0 without `keep-alive`).
+    upstream_close: bool,
+    /// The other field names `Connection` lists (removed on the way to the client).
+    named: Vec<&'a str>,
+}
+
+/// Reads the framing and connection fields of a response head (`version` 0 is HTTP/1.0).
+fn scan_response_fields<'a>(fields: &[httparse::Header<'a>], version: u8) -> ResponseFields<'a> {
+    let mut scanned = ResponseFields {
+        chunked: false,
+        other_coding: false,
+        length: None,
+        conflicting_length: false,
+        upstream_close: version == 0,
+        named: Vec::new(),
+    };
+    for field in fields {
         let name = field.name;
         if name.eq_ignore_ascii_case("transfer-encoding") {
             for coding in list_items(field.value) {
-                if coding.eq_ignore_ascii_case(b"chunked") && !chunked {
-                    chunked = true;
+                if coding.eq_ignore_ascii_case(b"chunked") && !scanned.chunked {
+                    scanned.chunked = true;
                 } else {
-                    other_coding = true;
+                    scanned.other_coding = true;
                 }
             }
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -324,45 +396,66 @@ fn plan_response_in<'b>(
                     .ok()
                     .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|s| s.parse::<u64>().ok());
-                match (parsed, length) {
-                    (Some(n), None) => length = Some(n),
+                match (parsed, scanned.length) {
+                    (Some(n), None) => scanned.length = Some(n),
                     (Some(n), Some(m)) if n == m => {}
-                    _ => conflicting_length = true,
+                    _ => scanned.conflicting_length = true,
                 }
             }
         } else if name.eq_ignore_ascii_case("connection") {
             for token in list_items(field.value) {
                 if token.eq_ignore_ascii_case(b"close") {
-                    upstream_close = true;
+                    scanned.upstream_close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
-                    upstream_close = false;
+                    scanned.upstream_close = false;
                 } else if let Ok(token) = std::str::from_utf8(token) {
-                    named.push(token);
+                    scanned.named.push(token);
                 }
             }
         }
     }
-    if version == 0 && (chunked || other_coding) {
+    scanned
+}
+
+/// How the response body is delimited (RFC 9112 §6.3), or why the response is refused (502).
+fn response_framing(
+    scanned: &ResponseFields<'_>,
+    status: u16,
+    head_method: bool,
+    version: u8,
+) -> Result<Framing, &'static str> {
+    if version == 0 && (scanned.chunked || scanned.other_coding) {
         // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 makes the framing faulty.
-        return Some(ResponsePlan::Invalid("Transfer-Encoding in an HTTP/1.0 response"));
+        return Err("Transfer-Encoding in an HTTP/1.0 response");
     }
-    let framing = if head_method || status == 204 || status == 304 {
+    Ok(if head_method || status == 204 || status == 304 {
         Framing::Empty
-    } else if chunked || other_coding {
-        if other_coding {
+    } else if scanned.chunked || scanned.other_coding {
+        if scanned.other_coding {
             // A coding we would have to undo to re-frame; hyper's path would lose it too.
-            return Some(ResponsePlan::Invalid("transfer coding other than chunked"));
+            return Err("transfer coding other than chunked");
         }
         Framing::Chunked
-    } else if conflicting_length {
-        return Some(ResponsePlan::Invalid("invalid Content-Length"));
-    } else if let Some(n) = length {
+    } else if scanned.conflicting_length {
+        return Err("invalid Content-Length");
+    } else if let Some(n) = scanned.length {
         Framing::Length(n)
     } else {
         Framing::UntilClose
-    };
-    let close_client = !keep_alive || framing == Framing::UntilClose;
+    })
+}
 
+/// The response head sent to the client: HTTP/1.1 status line, the upstream's fields without
+/// the hop-by-hop ones and its framing fields, the framing written from what was parsed, our
+/// `Via`, and `Connection: close` when the client connection ends with this response.
+fn client_response_head(
+    resp: &httparse::Response<'_, '_>,
+    status: u16,
+    scanned: &ResponseFields<'_>,
+    framing: Framing,
+    close_client: bool,
+    head_len: usize,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(head_len + 64);
     out.extend_from_slice(b"HTTP/1.1 ");
     // Three digits (httparse reads exactly three; 0-99 was refused above).
@@ -374,7 +467,7 @@ fn plan_response_in<'b>(
         let name = field.name;
         // Framing fields are never copied: the client's framing is written below from what
         // was parsed here (a `Connection` naming them cannot leave a body unframed).
-        if is_dropped(name, &named) || name.eq_ignore_ascii_case("content-length") {
+        if is_dropped(name, &scanned.named) || name.eq_ignore_ascii_case("content-length") {
             continue;
         }
         if name.eq_ignore_ascii_case("via") {
@@ -390,26 +483,20 @@ fn plan_response_in<'b>(
         }
         // A HEAD or 304 response's length describes the representation (RFC 9110 §8.6); a 204
         // has none.
-        Framing::Empty if status != 204 && !chunked && !conflicting_length => {
-            if let Some(n) = length {
+        Framing::Empty if status != 204 && !scanned.chunked && !scanned.conflicting_length => {
+            if let Some(n) = scanned.length {
                 push_length(&mut out, n);
             }
         }
         Framing::Empty | Framing::UntilClose => {}
     }
-    let received = if version == 0 { "1.0" } else { "1.1" };
+    let received = if resp.version == Some(0) { "1.0" } else { "1.1" };
     via.push(&mut out, b"via", true, format_args!("{received} {PSEUDONYM}"));
     if close_client {
         push_field(&mut out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    Some(ResponsePlan::Ready(ResponseHead {
-        head_len,
-        status,
-        client_head: out,
-        framing,
-        upstream_keep_alive: !upstream_close && framing != Framing::UntilClose,
-    }))
+    out
 }
 
 /// Finds the end of a chunked body (RFC 9112 §7.1) in the bytes passing through, without

@@ -13,14 +13,14 @@ use ipnet::IpNet;
 
 /// The pseudonym wsgate uses in `Via` (RFC 9110 §7.6.3 allows a pseudonym in
 /// place of the host name; it also serves as our loop marker).
-pub const PSEUDONYM: &str = "wsgate";
+pub(crate) const PSEUDONYM: &str = "wsgate";
 
 /// `X-Forwarded-For` (de facto; not registered with IANA, so `http` has no constant).
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// `Proxy-Connection`: never standardised, but sent by old clients; hop-by-hop.
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// `Keep-Alive` (RFC 2068 §19.7.1.1); hop-by-hop.
@@ -62,7 +62,7 @@ impl ForwardContext {
 /// Returns the protocol named in `Upgrade` if the message is an upgrade request:
 /// RFC 9110 §7.8 requires a sender of `Upgrade` to also send the `upgrade`
 /// connection option, so both must be present.
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let upgrade = headers.get(header::UPGRADE)?;
     if upgrade.as_bytes().iter().all(u8::is_ascii_whitespace) {
         return None;
@@ -71,7 +71,7 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Whether any `Connection` field line lists `token` (case-insensitive, RFC 9110 §7.6.1).
-pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
 
@@ -89,11 +89,11 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// The fields that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1, plus the
 /// legacy `Proxy-Connection` and `Keep-Alive`). The one list both proxy paths use.
-pub const HOP_BY_HOP: [&str; 6] =
+pub(crate) const HOP_BY_HOP: [&str; 6] =
     ["connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade"];
 
 /// Whether `name` is one of [`HOP_BY_HOP`] (any case).
-pub fn is_hop_by_hop(name: &str) -> bool {
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
@@ -102,7 +102,7 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// and `Transfer-Encoding` (the framing is re-derived from what wsgate parsed, and a peer
 /// that could strip a length would hide a request in the body: request smuggling), `Host`
 /// and the upgrade fields (`Upgrade`, `Sec-WebSocket-*`), which the tunnel needs.
-pub fn connection_may_remove(name: &str) -> bool {
+pub(crate) fn connection_may_remove(name: &str) -> bool {
     const PROTECTED: [&str; 4] = ["content-length", "transfer-encoding", "host", "upgrade"];
     const PROTECTED_PREFIX: &str = "sec-websocket-";
     !(PROTECTED.iter().any(|p| name.eq_ignore_ascii_case(p))
@@ -112,7 +112,7 @@ pub fn connection_may_remove(name: &str) -> bool {
 /// Whether a field named `name` is dropped on the way through, given the options of the
 /// message's `Connection` fields (`named`): [`HOP_BY_HOP`], or named and
 /// [`connection_may_remove`].
-pub fn is_dropped<S: AsRef<str>>(name: &str, named: &[S]) -> bool {
+pub(crate) fn is_dropped<S: AsRef<str>>(name: &str, named: &[S]) -> bool {
     is_hop_by_hop(name) || (named.iter().any(|n| name.eq_ignore_ascii_case(n.as_ref())) && connection_may_remove(name))
 }
 
@@ -120,7 +120,7 @@ pub fn is_dropped<S: AsRef<str>>(name: &str, named: &[S]) -> bool {
 /// it names (but those [`connection_may_remove`] protects), plus `Proxy-Connection`,
 /// `Keep-Alive`, `TE`, `Transfer-Encoding` and `Upgrade`. Framing is redone by hyper on the
 /// next hop.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Names are collected first: the map cannot be mutated while borrowed.
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter(|t| connection_may_remove(t))
@@ -159,7 +159,7 @@ impl Refusal {
 /// * `Transfer-Encoding` in HTTP/1.0 (RFC 9112 §6.1) or `chunked` more than once → 400;
 /// * a coding other than a single `chunked` (e.g. `gzip, chunked`) → 501: wsgate re-frames
 ///   bodies and would drop the coding.
-pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
+pub(crate) fn check_request(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => return Err(Refusal::bad("more than one Host field")),
@@ -199,7 +199,7 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), Refusa
 
 /// Whether a message's `Transfer-Encoding` is absent or exactly one `chunked` (the only coding
 /// the proxy passes on: anything else would have to be undone to re-frame the body).
-pub fn is_plain_chunked(headers: &HeaderMap) -> bool {
+pub(crate) fn is_plain_chunked(headers: &HeaderMap) -> bool {
     let mut codings = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
@@ -233,7 +233,7 @@ fn single_content_length(headers: &mut HeaderMap) {
 /// Whether a `Host` value is `uri-host [":" port]` (RFC 9110 §7.2) or empty: an IP literal,
 /// a reg-name of unreserved and sub-delim characters or percent-escapes, and digits after
 /// the colon. Userinfo (`a@b`), spaces, controls and a second colon outside brackets are not.
-pub fn is_valid_host(value: &[u8]) -> bool {
+pub(crate) fn is_valid_host(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;
     }
@@ -265,7 +265,7 @@ pub fn is_valid_host(value: &[u8]) -> bool {
 /// Re-adds `Connection: upgrade` and `Upgrade: <protocol>` after
 /// [`remove_hop_by_hop`], for the byte tunnel of non-app upgrades (the equivalent of
 /// nginx's `proxy_set_header Upgrade/Connection`).
-pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+pub(crate) fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
@@ -273,12 +273,12 @@ pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 /// Whether an incoming `Via` already names our pseudonym: the request has been
 /// through this gateway before, i.e. the upstream points back at us (a loop;
 /// answered with 508 like linkerd's `loop_detected`).
-pub fn via_has_pseudonym(headers: &HeaderMap) -> bool {
+pub(crate) fn via_has_pseudonym(headers: &HeaderMap) -> bool {
     headers.get_all(header::VIA).iter().any(|v| via_has_pseudonym_bytes(v.as_bytes()))
 }
 
 /// [`via_has_pseudonym`] for one `Via` field line.
-pub fn via_has_pseudonym_bytes(value: &[u8]) -> bool {
+pub(crate) fn via_has_pseudonym_bytes(value: &[u8]) -> bool {
     via_entries(value).any(|entry| via_received_by(entry).is_some_and(|by| by.eq_ignore_ascii_case(PSEUDONYM)))
 }
 
@@ -333,7 +333,7 @@ fn via_protocol(version: Version) -> &'static str {
 /// Appends our `Via` entry (`1.1 wsgate` for an HTTP/1.1 message) to the message's
 /// `Via` list; `received` is the version of the message as we received it
 /// (RFC 9110 §7.6.3: a gateway MUST add `Via` to requests and MAY to responses).
-pub fn append_via(headers: &mut HeaderMap, received: Version) {
+pub(crate) fn append_via(headers: &mut HeaderMap, received: Version) {
     let ours = format!("{} {}", via_protocol(received), PSEUDONYM);
     append_list(headers, &header::VIA, ours.as_bytes());
 }
@@ -395,7 +395,7 @@ fn is_token(s: &str) -> bool {
 /// `host` is the request's authority when it is visible ASCII (else it is left out); a host
 /// that is not a token is a quoted-string (RFC 9110 §5.6.4), escaping `"` and `\`.
 /// Written straight into the outgoing head by the fast path: no allocation per request.
-pub struct ForwardedElement<'a> {
+pub(crate) struct ForwardedElement<'a> {
     /// The connection's client and scheme.
     pub ctx: &'a ForwardContext,
     /// The request's authority, if visible ASCII.
@@ -428,7 +428,7 @@ impl std::fmt::Display for ForwardedElement<'_> {
 }
 
 /// [`ForwardedElement`] as a string.
-pub fn forwarded_element(ctx: &ForwardContext, host: Option<&str>) -> String {
+pub(crate) fn forwarded_element(ctx: &ForwardContext, host: Option<&str>) -> String {
     ForwardedElement { ctx, host }.to_string()
 }
 
@@ -443,7 +443,7 @@ pub fn forwarded_element(ctx: &ForwardContext, host: Option<&str>) -> String {
 ///   `X-Forwarded-Proto` and `X-Forwarded-Host` are set from the listener and `host`;
 /// * `Forwarded` gets our element appended (trusted) or replaced (others);
 /// * `Via` gets `<version> wsgate` appended, `version` being the client's.
-pub fn to_upstream(
+pub(crate) fn to_upstream(
     headers: &mut HeaderMap,
     ctx: &ForwardContext,
     host: Option<HeaderValue>,
@@ -479,7 +479,7 @@ pub fn to_upstream(
 /// Rewrites a response's header section for the client: hop-by-hop fields removed,
 /// `Via` appended. For the `101` of a tunnelled upgrade, `upgrade` carries the
 /// protocol the upstream switched to and `Upgrade`/`Connection: upgrade` are kept.
-pub fn to_downstream(headers: &mut HeaderMap, version: Version, upgrade: Option<HeaderValue>) {
+pub(crate) fn to_downstream(headers: &mut HeaderMap, version: Version, upgrade: Option<HeaderValue>) {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which must not reach the
         // client beside the body hyper re-frames.

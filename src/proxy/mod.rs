@@ -9,13 +9,13 @@
 //!
 //! This module knows nothing about apps: the router decides what reaches it.
 
-pub mod body;
-pub mod error;
-pub mod fast;
+pub(crate) mod body;
+pub(crate) mod error;
+pub(crate) mod fast;
 pub mod h1;
-pub mod headers;
-pub mod pool;
-pub mod tunnel;
+pub(crate) mod headers;
+pub(crate) mod pool;
+pub(crate) mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,8 +34,7 @@ pub use error::{error_response, ProxyError, ProxyFailure, Side, UpstreamError};
 use headers::ForwardContext;
 use pool::Pool;
 
-/// A boxed error, `Send + Sync` so it can cross tasks.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::http::BoxError;
 
 /// The body of every response the proxy produces: the upstream's body streamed
 /// through, or a short synthetic error text. A body error (the upstream died
@@ -231,7 +230,7 @@ fn downstream_response(
     // hyper's client enforces its buffer limit only on a head that comes in pieces; the size of
     // the fields makes the limit the fast path's, whatever the timing.
     let head_size: usize = parts.headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
-    if head_size > fast::MAX_RESPONSE_HEAD {
+    if head_size > h1::MAX_RESPONSE_HEAD {
         return Err(UpstreamError::Protocol("response head too large".into()).into());
     }
     if !headers::is_plain_chunked(&parts.headers) {

@@ -30,11 +30,11 @@ use tokio::time::Instant;
 
 use super::error::UpstreamError;
 use super::BoxError;
-use crate::sync::lock;
+use crate::locks::lock;
 
 /// Body type of requests sent upstream: any client body, boxed (not `Sync`, as the
 /// bodies handed to [`Proxy::forward`](super::Proxy::forward) need not be).
-pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// How long an idle upstream connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -81,7 +81,7 @@ type Pooled = (Authority, SendRequest<UpstreamBody>);
 /// The keep-alive pool towards the upstream and the response timeout. Cheap to clone
 /// (the idle list is shared).
 #[derive(Debug, Clone)]
-pub struct Pool {
+pub(crate) struct Pool {
     idle: Arc<IdleList<Pooled>>,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -91,7 +91,7 @@ impl Pool {
     /// A pool whose TCP connects give up after `connect_timeout` (504) and whose
     /// requests give up when no response head arrived within `response_timeout` of
     /// the last request byte sent (504).
-    pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
+    pub(crate) fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
         Self { idle: Arc::new(IdleList::default()), connect_timeout, response_timeout }
     }
 
@@ -103,7 +103,7 @@ impl Pool {
     /// progress (like nginx's `proxy_send_timeout` followed by `proxy_read_timeout`).
     ///
     /// Cancel safety: dropping the future drops the request and its connection.
-    pub async fn send<B>(&self, req: Request<B>) -> Result<Response<PooledBody>, UpstreamError>
+    pub(crate) async fn send<B>(&self, req: Request<B>) -> Result<Response<PooledBody>, UpstreamError>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -181,8 +181,8 @@ impl Pool {
     async fn connect(&self, authority: &Authority) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
         let stream = connect(authority, self.connect_timeout).await?;
         let (sender, connection) = http1::Builder::new()
-            // The same response-head limit as the fast path (proxy::fast::MAX_RESPONSE_HEAD).
-            .max_buf_size(super::fast::MAX_RESPONSE_HEAD)
+            // The same response-head limit as the fast path (h1::MAX_RESPONSE_HEAD).
+            .max_buf_size(super::h1::MAX_RESPONSE_HEAD)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::from_hyper)?;
@@ -241,7 +241,7 @@ impl Returner {
 /// The upstream's response body, handed on frame by frame; at its end the connection
 /// returns to the pool. Dropped before its end, the connection is dropped with it (hyper
 /// closes a connection whose response was not read to the end).
-pub struct PooledBody {
+pub(crate) struct PooledBody {
     inner: Incoming,
     returner: Returner,
 }

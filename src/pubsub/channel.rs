@@ -11,8 +11,10 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::budget::{ByteBudget, SlowConsumerPolicy};
+pub use super::outbox::Outbound;
 use super::outbox::{outbox, OutboxReceiver, OutboxSender};
-use super::queue::{ByteBudget, SlowConsumerPolicy};
+use super::Message;
 use crate::metrics::{ActionLabel, Metrics};
 use crate::ws::close::code;
 use crate::ws::codec::OpCode;
@@ -58,47 +60,6 @@ impl ChannelIdGenerator {
     pub fn next_id(&self) -> ChannelId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         ChannelId(format!("{}-{:012}", self.node, n).into())
-    }
-}
-
-/// What the writer task of a session receives.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A complete, already-encoded frame sent as it is (control frames, anything that is not
-    /// a whole data message).
-    Frame(Bytes),
-    /// A whole data message, possibly shared with other channels: the writer sends its plain
-    /// frame or its compressed frame, whichever the connection negotiated (RFC 7692). We never
-    /// fragment outgoing messages, so a shared message can never land between the fragments
-    /// of another.
-    Message(Arc<SharedMessage>),
-    /// The unwritten tail of a message frame that a direct write (see
-    /// [`crate::ws::direct`]) wrote only in part. Written as it is, before anything queued
-    /// after it; it is not a frame of its own (not a message, never a Pong).
-    Rest(Bytes),
-    /// Our HTTP response that switched the connection to WebSocket (the 101 and its header
-    /// fields), queued ahead of everything so that the app's first messages leave in the same
-    /// write. Not a frame; not counted in the WebSocket byte metrics.
-    Head(Bytes),
-    /// Send a Close frame with this code and reason, then stop writing.
-    Close {
-        /// Close code (RFC 6455 §7.4); `None` sends a Close without a body (the answer to a
-        /// peer's Close that carried none).
-        code: Option<u16>,
-        /// Reason text (at most 123 bytes are sent).
-        reason: String,
-    },
-}
-
-impl Outbound {
-    /// The uncompressed frame of a `Frame` or `Message` item (what a connection without
-    /// permessage-deflate receives); `None` for `Close` and `Rest`. Handy for tests reading a queue.
-    pub fn plain_frame(&self) -> Option<Bytes> {
-        match self {
-            Outbound::Frame(frame) => Some(frame.clone()),
-            Outbound::Message(message) => Some(message.plain().clone()),
-            Outbound::Rest(_) | Outbound::Head(_) | Outbound::Close { .. } => None,
-        }
     }
 }
 
@@ -265,7 +226,7 @@ impl ChannelHandle {
     }
 
     /// [`send_shared`](Self::send_shared), writing straight to the socket only when `direct`
-    /// (a fan-out in a burst queues instead, see [`super::burst`]).
+    /// (a fan-out in a burst queues instead, see [`super::delivery_mode`]).
     pub(crate) fn send_shared_with(&self, message: &Arc<SharedMessage>, direct: bool) -> Result<(), SendError> {
         // The fast path: straight to the socket when nothing is queued (direct-written bytes
         // are never reserved in the budget; they are in the kernel's buffer already). It needs
@@ -327,6 +288,15 @@ impl ChannelHandle {
             self.0.budget.release(len);
             SendError::Closed
         })
+    }
+
+    /// Encodes and queues one data message.
+    pub fn send(&self, message: &Message) -> Result<(), SendError> {
+        let (opcode, payload) = match message {
+            Message::Text(text) => (OpCode::Text, text),
+            Message::Binary(data) => (OpCode::Binary, data),
+        };
+        self.send_shared(&Arc::new(SharedMessage::new(opcode, payload)))
     }
 
     /// Encodes and queues one text message.

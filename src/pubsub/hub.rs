@@ -22,11 +22,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::broker::{self, Broker, BrokerError};
 use super::channel::{ChannelHandle, ChannelId, SendError};
-use crate::apps::Message;
+use super::relay::{self, Broker, BrokerError};
+use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
-use crate::sync::{lock, read, write};
+use crate::pubsub::Message;
 use crate::ws::close::is_valid_wire_code;
 use crate::ws::codec::{server_frame, OpCode};
 use crate::ws::deflate::SharedMessage;
@@ -68,7 +68,7 @@ pub enum HubError {
 
 /// Longest close reason: a control frame payload is at most 125 bytes (RFC 6455 §5.5),
 /// two of which carry the code.
-pub const MAX_CLOSE_REASON: usize = 123;
+pub(crate) const MAX_CLOSE_REASON: usize = 123;
 
 /// What one multicast did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -190,7 +190,7 @@ fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
 }
 
 /// Encodes a message as one complete server frame (done once per multicast).
-pub fn encode(message: &Message) -> Bytes {
+pub(crate) fn encode(message: &Message) -> Bytes {
     match message {
         Message::Text(text) => server_frame(OpCode::Text, text),
         Message::Binary(data) => server_frame(OpCode::Binary, data),
@@ -431,7 +431,7 @@ impl Hub {
         let Some(handle) = self.channel(id) else {
             let unknown = || HubError::UnknownChannel(id.to_owned());
             let broker = self.broker.get().ok_or_else(unknown)?;
-            let node = broker::node_of(id).filter(|n| *n != broker.node()).ok_or_else(unknown)?;
+            let node = relay::node_of(id).filter(|n| *n != broker.node()).ok_or_else(unknown)?;
             return broker.send(node, &ChannelId::from(id), message).map_err(|error| match error {
                 BrokerError::UnknownNode(_) => unknown(),
                 error => HubError::Remote { id: id.to_owned(), error },
@@ -471,8 +471,8 @@ impl Hub {
     /// gets the same plain frame, and the members with permessage-deflate share one compressed
     /// frame per window size (computed by the first writer that needs it).
     pub fn multicast_shared(&self, name: &str, message: &Arc<SharedMessage>, exclude: &[ChannelId]) -> Delivery {
-        // Direct writes to the members' sockets unless the node is in a burst (pubsub::burst).
-        let gate = super::burst::FanOut::start();
+        // Direct writes to the members' sockets unless the node is in a burst (pubsub::delivery_mode).
+        let gate = super::delivery_mode::FanOut::start();
         let delivery = self
             .recorded(|| self.fan_out(name, exclude, |handle| handle.send_shared_with(message, gate.next_direct())));
         gate.end(delivery.delivered);
@@ -594,8 +594,8 @@ fn summary(e: &ChannelEntry) -> ChannelSummary {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::Hub;
+    use crate::pubsub::budget::SlowConsumerPolicy;
     use crate::pubsub::channel::{ChannelHandle, ChannelIdGenerator, ChannelInfo, ChannelQueue};
-    use crate::pubsub::queue::SlowConsumerPolicy;
 
     /// Opens a channel with a 1 MiB queue and registers it in `hub`.
     pub(crate) fn open(hub: &Hub, ids: &ChannelIdGenerator) -> (ChannelHandle, ChannelQueue) {
@@ -611,8 +611,8 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::open;
     use super::*;
+    use crate::pubsub::budget::SlowConsumerPolicy;
     use crate::pubsub::channel::{ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
-    use crate::pubsub::queue::SlowConsumerPolicy;
 
     fn frames(queue: &mut ChannelQueue) -> Vec<Bytes> {
         let mut out = Vec::new();

@@ -2,11 +2,14 @@
 //! outbound queues, and the [`Hub`] of subscriptions with encode-once multicast.
 
 pub mod broker;
-pub mod burst;
+pub mod budget;
 pub mod channel;
-pub mod hub;
-pub mod outbox;
-pub mod queue;
+pub(crate) mod delivery_mode;
+pub(crate) mod hub;
+mod message;
+pub(crate) mod outbox;
+pub mod relay;
 
 pub use channel::{ChannelHandle, ChannelId, SendError};
 pub use hub::{Delivery, Hub, HubError, RelayObserver, ALL};
+pub use message::Message;

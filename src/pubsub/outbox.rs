@@ -7,7 +7,7 @@
 //! header, ≈ 1.8 KiB, up front). The lock is held for a push or a pop only, and the writer
 //! takes everything ready in one lock ([`OutboxReceiver::drain_into`]) for one vectored write.
 //!
-//! The same lock orders direct writes ([`crate::ws::direct`]): a delivered message is written
+//! The same lock orders direct writes (to a [`DirectSink`], the session's socket): a delivered message is written
 //! straight to the session's socket, under the lock, only while nothing is queued and the
 //! writer is not between taking items and having written them (`writer_busy`). So the bytes
 //! of two frames never interleave and the order of the queue is the order on the wire. A Close
@@ -16,21 +16,78 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
-use super::channel::Outbound;
-use super::queue::ByteBudget;
-use crate::sync::lock;
+use bytes::Bytes;
+
+use super::budget::ByteBudget;
+use crate::locks::lock;
 use crate::ws::deflate::SharedMessage;
-use crate::ws::direct::DirectSocket;
+
+/// What the writer task of a session receives.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A complete, already-encoded frame sent as it is (control frames, anything that is not
+    /// a whole data message).
+    Frame(Bytes),
+    /// A whole data message, possibly shared with other channels: the writer sends its plain
+    /// frame or its compressed frame, whichever the connection negotiated (RFC 7692). We never
+    /// fragment outgoing messages, so a shared message can never land between the fragments
+    /// of another.
+    Message(Arc<SharedMessage>),
+    /// The unwritten tail of a message frame that a direct write (see
+    /// [`DirectSink`]) wrote only in part. Written as it is, before anything queued
+    /// after it; it is not a frame of its own (not a message, never a Pong).
+    Rest(Bytes),
+    /// Our HTTP response that switched the connection to WebSocket (the 101 and its header
+    /// fields), queued ahead of everything so that the app's first messages leave in the same
+    /// write. Not a frame; not counted in the WebSocket byte metrics.
+    Head(Bytes),
+    /// Send a Close frame with this code and reason, then stop writing.
+    Close {
+        /// Close code (RFC 6455 §7.4); `None` sends a Close without a body (the answer to a
+        /// peer's Close that carried none).
+        code: Option<u16>,
+        /// Reason text (at most 123 bytes are sent).
+        reason: String,
+    },
+}
+
+impl Outbound {
+    /// The uncompressed frame of a `Frame` or `Message` item (what a connection without
+    /// permessage-deflate receives); `None` for `Close` and `Rest`. Handy for tests reading a queue.
+    pub fn plain_frame(&self) -> Option<Bytes> {
+        match self {
+            Outbound::Frame(frame) => Some(frame.clone()),
+            Outbound::Message(message) => Some(message.plain().clone()),
+            Outbound::Rest(_) | Outbound::Head(_) | Outbound::Close { .. } => None,
+        }
+    }
+}
+
+/// Where a delivery may be written at once instead of queued: the session's socket
+/// (`crate::session::direct`). Called under the outbox lock, so nothing here may block.
+pub(crate) trait DirectSink: Send + Sync {
+    /// The exact bytes the session's writer would send for `message` (the shared compressed
+    /// frame when permessage-deflate was negotiated, else the plain frame).
+    fn frame_for(&self, message: &SharedMessage) -> Bytes;
+    /// Whether the connection negotiated permessage-deflate (framing may mean compressing, which
+    /// is done outside the lock).
+    fn deflates(&self) -> bool;
+    /// One non-blocking write of `frame`; how many bytes went out (`WouldBlock` when none could).
+    fn try_write(&self, frame: &[u8]) -> io::Result<usize>;
+    /// Counts a direct write: `started` when it wrote the first bytes of a message.
+    fn count(&self, started: bool, bytes: usize);
+}
 
 struct State {
     items: VecDeque<Outbound>,
     /// The receiver's waker, set while it waits on an empty outbox.
     waker: Option<Waker>,
     /// The session's socket while direct writes are allowed.
-    direct: Option<Arc<DirectSocket>>,
+    direct: Option<Arc<dyn DirectSink>>,
     sender_gone: bool,
     receiver_gone: bool,
     /// The writer has taken items and not come back for more: its write may be in flight.
@@ -41,7 +98,7 @@ struct State {
 
 impl State {
     /// Whether a direct write may go out now without passing or interleaving with queued bytes.
-    fn direct_ready(&self) -> Option<&Arc<DirectSocket>> {
+    fn direct_ready(&self) -> Option<&Arc<dyn DirectSink>> {
         if self.items.is_empty() && !self.writer_busy {
             self.direct.as_ref()
         } else {
@@ -54,7 +111,7 @@ type Shared = Arc<Mutex<State>>;
 
 /// Creates an empty outbox: the sending half (one per channel, shared by its handles) and
 /// the receiving half (the session's writer).
-pub fn outbox() -> (OutboxSender, OutboxReceiver) {
+pub(crate) fn outbox() -> (OutboxSender, OutboxReceiver) {
     let shared = Arc::new(Mutex::new(State {
         items: VecDeque::new(),
         waker: None,
@@ -68,11 +125,11 @@ pub fn outbox() -> (OutboxSender, OutboxReceiver) {
 }
 
 /// The producing half. Dropping it ends the receiver's stream once the queue is drained.
-pub struct OutboxSender(Shared);
+pub(crate) struct OutboxSender(Shared);
 
-/// The item could not be queued because the receiver is gone; it is handed back.
+/// The item could not be queued because the receiver is gone (the item is dropped).
 #[derive(Debug)]
-pub struct Disconnected(pub Outbound);
+pub(crate) struct Disconnected;
 
 /// Why [`OutboxReceiver::try_recv`] returned nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +142,11 @@ pub enum TryRecvError {
 
 impl OutboxSender {
     /// Appends `item`; fails only when the receiver is gone.
-    pub fn send(&self, item: Outbound) -> Result<(), Disconnected> {
+    pub(crate) fn send(&self, item: Outbound) -> Result<(), Disconnected> {
         let (waker, _socket) = {
             let mut state = lock(&self.0);
             if state.receiver_gone {
-                return Err(Disconnected(item));
+                return Err(Disconnected);
             }
             // Nothing may follow a Close (RFC 6455 §5.5.1): from here on only the writer
             // writes, and it stops after the Close.
@@ -168,7 +225,7 @@ impl OutboxSender {
     }
 
     /// Whether the receiver is gone (the session's writer has finished).
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         lock(&self.0).receiver_gone
     }
 }
@@ -213,7 +270,7 @@ impl OutboxReceiver {
 
     /// Lets deliveries write straight to `socket` (the session's own) from now on, unless a
     /// Close is already queued or the receiver is gone.
-    pub(crate) fn attach_direct(&self, socket: Arc<DirectSocket>) {
+    pub(crate) fn attach_direct(&self, socket: Arc<dyn DirectSink>) {
         let mut state = lock(&self.0);
         if !state.direct_closed && !state.receiver_gone {
             state.direct = Some(socket);
@@ -308,7 +365,7 @@ mod tests {
         assert!(!tx.is_closed());
         drop(rx);
         assert!(tx.is_closed());
-        assert!(matches!(tx.send(frame(1)), Err(Disconnected(_))));
+        assert!(matches!(tx.send(frame(1)), Err(Disconnected)));
     }
 
     #[test]
@@ -323,115 +380,6 @@ mod tests {
         batch.clear();
         assert_eq!(rx.drain_into(&mut batch, 1000), 136);
         assert_eq!(lock(&rx.0).items.capacity(), 0);
-    }
-
-    mod direct {
-        use super::*;
-        use crate::pubsub::queue::ByteBudget;
-        use crate::ws::codec::OpCode;
-        use crate::ws::deflate::SharedMessage;
-        use crate::ws::direct::DirectSocket;
-        use prometheus_client::metrics::counter::Counter;
-        use std::time::Duration;
-        use tokio::io::AsyncReadExt;
-        use tokio::net::{TcpListener, TcpStream};
-
-        /// A connected pair: the server side wrapped for direct writes, the peer, the counters.
-        async fn pair() -> (Arc<DirectSocket>, TcpStream, Counter, Counter) {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            let (server, _) = listener.accept().await.unwrap();
-            let (messages, bytes) = (Counter::default(), Counter::default());
-            (Arc::new(DirectSocket::new(server, None, messages.clone(), bytes.clone())), peer, messages, bytes)
-        }
-
-        fn message(text: &str) -> SharedMessage {
-            SharedMessage::new(OpCode::Text, text.as_bytes())
-        }
-
-        async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
-            let mut got = vec![0; n];
-            tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got)).await.unwrap().unwrap();
-            got
-        }
-
-        #[tokio::test]
-        async fn writes_only_when_nothing_is_queued_and_the_writer_is_idle() {
-            let (socket, mut peer, messages, bytes) = pair().await;
-            let (tx, mut rx) = outbox();
-            let budget = ByteBudget::new(1 << 20);
-            let m = message("hello");
-            assert!(!tx.try_direct(&m, &budget), "no socket attached yet");
-            rx.attach_direct(socket);
-            assert!(tx.try_direct(&m, &budget));
-            assert_eq!(read_exactly(&mut peer, m.plain().len()).await, &m.plain()[..]);
-            assert_eq!((messages.get(), bytes.get(), budget.queued()), (1, m.plain().len() as u64, 0));
-            // Something queued: the message must wait behind it.
-            tx.send(frame(1)).unwrap();
-            assert!(!tx.try_direct(&m, &budget));
-            // The writer took it and may be writing it: still no direct write.
-            assert_eq!(byte(rx.try_recv().unwrap()), 1);
-            assert!(!tx.try_direct(&m, &budget));
-            // Back for more with nothing queued: the writer is idle again.
-            assert!(tokio::time::timeout(Duration::from_millis(10), rx.recv()).await.is_err());
-            assert!(tx.try_direct(&m, &budget));
-            assert_eq!(messages.get(), 2);
-        }
-
-        #[tokio::test]
-        async fn a_partial_write_queues_the_rest_and_reserves_it() {
-            let (socket, mut peer, _messages, bytes) = pair().await;
-            let (tx, mut rx) = outbox();
-            rx.attach_direct(socket);
-            let budget = ByteBudget::new(1 << 30);
-            let big = message(&"x".repeat(256 << 10));
-            // The peer does not read: the socket fills, and a write goes partial or would block.
-            let mut written = 0usize;
-            let mut rounds = 0;
-            while tx.try_direct(&big, &budget) && budget.queued() == 0 {
-                written += big.plain().len();
-                rounds += 1;
-                assert!(rounds < 1000, "the socket never filled");
-            }
-            match rx.try_recv() {
-                Ok(Outbound::Rest(rest)) => {
-                    // The head went out; the rest is queued (reserved) and the path is closed
-                    // until the writer has written it.
-                    assert_eq!(budget.queued(), rest.len());
-                    assert_eq!(&big.plain()[big.plain().len() - rest.len()..], &rest[..]);
-                    written += big.plain().len() - rest.len();
-                    assert!(!tx.try_direct(&big, &budget));
-                }
-                Err(TryRecvError::Empty) => assert_eq!(budget.queued(), 0, "a write that would block wrote nothing"),
-                other => panic!("unexpected {other:?}"),
-            }
-            assert_eq!(bytes.get(), written as u64);
-            let mut got = vec![0; written];
-            tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut got)).await.unwrap().unwrap();
-            assert!(got.chunks(big.plain().len()).all(|c| c == &big.plain()[..c.len()]), "whole frames, in order");
-        }
-
-        #[tokio::test]
-        async fn a_close_or_the_end_of_the_writer_turns_it_off_for_good() {
-            let (socket, _peer, _, _) = pair().await;
-            let (tx, mut rx) = outbox();
-            rx.attach_direct(socket.clone());
-            let budget = ByteBudget::new(1 << 20);
-            let m = message("x");
-            tx.send(Outbound::Close { code: Some(1000), reason: String::new() }).unwrap();
-            assert!(matches!(rx.try_recv(), Ok(Outbound::Close { .. })));
-            assert!(tokio::time::timeout(Duration::from_millis(10), rx.recv()).await.is_err());
-            assert!(!tx.try_direct(&m, &budget), "nothing after a Close");
-            rx.attach_direct(socket.clone());
-            assert!(!tx.try_direct(&m, &budget), "not even when attached again");
-            assert_eq!(Arc::strong_count(&socket), 1, "the outbox let go of the socket");
-
-            let (tx, rx) = outbox();
-            rx.attach_direct(socket.clone());
-            drop(rx);
-            assert!(!tx.try_direct(&m, &budget));
-            assert_eq!(Arc::strong_count(&socket), 1);
-        }
     }
 
     #[tokio::test]

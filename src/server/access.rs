@@ -46,7 +46,7 @@ impl Denied {
 }
 
 /// Checks `peer` against `allow` (empty = everyone).
-pub fn check_address(peer: IpAddr, allow: &[IpNet]) -> Result<(), Denied> {
+pub(crate) fn check_address(peer: IpAddr, allow: &[IpNet]) -> Result<(), Denied> {
     // An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d.
     let peer = match peer {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
@@ -61,7 +61,7 @@ pub fn check_address(peer: IpAddr, allow: &[IpNet]) -> Result<(), Denied> {
 
 /// Checks the authorities a request names against a restricted app's Host rule (`None`, for
 /// an app open to everyone: any Host).
-pub fn check_host(rule: Option<&HostRule>, headers: &HeaderMap, uri: &http::Uri) -> Result<(), Denied> {
+pub(crate) fn check_host(rule: Option<&HostRule>, headers: &HeaderMap, uri: &http::Uri) -> Result<(), Denied> {
     match rule {
         Some(rule) => rule.check_request(headers, uri).map_err(|_| Denied::Host),
         None => Ok(()),
@@ -71,7 +71,7 @@ pub fn check_host(rule: Option<&HostRule>, headers: &HeaderMap, uri: &http::Uri)
 /// Checks the request's `Origin` against `allowed`: empty = same origin as `Host` (or the
 /// HTTP/2 authority), `"*"` = any, otherwise an exact match of `scheme://host[:port]`
 /// (case-insensitive). A request without `Origin` passes.
-pub fn check_origin(headers: &HeaderMap, authority: Option<&str>, allowed: &[String]) -> Result<(), Denied> {
+pub(crate) fn check_origin(headers: &HeaderMap, authority: Option<&str>, allowed: &[String]) -> Result<(), Denied> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
@@ -100,7 +100,7 @@ pub fn check_origin(headers: &HeaderMap, authority: Option<&str>, allowed: &[Str
 /// judges), `Origin`, and where the request was going: `X-Original-URI` (path and query),
 /// `X-Original-Method`, `X-Forwarded-For` (the client address), `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`. Nothing else of the client's request is forwarded.
-pub fn auth_request_headers(
+pub(crate) fn auth_request_headers(
     client: &HeaderMap,
     uri: &http::Uri,
     method: &http::Method,

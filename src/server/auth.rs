@@ -15,7 +15,7 @@ use crate::config::HttpUrl;
 use crate::proxy::pool::Pool;
 
 /// Time allowed for the auth endpoint's answer (response head), connect included.
-pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The auth check of one app: its URL and a keep-alive pool towards it.
 #[derive(Debug, Clone)]

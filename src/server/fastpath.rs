@@ -3,7 +3,7 @@
 //! task; at the first request that needs more (an app URL, a WebSocket or other upgrade, a
 //! larger or chunked body, a body that is late, anything that does not parse plainly) the
 //! connection is handed to hyper with every byte read so far, and hyper serves
-//! it from there on ([`super::listen::serve_io`]). HTTP/2 connections go to hyper at once
+//! it from there on ([`super::connection`]). HTTP/2 connections go to hyper at once
 //! (their preface does not parse as HTTP/1.1).
 
 use std::sync::Arc;
@@ -14,14 +14,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::listen::{serve_io, Protocol};
 use super::router::Route;
-use super::{record_proxy_outcome, upgrade, Body, ConnectionSlot, State};
-use crate::proxy::fast::{Prefixed, UpstreamConn};
+use super::{record_proxy_outcome, upgrade, Body, State};
+use crate::prefixed::Prefixed;
+use crate::proxy::fast::UpstreamConn;
 use crate::proxy::h1::{self, RequestPlan};
 use crate::proxy::headers::ForwardContext;
 use crate::proxy::{ClientInfo, Proxy};
-use crate::ws::direct::{SessionIo, Stream};
+use crate::session::direct::{SessionIo, Stream};
 
 /// Buffer space asked of the kernel per read of a request head.
 const READ_CHUNK: usize = 4096;
@@ -29,32 +29,8 @@ const READ_CHUNK: usize = 4096;
 /// hold it).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Serves one HTTP/1.1 (or not yet known) connection; see the module documentation.
-pub(super) async fn serve<I: Connection>(
-    state: Arc<State>,
-    io: I,
-    client: ClientInfo,
-    slot: Option<Arc<ConnectionSlot>>,
-    protocol: Protocol,
-) {
-    let Some(slot) = slot else {
-        // Full: hyper answers the 503.
-        return Box::pin(serve_io(state, io, client, None, protocol)).await;
-    };
-    match serve_requests(&state, io, &client).await {
-        Handover::Closed => {}
-        // A task of its own, sized for the session alone: idle WebSockets are many, and this
-        // task's state (the request loop's, the layers above) would stay with each of them.
-        Handover::Session(start, io, head) => {
-            start.queue_head(head);
-            drop(tokio::spawn(upgrade::run_session(state, slot, start, I::session_io(io))));
-        }
-        Handover::Hyper(io) => Box::pin(serve_io(state, io, client, Some(slot), protocol)).await,
-    }
-}
-
 /// How the request loop left the connection.
-enum Handover<I> {
+pub(super) enum Handover<I> {
     /// It is closed (or to be dropped).
     Closed,
     /// A WebSocket was accepted: its session runs on the connection and writes the 101 (the
@@ -65,12 +41,12 @@ enum Handover<I> {
 }
 
 /// Serves fast-path requests until the connection ends or needs more than the fast path.
-async fn serve_requests<I>(state: &Arc<State>, mut io: I, client: &ClientInfo) -> Handover<I>
+pub(super) async fn serve_requests<I>(state: &Arc<State>, mut io: I, client: &ClientInfo) -> Handover<I>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut buf = BytesMut::new();
-    let mut upstream: Option<UpstreamConn> = None;
+    let mut upstream = HeldUpstream(None);
     let mut drain = state.drain.clone();
     loop {
         // One load per request, as in the full path: a reload applies from the next request.
@@ -101,10 +77,7 @@ where
                 Ok(Ok(n)) if n > 0 => {}
                 // Closed, failed, or the head did not come in time: the connection ends
                 // without an answer, as hyper does.
-                _ => {
-                    Proxy::release_upstream(upstream);
-                    return Handover::Closed;
-                }
+                _ => return Handover::Closed,
             }
         };
         // A head over the limit is hyper's to refuse (431), however it arrived.
@@ -116,14 +89,8 @@ where
                 let whole = plan.head_len + plan.body_len;
                 match fill(&mut io, &mut buf, whole, deadline).await {
                     Fill::Done => {}
-                    Fill::Late => {
-                        Proxy::release_upstream(upstream.take());
-                        return Handover::Hyper(Prefixed::new(leftover(buf), io));
-                    }
-                    Fill::Closed => {
-                        Proxy::release_upstream(upstream.take());
-                        return Handover::Closed;
-                    }
+                    Fill::Late => return Handover::Hyper(Prefixed::new(leftover(buf), io)),
+                    Fill::Closed => return Handover::Closed,
                 }
                 plan.upstream_head.extend_from_slice(&buf[plan.head_len..whole]);
                 buf.advance(whole);
@@ -131,10 +98,10 @@ where
                     // A body made it large: a kept-alive connection waits with a small one.
                     buf = BytesMut::new();
                 }
-                let exchange = proxy.forward_fast(&mut io, &plan, &mut upstream).await;
+                let exchange = proxy.forward_fast(&mut io, &plan, &mut upstream.0).await;
                 record_proxy_outcome(&state.metrics, exchange.status, exchange.failure, exchange.head_time);
                 if !exchange.keep_alive || drain.is_signalled() {
-                    Proxy::release_upstream(upstream.take());
+                    drop(upstream);
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
                     return Handover::Closed;
                 }
@@ -168,12 +135,10 @@ where
                     };
                     if let Some(start) = start {
                         // The 101 leaves with the app's first messages (one write, not two).
-                        Proxy::release_upstream(upstream.take());
                         let head = response_head(&response.into_parts().0).into();
                         return Handover::Session(start, Prefixed::new(leftover(buf), io), head);
                     }
                     if !write_response(&mut io, response).await {
-                        Proxy::release_upstream(upstream.take());
                         return Handover::Closed;
                     }
                     // Refused: the connection goes on, as with hyper.
@@ -183,8 +148,18 @@ where
             _ => {}
         }
         // Anything else: hyper serves this request and the rest of the connection.
-        Proxy::release_upstream(upstream.take());
         return Handover::Hyper(Prefixed::new(leftover(buf), io));
+    }
+}
+
+/// The upstream connection a client connection keeps between its fast-path requests: back to
+/// the fast path's pool when the request loop ends, however it ends (a connection broken
+/// mid-exchange was already dropped by `forward_fast`).
+struct HeldUpstream(Option<UpstreamConn>);
+
+impl Drop for HeldUpstream {
+    fn drop(&mut self) {
+        Proxy::release_upstream(self.0.take());
     }
 }
 
@@ -219,7 +194,7 @@ pub(super) trait Connection: Stream + Sized {
     }
 }
 
-/// Plain TCP takes the direct-write path ([`crate::ws::direct`]).
+/// Plain TCP takes the direct-write path ([`crate::session::direct`]).
 impl Connection for TcpStream {
     fn session_io(io: Prefixed<Self>) -> SessionIo {
         let (pending, stream) = io.into_parts();

@@ -8,15 +8,15 @@
 //! normal client hung for seconds).
 
 /// Descriptors kept for the process itself, whatever the connections take.
-pub const RESERVED: u64 = 256;
+pub(super) const RESERVED: u64 = 256;
 /// Descriptors one client connection may hold (its own and an upstream connection).
-pub const PER_CONNECTION: u64 = 2;
+pub(super) const PER_CONNECTION: u64 = 2;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (as nginx's `worker_rlimit_nofile` or Go's
 /// runtime do) and returns the soft limit in force after it; `None` when it cannot be read.
 /// A refused `setrlimit` (`EPERM`, e.g. from the unit's `SystemCallFilter=~@resources` with
 /// `SystemCallErrorNumber=EPERM`) keeps the current limit; the unit sets `LimitNOFILE=`.
-pub fn raise_nofile() -> Option<u64> {
+pub(super) fn raise_nofile() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     raise_with(getrlimit(Resource::Nofile), |raised| setrlimit(Resource::Nofile, raised).map_err(std::io::Error::from))
 }
@@ -36,7 +36,7 @@ fn raise_with(
 }
 
 /// Client connections a soft limit of `nofile` descriptors carries (`usize::MAX` unlimited).
-pub fn connection_capacity(nofile: Option<u64>) -> usize {
+pub(super) fn connection_capacity(nofile: Option<u64>) -> usize {
     match nofile {
         None => usize::MAX,
         Some(n) => usize::try_from(n.saturating_sub(RESERVED) / PER_CONNECTION).unwrap_or(usize::MAX).max(1),

@@ -1,20 +1,20 @@
 //! The server: startup order (config → apps → TLS → listeners), the per-request dispatch, and
 //! the drain on shutdown. Business logic lives in `proxy`, `ws`, `apps` and `pubsub`.
 
-pub mod access;
-pub mod auth;
+pub(crate) mod access;
+pub(crate) mod auth;
+mod connection;
 mod fastpath;
 mod fd_budget;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod h2_guard;
-/// The Host rule (moved to [`crate::host_rule`]; this path stays for callers).
-pub use crate::host_rule;
 mod listen;
-pub mod reload;
-pub mod router;
-pub mod shutdown;
+pub(crate) mod reload;
+pub(crate) mod router;
+pub(crate) mod shutdown;
 mod sse;
-pub mod tls;
+pub(crate) mod tls;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -34,13 +34,13 @@ use ipnet::IpNet;
 use crate::admin::{self, AdminError, AdminState};
 use crate::apps::pubsub::engine::Engine as PubSubChannels;
 use crate::apps::{self, App};
-use crate::config::{AppConfig, Config, SlowConsumerPolicy as ConfigPolicy};
+use crate::config::{AppConfig, Config};
 use crate::metrics::{KindLabel, Metrics};
 use crate::proxy::{ClientInfo, Proxy, ProxyFailure, ProxySettings, Side};
+use crate::pubsub::budget::SlowConsumerPolicy;
 use crate::pubsub::channel::ChannelIdGenerator;
-use crate::pubsub::queue::SlowConsumerPolicy;
 use crate::pubsub::Hub;
-use crate::ws::session::SessionConfig;
+use crate::session::SessionConfig;
 use router::{Route, Router};
 use shutdown::{Drain, DrainWatch};
 
@@ -89,7 +89,7 @@ pub struct AppRoute {
     /// Client address allow list (empty = all).
     pub allow: Vec<IpNet>,
     /// The Host rule, for an app with an allow list (DNS rebinding); `None` = any Host.
-    pub host_rule: Option<host_rule::HostRule>,
+    pub host_rule: Option<crate::host_rule::HostRule>,
     /// Allowed origins (empty = same origin).
     pub allowed_origins: Vec<String>,
     /// The `auth` subrequest, when configured.
@@ -303,7 +303,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
             channels: state.channels.clone(),
             metrics: state.metrics.clone(),
             token,
-            host_rule: host_rule::HostRule::new(&config.admin.allowed_hosts),
+            host_rule: crate::host_rule::HostRule::new(&config.admin.allowed_hosts),
             max_body: config.websocket.max_message_size,
             readiness: admin::health::Readiness {
                 draining: state.drain.receiver(),
@@ -364,7 +364,8 @@ fn build_runtime(
             name: name.as_str().into(),
             app,
             allow: app_config.allow().into_owned(),
-            host_rule: (!app_config.allow().is_empty()).then(|| host_rule::HostRule::new(&app_config.allowed_hosts)),
+            host_rule: (!app_config.allow().is_empty())
+                .then(|| crate::host_rule::HostRule::new(&app_config.allowed_hosts)),
             allowed_origins: app_config.allowed_origins(ws).to_vec(),
             auth: app_config.auth.clone().map(|url| auth::AuthCheck::new(url, config.upstream.connect_timeout)),
             subprotocols: app_config.subprotocols.clone(),
@@ -376,10 +377,7 @@ fn build_runtime(
                 ..SessionConfig::default()
             },
             send_queue: ws.send_queue,
-            slow_consumer: match ws.slow_consumer {
-                ConfigPolicy::Close => SlowConsumerPolicy::Close,
-                ConfigPolicy::Drop => SlowConsumerPolicy::Drop,
-            },
+            slow_consumer: ws.slow_consumer,
             compression: ws.compression,
         });
         for url in &app_config.urls {

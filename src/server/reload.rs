@@ -23,14 +23,14 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwapOption;
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::listen::{self, ListenerShared, TlsSetup};
 use super::tls::{self, CertResolver};
-use super::{build_runtime, listen, BoundListener, RunningServer, StartError, State};
+use super::{build_runtime, BoundListener, RunningServer, StartError, State};
 use crate::config::{Config, ConfigError, ListenConfig};
 use crate::metrics::ResultLabel;
 use crate::systemd::PassedSocket;
@@ -62,25 +62,6 @@ pub struct ReloadSummary {
     pub websockets_closed: usize,
 }
 
-/// The TLS side of one listener: the acceptor and the resolver its certificate comes from.
-pub(crate) struct TlsSetup {
-    acceptor: TlsAcceptor,
-    resolver: Arc<CertResolver>,
-}
-
-/// What the accept loop of one listener reads per connection.
-#[derive(Default)]
-pub(crate) struct ListenerShared {
-    tls: ArcSwapOption<TlsSetup>,
-}
-
-impl ListenerShared {
-    /// The TLS acceptor for the next connection, `None` for plain HTTP.
-    pub(crate) fn acceptor(&self) -> Option<TlsAcceptor> {
-        self.tls.load().as_ref().map(|setup| setup.acceptor.clone())
-    }
-}
-
 struct ActiveListener {
     config: ListenConfig,
     bound: BoundListener,
@@ -109,7 +90,7 @@ pub(crate) struct Prepared {
 /// Locks the listener set; a panic elsewhere while it was held leaves nothing half-done that
 /// a reader could trip over (entries are pushed or removed whole).
 pub(crate) fn lock(listeners: &Mutex<Listeners>) -> MutexGuard<'_, Listeners> {
-    crate::sync::lock(listeners)
+    crate::locks::lock(listeners)
 }
 
 fn same_entry(a: &ListenConfig, b: &ListenConfig) -> bool {

@@ -16,7 +16,7 @@ use crate::ws::handshake::is_websocket_upgrade;
 
 /// Where a request goes.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Route<'a, T> {
+pub(crate) enum Route<'a, T> {
     /// A WebSocket upgrade for the app `T`.
     WebSocket(&'a Arc<T>),
     /// The page of the app `T`.
@@ -29,7 +29,7 @@ pub enum Route<'a, T> {
 
 /// The table of app URLs. `T` is whatever the server keeps per app.
 #[derive(Debug)]
-pub struct Router<T> {
+pub(crate) struct Router<T> {
     by_path: HashMap<String, Arc<T>>,
 }
 
@@ -42,29 +42,19 @@ impl<T> Default for Router<T> {
 impl<T> Router<T> {
     /// Adds `url` (and its `/connect` alias) for `app`. Overlaps are rejected by config
     /// validation before this point; a later insert replaces an earlier one.
-    pub fn insert(&mut self, url: &str, app: Arc<T>) {
+    pub(crate) fn insert(&mut self, url: &str, app: Arc<T>) {
         let alias = format!("{}/connect", url.trim_end_matches('/'));
         self.by_path.insert(alias, app.clone());
         self.by_path.insert(url.to_owned(), app);
     }
 
     /// The app serving `path` exactly (an app URL or its `/connect` alias).
-    pub fn app(&self, path: &str) -> Option<&Arc<T>> {
+    pub(crate) fn app(&self, path: &str) -> Option<&Arc<T>> {
         self.by_path.get(path)
     }
 
-    /// Number of paths (URLs and aliases) in the table.
-    pub fn len(&self) -> usize {
-        self.by_path.len()
-    }
-
-    /// Whether the table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.by_path.is_empty()
-    }
-
     /// Classifies a request head. `has_page` tells whether an app serves a page.
-    pub fn classify<'a>(
+    pub(crate) fn classify<'a>(
         &'a self,
         method: &Method,
         version: Version,
@@ -88,7 +78,7 @@ impl<T> Router<T> {
 }
 
 /// Whether the `Connection` header lists the `upgrade` token (RFC 9110 §7.6.1, §7.8).
-pub fn connection_has_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn connection_has_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 /// The owner of the shutdown signal.
 #[derive(Debug)]
-pub struct Drain {
+pub(crate) struct Drain {
     signal: watch::Sender<bool>,
     tracker: mpsc::Sender<()>,
     finished: mpsc::Receiver<()>,
@@ -19,7 +19,7 @@ pub struct Drain {
 /// A tracked task's view of the drain: whether shutdown has been signalled. Dropping it tells
 /// the [`Drain`] that the task is done.
 #[derive(Debug, Clone)]
-pub struct DrainWatch {
+pub(crate) struct DrainWatch {
     signal: watch::Receiver<bool>,
     _tracker: mpsc::Sender<()>,
 }
@@ -32,30 +32,20 @@ impl Default for Drain {
 
 impl Drain {
     /// A drain with no tracked tasks.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (signal, _) = watch::channel(false);
         let (tracker, finished) = mpsc::channel(1);
         Self { signal, tracker, finished }
     }
 
     /// A new watch for a task that must finish before the drain completes.
-    pub fn watch(&self) -> DrainWatch {
+    pub(crate) fn watch(&self) -> DrainWatch {
         DrainWatch { signal: self.signal.subscribe(), _tracker: self.tracker.clone() }
-    }
-
-    /// Signals shutdown to every watch.
-    pub fn signal(&self) {
-        self.signal.send_replace(true);
-    }
-
-    /// Whether shutdown has been signalled.
-    pub fn is_signalled(&self) -> bool {
-        *self.signal.borrow()
     }
 
     /// Signals shutdown and waits until every watch is dropped or `deadline` passes. Returns
     /// `true` when everything finished in time.
-    pub async fn drain(self, deadline: Duration) -> bool {
+    pub(crate) async fn drain(self, deadline: Duration) -> bool {
         let Drain { signal, tracker, mut finished } = self;
         signal.send_replace(true);
         drop(tracker);
@@ -65,17 +55,17 @@ impl Drain {
 
 impl DrainWatch {
     /// Resolves once shutdown has been signalled (at once if it already was).
-    pub async fn signalled(&mut self) {
+    pub(crate) async fn signalled(&mut self) {
         let _ = self.signal.wait_for(|s| *s).await;
     }
 
     /// Whether shutdown has been signalled.
-    pub fn is_signalled(&self) -> bool {
+    pub(crate) fn is_signalled(&self) -> bool {
         *self.signal.borrow()
     }
 
     /// A plain receiver of the signal, for code that only needs to observe it.
-    pub fn receiver(&self) -> watch::Receiver<bool> {
+    pub(crate) fn receiver(&self) -> watch::Receiver<bool> {
         self.signal.clone()
     }
 }

@@ -23,10 +23,10 @@ use crate::pubsub::channel::{ChannelInfo, ChannelQueue, Outbound};
 use crate::pubsub::ChannelHandle;
 
 /// How often an idle stream gets a comment line.
-pub const KEEPALIVE: Duration = Duration::from_secs(15);
+pub(super) const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Whether `req` asks for an event stream (`Accept: text/event-stream`, `GET`).
-pub fn wants_event_stream<B>(req: &Request<B>) -> bool {
+pub(super) fn wants_event_stream<B>(req: &Request<B>) -> bool {
     req.method() == http::Method::GET
         && req
             .headers()
@@ -39,7 +39,7 @@ pub fn wants_event_stream<B>(req: &Request<B>) -> bool {
 
 /// The payload of an unmasked, unfragmented text frame as the hub queues it; `None` for other
 /// frames (binary, control).
-pub fn text_payload(frame: &[u8]) -> Option<&[u8]> {
+pub(super) fn text_payload(frame: &[u8]) -> Option<&[u8]> {
     let (&first, rest) = frame.split_first()?;
     if first != 0x81 {
         return None; // FIN + text only: the hub never fragments what it queues

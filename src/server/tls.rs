@@ -44,28 +44,28 @@ pub enum TlsError {
     },
 }
 
-pub use crate::crypto::crypto_provider;
+pub(crate) use crate::crypto::crypto_provider;
 
 /// Loads a server configuration from PEM files, offering ALPN `h2` and `http/1.1`.
-pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let key = load_certified_key(cert, key)?;
     server_config(Arc::new(CertResolver::new(key)), cert)
 }
 
 /// The certificate a TLS listener presents, replaceable at any time (reload).
 #[derive(Debug)]
-pub struct CertResolver {
+pub(crate) struct CertResolver {
     current: ArcSwap<CertifiedKey>,
 }
 
 impl CertResolver {
     /// A resolver presenting `key`.
-    pub fn new(key: Arc<CertifiedKey>) -> Self {
+    pub(crate) fn new(key: Arc<CertifiedKey>) -> Self {
         Self { current: ArcSwap::new(key) }
     }
 
     /// Presents `key` from the next handshake on.
-    pub fn set(&self, key: Arc<CertifiedKey>) {
+    pub(crate) fn set(&self, key: Arc<CertifiedKey>) {
         self.current.store(key);
     }
 }
@@ -78,7 +78,7 @@ impl ResolvesServerCert for CertResolver {
 
 /// A rustls configuration (ALPN `h2`, `http/1.1`) whose certificate comes from `resolver`.
 /// `cert` only names the file in errors.
-pub fn server_config(resolver: Arc<CertResolver>, cert: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(resolver: Arc<CertResolver>, cert: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .map(|b| b.with_no_client_auth().with_cert_resolver(resolver))
@@ -89,7 +89,7 @@ pub fn server_config(resolver: Arc<CertResolver>, cert: &Path) -> Result<Arc<Ser
 
 /// Reads a certificate chain and its private key from PEM files and checks that they belong
 /// together.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+pub(crate) fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Certificate { path: cert.to_owned(), reason: e.to_string() })?;

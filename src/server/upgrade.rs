@@ -9,17 +9,17 @@ use hyper::body::Incoming;
 
 use super::access::{check_address, check_host, check_origin, Denied};
 use super::{empty_body, full_body, text_response, AppRoute, Body, ConnectionSlot, State};
-use crate::apps::UpgradeRequest;
+use crate::apps::PendingUpgrade;
 use crate::metrics::ReasonLabel;
 use crate::proxy::ClientInfo;
 use crate::pubsub::channel::{ChannelHandle, ChannelInfo, ChannelQueue};
+use crate::session::direct::{self, SessionIo};
+use crate::session::SessionConfig;
 use crate::ws::deflate::negotiate_server;
-use crate::ws::direct::{self, SessionIo};
 use crate::ws::handshake::{
     accept_key, extended_connect_response_headers, response_headers, select_protocol, validate_extended_connect,
     validate_upgrade, HandshakeError,
 };
-use crate::ws::session;
 
 /// Whether `req` is an HTTP/2 WebSocket bootstrap (RFC 8441 §4): CONNECT with `:protocol`.
 pub(super) fn is_extended_connect<B>(req: &Request<B>) -> bool {
@@ -64,7 +64,7 @@ pub(super) struct SessionStart {
     route: Arc<AppRoute>,
     channel: ChannelHandle,
     queue: ChannelQueue,
-    session_config: session::SessionConfig,
+    session_config: SessionConfig,
     /// RFC 8441 (HTTP/2) rather than an HTTP/1.1 upgrade.
     h2: bool,
     /// The app's `pre_accept` hook admitted it.
@@ -136,7 +136,7 @@ pub(super) async fn decide<B>(
         peer: client.peer,
     };
     // Borrowed, not cloned: most apps have no pre-accept hook and never look at it.
-    let pre_accept = route.app.pre_accept(&UpgradeRequest {
+    let pre_accept = route.app.pre_accept(&PendingUpgrade {
         channel: &info.id,
         url: req.uri().path_and_query().map_or(&*info.url, |p| p.as_str()),
         headers: req.headers(),

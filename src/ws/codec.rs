@@ -86,7 +86,7 @@ pub struct DecoderConfig {
 
 impl Default for DecoderConfig {
     fn default() -> Self {
-        Self { role: Role::Server, max_message_size: 1 << 20 }
+        Self { role: Role::Server, max_message_size: crate::config::DEFAULT_MAX_MESSAGE_SIZE }
     }
 }
 

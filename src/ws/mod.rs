@@ -1,16 +1,13 @@
-//! The WebSocket protocol (RFC 6455): a sans-io codec and handshake, and the session that runs
-//! them over a socket.
+//! The WebSocket protocol (RFC 6455, RFC 7692), free of I/O: the frame codec, the opening
+//! handshake, permessage-deflate and close codes. The sockets that run it are elsewhere:
+//! [`crate::session`] on the server side, [`crate::client`] on the client side.
 
-pub mod client;
-pub mod client_cli;
 pub mod close;
 pub mod codec;
 pub mod deflate;
-pub mod direct;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-mod halves;
 pub mod handshake;
-pub mod session;
 
 pub use close::{is_valid_wire_code, CloseFrame};
 pub use codec::{Decoder, DecoderConfig, Incoming, OpCode, ProtocolError, Role};

@@ -1,31 +1,34 @@
-//! Test support: wsgate started in-process on 127.0.0.1:0, a real HTTP upstream (hyper) run by
-//! the test, and a raw WebSocket client built on wsgate's own codec in the client role.
+//! The one test harness: wsgate started in-process on 127.0.0.1:0, the real HTTP upstream
+//! (`upstream`), the proxy module alone (`inproc`), Redis (`redis`), the pubsub protocol
+//! client (`pubsub`), an SSE client (`sse`), and a raw WebSocket client built on wsgate's own
+//! codec in the client role.
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use wsgate::config::{self, CliOverrides, ConfigSource};
 use wsgate::server::RunningServer;
 use wsgate::ws::codec::{encode_frame, Decoder, DecoderConfig, Incoming as WsIncoming, OpCode, Role};
 
+pub mod inproc;
 pub mod pubsub;
 pub mod redis;
 pub mod sse;
+pub mod upstream;
+
+#[allow(unused_imports)] // not every test starts an upstream
+pub use upstream::start_upstream;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,148 +71,6 @@ urls = ["/websocket/echo"]
         // Tests that spawn the binary use this text as is: keep them off the shared 9090.
         admin = if extra.contains("[admin]") { "" } else { "\n[admin]\naddr = \"off\"\n" }
     )
-}
-
-/// A real HTTP/1.1 upstream server run by the test. Routes:
-/// - `/echo`: answers 200 with the request body streamed back, and `x-upstream-method`,
-///   `x-upstream-path` (path and query) headers;
-/// - `/headers`: answers with the request headers, one `name: value` per line;
-/// - `/slow`: answers after 5 s;
-/// - `/big?n=BYTES`: answers with BYTES bytes of a repeating pattern, streamed;
-/// - `/upgrade`: accepts `Upgrade: websocket`, then echoes WebSocket messages (server role);
-/// - anything else: 404.
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub connections: Arc<AtomicUsize>,
-}
-
-pub async fn start_upstream() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counter = connections.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(upstream_service))
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    Upstream { addr, connections }
-}
-
-type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
-
-fn full(b: impl Into<Bytes>) -> UpBody {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
-
-async fn upstream_service(mut req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
-    let path = req.uri().path().to_owned();
-    let response = match path.as_str() {
-        "/echo" => {
-            let method = req.method().to_string();
-            let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-            Response::builder()
-                .header("x-upstream-method", method)
-                .header("x-upstream-path", pq)
-                .body(req.into_body().boxed())
-                .unwrap()
-        }
-        "/headers" => {
-            let mut text = String::new();
-            for (name, value) in req.headers() {
-                text.push_str(&format!("{}: {}\n", name, value.to_str().unwrap_or("?")));
-            }
-            Response::builder()
-                .header("connection", "x-hop")
-                .header("x-hop", "must not reach the client")
-                .header("keep-alive", "timeout=5")
-                .body(full(text))
-                .unwrap()
-        }
-        "/slow" => {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            Response::new(full("late"))
-        }
-        "/big" => {
-            let n: usize =
-                req.uri().query().and_then(|q| q.strip_prefix("n=")).and_then(|n| n.parse().ok()).unwrap_or(0);
-            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, hyper::Error>::new(4);
-            tokio::spawn(async move {
-                let chunk = Bytes::from((0..65536u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-                let mut left = n;
-                while left > 0 {
-                    let take = left.min(chunk.len());
-                    if tx.send_data(chunk.slice(..take)).await.is_err() {
-                        return;
-                    }
-                    left -= take;
-                }
-            });
-            Response::builder().header("content-length", n).body(body.boxed()).unwrap()
-        }
-        "/upgrade" => {
-            let key = req.headers().get("sec-websocket-key").cloned();
-            let upgrade = req.headers().get("upgrade").map(|v| v.to_str().unwrap_or("").to_ascii_lowercase());
-            if upgrade.as_deref() != Some("websocket") || key.is_none() {
-                return Ok(Response::builder().status(400).body(full("not an upgrade")).unwrap());
-            }
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    upstream_ws_echo(TokioIo::new(upgraded)).await;
-                }
-            });
-            let accept = wsgate::ws::handshake::accept_key(key.unwrap().as_bytes());
-            Response::builder()
-                .status(101)
-                .header("upgrade", "websocket")
-                .header("connection", "upgrade")
-                .header("sec-websocket-accept", accept)
-                .header("x-upstream", "yes")
-                .body(full(""))
-                .unwrap()
-        }
-        _ => Response::builder().status(404).body(full("no such page")).unwrap(),
-    };
-    Ok(response)
-}
-
-/// The upstream's own WebSocket echo (server role), prefixing text replies with "upstream:".
-async fn upstream_ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut io: S) {
-    let mut decoder = Decoder::new(DecoderConfig { role: Role::Server, max_message_size: 1 << 20 });
-    let mut buf = BytesMut::new();
-    loop {
-        match decoder.decode(&mut buf) {
-            Ok(Some(WsIncoming::Text(t))) => {
-                let mut out = BytesMut::new();
-                let reply = [b"upstream:".as_slice(), &t].concat();
-                encode_frame(&mut out, OpCode::Text, true, false, &reply, None);
-                if io.write_all(&out).await.is_err() {
-                    return;
-                }
-            }
-            Ok(Some(WsIncoming::Close(_))) => {
-                let mut out = BytesMut::new();
-                encode_frame(&mut out, OpCode::Close, true, false, &[0x03, 0xe8], None);
-                let _ = io.write_all(&out).await;
-                return;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                if io.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
-    }
 }
 
 /// A raw WebSocket client over TCP using wsgate's codec in the client role.
@@ -375,7 +236,7 @@ impl WsClient {
 }
 
 /// A hyper HTTP/1.1 client connection to `addr` (one connection, for keep-alive checks).
-pub async fn http_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<UpBody> {
+pub async fn http_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<upstream::TestBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);

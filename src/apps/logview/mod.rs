@@ -15,7 +15,7 @@
 //! One tail task per file serves all its viewers: it starts with the first viewer and stops
 //! after the last one leaves (`tail.rs`).
 
-pub mod tail;
+pub(crate) mod tail;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,12 +27,12 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{App, Message};
+use crate::locks::lock;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
-use crate::sync::lock;
 use tail::{Command, TailConfig};
 
 /// The log-view page (no external assets).
-pub const PAGE: &str = include_str!("../../../assets/logview.html");
+pub(crate) const PAGE: &str = include_str!("../../../assets/logview.html");
 
 /// Longest request accepted from a client, in bytes.
 const MAX_REQUEST_BYTES: usize = 4096;
@@ -51,7 +51,7 @@ struct State {
 }
 
 /// The log-view app.
-pub struct LogView {
+pub(crate) struct LogView {
     app: String,
     /// `(base name, path)` in configuration order.
     files: Vec<(String, PathBuf)>,
@@ -71,7 +71,14 @@ impl std::fmt::Debug for LogView {
 
 impl LogView {
     /// A log-view app named `app` over `files` (validated: absolute, unique base names).
-    pub fn new(app: &str, files: &[PathBuf], backlog: usize, refresh: Duration, inotify: bool, hub: Arc<Hub>) -> Self {
+    pub(crate) fn new(
+        app: &str,
+        files: &[PathBuf],
+        backlog: usize,
+        refresh: Duration,
+        inotify: bool,
+        hub: Arc<Hub>,
+    ) -> Self {
         let files = files
             .iter()
             .map(|p| (p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), p.clone()))
@@ -89,17 +96,19 @@ impl LogView {
     }
 
     /// Files with at least one viewer (each has exactly one tail task).
-    pub fn watched_files(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn watched_files(&self) -> usize {
         lock(&self.state).tails.len()
     }
 
     /// Tail tasks still running (a task ends shortly after its last viewer leaves).
-    pub fn running_tails(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn running_tails(&self) -> usize {
         self.running.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Resolves what a client asked for to a configured file index; never a path.
-    pub fn resolve(&self, file: &Value) -> Result<usize, String> {
+    pub(crate) fn resolve(&self, file: &Value) -> Result<usize, String> {
         match file {
             Value::String(name) => self
                 .files
@@ -211,8 +220,8 @@ impl App for LogView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pubsub::budget::SlowConsumerPolicy;
     use crate::pubsub::channel::{ChannelIdGenerator, ChannelInfo, ChannelQueue, Outbound};
-    use crate::pubsub::queue::SlowConsumerPolicy;
     use bytes::Bytes;
     use std::io::Write;
 

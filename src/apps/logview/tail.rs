@@ -33,15 +33,14 @@ use serde_json::json;
 use tokio::sync::{mpsc, Notify};
 
 use crate::apps::Message;
-use crate::pubsub::hub::encode;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
 
 /// Longest line sent; longer lines are cut and marked with [`CUT_MARK`].
-pub const MAX_LINE_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Appended to a line cut at [`MAX_LINE_BYTES`].
-pub const CUT_MARK: &str = " [… line cut at 16 KiB]";
+pub(crate) const CUT_MARK: &str = " [… line cut at 16 KiB]";
 /// Appended to a line whose invalid UTF-8 bytes were replaced by U+FFFD.
-pub const LOSSY_MARK: &str = " [invalid UTF-8 replaced]";
+pub(crate) const LOSSY_MARK: &str = " [invalid UTF-8 replaced]";
 /// Bytes read per wake-up at most, so one huge append cannot stall the task.
 const READ_CHUNK: usize = 1 << 20;
 /// Largest `lines` message, in bytes of line text (more lines go in further messages).
@@ -49,7 +48,7 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Something viewers should be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// Complete lines, oldest first.
     Lines(Vec<String>),
     /// A change worth showing: rotation, truncation, a missing file appearing.
@@ -68,7 +67,7 @@ enum Status {
 
 /// Reads the lines appended to one path, across rotation and truncation.
 #[derive(Debug)]
-pub struct Follower {
+pub(crate) struct Follower {
     path: PathBuf,
     name: String,
     file: Option<File>,
@@ -82,7 +81,7 @@ pub struct Follower {
 
 impl Follower {
     /// A follower of `path`; `name` is how messages name the file.
-    pub fn new(path: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<PathBuf>, name: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             name: name.into(),
@@ -97,7 +96,7 @@ impl Follower {
 
     /// Opens the file at its end and returns its last `backlog` complete lines (plus a notice
     /// or error when it is missing or unreadable).
-    pub fn start(&mut self, backlog: usize) -> Vec<Event> {
+    pub(crate) fn start(&mut self, backlog: usize) -> Vec<Event> {
         let mut events = Vec::new();
         match self.open() {
             Ok(()) => match self.read_backlog(backlog) {
@@ -117,7 +116,7 @@ impl Follower {
     }
 
     /// The notice or error a viewer joining now should see, if any.
-    pub fn status_event(&self) -> Option<Event> {
+    pub(crate) fn status_event(&self) -> Option<Event> {
         match &self.status {
             Status::Following => None,
             Status::Missing => Some(Event::Notice(self.missing_notice())),
@@ -158,7 +157,7 @@ impl Follower {
 
     /// Reads what changed since the last call. The flag is `true` when more data is waiting
     /// (the read stopped at [`READ_CHUNK`]): call again soon.
-    pub fn poll(&mut self) -> (Vec<Event>, bool) {
+    pub(crate) fn poll(&mut self) -> (Vec<Event>, bool) {
         let mut events = Vec::new();
         let mut lines = Vec::new();
         let at_path = std::fs::metadata(&self.path);
@@ -359,7 +358,7 @@ fn describe(error: &io::Error) -> String {
 }
 
 /// Decodes one line (without its newline; a trailing `\r` is dropped), marking lossy ones.
-pub fn decode_line(bytes: &[u8]) -> String {
+pub(crate) fn decode_line(bytes: &[u8]) -> String {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     match std::str::from_utf8(bytes) {
         Ok(text) => text.to_owned(),
@@ -389,7 +388,7 @@ fn cut_line(bytes: &[u8]) -> String {
 
 /// What a viewer asks of the task that follows its file.
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Send this channel the backlog, then subscribe it to the file's lines.
     Add(ChannelHandle),
     /// Stop sending to this channel.
@@ -398,7 +397,7 @@ pub enum Command {
 
 /// How to follow one file.
 #[derive(Debug, Clone)]
-pub struct TailConfig {
+pub(crate) struct TailConfig {
     /// The configured path.
     pub path: PathBuf,
     /// Its base name, as messages name it.
@@ -415,7 +414,7 @@ pub struct TailConfig {
 
 /// Starts the task following `config.path` for all its viewers. It ends when every sender
 /// of the returned channel is dropped; `running` counts live tasks (for tests and metrics).
-pub fn spawn(config: TailConfig, hub: Arc<Hub>, running: Arc<AtomicUsize>) -> mpsc::UnboundedSender<Command> {
+pub(crate) fn spawn(config: TailConfig, hub: Arc<Hub>, running: Arc<AtomicUsize>) -> mpsc::UnboundedSender<Command> {
     let (tx, rx) = mpsc::unbounded_channel();
     running.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
@@ -504,7 +503,7 @@ fn add_viewer(
     let _ =
         channel.send_text(&json!({"type": "lines", "file": config.name, "lines": lines, "backlog": true}).to_string());
     if let Some(event) = status {
-        let _ = channel.send_frame(encode(&Message::Text(Bytes::from(event_json(&config.name, &event)))));
+        let _ = channel.send(&Message::Text(Bytes::from(event_json(&config.name, &event))));
     }
     if let Err(error) = hub.subscribe(channel.id(), &config.subscription) {
         tracing::debug!(channel = %channel.id(), %error, "log-view: viewer left before subscribing");

@@ -23,9 +23,9 @@ use serde_json::{json, Value};
 use super::cluster::Cluster;
 pub use super::model::{text_frame, EngineError, HistoryPage, Info, Position, Published, MAX_CHANNELS};
 use crate::config::pubsub::NamespaceConfig;
+use crate::locks::lock;
 use crate::metrics::{Metrics, NamespaceLabel, NamespaceOutcomeLabel};
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
-use crate::sync::lock;
 
 /// How often idle channel states are dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);

@@ -17,17 +17,17 @@ use super::engine::Position;
 use crate::apps::EventEncoder;
 
 /// Positions by channel, as an event id carries them.
-pub type Positions = BTreeMap<String, Position>;
+pub(crate) type Positions = BTreeMap<String, Position>;
 
 /// Encodes `positions` as an event id.
-pub fn encode_id(positions: &Positions) -> String {
+pub(crate) fn encode_id(positions: &Positions) -> String {
     let map: serde_json::Map<String, Value> =
         positions.iter().map(|(channel, p)| (channel.clone(), json!([p.offset, p.epoch]))).collect();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Value::Object(map).to_string())
 }
 
 /// Decodes an event id; `None` when it is not one of ours.
-pub fn decode_id(id: &str) -> Option<Positions> {
+pub(crate) fn decode_id(id: &str) -> Option<Positions> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(id.trim()).ok()?;
     let map: BTreeMap<String, (u64, String)> = serde_json::from_slice(&bytes).ok()?;
     Some(map.into_iter().map(|(channel, (offset, epoch))| (channel, Position { offset, epoch })).collect())
@@ -35,7 +35,7 @@ pub fn decode_id(id: &str) -> Option<Positions> {
 
 /// Writes one stream's events and keeps its positions.
 #[derive(Debug, Default)]
-pub struct Events {
+pub(crate) struct Events {
     positions: Positions,
 }
 

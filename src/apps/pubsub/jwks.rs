@@ -18,12 +18,12 @@ use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use crate::sync::lock;
+use crate::locks::lock;
 
 /// How often the set is fetched again regardless of tokens.
-pub const REFRESH: Duration = Duration::from_secs(600);
+pub(crate) const REFRESH: Duration = Duration::from_secs(600);
 /// Fewest seconds between two fetches caused by unknown key ids.
-pub const MIN_REFETCH: Duration = Duration::from_secs(2);
+pub(crate) const MIN_REFETCH: Duration = Duration::from_secs(2);
 /// Limit on one fetch (connect, TLS, request, body).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest key set accepted.
@@ -31,7 +31,7 @@ const MAX_BYTES: usize = 1 << 20;
 
 /// One usable key of the set.
 #[derive(Clone)]
-pub struct KeyEntry {
+pub(crate) struct KeyEntry {
     /// The key.
     pub key: DecodingKey,
     /// What it may verify.
@@ -39,7 +39,7 @@ pub struct KeyEntry {
 }
 
 /// The cached set of one app and how to fetch it again.
-pub struct Jwks {
+pub(crate) struct Jwks {
     url: http::Uri,
     keys: ArcSwap<HashMap<String, KeyEntry>>,
     last_fetch: Mutex<Option<Instant>>,
@@ -54,7 +54,7 @@ impl std::fmt::Debug for Jwks {
 }
 
 /// Checks a `jwks_url`: an absolute `http://` or `https://` URL with a host.
-pub fn parse_url(url: &str) -> Result<http::Uri, String> {
+pub(crate) fn parse_url(url: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") if uri.host().is_some() => Ok(uri),
@@ -86,7 +86,7 @@ fn algorithms(jwk: &Jwk) -> Option<Vec<Algorithm>> {
 
 /// The usable keys of a JWK Set document, by `kid`; keys without a `kid`, of a kind we do
 /// not verify, or that do not parse are left out (one bad key does not spoil the set).
-pub fn parse_set(body: &[u8]) -> Result<HashMap<String, KeyEntry>, String> {
+pub(crate) fn parse_set(body: &[u8]) -> Result<HashMap<String, KeyEntry>, String> {
     #[derive(serde::Deserialize)]
     struct Set {
         keys: Vec<serde_json::Value>,
@@ -105,7 +105,7 @@ pub fn parse_set(body: &[u8]) -> Result<HashMap<String, KeyEntry>, String> {
 
 impl Jwks {
     /// A set to be fetched from `url` (nothing is fetched yet).
-    pub fn new(url: &str) -> Result<Arc<Self>, String> {
+    pub(crate) fn new(url: &str) -> Result<Arc<Self>, String> {
         Ok(Arc::new(Jwks {
             url: parse_url(url)?,
             keys: ArcSwap::from_pointee(HashMap::new()),
@@ -115,13 +115,13 @@ impl Jwks {
     }
 
     /// The cached key `kid`.
-    pub fn get(&self, kid: &str) -> Option<KeyEntry> {
+    pub(crate) fn get(&self, kid: &str) -> Option<KeyEntry> {
         self.keys.load().get(kid).cloned()
     }
 
     /// Makes sure key `kid` is known if the key server has it: fetches the set when `kid` is
     /// not cached and the last fetch is older than [`MIN_REFETCH`].
-    pub async fn ensure(&self, kid: &str) {
+    pub(crate) async fn ensure(&self, kid: &str) {
         if self.keys.load().contains_key(kid) {
             return;
         }
@@ -136,7 +136,7 @@ impl Jwks {
     }
 
     /// Fetches the set now (at start and every [`REFRESH`]).
-    pub async fn refresh(&self) {
+    pub(crate) async fn refresh(&self) {
         let _one = self.fetching.lock().await;
         self.refresh_locked().await;
     }
@@ -157,7 +157,7 @@ impl Jwks {
     }
 
     /// Refreshes every [`REFRESH`] until `jwks` is dropped (the first fetch at once).
-    pub fn spawn_refresher(jwks: &Arc<Self>) {
+    pub(crate) fn spawn_refresher(jwks: &Arc<Self>) {
         let weak = Arc::downgrade(jwks);
         tokio::spawn(async move {
             loop {
@@ -183,7 +183,7 @@ async fn fetch(url: &http::Uri) -> Result<Bytes, String> {
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = if tls {
-        let connector = crate::ws::client::tls_connector(None).map_err(|e| e.to_string())?;
+        let connector = crate::client::tls_connector(None).map_err(|e| e.to_string())?;
         let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
         let stream = connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
         send(hyper_util::rt::TokioIo::new(stream), request).await?

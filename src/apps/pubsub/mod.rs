@@ -5,13 +5,13 @@
 //! Close codes of this app: 1003 binary frame, 1007 a frame that is not JSON, 4009 the
 //! connection token expired. Every other problem is an error reply and the connection stays.
 
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod engine;
-pub mod events;
-pub mod jwks;
-pub mod model;
-pub mod protocol;
-pub mod token;
+pub(crate) mod events;
+pub(crate) mod jwks;
+pub(crate) mod model;
+pub(crate) mod protocol;
+pub(crate) mod token;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,11 +23,11 @@ use serde_json::{json, Value};
 use self::engine::{Engine, EngineError, Info, Namespace, Position};
 use self::protocol::{error, reply, Command, ErrorCode, Failure, Request, Subscribe};
 use self::token::{ChannelClaims, ConnectionClaims, TokenError, Verifier};
-use super::{App, AppError, EventEncoder, EventStreamRequest, Message, PreAccept, Rejection, UpgradeRequest};
-use crate::config::pubsub::Access;
+use super::{App, AppError, EventEncoder, EventStreamRequest, Message, PendingUpgrade, PreAccept, Rejection};
+use crate::config::pubsub::{Access, NamespaceConfig};
 use crate::config::AppConfig;
+use crate::locks::lock;
 use crate::pubsub::{ChannelHandle, ChannelId};
-use crate::sync::lock;
 
 /// Close code when the connection token expires.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4009;
@@ -107,6 +107,31 @@ fn unix_now() -> u64 {
 fn query_token(url: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+}
+
+/// Who sent a command, and how its connection stands towards the command's channel.
+struct Caller {
+    identity: Arc<Identity>,
+    /// Subscribed to the command's channel.
+    subscribed: bool,
+    /// Subscriptions the connection holds.
+    subscriptions: usize,
+}
+
+impl Caller {
+    /// Presence and history are for subscribers.
+    fn must_be_subscribed(&self) -> Result<(), Failure> {
+        if self.subscribed {
+            Ok(())
+        } else {
+            Err(Failure::new(ErrorCode::PermissionDenied, "subscribe to the channel first"))
+        }
+    }
+}
+
+/// An engine error as the client sees it.
+fn engine_failure(e: EngineError) -> Failure {
+    Failure::new(e.code(), e.to_string())
 }
 
 /// Counts a refused token by reason.
@@ -248,59 +273,17 @@ impl PubSub {
         command: Command,
     ) -> Result<(&'static str, Value), Failure> {
         if let Command::Connect { token } = command {
-            let identity = match (&self.verifier, token) {
-                (Some(verifier), Some(token)) => {
-                    verifier.prepare(&token).await;
-                    Identity::from_claims(self.verify(verifier, &token).map_err(|e| token_failure(&e))?)
-                }
-                (Some(_), None) => {
-                    count_token_failure(&self.engine, "missing");
-                    return Err(Failure::new(ErrorCode::Unauthorized, "connect needs a token"));
-                }
-                (None, _) => Identity::default(),
-            };
-            return Ok(("connect", self.connect(channel, identity)));
+            return Ok(("connect", self.handle_connect(channel, token).await?));
         }
-        // Who the client is, whether it is subscribed to the command's channel, and to how many.
-        let (identity, subscribed, subscriptions) = {
-            let connections = lock(&self.connections);
-            let connection = connections.get(channel.id());
-            let Some(identity) = connection.and_then(|c| c.identity.clone()) else {
-                return Err(Failure::new(ErrorCode::Unauthorized, "send connect with a token first"));
-            };
-            let target = command.channel().unwrap_or_default();
-            let subscribed = connection.is_some_and(|c| c.subscriptions.contains(target));
-            (identity, subscribed, connection.map_or(0, |c| c.subscriptions.len()))
-        };
-        let namespace = |name: &str| {
-            engine::find(&self.namespaces, name).map(|ns| ns.config.clone()).ok_or_else(|| {
-                Failure::new(ErrorCode::UnknownChannel, format!("no namespace matches channel {name:?}"))
-            })
-        };
-        let engine_failure = |e: EngineError| Failure::new(e.code(), e.to_string());
+        let caller = self.caller(channel, command.channel().unwrap_or_default())?;
         match command {
             Command::Connect { .. } => unreachable!("handled above"),
             Command::Subscribe(s) => {
-                let ns = namespace(&s.channel)?;
-                // A channel the server unsubscribed it from (push `unsubscribe`) may be taken again.
-                if subscribed && self.engine.is_member(&s.channel, channel.id()) {
-                    return Err(Failure::new(ErrorCode::AlreadySubscribed, "already subscribed"));
-                }
-                if subscriptions >= self.max_subscriptions {
-                    return Err(Failure::new(
-                        ErrorCode::LimitExceeded,
-                        format!("at most {} subscriptions per connection", self.max_subscriptions),
-                    ));
-                }
-                if let (Some(verifier), Some(token)) = (&self.verifier, &s.token) {
-                    verifier.prepare(token).await;
-                }
-                self.may_subscribe(&s, ns.subscribe, &identity.user, &identity.channels)?;
-                self.subscribe(channel, &s, &identity.user, id).await.map_err(engine_failure)?;
+                self.handle_subscribe(channel, id, &s, &caller).await?;
                 Ok(("subscribe", Value::Null)) // the engine queued the reply under the channel's lock
             }
             Command::Unsubscribe { channel: name } => {
-                namespace(&name)?;
+                self.namespace(&name)?;
                 let was = lock(&self.connections).get_mut(channel.id()).is_some_and(|c| c.subscriptions.remove(&name));
                 if was {
                     self.engine.unsubscribe(&name, channel.id()).await;
@@ -308,34 +291,19 @@ impl PubSub {
                 Ok(("unsubscribe", json!({})))
             }
             Command::Publish { channel: name, data } => {
-                let ns = namespace(&name)?;
-                let allowed = match ns.publish {
-                    Access::Any => true,
-                    Access::Token => identity.publish.iter().any(|g| g.matches(&name)),
-                    Access::None => false,
-                };
-                if !allowed {
-                    return Err(Failure::new(ErrorCode::PermissionDenied, "publishing to this channel is not allowed"));
-                }
-                let info = Info { user: identity.user.clone(), client: channel.id().as_str().to_owned() };
-                let p = self.engine.publish(&name, data, Some(info)).await.map_err(engine_failure)?;
-                Ok(("publish", json!({ "offset": p.offset, "epoch": p.epoch })))
+                Ok(("publish", self.handle_publish(channel, &name, data, &caller).await?))
             }
             Command::Presence { channel: name } => {
-                namespace(&name)?;
-                if !subscribed {
-                    return Err(Failure::new(ErrorCode::PermissionDenied, "subscribe to the channel first"));
-                }
+                self.namespace(&name)?;
+                caller.must_be_subscribed()?;
                 let clients = self.engine.presence(&name).await.map_err(engine_failure)?;
                 let clients: serde_json::Map<_, _> =
                     clients.into_iter().map(|(client, user)| (client, json!({ "user": user }))).collect();
                 Ok(("presence", json!({ "clients": clients })))
             }
             Command::History { channel: name, limit, since } => {
-                namespace(&name)?;
-                if !subscribed {
-                    return Err(Failure::new(ErrorCode::PermissionDenied, "subscribe to the channel first"));
-                }
+                self.namespace(&name)?;
+                caller.must_be_subscribed()?;
                 let since = since.map(|s| Position { offset: s.offset, epoch: s.epoch });
                 let page = self
                     .engine
@@ -348,6 +316,94 @@ impl PubSub {
                 ))
             }
         }
+    }
+
+    /// `connect`: verifies the token (when the app asks for one) and records who the client is.
+    async fn handle_connect(&self, channel: &ChannelHandle, token: Option<String>) -> Result<Value, Failure> {
+        let identity = match (&self.verifier, token) {
+            (Some(verifier), Some(token)) => {
+                verifier.prepare(&token).await;
+                Identity::from_claims(self.verify(verifier, &token).map_err(|e| token_failure(&e))?)
+            }
+            (Some(_), None) => {
+                count_token_failure(&self.engine, "missing");
+                return Err(Failure::new(ErrorCode::Unauthorized, "connect needs a token"));
+            }
+            (None, _) => Identity::default(),
+        };
+        Ok(self.connect(channel, identity))
+    }
+
+    /// Who sent a command other than `connect`, and how it stands towards `target` (the
+    /// command's channel); refused until the connection has sent `connect`.
+    fn caller(&self, channel: &ChannelHandle, target: &str) -> Result<Caller, Failure> {
+        let connections = lock(&self.connections);
+        let connection = connections.get(channel.id());
+        let Some(identity) = connection.and_then(|c| c.identity.clone()) else {
+            return Err(Failure::new(ErrorCode::Unauthorized, "send connect with a token first"));
+        };
+        Ok(Caller {
+            identity,
+            subscribed: connection.is_some_and(|c| c.subscriptions.contains(target)),
+            subscriptions: connection.map_or(0, |c| c.subscriptions.len()),
+        })
+    }
+
+    /// The settings of the namespace `name` belongs to.
+    fn namespace(&self, name: &str) -> Result<NamespaceConfig, Failure> {
+        engine::find(&self.namespaces, name)
+            .map(|ns| ns.config.clone())
+            .ok_or_else(|| Failure::new(ErrorCode::UnknownChannel, format!("no namespace matches channel {name:?}")))
+    }
+
+    /// `subscribe`: the namespace's rule, the connection's limit and the tokens, then the
+    /// engine (which queues the reply, the recovered publications and the join).
+    async fn handle_subscribe(
+        &self,
+        channel: &ChannelHandle,
+        id: Option<u64>,
+        s: &Subscribe,
+        caller: &Caller,
+    ) -> Result<(), Failure> {
+        let ns = self.namespace(&s.channel)?;
+        // A channel the server unsubscribed it from (push `unsubscribe`) may be taken again.
+        if caller.subscribed && self.engine.is_member(&s.channel, channel.id()) {
+            return Err(Failure::new(ErrorCode::AlreadySubscribed, "already subscribed"));
+        }
+        if caller.subscriptions >= self.max_subscriptions {
+            return Err(Failure::new(
+                ErrorCode::LimitExceeded,
+                format!("at most {} subscriptions per connection", self.max_subscriptions),
+            ));
+        }
+        if let (Some(verifier), Some(token)) = (&self.verifier, &s.token) {
+            verifier.prepare(token).await;
+        }
+        let identity = &caller.identity;
+        self.may_subscribe(s, ns.subscribe, &identity.user, &identity.channels)?;
+        self.subscribe(channel, s, &identity.user, id).await.map_err(engine_failure)
+    }
+
+    /// `publish`: the namespace's rule (and the token's `publish` globs), then the engine.
+    async fn handle_publish(
+        &self,
+        channel: &ChannelHandle,
+        name: &str,
+        data: Value,
+        caller: &Caller,
+    ) -> Result<Value, Failure> {
+        let ns = self.namespace(name)?;
+        let allowed = match ns.publish {
+            Access::Any => true,
+            Access::Token => caller.identity.publish.iter().any(|g| g.matches(name)),
+            Access::None => false,
+        };
+        if !allowed {
+            return Err(Failure::new(ErrorCode::PermissionDenied, "publishing to this channel is not allowed"));
+        }
+        let info = Info { user: caller.identity.user.clone(), client: channel.id().as_str().to_owned() };
+        let p = self.engine.publish(name, data, Some(info)).await.map_err(engine_failure)?;
+        Ok(json!({ "offset": p.offset, "epoch": p.epoch }))
     }
 
     /// Whether the namespace's `subscribe` rule and the tokens admit `user` to `s.channel`.
@@ -506,7 +562,7 @@ impl App for PubSub {
         }
     }
 
-    fn pre_accept(&self, request: &UpgradeRequest<'_>) -> Option<PreAccept> {
+    fn pre_accept(&self, request: &PendingUpgrade<'_>) -> Option<PreAccept> {
         self.verifier.as_ref()?;
         let token = query_token(request.url)?;
         let app = self.me.upgrade()?;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 /// Longest channel name, in bytes.
-pub const MAX_CHANNEL_BYTES: usize = 255;
+pub(crate) const MAX_CHANNEL_BYTES: usize = 255;
 
 /// The error codes of error replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub enum ErrorCode {
 
 /// An error reply's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The code.
     pub code: ErrorCode,
     /// Why, for people.
@@ -50,7 +50,7 @@ pub struct Failure {
 
 impl Failure {
     /// A failure with `code` and `message`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Failure { code, message: message.into() }
     }
 }
@@ -58,7 +58,7 @@ impl Failure {
 /// `subscribe`'s fields.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Subscribe {
+pub(crate) struct Subscribe {
     /// The channel.
     pub channel: String,
     /// A channel token (namespaces with `subscribe = "token"`).
@@ -78,7 +78,7 @@ pub struct Subscribe {
 /// `history`'s `since`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Since {
+pub(crate) struct Since {
     /// Last offset seen.
     pub offset: u64,
     /// Its epoch.
@@ -87,7 +87,7 @@ pub struct Since {
 
 /// One client command.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Authenticate (the token may also come as `?token=` on the URL).
     Connect {
         /// The connection token.
@@ -125,7 +125,7 @@ pub enum Command {
 
 /// A parsed frame: the id to echo and the command or why there is none.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request {
+pub(crate) struct Request {
     /// The command's `id`, when it had a valid one.
     pub id: Option<u64>,
     /// The command, or the error to answer.
@@ -133,7 +133,7 @@ pub struct Request {
 }
 
 /// Parses one text frame; `None` when it is not JSON at all.
-pub fn parse(text: &[u8]) -> Option<Request> {
+pub(crate) fn parse(text: &[u8]) -> Option<Request> {
     let value: Value = serde_json::from_slice(text).ok()?;
     let Value::Object(mut object) = value else {
         return Some(Request { id: None, command: Err(bad("a command is a JSON object")) });
@@ -217,7 +217,7 @@ fn command(mut object: Map<String, Value>) -> Result<Command, Failure> {
 
 impl Command {
     /// The channel the command is about (`None` for `connect`).
-    pub fn channel(&self) -> Option<&str> {
+    pub(crate) fn channel(&self) -> Option<&str> {
         match self {
             Command::Connect { .. } => None,
             Command::Subscribe(s) => Some(&s.channel),
@@ -230,7 +230,7 @@ impl Command {
 }
 
 /// Whether `channel` is an acceptable name: 1 to 255 bytes, no control characters.
-pub fn check_channel(channel: &str) -> Result<(), String> {
+pub(crate) fn check_channel(channel: &str) -> Result<(), String> {
     if channel.is_empty() || channel.len() > MAX_CHANNEL_BYTES {
         return Err(format!("a channel name has 1 to {MAX_CHANNEL_BYTES} bytes"));
     }
@@ -241,7 +241,7 @@ pub fn check_channel(channel: &str) -> Result<(), String> {
 }
 
 /// `{"id":N,"<command>":body}` (no `id` when the command had none).
-pub fn reply(id: Option<u64>, command: &str, body: Value) -> Value {
+pub(crate) fn reply(id: Option<u64>, command: &str, body: Value) -> Value {
     let mut object = Map::new();
     if let Some(id) = id {
         object.insert("id".into(), id.into());
@@ -251,7 +251,7 @@ pub fn reply(id: Option<u64>, command: &str, body: Value) -> Value {
 }
 
 /// `{"id":N,"error":{"code":C,"message":".."}}`.
-pub fn error(id: Option<u64>, failure: &Failure) -> Value {
+pub(crate) fn error(id: Option<u64>, failure: &Failure) -> Value {
     reply(id, "error", json!({ "code": failure.code as u16, "message": failure.message }))
 }
 

@@ -17,11 +17,11 @@ use super::jwks::Jwks;
 use crate::config::pubsub::JwtConfig;
 
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: a key of at least the hash's size).
-pub const MIN_HMAC_BYTES: usize = 32;
+pub(crate) const MIN_HMAC_BYTES: usize = 32;
 
 /// Claims of a connection token.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ConnectionClaims {
+pub(crate) struct ConnectionClaims {
     /// The user ("" when absent).
     #[serde(default)]
     pub sub: String,
@@ -38,7 +38,7 @@ pub struct ConnectionClaims {
 
 /// Claims of a channel token.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ChannelClaims {
+pub(crate) struct ChannelClaims {
     /// Must equal the connection's user.
     #[serde(default)]
     pub sub: String,
@@ -51,7 +51,7 @@ pub struct ChannelClaims {
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// `exp` has passed.
     #[error("token expired")]
     Expired,
@@ -69,7 +69,7 @@ enum Keys {
 }
 
 /// Checks tokens against the configured key, or the key its `kid` names in a JWK Set.
-pub struct Verifier {
+pub(crate) struct Verifier {
     keys: Keys,
     validation: Validation,
 }
@@ -86,7 +86,7 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 
 impl Verifier {
     /// A verifier for `config` (reads the key file).
-    pub fn from_config(config: &JwtConfig) -> Result<Self, String> {
+    pub(crate) fn from_config(config: &JwtConfig) -> Result<Self, String> {
         let (keys, algorithms) = match (&config.hmac_secret_file, &config.public_key_file, &config.jwks_url) {
             (None, None, Some(url)) => {
                 let jwks = Jwks::new(url)?;
@@ -150,7 +150,7 @@ impl Verifier {
 
     /// With a JWK Set: fetches the set again when `token` names a `kid` it lacks (rate
     /// limited). Call before [`Verifier::verify`] where waiting is possible.
-    pub async fn prepare(&self, token: &str) {
+    pub(crate) async fn prepare(&self, token: &str) {
         if let (Keys::Set(jwks), Some(kid)) = (&self.keys, kid(token)) {
             jwks.ensure(&kid).await;
         }
@@ -158,7 +158,7 @@ impl Verifier {
 
     /// Like [`Verifier::prepare`], in the background (for callers that cannot wait: the next
     /// attempt finds the key).
-    pub fn prepare_later(&self, token: &str) {
+    pub(crate) fn prepare_later(&self, token: &str) {
         if let (Keys::Set(jwks), Some(kid)) = (&self.keys, kid(token)) {
             let jwks = jwks.clone();
             tokio::spawn(async move { jwks.ensure(&kid).await });
@@ -166,7 +166,7 @@ impl Verifier {
     }
 
     /// Verifies `token` and returns its claims.
-    pub fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
+    pub(crate) fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
         let decoded = match &self.keys {
             Keys::Fixed(key) => jsonwebtoken::decode::<T>(token, key, &self.validation),
             Keys::Set(jwks) => {

@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
 
 use super::{deliver_direct, Broker, BrokerError, Control, Envelope, Payload};
-use crate::apps::Message;
 use crate::pubsub::channel::ChannelId;
 use crate::pubsub::hub::{encode, Hub};
+use crate::pubsub::Message;
 
 /// Hubs that relay to each other, by node name.
 #[derive(Default)]
-pub struct MemoryBus {
+pub(crate) struct MemoryBus {
     hubs: RwLock<HashMap<String, Weak<Hub>>>,
 }
 
@@ -25,13 +25,13 @@ impl std::fmt::Debug for MemoryBus {
 
 impl MemoryBus {
     /// An empty bus.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
     /// Attaches `hub` as node `node` and sets its broker. Returns the broker, or `None` when
     /// the hub already had one.
-    pub fn attach(self: &Arc<Self>, node: &str, hub: &Arc<Hub>) -> Option<Arc<MemoryBroker>> {
+    pub(crate) fn attach(self: &Arc<Self>, node: &str, hub: &Arc<Hub>) -> Option<Arc<MemoryBroker>> {
         let broker = Arc::new(MemoryBroker { node: node.to_owned(), bus: self.clone() });
         if !hub.set_broker(broker.clone()) {
             return None;
@@ -52,7 +52,7 @@ impl MemoryBus {
 
 /// One hub's handle on a [`MemoryBus`].
 #[derive(Debug)]
-pub struct MemoryBroker {
+pub(crate) struct MemoryBroker {
     node: String,
     bus: Arc<MemoryBus>,
 }

@@ -1,7 +1,8 @@
 //! Brokers carry multicasts and sends between wsgate nodes (DESIGN §4).
 //!
 //! The [`Hub`](super::Hub) does every node-local fan-out itself; a broker only relays what
-//! other nodes must see. The hub calls the broker through the [`Broker`] trait, synchronously
+//! other nodes must see. The hub calls the broker through the [`Broker`] trait (defined below
+//! the hub, in `pubsub::relay`, so the hub knows no broker), synchronously
 //! and without waiting on the network: a broker queues, and its own tasks do the I/O. A
 //! message arriving from another node is handed back to the hub's node-local fan-out
 //! ([`Hub::multicast_frame`](super::Hub::multicast_frame)), which encodes it once for all
@@ -14,7 +15,7 @@
 //!   `wsgate:node:<node>` for sends and control operations (subscribe, unsubscribe, close;
 //!   see [`control`]) addressed to the channels of one node.
 
-pub mod memory;
+pub(crate) mod memory;
 pub mod redis;
 
 use std::sync::Arc;
@@ -24,8 +25,9 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::channel::ChannelId;
 use super::hub::{Hub, HubError};
-use crate::apps::Message;
+pub use super::relay::{node_of, Broker, BrokerError, Control};
 use crate::config::{BrokerConfig, BrokerKind};
+use crate::pubsub::Message;
 
 /// The Redis channel prefix of subscriptions.
 pub const SUB_PREFIX: &str = "wsgate:sub:";
@@ -33,62 +35,6 @@ pub const SUB_PREFIX: &str = "wsgate:sub:";
 pub const ALL_CHANNEL: &str = "wsgate:all";
 /// The Redis channel prefix of per-node direct sends.
 pub const NODE_PREFIX: &str = "wsgate:node:";
-
-/// Why a broker could not take a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BrokerError {
-    /// The broker has no connection to the other nodes right now (counted).
-    #[error("broker is not connected")]
-    Disconnected,
-    /// The broker's outbound queue is full (counted).
-    #[error("broker's outbound queue is full")]
-    Overloaded,
-    /// No node with that name is known (memory bus only; Redis cannot know).
-    #[error("no node named {0}")]
-    UnknownNode(String),
-}
-
-/// What the hub needs from a broker. Every method returns at once: network I/O happens on the
-/// broker's own tasks, so local delivery never waits on another node.
-pub trait Broker: Send + Sync + 'static {
-    /// This node's name: the prefix of the ids of its channels.
-    fn node(&self) -> &str;
-
-    /// What relays: `memory` (in-process) or `redis`.
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
-    /// Relays a multicast on subscription `name` to the other nodes, which deliver it to their
-    /// members except the channels in `exclude`. The caller has already delivered locally. A
-    /// message that cannot be relayed is counted and dropped (the node keeps serving).
-    ///
-    /// Returns `Some(true)` when the message was handed to the relay, `Some(false)` when it
-    /// could not be (disconnected, overloaded), `None` when there is no other node to relay to.
-    fn publish(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Option<bool>;
-
-    /// Relays `message` to channel `id` on node `node` (not this one).
-    fn send(&self, node: &str, id: &ChannelId, message: &Message) -> Result<(), BrokerError>;
-
-    /// Relays a control operation on channel `id` to node `node` (not this one), which
-    /// applies it to its own hub. Fire-and-forget: the outcome is not reported back.
-    fn control(&self, node: &str, id: &ChannelId, op: &Control) -> Result<(), BrokerError>;
-
-    /// Tells the broker that subscription `name` gained its first or lost its last local
-    /// member. The broker re-reads the hub's membership itself, so a late or repeated call
-    /// is harmless.
-    fn interest_changed(&self, name: &str);
-
-    /// Whether the broker can currently reach the other nodes (for `/readyz`).
-    fn is_connected(&self) -> bool;
-
-    /// Broker errors so far (`broker_errors_total`): messages that could not be relayed, and
-    /// failed connection attempts.
-    fn errors(&self) -> u64;
-
-    /// Stops the broker's tasks (on shutdown). Later calls do nothing.
-    fn close(&self) {}
-}
 
 /// Reads the Redis settings of `[broker]`, with `password_file` and `ca_file` loaded;
 /// `None` for the memory broker.
@@ -176,23 +122,6 @@ pub fn attach(
     }
 }
 
-/// A control-API operation on one channel (DESIGN §6), relayed to the channel's node when
-/// the channel lives elsewhere.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Control {
-    /// `ws::subscribe`: add the channel to this subscription.
-    Subscribe(String),
-    /// `ws::unsubscribe`: remove the channel from this subscription.
-    Unsubscribe(String),
-    /// Close the channel with this code and reason (RFC 6455 §7.4).
-    Close {
-        /// Close code.
-        code: u16,
-        /// Reason text.
-        reason: String,
-    },
-}
-
 /// Applies `op` to channel `id` wherever it is: on this node directly, otherwise through the
 /// broker to the node its id names. For a remote channel `Ok` means handed to the broker;
 /// the other node applies it (unknown ids are ignored there). This is how the control API's
@@ -239,17 +168,6 @@ pub(crate) fn deliver_direct(hub: &Hub, envelope: &Envelope) {
             }
         }
     }
-}
-
-/// The node part of a channel id `<node>-<sequence>`.
-pub fn node_of(id: &str) -> Option<&str> {
-    id.rsplit_once('-').map(|(node, _)| node).filter(|n| !n.is_empty())
-}
-
-/// Whether `node` can be used as a node name: 1 to 64 of `A-Z a-z 0-9 . _ -`, so it can be a
-/// channel-id prefix and part of a Redis channel name.
-pub fn valid_node_name(node: &str) -> bool {
-    (1..=64).contains(&node.len()) && node.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The wire form of one relayed message (the payload of a Redis PUBLISH):
@@ -402,6 +320,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn node_names() {
+        assert_eq!(node_of("n1-000000000042"), Some("n1"));
+        assert_eq!(node_of("eu-west-3-000000000042"), Some("eu-west-3"));
+        assert_eq!(node_of("nodash"), None);
+        assert_eq!(node_of("-1"), None);
+    }
+
+    #[test]
     fn envelope_round_trip_and_rejects() {
         let exclude = vec![ChannelId::from("n1-000000000001"), ChannelId::from("n2-000000000007")];
         let bytes = Envelope::encode("n1", "", &exclude, &Message::Text(Bytes::from_static("héllo".as_bytes())));
@@ -431,18 +357,5 @@ mod tests {
         bad.push(0xff);
         assert_eq!(Envelope::decode(&bad), Err(EnvelopeError::InvalidUtf8));
         assert_eq!(Envelope::decode(b"X1T"), Err(EnvelopeError::BadHeader));
-    }
-
-    #[test]
-    fn node_names() {
-        assert_eq!(node_of("n1-000000000042"), Some("n1"));
-        assert_eq!(node_of("eu-west-3-000000000042"), Some("eu-west-3"));
-        assert_eq!(node_of("nodash"), None);
-        assert_eq!(node_of("-1"), None);
-        assert!(valid_node_name("node-a.1_x"));
-        assert!(!valid_node_name(""));
-        assert!(!valid_node_name("a b"));
-        assert!(!valid_node_name("a:b"));
-        assert!(!valid_node_name(&"x".repeat(65)));
     }
 }

@@ -39,9 +39,9 @@ use super::{
     deliver_direct, Broker, BrokerCounters, BrokerError, Control, Envelope, Payload, ALL_CHANNEL, NODE_PREFIX,
     SUB_PREFIX,
 };
-use crate::apps::Message;
 use crate::pubsub::channel::ChannelId;
 use crate::pubsub::hub::{encode, Hub, ALL};
+use crate::pubsub::Message;
 
 /// Bytes waiting for the publisher; beyond this a multicast is counted and dropped (one
 /// message larger than this still passes an empty queue).

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, watch};
 use super::storage::keys;
 use super::{millis, timed, Cluster, Request, PRESENCE_TTL};
 use crate::apps::pubsub::model::EngineError;
+use crate::locks::lock;
 use crate::pubsub::broker::redis::RedisSettings;
-use crate::sync::lock;
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

@@ -45,23 +45,23 @@ use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use self::storage::subscription;
+pub(crate) use self::storage::subscription;
 use self::storage::{
     channel_of, covering, keys, parse_entry, publication, Entry, Script, HEARTBEAT_SCRIPT, PUBLISH_SCRIPT, READ_SCRIPT,
 };
 use super::model::{EngineError, HistoryPage, Info, Position, Published};
 use super::protocol::ErrorCode;
 use crate::config::pubsub::NamespaceConfig;
+use crate::locks::lock;
 use crate::metrics::NamespaceLabel;
 use crate::pubsub::broker::redis::RedisSettings;
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
-use crate::sync::lock;
 
 /// How long a channel's position outlives its last publish or subscribe (unless its
 /// `history_ttl` is longer).
-pub const META_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const META_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a node's presence entries stay visible after its last heartbeat.
-pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+pub(crate) const PRESENCE_TTL: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A subscribe in progress: keeps the channel's Redis subscription wanted until dropped.

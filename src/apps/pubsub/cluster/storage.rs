@@ -138,7 +138,7 @@ pub(super) fn channel_of(redis_channel: &str) -> Option<&str> {
 }
 
 /// The hub subscription of a channel's local members (the same as on one node).
-pub fn subscription(channel: &str) -> String {
+pub(crate) fn subscription(channel: &str) -> String {
     format!("pubsub:{channel}")
 }
 

@@ -19,6 +19,8 @@
 //! a gateway installed as a Debian package should trust what the host's administrator
 //! trusts, and pick up CA updates from the OS, instead of a CA list compiled into the binary.
 
+pub mod cli;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -35,14 +37,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::close::{code, CloseFrame};
-use super::codec::{
+use crate::ws::close::{code, CloseFrame};
+use crate::ws::codec::{
     close_frame_payload, encode_frame, random_mask, Decoder, DecoderConfig, Incoming, OpCode, ProtocolError, Role,
 };
-use super::deflate::{
+use crate::ws::deflate::{
     accept_client, client_compressor, client_message_frame, client_offer, DeflateParams, InflateError, Inflater,
 };
-use super::handshake::{client_key, client_request_headers, validate_response, ClientHandshakeError};
+use crate::ws::handshake::{client_key, client_request_headers, validate_response, ClientHandshakeError};
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -127,7 +129,7 @@ pub enum ClientError {
     Handshake(#[from] ClientHandshakeError),
     /// The server's extensions answer broke RFC 7692.
     #[error("{0}")]
-    Extension(#[from] super::deflate::NegotiationError),
+    Extension(#[from] crate::ws::deflate::NegotiationError),
     /// Connecting, or waiting for a message, took longer than allowed.
     #[error("timed out")]
     Timeout,
@@ -341,7 +343,7 @@ async fn handshake(io: Pin<Box<dyn Io>>, target: &Target, options: &ConnectOptio
         accept_client(&answer.extensions)?
     } else if !answer.extensions.is_empty() {
         // RFC 6455 §4.1 item 5: an extension we did not offer fails the connection.
-        return Err(super::deflate::NegotiationError::Unacceptable(answer.extensions.join(", ")).into());
+        return Err(crate::ws::deflate::NegotiationError::Unacceptable(answer.extensions.join(", ")).into());
     } else {
         None
     };

@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::Args;
 use tokio::io::AsyncBufReadExt;
 
-use super::client::{connect, Client, ClientError, ConnectOptions, Received};
-use super::close::code;
+use super::{connect, Client, ClientError, ConnectOptions, Received};
+use crate::ws::close::code;
 
 /// The exit codes, as printed at the end of `wsgate client --help`.
 pub const EXIT_CODES: &str = "Exit codes:
@@ -96,7 +96,7 @@ pub fn run(args: ClientArgs) -> ExitCode {
 enum Failure {
     Usage(String),
     Client(ClientError),
-    ClosedEarly(Option<super::CloseFrame>),
+    ClosedEarly(Option<crate::ws::CloseFrame>),
 }
 
 impl From<ClientError> for Failure {
@@ -180,7 +180,7 @@ async fn interactive(mut client: Client) -> Result<(), Failure> {
     }
 }
 
-fn closed_by_server(frame: Option<super::CloseFrame>) -> Result<(), Failure> {
+fn closed_by_server(frame: Option<crate::ws::CloseFrame>) -> Result<(), Failure> {
     match frame {
         Some(f) if f.code == code::NORMAL || f.code == code::GOING_AWAY => Ok(()),
         None => Ok(()),

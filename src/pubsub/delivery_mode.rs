@@ -1,7 +1,7 @@
 //! When a fan-out writes directly to its members' sockets and when it queues for their
 //! writers instead.
 //!
-//! A direct write ([`crate::ws::direct`]) saves each delivery the wake-up and poll of the
+//! A direct write (`crate::session::direct`, through the outbox's `DirectSink`) saves each delivery the wake-up and poll of the
 //! member's session, but costs one `send` per delivery. Under heavy load queueing is cheaper:
 //! the sessions' writers fall behind the publishers, find several messages queued and send
 //! them in one vectored write each, which is what made burst fan-out cost about 2 µs per
@@ -18,9 +18,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Deliveries per second above which fan-outs queue rather than write directly.
-pub const DIRECT_MAX_RATE: u64 = 50_000;
+pub(crate) const DIRECT_MAX_RATE: u64 = 50_000;
 /// Shortest span the rate is measured over.
-pub const WINDOW: Duration = Duration::from_millis(20);
+pub(crate) const WINDOW: Duration = Duration::from_millis(20);
 
 /// Fan-out rate bookkeeping for the node (approximate under concurrent fan-outs: a lost
 /// update only shifts one window).
@@ -51,7 +51,7 @@ const CHECK_EVERY: u32 = 256;
 /// One fan-out's view of the meter: whether its next delivery may be written directly. A big
 /// fan-out that started in direct mode looks at the rate again as it goes, so the first
 /// message of a burst to 10,000 members does not pay a `send` per member all the way.
-pub struct FanOut {
+pub(crate) struct FanOut {
     direct: Cell<bool>,
     since_check: Cell<u32>,
     done: Cell<u64>,
@@ -59,12 +59,12 @@ pub struct FanOut {
 
 impl FanOut {
     /// Starts a fan-out with the verdict of the last complete window.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self { direct: Cell::new(METER.direct.load(Ordering::Relaxed)), since_check: Cell::new(0), done: Cell::new(0) }
     }
 
     /// Whether the next delivery may be written directly.
-    pub fn next_direct(&self) -> bool {
+    pub(crate) fn next_direct(&self) -> bool {
         self.done.set(self.done.get() + 1);
         if !self.direct.get() {
             return false;
@@ -85,7 +85,7 @@ impl FanOut {
     }
 
     /// Ends the fan-out: its deliveries count in the window.
-    pub fn end(self, deliveries: usize) {
+    pub(crate) fn end(self, deliveries: usize) {
         fan_out_ended(deliveries);
     }
 }

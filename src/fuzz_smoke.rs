@@ -1,14 +1,15 @@
-//! The fuzz bodies of `wsgate::ws::fuzzing` and `wsgate::server::fuzzing` without libFuzzer:
+//! The fuzz bodies of `crate::ws::fuzzing` and `crate::server::fuzzing` without libFuzzer:
 //! replays the committed seeds in `fuzz/seeds/<target>/` and runs a bounded random loop
 //! (structured frames, handshakes, config texts and request heads, then random mutations).
-//! The real fuzzing is `fuzz/run.sh` (cargo-fuzz) over the same bodies.
+//! The real fuzzing is `fuzz/run.sh` (cargo-fuzz, which turns on the `fuzzing` feature) over
+//! the same bodies; here they are compiled for `cargo test` only.
 
 use std::time::{Duration, Instant};
 
+use crate::server::fuzzing as server_fuzzing;
+use crate::ws::codec::{encode_frame, OpCode};
+use crate::ws::fuzzing;
 use bytes::BytesMut;
-use wsgate::server::fuzzing as server_fuzzing;
-use wsgate::ws::codec::{encode_frame, OpCode};
-use wsgate::ws::fuzzing;
 
 const BUDGET: Duration = Duration::from_secs(2);
 
@@ -56,7 +57,7 @@ fn random_frames(rng: &mut fastrand::Rng) -> Vec<u8> {
         } else {
             (0..len).map(|_| rng.u8(..)).collect()
         };
-        let payload = if rng.u8(0..4) == 0 { wsgate::ws::deflate::compress(&payload, 15).to_vec() } else { payload };
+        let payload = if rng.u8(0..4) == 0 { crate::ws::deflate::compress(&payload, 15).to_vec() } else { payload };
         let mask = if rng.u8(0..5) == 0 { None } else { Some([rng.u8(..), rng.u8(..), rng.u8(..), rng.u8(..)]) };
         encode_frame(&mut out, op, rng.bool(), rng.u8(0..4) == 0, &payload, mask);
     }
@@ -115,7 +116,7 @@ fn inflater_smoke() {
         let plain: Vec<u8> =
             (0..rng.usize(0..2000)).map(|i| if rng.bool() { (i % 7) as u8 } else { rng.u8(..) }).collect();
         if rng.bool() {
-            wsgate::ws::deflate::compress(&plain, 9 + rng.u8(0..7)).to_vec()
+            crate::ws::deflate::compress(&plain, 9 + rng.u8(0..7)).to_vec()
         } else {
             plain
         }

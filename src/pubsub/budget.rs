@@ -1,4 +1,4 @@
-//! A byte-budget queue of outbound frames and its slow-consumer policy (pure, no I/O).
+//! The byte budget of a channel's outbound queue and its slow-consumer policy (pure, no I/O).
 //!
 //! Every frame queued for a connection is counted in bytes; the writer task subtracts what it
 //! has written. A frame that would take the queue over its budget is refused, and the caller
@@ -7,14 +7,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// What to do with a connection whose outbound queue is over budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlowConsumerPolicy {
-    /// Close the connection with 1008 (policy violation).
-    Close,
-    /// Drop the newest frame and count it.
-    Drop,
-}
+/// What to do with a connection whose outbound queue is over budget (`[websocket]
+/// slow_consumer`): one type from the config to the channel.
+pub use crate::config::SlowConsumerPolicy;
 
 /// Byte accounting for one connection's outbound queue.
 #[derive(Debug)]

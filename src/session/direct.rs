@@ -29,15 +29,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::deflate::{DeflateParams, SharedMessage};
-use super::session::{self, SessionConfig, SessionEnd};
+use super::loops::{self, SessionConfig, SessionEnd};
 use crate::apps::App;
-use crate::proxy::fast::Prefixed;
+use crate::prefixed::Prefixed;
 use crate::pubsub::channel::{ChannelHandle, ChannelQueue};
+use crate::pubsub::outbox::DirectSink;
+use crate::ws::deflate::{DeflateParams, SharedMessage};
 
 /// A session's TCP socket as the delivering tasks see it: the stream, how the session encodes
 /// messages (deflate or not), and the counters a write must bump.
-pub struct DirectSocket {
+pub(crate) struct DirectSocket {
     stream: TcpStream,
     deflate: Option<DeflateParams>,
     messages_sent: Counter,
@@ -54,15 +55,17 @@ impl DirectSocket {
     ) -> Self {
         Self { stream, deflate, messages_sent, bytes_sent }
     }
+}
 
+impl DirectSink for DirectSocket {
     /// The exact bytes the session's writer would send for `message` (RFC 7692: the shared
     /// compressed frame when deflate was negotiated, else the plain frame).
-    pub(crate) fn frame_for(&self, message: &SharedMessage) -> Bytes {
+    fn frame_for(&self, message: &SharedMessage) -> Bytes {
         message.frame_for(self.deflate.as_ref())
     }
 
     /// Whether the session negotiated permessage-deflate (its frames may need compressing).
-    pub(crate) fn deflates(&self) -> bool {
+    fn deflates(&self) -> bool {
         self.deflate.is_some()
     }
 
@@ -72,13 +75,13 @@ impl DirectSocket {
     /// more cold cache line per delivery (perf: 3 % of the CPU of a paced fan-out to 1,000).
     /// The socket is non-blocking, so a full buffer still answers `WouldBlock`; the message
     /// is then queued, and the writer's next write learns the same from the kernel.
-    pub(crate) fn try_write(&self, frame: &[u8]) -> io::Result<usize> {
+    fn try_write(&self, frame: &[u8]) -> io::Result<usize> {
         socket2::SockRef::from(&self.stream).send(frame)
     }
 
     /// Counts a direct write in the app's metrics: `started` when it wrote the first bytes of
     /// a message (the rest, if any, is counted as bytes by the writer).
-    pub(crate) fn count(&self, started: bool, bytes: usize) {
+    fn count(&self, started: bool, bytes: usize) {
         if started {
             self.messages_sent.inc();
         }
@@ -87,11 +90,11 @@ impl DirectSocket {
 }
 
 /// Any byte stream a session can run over without the direct path (TLS, HTTP/2 streams).
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// The connection a session runs over.
-pub enum SessionIo {
+pub(crate) enum SessionIo {
     /// Plain TCP, with the bytes already read past the handshake (RFC 6455 §4.1: a client
     /// may send frames right behind its request): the direct-write path.
     Tcp(TcpStream, Bytes),
@@ -102,7 +105,7 @@ pub enum SessionIo {
 impl SessionIo {
     /// The connection hyper handed over after a 101: plain TCP when it unwraps to one (the
     /// fast path's [`Prefixed`] stream, inside hyper-util's rewind type).
-    pub fn from_upgraded(upgraded: Upgraded) -> Self {
+    pub(crate) fn from_upgraded(upgraded: Upgraded) -> Self {
         match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<Prefixed<TcpStream>>>(upgraded) {
             Ok(parts) => {
                 let (prefix, stream) = parts.io.into_inner().into_parts();
@@ -122,7 +125,7 @@ impl SessionIo {
 }
 
 /// Runs a session: with the direct-write path over plain TCP, else as before.
-pub async fn run(
+pub(crate) async fn run(
     io: SessionIo,
     channel: ChannelHandle,
     queue: ChannelQueue,
@@ -151,12 +154,12 @@ pub async fn run(
     };
     // One session type for both: two separately awaited session futures would both be laid
     // out in this state machine (measured: 5 KiB instead of 2.2 KiB per connection).
-    session::run(reader, writer, channel, queue, app, config, shutdown).await
+    loops::run(reader, writer, channel, queue, app, config, shutdown).await
 }
 
 /// A session's reading side: the shared socket, or a half of hyper's upgraded connection
 /// (TLS, HTTP/2).
-pub enum SessionReader {
+pub(crate) enum SessionReader {
     /// Plain TCP, shared with direct writes.
     Direct(DirectReader),
     /// Anything else.
@@ -164,7 +167,7 @@ pub enum SessionReader {
 }
 
 /// A session's writing side, as [`SessionReader`].
-pub enum SessionWriter {
+pub(crate) enum SessionWriter {
     /// Plain TCP, shared with direct writes.
     Direct(DirectWriter),
     /// Anything else.
@@ -222,7 +225,7 @@ impl AsyncWrite for SessionWriter {
 }
 
 /// The session's reading side of a shared socket.
-pub struct DirectReader {
+pub(crate) struct DirectReader {
     socket: Arc<DirectSocket>,
     /// Bytes read past the handshake by the HTTP server (RFC 6455 §4.1: the client may send
     /// frames right after its request); returned before anything read from the socket.
@@ -258,7 +261,7 @@ impl AsyncRead for DirectReader {
 
 /// The session's writing side of a shared socket. It writes only while the outbox marks the
 /// writer busy, so it never interleaves with a direct write.
-pub struct DirectWriter(Arc<DirectSocket>);
+pub(crate) struct DirectWriter(Arc<DirectSocket>);
 
 impl AsyncWrite for DirectWriter {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -298,5 +301,124 @@ impl AsyncWrite for DirectWriter {
         // The half-close after our Close (RFC 6455 §7.1.1). `TcpStream` offers it only through
         // `&mut`; the socket is shared, so go through socket2 (a plain `shutdown(2)`).
         Poll::Ready(socket2::SockRef::from(&self.0.stream).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::budget::ByteBudget;
+    use crate::pubsub::channel::Outbound;
+    use crate::pubsub::outbox::{outbox, TryRecvError};
+    use crate::ws::codec::OpCode;
+    use bytes::Bytes;
+    use prometheus_client::metrics::counter::Counter;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair: the server side wrapped for direct writes, the peer, the counters.
+    async fn pair() -> (Arc<DirectSocket>, TcpStream, Counter, Counter) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (messages, bytes) = (Counter::default(), Counter::default());
+        (Arc::new(DirectSocket::new(server, None, messages.clone(), bytes.clone())), peer, messages, bytes)
+    }
+
+    fn frame(n: u8) -> Outbound {
+        Outbound::Frame(Bytes::from(vec![n]))
+    }
+
+    fn byte(item: Outbound) -> u8 {
+        item.plain_frame().map(|f| f[0]).unwrap_or(255)
+    }
+
+    fn message(text: &str) -> SharedMessage {
+        SharedMessage::new(OpCode::Text, text.as_bytes())
+    }
+
+    async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got)).await.unwrap().unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn writes_only_when_nothing_is_queued_and_the_writer_is_idle() {
+        let (socket, mut peer, messages, bytes) = pair().await;
+        let (tx, mut rx) = outbox();
+        let budget = ByteBudget::new(1 << 20);
+        let m = message("hello");
+        assert!(!tx.try_direct(&m, &budget), "no socket attached yet");
+        rx.attach_direct(socket);
+        assert!(tx.try_direct(&m, &budget));
+        assert_eq!(read_exactly(&mut peer, m.plain().len()).await, &m.plain()[..]);
+        assert_eq!((messages.get(), bytes.get(), budget.queued()), (1, m.plain().len() as u64, 0));
+        // Something queued: the message must wait behind it.
+        tx.send(frame(1)).unwrap();
+        assert!(!tx.try_direct(&m, &budget));
+        // The writer took it and may be writing it: still no direct write.
+        assert_eq!(byte(rx.try_recv().unwrap()), 1);
+        assert!(!tx.try_direct(&m, &budget));
+        // Back for more with nothing queued: the writer is idle again.
+        assert!(tokio::time::timeout(Duration::from_millis(10), rx.recv()).await.is_err());
+        assert!(tx.try_direct(&m, &budget));
+        assert_eq!(messages.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_partial_write_queues_the_rest_and_reserves_it() {
+        let (socket, mut peer, _messages, bytes) = pair().await;
+        let (tx, mut rx) = outbox();
+        rx.attach_direct(socket);
+        let budget = ByteBudget::new(1 << 30);
+        let big = message(&"x".repeat(256 << 10));
+        // The peer does not read: the socket fills, and a write goes partial or would block.
+        let mut written = 0usize;
+        let mut rounds = 0;
+        while tx.try_direct(&big, &budget) && budget.queued() == 0 {
+            written += big.plain().len();
+            rounds += 1;
+            assert!(rounds < 1000, "the socket never filled");
+        }
+        match rx.try_recv() {
+            Ok(Outbound::Rest(rest)) => {
+                // The head went out; the rest is queued (reserved) and the path is closed
+                // until the writer has written it.
+                assert_eq!(budget.queued(), rest.len());
+                assert_eq!(&big.plain()[big.plain().len() - rest.len()..], &rest[..]);
+                written += big.plain().len() - rest.len();
+                assert!(!tx.try_direct(&big, &budget));
+            }
+            Err(TryRecvError::Empty) => assert_eq!(budget.queued(), 0, "a write that would block wrote nothing"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(bytes.get(), written as u64);
+        let mut got = vec![0; written];
+        tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut got)).await.unwrap().unwrap();
+        assert!(got.chunks(big.plain().len()).all(|c| c == &big.plain()[..c.len()]), "whole frames, in order");
+    }
+
+    #[tokio::test]
+    async fn a_close_or_the_end_of_the_writer_turns_it_off_for_good() {
+        let (socket, _peer, _, _) = pair().await;
+        let (tx, mut rx) = outbox();
+        rx.attach_direct(socket.clone());
+        let budget = ByteBudget::new(1 << 20);
+        let m = message("x");
+        tx.send(Outbound::Close { code: Some(1000), reason: String::new() }).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Close { .. })));
+        assert!(tokio::time::timeout(Duration::from_millis(10), rx.recv()).await.is_err());
+        assert!(!tx.try_direct(&m, &budget), "nothing after a Close");
+        rx.attach_direct(socket.clone());
+        assert!(!tx.try_direct(&m, &budget), "not even when attached again");
+        assert_eq!(Arc::strong_count(&socket), 1, "the outbox let go of the socket");
+
+        let (tx, rx) = outbox();
+        rx.attach_direct(socket.clone());
+        drop(rx);
+        assert!(!tx.try_direct(&m, &budget));
+        assert_eq!(Arc::strong_count(&socket), 1);
     }
 }

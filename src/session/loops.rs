@@ -20,12 +20,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
-use super::close::code;
-use super::codec::{close_frame_payload, encode_frame, server_frame, Decoder, DecoderConfig, Incoming, OpCode, Role};
-use super::deflate::{DeflateParams, InflateError, Inflater};
 use crate::apps::{App, Message};
 use crate::metrics::AppCounters;
 use crate::pubsub::channel::{ChannelHandle, ChannelQueue, Outbound};
+use crate::ws::close::code;
+use crate::ws::codec::{
+    close_frame_payload, encode_frame, server_frame, Decoder, DecoderConfig, Incoming, OpCode, Role,
+};
+use crate::ws::deflate::{DeflateParams, InflateError, Inflater};
 
 /// Per-session limits and timers.
 #[derive(Debug, Clone)]
@@ -44,13 +46,18 @@ pub struct SessionConfig {
     pub deflate: Option<DeflateParams>,
 }
 
+/// How long we wait for the peer's Close after sending ours.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `[websocket]` defaults (one source: `config::WebSocketConfig::default`).
 impl Default for SessionConfig {
     fn default() -> Self {
+        let ws = crate::config::WebSocketConfig::default();
         Self {
-            max_message_size: 1 << 20,
-            ping_interval: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(120),
-            close_timeout: Duration::from_secs(5),
+            max_message_size: ws.max_message_size,
+            ping_interval: ws.ping_interval,
+            idle_timeout: ws.idle_timeout,
+            close_timeout: CLOSE_TIMEOUT,
             metrics: AppCounters::default(),
             deflate: None,
         }
@@ -59,7 +66,7 @@ impl Default for SessionConfig {
 
 /// How a session ended, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionEnd {
+pub(crate) enum SessionEnd {
     /// The closing handshake completed or was started by the peer; its code, if any.
     PeerClosed(Option<u16>),
     /// We closed with this code (protocol error, shutdown, idle, policy).
@@ -72,7 +79,7 @@ pub enum SessionEnd {
 /// (the connection is chosen by [`super::direct::run`]: a shared plain TCP socket, or the
 /// halves of any other stream). `shutdown` turning `true` closes the session with 1001 (going
 /// away).
-pub async fn run<R, W>(
+pub(crate) async fn run<R, W>(
     reader: R,
     writer: W,
     channel: ChannelHandle,
@@ -120,6 +127,7 @@ async fn read_loop<R>(
 where
     R: AsyncRead + Unpin,
 {
+    let ctx = ReadContext { channel, app, config, pong };
     let mut decoder = Decoder::new(DecoderConfig { role: Role::Server, max_message_size: config.max_message_size });
     // RFC 7692 §6: RSV1 marks a compressed message once the extension is negotiated.
     decoder.set_rsv1_allowed(config.deflate.is_some());
@@ -144,66 +152,8 @@ where
 
     loop {
         // Handle every complete event already buffered before reading more.
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(event)) => match event {
-                    Incoming::Text(text) => {
-                        config.metrics.messages_received.inc();
-                        config.metrics.bytes_received.inc_by(text.len() as u64);
-                        let text = match inflate_if_compressed(&decoder, config, &mut inflater, text, true) {
-                            Ok(text) => text,
-                            Err(code) => {
-                                channel.close(code, close_reason(code));
-                                return SessionEnd::Closed(code);
-                            }
-                        };
-                        if closing.is_none() {
-                            app.on_message(channel, Message::Text(text));
-                        }
-                    }
-                    Incoming::Binary(data) => {
-                        config.metrics.messages_received.inc();
-                        config.metrics.bytes_received.inc_by(data.len() as u64);
-                        let data = match inflate_if_compressed(&decoder, config, &mut inflater, data, false) {
-                            Ok(data) => data,
-                            Err(code) => {
-                                channel.close(code, close_reason(code));
-                                return SessionEnd::Closed(code);
-                            }
-                        };
-                        if closing.is_none() {
-                            app.on_message(channel, Message::Binary(data));
-                        }
-                    }
-                    Incoming::Ping(payload) => {
-                        if closing.is_none() {
-                            // §5.5.3: the Pong carries the Ping's payload. While a Pong is
-                            // still queued, a newer Ping only replaces its payload, so a peer
-                            // that pings without reading cannot make us queue without bound.
-                            if let Some(frame) = pong.offer(server_frame(OpCode::Pong, &payload)) {
-                                let _ = channel.send_control(frame);
-                            }
-                        }
-                    }
-                    Incoming::Pong(_) => {}
-                    Incoming::Close(frame) => {
-                        let peer_code = frame.map(|f| f.code);
-                        channel.answer_close(peer_code);
-                        return match closing {
-                            Some((code, _)) => SessionEnd::Closed(code),
-                            None => SessionEnd::PeerClosed(peer_code),
-                        };
-                    }
-                },
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::debug!(channel = %channel.id(), %error, "protocol error; failing the connection");
-                    let code = error.close_code();
-                    channel.close(code, close_reason(code));
-                    // §7.1.7: fail the connection; read nothing more.
-                    return SessionEnd::Closed(code);
-                }
-            }
+        if let Some(end) = handle_buffered(&ctx, &mut decoder, &mut buf, &mut inflater, closing.map(|(code, _)| code)) {
+            return end;
         }
 
         if let Some((_, deadline)) = closing {
@@ -255,6 +205,93 @@ where
             closing = Some((started, crate::time::deadline(config.close_timeout)));
         }
     }
+}
+
+/// What the reader's event handling needs besides its own state.
+struct ReadContext<'a> {
+    channel: &'a ChannelHandle,
+    app: &'a dyn App,
+    config: &'a SessionConfig,
+    pong: &'a LatestPong,
+}
+
+/// Handles every complete event in `buf`: messages to the app (unless `closing`), Pongs for
+/// Pings, the peer's Close. `Some` when an event ends the session (the peer's Close, a protocol
+/// error, a message that fails to inflate).
+fn handle_buffered(
+    ctx: &ReadContext<'_>,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+    inflater: &mut Option<Box<Inflater>>,
+    closing: Option<u16>,
+) -> Option<SessionEnd> {
+    loop {
+        let event = match decoder.decode(buf) {
+            Ok(Some(event)) => event,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::debug!(channel = %ctx.channel.id(), %error, "protocol error; failing the connection");
+                let code = error.close_code();
+                ctx.channel.close(code, close_reason(code));
+                // §7.1.7: fail the connection; read nothing more.
+                return Some(SessionEnd::Closed(code));
+            }
+        };
+        match event {
+            Incoming::Text(text) => {
+                if let Err(end) = on_data(ctx, decoder, inflater, closing, text, true) {
+                    return Some(end);
+                }
+            }
+            Incoming::Binary(data) => {
+                if let Err(end) = on_data(ctx, decoder, inflater, closing, data, false) {
+                    return Some(end);
+                }
+            }
+            Incoming::Ping(payload) => {
+                if closing.is_none() {
+                    // §5.5.3: the Pong carries the Ping's payload. While a Pong is still
+                    // queued, a newer Ping only replaces its payload, so a peer that pings
+                    // without reading cannot make us queue without bound.
+                    if let Some(frame) = ctx.pong.offer(server_frame(OpCode::Pong, &payload)) {
+                        let _ = ctx.channel.send_control(frame);
+                    }
+                }
+            }
+            Incoming::Pong(_) => {}
+            Incoming::Close(frame) => {
+                let peer_code = frame.map(|f| f.code);
+                ctx.channel.answer_close(peer_code);
+                return Some(match closing {
+                    Some(code) => SessionEnd::Closed(code),
+                    None => SessionEnd::PeerClosed(peer_code),
+                });
+            }
+        }
+    }
+}
+
+/// One data message from the peer: counted, inflated if it came compressed, handed to the app
+/// unless we are closing. `Err` ends the session (a message that fails to inflate or is not
+/// valid UTF-8 after inflating closes with 1009 or 1007).
+fn on_data(
+    ctx: &ReadContext<'_>,
+    decoder: &Decoder,
+    inflater: &mut Option<Box<Inflater>>,
+    closing: Option<u16>,
+    data: Bytes,
+    text: bool,
+) -> Result<(), SessionEnd> {
+    ctx.config.metrics.messages_received.inc();
+    ctx.config.metrics.bytes_received.inc_by(data.len() as u64);
+    let data = inflate_if_compressed(decoder, ctx.config, inflater, data, text).map_err(|code| {
+        ctx.channel.close(code, close_reason(code));
+        SessionEnd::Closed(code)
+    })?;
+    if closing.is_none() {
+        ctx.app.on_message(ctx.channel, if text { Message::Text(data) } else { Message::Binary(data) });
+    }
+    Ok(())
 }
 
 /// Inflates a message that arrived compressed (RFC 7692 §7.2.2) and validates text after
@@ -333,72 +370,16 @@ async fn write_loop<W>(
             biased;
             item = queue.rx.recv() => item,
             _ = reader_done(done) => {
-                // The reader has finished: write a pending Close (if any) and leave.
-                while let Ok(item) = queue.rx.try_recv() {
-                    if let Outbound::Rest(bytes) | Outbound::Head(bytes) = &item {
-                        // The tail of a frame already partly on the wire (a Close may only
-                        // follow a complete frame, RFC 6455 §5.4), or the 101 itself.
-                        if Box::pin(tokio::time::timeout(close_timeout, writer.write_all(bytes))).await.map_or(true, |r| r.is_err()) {
-                            return;
-                        }
-                        queue.budget.release(bytes.len());
-                        if matches!(item, Outbound::Rest(_)) {
-                            metrics.bytes_sent.inc_by(bytes.len() as u64);
-                        }
-                    }
-                    if let Outbound::Close { code, reason } = item {
-                        let frame = encode_close(code, &reason);
-                        // Boxed, like the other close-path waits: rare, and inline they
-                        // would grow every idle session's state.
-                        let _ = Box::pin(tokio::time::timeout(close_timeout, async {
-                            writer.write_all(&frame).await?;
-                            writer.shutdown().await
-                        })).await;
-                        break;
-                    }
-                }
-                return;
+                // Boxed, like the other close-path waits: rare, and inline it would grow
+                // every idle session's state.
+                return Box::pin(write_close_after_reader(&mut writer, &mut queue, close_timeout, metrics)).await;
             }
         };
         let Some(first) = first else { return };
         items.push(first);
         // Everything else already queued goes into the same vectored write (one lock).
         queue.rx.drain_into(&mut items, MAX_BATCH - 1);
-        // Bytes reserved in the budget by these items (a compressed frame is smaller than the
-        // plain size that was reserved).
-        let mut reserved = 0usize;
-        let mut messages = 0u64;
-        let mut head_len = 0usize;
-        let mut close = None;
-        for item in items.drain(..) {
-            match item {
-                Outbound::Frame(frame) => {
-                    reserved += frame.len();
-                    messages += u64::from(starts_message(&frame));
-                    batch.push(pong.latest(frame));
-                }
-                Outbound::Message(message) => {
-                    reserved += message.plain().len();
-                    messages += 1;
-                    batch.push(message.frame_for(deflate.as_ref()));
-                }
-                Outbound::Rest(rest) => {
-                    // Counted as a message by the direct write that started it.
-                    reserved += rest.len();
-                    batch.push(rest);
-                }
-                Outbound::Head(head) => {
-                    reserved += head.len();
-                    head_len += head.len();
-                    batch.push(head);
-                }
-                Outbound::Close { code, reason } => {
-                    // Nothing may follow a Close (RFC 6455 §5.5.1); later items are dropped.
-                    close = Some(encode_close(code, &reason));
-                    break;
-                }
-            }
-        }
+        let Batch { reserved, messages, head_len, close } = assemble(&mut items, &mut batch, pong, deflate.as_ref());
         let wire: usize = batch.iter().map(Bytes::len).sum();
         let result = {
             let write = write_all_vectored(&mut writer, &mut batch);
@@ -451,6 +432,94 @@ async fn write_loop<W>(
     }
 }
 
+/// What one batch of queued items amounts to, besides the frames themselves.
+struct Batch {
+    /// Bytes the items reserved in the budget (a compressed frame is smaller than the plain
+    /// size that was reserved).
+    reserved: usize,
+    /// Data messages started (`messages_sent_total`).
+    messages: u64,
+    /// Bytes of our 101 response among them (not WebSocket bytes).
+    head_len: usize,
+    /// The Close frame that ends the batch, if one was queued.
+    close: Option<BytesMut>,
+}
+
+/// Turns the queued `items` into the frames to write (appended to `frames`), each as this
+/// connection sends it: the newest Pong in place of a queued one, a shared message in its
+/// compressed form when deflate was negotiated. Stops at a Close: nothing may follow it
+/// (RFC 6455 §5.5.1), so later items are dropped.
+fn assemble(
+    items: &mut Vec<Outbound>,
+    frames: &mut Vec<Bytes>,
+    pong: &LatestPong,
+    deflate: Option<&DeflateParams>,
+) -> Batch {
+    let mut batch = Batch { reserved: 0, messages: 0, head_len: 0, close: None };
+    for item in items.drain(..) {
+        match item {
+            Outbound::Frame(frame) => {
+                batch.reserved += frame.len();
+                batch.messages += u64::from(starts_message(&frame));
+                frames.push(pong.latest(frame));
+            }
+            Outbound::Message(message) => {
+                batch.reserved += message.plain().len();
+                batch.messages += 1;
+                frames.push(message.frame_for(deflate));
+            }
+            Outbound::Rest(rest) => {
+                // Counted as a message by the direct write that started it.
+                batch.reserved += rest.len();
+                frames.push(rest);
+            }
+            Outbound::Head(head) => {
+                batch.reserved += head.len();
+                batch.head_len += head.len();
+                frames.push(head);
+            }
+            Outbound::Close { code, reason } => {
+                batch.close = Some(encode_close(code, &reason));
+                break;
+            }
+        }
+    }
+    batch
+}
+
+/// After the reader has finished: writes what must still go out — the tail of a frame already
+/// partly on the wire (a Close may only follow a complete frame, RFC 6455 §5.4), our 101 —
+/// and a queued Close, each within `close_timeout`; everything else queued is dropped.
+async fn write_close_after_reader<W>(
+    writer: &mut W,
+    queue: &mut ChannelQueue,
+    close_timeout: Duration,
+    metrics: &AppCounters,
+) where
+    W: AsyncWrite + Unpin,
+{
+    while let Ok(item) = queue.rx.try_recv() {
+        if let Outbound::Rest(bytes) | Outbound::Head(bytes) = &item {
+            if tokio::time::timeout(close_timeout, writer.write_all(bytes)).await.map_or(true, |r| r.is_err()) {
+                return;
+            }
+            queue.budget.release(bytes.len());
+            if matches!(item, Outbound::Rest(_)) {
+                metrics.bytes_sent.inc_by(bytes.len() as u64);
+            }
+        }
+        if let Outbound::Close { code, reason } = item {
+            let frame = encode_close(code, &reason);
+            let _ = tokio::time::timeout(close_timeout, async {
+                writer.write_all(&frame).await?;
+                writer.shutdown().await
+            })
+            .await;
+            return;
+        }
+    }
+}
+
 /// Pongs queued and not yet written. Each Ping is answered with its own Pong while fewer than
 /// [`MAX_QUEUED_PONGS`] are waiting (Autobahn 2.10 expects ten Pongs for ten quick Pings). A
 /// peer that pings faster than it reads soon hits that limit; from then on RFC 6455 §5.5.3
@@ -474,7 +543,7 @@ impl LatestPong {
     /// Records the answer to the latest Ping; returns it when it must be queued now, `None`
     /// when the last queued Pong will carry it.
     fn offer(&self, frame: Bytes) -> Option<Bytes> {
-        let mut state = crate::sync::lock(&self.0);
+        let mut state = crate::locks::lock(&self.0);
         if state.queued < MAX_QUEUED_PONGS {
             state.queued += 1;
             // This Pong answers a newer Ping than any kept aside.
@@ -493,7 +562,7 @@ impl LatestPong {
         if frame.first() != Some(&0x8A) {
             return frame;
         }
-        let mut state = crate::sync::lock(&self.0);
+        let mut state = crate::locks::lock(&self.0);
         state.queued = state.queued.saturating_sub(1);
         match state.queued {
             0 => state.latest.take().unwrap_or(frame),

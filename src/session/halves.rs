@@ -62,7 +62,10 @@ impl<F: Future> Half<F> {
 /// Runs `a` and `b` to completion in the current task, like `tokio::join!`, polling each only
 /// when its own waker fired. Taken pinned by reference: moved in by value, the halves would be
 /// stored twice in the caller's state machine (≈ 3 KiB more per idle connection, measured).
-pub async fn join_halves<A: Future, B: Future>(mut a: Pin<&mut A>, mut b: Pin<&mut B>) -> (A::Output, B::Output) {
+pub(super) async fn join_halves<A: Future, B: Future>(
+    mut a: Pin<&mut A>,
+    mut b: Pin<&mut B>,
+) -> (A::Output, B::Output) {
     let mut half_a = Half::<A>::new();
     let mut half_b = Half::<B>::new();
     poll_fn(|cx| {
