@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::conn::{ws_connect, ConnOpts, Target};
+use crate::conn::{ws_connect, ConnOpts, Target, Ws};
 
 /// A subscriber's or echo client's connection: tungstenite by default, or the raw client
 /// when permessage-deflate is offered (tungstenite rejects compressed frames).
