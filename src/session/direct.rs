@@ -25,7 +25,7 @@ use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -246,15 +246,31 @@ impl AsyncRead for DirectReader {
         }
         loop {
             ready!(this.socket.stream.poll_read_ready(cx))?;
-            match this.socket.stream.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let unfilled = buf.initialize_unfilled();
+            let room = unfilled.len();
+            let mut read = 0;
+            let stream = &this.socket.stream;
+            // A read shorter than the room offered drained the socket: it is reported to
+            // `try_io` as `WouldBlock`, so tokio clears the readiness it saw (as its own
+            // `poll_read` does after a short read) and the next read waits for the reactor
+            // instead of making a `recvfrom` that can only answer EAGAIN. Readiness that came
+            // in since has a newer tick and is not cleared.
+            let outcome = stream.try_io(Interest::READABLE, || {
+                read = stream.try_read(unfilled)?;
+                if read > 0 && read < room {
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
-                // Readiness was stale; `try_read` cleared it, so the next poll registers.
+                Ok(())
+            });
+            match outcome {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => {}
+                // Readiness was stale; it is cleared, so the next poll registers.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
+            buf.advance(read);
+            return Poll::Ready(Ok(()));
         }
     }
 }
