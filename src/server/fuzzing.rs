@@ -1,6 +1,6 @@
 //! Fuzz bodies for the two inputs the server reads besides WebSocket frames: the
 //! configuration file and the HTTP request head. `fuzz/` (cargo-fuzz targets `config` and
-//! `router`) and `tests/fuzz_smoke.rs` (seed replay plus a bounded random loop under plain
+//! `router`) and `src/fuzz_smoke.rs` (seed replay plus a bounded random loop under plain
 //! `cargo test`) call the same functions, like [`crate::ws::fuzzing`]. Each function panics
 //! only when a property is broken; any input is otherwise fine.
 

@@ -1,5 +1,5 @@
 //! Fuzz bodies for the parsers that read peer input: the frame decoder, the handshake
-//! checks and the inflater. `fuzz/` (cargo-fuzz, nightly) and `tests/fuzz_smoke.rs` (a
+//! checks and the inflater. `fuzz/` (cargo-fuzz, nightly) and `src/fuzz_smoke.rs` (a
 //! bounded random loop plus corpus replay under plain `cargo test`) call the same functions,
 //! so the properties are checked with or without libFuzzer. Each function panics only when
 //! a property is broken; any input is otherwise fine.
