@@ -317,7 +317,7 @@ async fn tls_and_password_file() {
         url: url.clone(),
         password: Some("s3cret".into()),
         ca_pem: Some(ca.pem().into_bytes()),
-        sentinel: None,
+        ..Default::default()
     });
     let upstream = start_upstream().await;
     let broker = |node: &str, password: &str| {

@@ -377,8 +377,13 @@ pub struct BrokerConfig {
     /// A file holding the sentinels' own password (`requirepass` of the sentinels).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sentinel_password_file: Option<PathBuf>,
-    /// With `sentinels`: TLS to the sentinels and to the primary (verified with `ca_file`, or
-    /// the system's roots).
+    /// Redis Cluster instead of `url`: seed nodes' `host:port` addresses (any reachable one
+    /// tells the rest). Relays use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), so a channel's
+    /// traffic stays on the shard that owns it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<String>,
+    /// With `sentinels` or `cluster`: TLS to every server (verified with `ca_file`, or the
+    /// system's roots).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
 }

@@ -131,8 +131,24 @@ fn limits(config: &Config, out: &mut Vec<Issue>) {
 
 fn broker(config: &Config, out: &mut Vec<Issue>) {
     let b = &config.broker;
-    let sentinel_keys =
-        !b.sentinels.is_empty() || b.master_name.is_some() || b.sentinel_password_file.is_some() || b.tls;
+    let sentinel_keys = !b.sentinels.is_empty() || b.master_name.is_some() || b.sentinel_password_file.is_some();
+    if b.kind == BrokerKind::Redis && !b.cluster.is_empty() {
+        if b.url.is_some() {
+            out.push(Issue::new("broker.url", "give either url or cluster (seed nodes), not both"));
+        }
+        if sentinel_keys {
+            out.push(Issue::new(
+                "broker.cluster",
+                "give either cluster or sentinels (Redis Cluster has no Sentinel), not both",
+            ));
+        }
+        host_ports("broker.cluster", &b.cluster, out);
+        if b.ca_file.is_some() && !b.tls {
+            out.push(Issue::new("broker.ca_file", "only used with tls = true (or a rediss:// broker.url)"));
+        }
+        return broker_node(config, out);
+    }
+    let sentinel_keys = sentinel_keys || b.tls;
     if b.kind == BrokerKind::Redis && sentinel_keys {
         if b.url.is_some() {
             out.push(Issue::new("broker.url", "give either url or sentinels (with master_name), not both"));
@@ -143,17 +159,7 @@ fn broker(config: &Config, out: &mut Vec<Issue>) {
                 "required with master_name: the sentinels' \"host:port\" addresses",
             ));
         }
-        for (i, addr) in b.sentinels.iter().enumerate() {
-            let valid = addr
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-            if !valid {
-                out.push(Issue::new(
-                    format!("broker.sentinels.{i}"),
-                    format!("{addr:?} is not a \"host:port\" address"),
-                ));
-            }
-        }
+        host_ports("broker.sentinels", &b.sentinels, out);
         match b.master_name.as_deref() {
             None | Some("") => out.push(Issue::new(
                 "broker.master_name",
@@ -195,9 +201,25 @@ fn broker(config: &Config, out: &mut Vec<Issue>) {
             }
         }
     }
+    broker_node(config, out);
+}
+
+fn broker_node(config: &Config, out: &mut Vec<Issue>) {
     if let Some(node) = &config.broker.node {
         if !valid_node_name(node) {
             out.push(Issue::new("broker.node", format!("{node:?}: use 1 to 64 of A-Z a-z 0-9 . _ -")));
+        }
+    }
+}
+
+/// `host:port` addresses (sentinels, cluster seed nodes), port 1–65535.
+fn host_ports(path: &str, list: &[String], out: &mut Vec<Issue>) {
+    for (i, addr) in list.iter().enumerate() {
+        let valid = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !valid {
+            out.push(Issue::new(format!("{path}.{i}"), format!("{addr:?} is not a \"host:port\" address")));
         }
     }
 }
@@ -469,9 +491,30 @@ mod tests {
         one(&sentinel(&|b| b.url = Some("redis://127.0.0.1:6379".into())), "broker.url", "not both");
         one(&sentinel(&|b| b.sentinels.push("nohost".into())), "broker.sentinels.2", "not a \"host:port\"");
         one(&sentinel(&|b| b.sentinels.push("h:0".into())), "broker.sentinels.2", "not a \"host:port\"");
+        one(&sentinel(&|b| b.cluster = vec!["127.0.0.1:7000".into()]), "broker.cluster", "not both");
         one(&sentinel(&|b| b.master_name = Some("my master".into())), "broker.master_name", "spaces");
         one(&sentinel(&|b| b.ca_file = Some("/ca.pem".into())), "broker.ca_file", "tls = true");
         assert!(paths(&sentinel(&|b| {
+            b.ca_file = Some("/ca.pem".into());
+            b.tls = true;
+        }))
+        .is_empty());
+    }
+
+    #[test]
+    fn cluster_seeds_are_addresses_and_exclusive_with_url() {
+        let cluster = |f: &dyn Fn(&mut BrokerConfig)| {
+            let mut c = Config::default();
+            c.broker.kind = BrokerKind::Redis;
+            c.broker.cluster = vec!["127.0.0.1:7000".into(), "[::1]:7001".into()];
+            f(&mut c.broker);
+            c
+        };
+        assert!(paths(&cluster(&|_| {})).is_empty(), "{:?}", validate(&cluster(&|_| {})));
+        one(&cluster(&|b| b.url = Some("redis://127.0.0.1:6379".into())), "broker.url", "not both");
+        one(&cluster(&|b| b.cluster.push("7002".into())), "broker.cluster.2", "not a \"host:port\"");
+        one(&cluster(&|b| b.ca_file = Some("/ca.pem".into())), "broker.ca_file", "tls = true");
+        assert!(paths(&cluster(&|b| {
             b.ca_file = Some("/ca.pem".into());
             b.tls = true;
         }))

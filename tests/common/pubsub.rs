@@ -100,8 +100,8 @@ pub async fn recovering_subscriber(
             None => json!({"channel":"chat:p"}),
             Some((offset, epoch)) => json!({"channel":"chat:p","recover":true,"offset":offset,"epoch":epoch}),
         };
-        let reply = c.call("subscribe", body).await;
-        let reply = &reply["subscribe"];
+        let answer = c.call("subscribe", body).await;
+        let reply = &answer["subscribe"];
         match &position {
             None => {
                 let start = reply["offset"].as_u64().unwrap();
@@ -116,7 +116,7 @@ pub async fn recovering_subscriber(
                 position = Some((start, reply["epoch"].as_str().unwrap().to_owned()));
             }
             Some(_) => {
-                assert_eq!(reply["recovered"], true, "{reply}");
+                assert_eq!(reply["recovered"], true, "{answer}");
                 reconnects += 1;
                 for p in reply["publications"].as_array().unwrap() {
                     seen.push((p["offset"].as_u64().unwrap(), p["data"].clone()));

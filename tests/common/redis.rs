@@ -93,6 +93,10 @@ impl Redis {
         }
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -131,5 +135,138 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of real `redis-server` processes on loopback ports (`primaries` shards,
+/// `replicas` replicas each), created with `redis-cli --cluster create`; killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+    _dir: tempfile::TempDir,
+}
+
+/// A plain (non-cluster) connection to one node on `port`.
+pub async fn node_conn(port: u16) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+impl RedisCluster {
+    pub async fn start(bin: &std::path::Path, primaries: usize, replicas: usize) -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for i in 0..primaries * (1 + replicas) {
+            let conf = dir.path().join(format!("nodes-{i}.conf")).display().to_string();
+            let bus = free_port().to_string();
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf,
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                "1000",
+                // Pub/sub keeps no data: a replica may take over however stale it is.
+                "--cluster-replica-validity-factor",
+                "0",
+                "--dir",
+                &dir.path().display().to_string(),
+            ];
+            nodes.push(Redis::start(bin, &extra).await);
+        }
+        let cli = bin.with_file_name("redis-cli");
+        let mut create = Command::new(&cli);
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
+        let out = create.stdin(Stdio::null()).output().expect("redis-cli runs");
+        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stderr));
+        let cluster = RedisCluster { nodes, _dir: dir };
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    /// `host:port` of every node (the seeds to give wsgate).
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect()
+    }
+
+    /// Waits until every live node says `cluster_state:ok` and knows all the others.
+    pub async fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let live: Vec<u16> = self.nodes.iter().filter(|n| n.is_running()).map(|n| n.port).collect();
+        for port in live {
+            loop {
+                let info: String =
+                    redis::cmd("CLUSTER").arg("INFO").query_async(&mut node_conn(port).await).await.unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {port}: cluster not ok: {info}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// The port of the primary that owns `key`'s slot now (asked of a live node).
+    pub async fn owner(&self, key: &str) -> u16 {
+        let port = self.nodes.iter().find(|n| n.is_running()).expect("a live node").port;
+        let mut conn = node_conn(port).await;
+        let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut conn).await.unwrap();
+        let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await.unwrap();
+        let redis::Value::Array(ranges) = slots else { panic!("CLUSTER SLOTS: {slots:?}") };
+        for range in ranges {
+            let redis::Value::Array(items) = range else { continue };
+            let int = |v: &redis::Value| if let redis::Value::Int(i) = v { *i } else { -1 };
+            if int(&items[0]) <= slot && slot <= int(&items[1]) {
+                if let redis::Value::Array(primary) = &items[2] {
+                    return int(&primary[1]) as u16;
+                }
+            }
+        }
+        panic!("no owner for slot {slot}")
+    }
+
+    /// Subscribers of the shard channel `channel` (`PUBSUB SHARDNUMSUB` on its owner).
+    pub async fn shard_subscribers(&self, channel: &str) -> i64 {
+        let mut conn = node_conn(self.owner(channel).await).await;
+        let answer: Vec<(String, i64)> =
+            redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel).query_async(&mut conn).await.unwrap();
+        answer[0].1
+    }
+
+    /// Subscribers of the classic (cluster-wide) channel `channel`, summed over live nodes.
+    pub async fn classic_subscribers(&self, channel: &str) -> i64 {
+        let mut total = 0;
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let answer: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(channel)
+                .query_async(&mut node_conn(node.port).await)
+                .await
+                .unwrap();
+            total += answer[0].1;
+        }
+        total
+    }
+
+    pub async fn wait_shard_subscribers(&self, channel: &str, want: i64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = self.shard_subscribers(channel).await;
+            if n == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{channel}: {n} shard subscribers, want {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        self.nodes.iter_mut().find(|n| n.port == port).expect("a node on that port").kill();
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! - [`memory`]: one process. The default (`[broker] kind = "memory"`) has one node on its
 //!   bus, so nothing is relayed; several hubs on one bus form an in-process cluster (tests).
-//! - [`redis`]: many nodes through Redis pub/sub (`kind = "redis"`). Redis channel names are
+//! - [`redis`]: many nodes through Redis pub/sub (`kind = "redis"`; one server, Sentinel, or a
+//!   Redis Cluster with sharded pub/sub). Redis channel names are
 //!   `wsgate:sub:<name>` per subscription, `wsgate:all` for the reserved `all`, and
 //!   `wsgate:node:<node>` for sends and control operations (subscribe, unsubscribe, close;
 //!   see [`control`]) addressed to the channels of one node.
@@ -73,8 +74,10 @@ pub fn redis_settings(config: &BrokerConfig) -> Result<Option<redis::RedisSettin
             password: sentinel_password,
             tls: config.tls,
         }),
+        cluster: (!config.cluster.is_empty())
+            .then(|| redis::ClusterSettings { seeds: config.cluster.clone(), tls: config.tls }),
     };
-    settings.client()?; // parse the URL and certificates now, not on first connect
+    settings.check()?; // parse the URL and certificates now, not on first connect
     Ok(Some(settings))
 }
 

@@ -3,19 +3,16 @@
 //! reconnects with backoff, after which every tracked channel is read again.
 
 use std::collections::HashSet;
-use std::future::poll_fn;
 use std::sync::Weak;
 use std::time::Duration;
 
-use futures_util::Stream;
-use redis::aio::{MultiplexedConnection, PubSubSink};
 use tokio::sync::{mpsc, watch};
 
-use super::storage::keys;
+use super::storage::{alive_key, keys, NODES_KEY};
 use super::{millis, timed, Cluster, Request, PRESENCE_TTL};
 use crate::apps::pubsub::model::EngineError;
 use crate::locks::lock;
-use crate::pubsub::broker::redis::RedisSettings;
+use crate::pubsub::broker::redis::{Commands, Connected, Received, RedisSettings, Subscriber};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -27,7 +24,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 pub(super) async fn run(
     cluster: Weak<Cluster>,
     settings: RedisSettings,
-    conn_tx: watch::Sender<Option<MultiplexedConnection>>,
+    conn_tx: watch::Sender<Option<Commands>>,
     mut requests: mpsc::UnboundedReceiver<Request>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -42,13 +39,13 @@ pub(super) async fn run(
         let session = connect(&me, &settings).await;
         drop(me);
         match session {
-            Ok((conn, sink, stream, active)) => {
+            Ok((conn, subscriber, active)) => {
                 backoff = BACKOFF_MIN;
                 conn_tx.send_replace(Some(conn.clone()));
                 if let Some(me) = cluster.upgrade() {
                     me.resync().await;
                 }
-                let why = serve(&cluster, conn, sink, stream, active, &mut requests, &mut stop, &mut sweep).await;
+                let why = serve(&cluster, conn, subscriber, active, &mut requests, &mut stop, &mut sweep).await;
                 conn_tx.send_replace(None);
                 if let Some(me) = cluster.upgrade() {
                     lock(&me.nodes).clear();
@@ -77,15 +74,11 @@ pub(super) async fn run(
     }
 }
 
-type Session = (MultiplexedConnection, PubSubSink, redis::aio::PubSubStream, HashSet<String>);
+type Session = (Commands, Subscriber, HashSet<String>);
 
 async fn connect(me: &Cluster, settings: &RedisSettings) -> Result<Session, String> {
-    let (client, _) = settings.current_client().await?;
-    let io = |e: EngineError| e.to_string();
-    let mut conn = timed("connect", client.get_multiplexed_async_connection()).await.map_err(io)?;
-    let pubsub = timed("connect (subscriber)", client.get_async_pubsub()).await.map_err(io)?;
-    let (mut sink, stream) = pubsub.split();
-    heartbeat(me, &mut conn).await.map_err(io)?;
+    let Connected { commands: mut conn, mut subscriber, .. } = crate::pubsub::broker::redis::connect(settings).await?;
+    heartbeat(me, &mut conn).await.map_err(|e| e.to_string())?;
     let wanted: Vec<String> = {
         let tracked: Vec<String> = lock(&me.tracked).keys().cloned().collect();
         let pending: Vec<String> = lock(&me.pending).keys().cloned().collect();
@@ -93,18 +86,18 @@ async fn connect(me: &Cluster, settings: &RedisSettings) -> Result<Session, Stri
     };
     if !wanted.is_empty() {
         let channels: Vec<String> = wanted.iter().map(|c| keys(c).channel).collect();
-        timed("SUBSCRIBE", sink.subscribe(channels)).await.map_err(io)?;
+        subscriber.subscribe(&channels).await?;
     }
-    Ok((conn, sink, stream, wanted.into_iter().collect()))
+    Ok((conn, subscriber, wanted.into_iter().collect()))
 }
 
 /// Refreshes this node's heartbeat and reads which nodes are alive, in one script (a sorted
 /// set of nodes by expiry, so no walk over the keyspace).
-async fn heartbeat(me: &Cluster, conn: &mut MultiplexedConnection) -> Result<(), EngineError> {
-    let alive = format!("wsgate:alive:{}", me.node);
+async fn heartbeat(me: &Cluster, conn: &mut Commands) -> Result<(), EngineError> {
+    let alive = alive_key(&me.node);
     let args = [me.instance.clone(), millis(PRESENCE_TTL).to_string(), me.node.clone()];
     let mut nodes: Vec<String> =
-        timed("heartbeat", me.heartbeat_script.invoke(conn, &[&alive, "wsgate:nodes"], &args)).await?;
+        timed("heartbeat", me.heartbeat_script.invoke(conn, &[&alive, NODES_KEY], &args)).await?;
     nodes.sort();
     *lock(&me.nodes) = nodes;
     Ok(())
@@ -114,9 +107,8 @@ async fn heartbeat(me: &Cluster, conn: &mut MultiplexedConnection) -> Result<(),
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     cluster: &Weak<Cluster>,
-    mut conn: MultiplexedConnection,
-    mut sink: PubSubSink,
-    mut stream: redis::aio::PubSubStream,
+    mut conn: Commands,
+    mut subscriber: Subscriber,
     mut active: HashSet<String>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     stop: &mut watch::Receiver<bool>,
@@ -126,19 +118,22 @@ async fn serve(
     beat.tick().await;
     loop {
         tokio::select! {
-            msg = poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)) => {
-                let Some(msg) = msg else { return Some("the subscriber connection closed".into()) };
+            received = subscriber.next() => {
+                let (channel, payload) = match received {
+                    Received::Message { channel, payload } => (channel, payload),
+                    Received::Lost(why) => return Some(why),
+                };
                 let me = cluster.upgrade()?;
-                me.on_message(msg.get_channel_name(), msg.get_payload_bytes()).await;
+                me.on_message(&channel, &payload).await;
             }
             request = requests.recv() => {
                 let me = cluster.upgrade()?;
                 match request? {
                     Request::Hold(channel, answer) => {
                         if !active.contains(&channel) {
-                            if let Err(e) = timed("SUBSCRIBE", sink.subscribe(keys(&channel).channel)).await {
+                            if let Err(e) = subscriber.subscribe(&[keys(&channel).channel]).await {
                                 let _ = answer.send(false);
-                                return Some(e.to_string());
+                                return Some(e);
                             }
                             active.insert(channel);
                         }
@@ -146,8 +141,8 @@ async fn serve(
                     }
                     Request::Reconcile(channel) => {
                         if active.contains(&channel) && !me.wanted(&channel) {
-                            if let Err(e) = timed("UNSUBSCRIBE", sink.unsubscribe(keys(&channel).channel)).await {
-                                return Some(e.to_string());
+                            if let Err(e) = subscriber.unsubscribe(&keys(&channel).channel).await {
+                                return Some(e);
                             }
                             active.remove(&channel);
                         }
@@ -159,8 +154,8 @@ async fn serve(
                 if let Err(e) = heartbeat(&me, &mut conn).await {
                     return Some(e.to_string());
                 }
-                if let Err(e) = timed("PING (subscriber)", sink.ping::<redis::Value>()).await {
-                    return Some(e.to_string());
+                if let Err(e) = subscriber.ping().await {
+                    return Some(e);
                 }
             }
             _ = sweep.tick() => cluster.upgrade()?.sweep(),

@@ -10,12 +10,14 @@
 //!   namespace's `history` and pruned by `history_ttl`. A list with a counter, not a stream:
 //!   reads go by offset, and the offset is the list position, which a stream id is not.
 //! - `wsgate:ps:{c}:pres`, a hash: client id → `"<node>\t<instance>\t<user>"`.
-//! - `wsgate:alive:<node>`: the node's instance id, refreshed every 10 s with a 30 s expiry.
-//!   Presence shows only entries whose node is alive with the same instance, so a node that
+//! - `wsgate:{nodes}:alive:<node>`: the node's instance id, refreshed every 10 s with a 30 s
+//!   expiry (and its expiry time in the sorted set `wsgate:{nodes}`; the shared hash tag keeps
+//!   the heartbeat script on one shard). Presence shows only entries whose node is alive with the same instance, so a node that
 //!   dies (SIGKILL, power loss) leaves no ghost entries beyond **30 s**; readers delete them.
 //!
 //! A publish is one Lua script: it takes the next offset, appends to the history and
-//! PUBLISHes `P <epoch> <offset> <body>` on the Redis channel `wsgate:ps:{c}`, atomically, so
+//! PUBLISHes `P <epoch> <offset> <body>` on the Redis channel `wsgate:ps:{c}` (`SPUBLISH` on a
+//! Redis Cluster, where the channel is on its keys' shard), atomically, so
 //! every node receives publications in offset order. Join and leave pushes travel on the same
 //! Redis channel as `J <client> <push>` and `L <push>` (not part of the offsets).
 //!
@@ -41,20 +43,20 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) use self::storage::subscription;
 use self::storage::{
-    channel_of, covering, keys, parse_entry, publication, Entry, Script, HEARTBEAT_SCRIPT, PUBLISH_SCRIPT, READ_SCRIPT,
+    alive_key, channel_of, covering, keys, parse_entry, publication, Entry, Script, HEARTBEAT_SCRIPT, PUBLISH_SCRIPT,
+    READ_SCRIPT,
 };
 use super::model::{EngineError, HistoryPage, Info, Position, Published};
 use super::protocol::ErrorCode;
 use crate::config::pubsub::NamespaceConfig;
 use crate::locks::lock;
 use crate::metrics::NamespaceLabel;
-use crate::pubsub::broker::redis::RedisSettings;
+use crate::pubsub::broker::redis::{Commands, RedisSettings};
 use crate::pubsub::{ChannelHandle, ChannelId, Hub};
 
 /// How long a channel's position outlives its last publish or subscribe (unless its
@@ -102,7 +104,7 @@ pub struct Cluster {
     node: String,
     /// Random per process: presence entries of an earlier process of this node are ghosts.
     instance: String,
-    conn: watch::Receiver<Option<MultiplexedConnection>>,
+    conn: watch::Receiver<Option<Commands>>,
     requests: mpsc::UnboundedSender<Request>,
     /// Subscribes in progress per channel (they need the Redis subscription before they join).
     pending: Mutex<HashMap<String, usize>>,
@@ -172,7 +174,7 @@ impl Cluster {
         cluster
     }
 
-    fn conn(&self) -> Result<MultiplexedConnection, EngineError> {
+    fn conn(&self) -> Result<Commands, EngineError> {
         self.conn.borrow().clone().ok_or_else(|| unavailable("not connected to Redis"))
     }
 
@@ -244,6 +246,7 @@ impl Cluster {
             millis(ttl).to_string(),
             millis(ttl.max(META_TTL)).to_string(),
             k.channel,
+            conn.publish_command().to_owned(),
         ];
         let (epoch, offset, receivers): (String, u64, usize) =
             timed("publish", self.publish_script.invoke(&mut conn, &[&k.meta, &k.hist], &args)).await?;
@@ -349,7 +352,7 @@ impl Cluster {
             let push = json!({ "push": { "channel": channel, "join": { "client": client, "user": user } } });
             let mut pipe = redis::pipe();
             pipe.hset(&k.pres, client, value);
-            pipe.publish(&k.channel, format!("J {client} {push}")).ignore();
+            pipe.cmd(conn.publish_command()).arg(&k.channel).arg(format!("J {client} {push}")).ignore();
             // The member is subscribed already: a failure here costs the presence entry only.
             match timed("presence", pipe.query_async::<(usize,)>(&mut conn)).await {
                 Ok((added,)) => self.presence_gauge(ns, added as i64),
@@ -498,7 +501,10 @@ impl Cluster {
             let push = json!({ "push": { "channel": channel, "leave": { "client": member.as_str(), "user": user } } });
             let _ = timed(
                 "leave",
-                redis::cmd("PUBLISH").arg(&k.channel).arg(format!("L {push}")).query_async::<()>(&mut conn),
+                redis::cmd(conn.publish_command())
+                    .arg(&k.channel)
+                    .arg(format!("L {push}"))
+                    .query_async::<()>(&mut conn),
             )
             .await;
         }
@@ -530,7 +536,7 @@ impl Cluster {
             .collect();
         let mut alive = HashMap::new();
         if !nodes.is_empty() {
-            let names: Vec<String> = nodes.iter().map(|n| format!("wsgate:alive:{n}")).collect();
+            let names: Vec<String> = nodes.iter().map(|n| alive_key(n)).collect();
             let instances: Vec<Option<String>> =
                 timed("presence", redis::cmd("MGET").arg(&names).query_async(&mut conn)).await?;
             alive.extend(nodes.into_iter().zip(instances));

@@ -1,7 +1,7 @@
 //! How one channel is kept in Redis (see the parent module): key names, the two Lua scripts,
 //! and the parsing of what they return. No connection handling here.
 
-use redis::aio::MultiplexedConnection;
+use crate::pubsub::broker::redis::Commands;
 use serde_json::{json, Value};
 
 /// The start of both scripts: the channel's epoch, created with `ARGV[1]` (and an emptied
@@ -21,7 +21,8 @@ end
 
 /// Takes the next offset, keeps the publication and PUBLISHes it, atomically.
 /// KEYS: meta, hist. ARGV: epoch if new, body, history limit, history ttl ms, meta ttl ms,
-/// Redis channel. Returns {epoch, offset, receivers}.
+/// Redis channel, publish command (`PUBLISH`, or `SPUBLISH` in a Redis Cluster: the channel
+/// shares the keys' hash tag, so it lives on their shard). Returns {epoch, offset, receivers}.
 pub(super) const PUBLISH_SCRIPT: &str = concat!(
     epoch_prologue!(),
     r"
@@ -35,7 +36,7 @@ if limit > 0 then
   redis.call('LTRIM', KEYS[2], -limit, -1)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
-local n = redis.call('PUBLISH', ARGV[6], 'P ' .. epoch .. string.format(' %d ', offset) .. ARGV[2])
+local n = redis.call(ARGV[7], ARGV[6], 'P ' .. epoch .. string.format(' %d ', offset) .. ARGV[2])
 return {epoch, offset, n}
 "
 );
@@ -73,9 +74,9 @@ return {epoch, offset, entries}
 "
 );
 
-/// A node's heartbeat: its instance id under `wsgate:alive:<node>` for the TTL, and its
-/// expiry time in the sorted set `wsgate:nodes`, from which expired nodes are dropped; returns
-/// the live node names. KEYS: alive key, node set. ARGV: instance, ttl ms, node.
+/// A node's heartbeat: its instance id under [`alive_key`] for the TTL, and its expiry time in
+/// the sorted set [`NODES_KEY`], from which expired nodes are dropped; returns the live node
+/// names. KEYS: alive key, node set. ARGV: instance, ttl ms, node.
 pub(super) const HEARTBEAT_SCRIPT: &str = r"
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local t = redis.call('TIME')
@@ -101,7 +102,7 @@ impl Script {
 
     pub(super) async fn invoke<T: redis::FromRedisValue>(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Commands,
         keys: &[&str],
         args: &[String],
     ) -> redis::RedisResult<T> {
@@ -117,6 +118,15 @@ impl Script {
             other => other,
         }
     }
+}
+
+/// The sorted set of live nodes. Its hash tag `{nodes}` is shared with every [`alive_key`],
+/// so the heartbeat script's keys sit on one Redis Cluster shard.
+pub(super) const NODES_KEY: &str = "wsgate:{nodes}";
+
+/// A node's heartbeat key, holding its instance id.
+pub(super) fn alive_key(node: &str) -> String {
+    format!("wsgate:{{nodes}}:alive:{node}")
 }
 
 /// The Redis keys and channel of one pubsub channel.

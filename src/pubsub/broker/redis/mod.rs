@@ -23,17 +23,23 @@
 //!   and checks with `ROLE` that it is one; the liveness check repeats `ROLE`, so a primary
 //!   demoted by a failover (still reachable, now a replica) is left within
 //!   [`PING_INTERVAL`] for the new one.
+//! - With Redis Cluster (`[broker] cluster`) the same channels use sharded pub/sub
+//!   (`SPUBLISH`/`SSUBSCRIBE`) through the `redis` crate's cluster client; see `connection.rs`
+//!   for how a lapsed shard subscription becomes a reconnect.
 
 use std::collections::HashSet;
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures_util::Stream;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::IntoConnectionInfo;
+use redis::cluster_routing::Slot;
 use tokio::sync::{mpsc, watch};
+
+mod connection;
+mod settings;
+
+pub use connection::{connect, Commands, Connected, Received, Subscriber};
+pub use settings::{ClusterSettings, RedisSettings, SentinelSettings};
 
 use super::{
     deliver_direct, Broker, BrokerCounters, BrokerError, Control, Envelope, Payload, ALL_CHANNEL, NODE_PREFIX,
@@ -54,76 +60,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often an idle connection is checked with PING (a silent network drop has no FIN).
 const PING_INTERVAL: Duration = Duration::from_secs(5);
-
-/// How to reach Redis.
-#[derive(Clone, Default)]
-pub struct RedisSettings {
-    /// `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS) or `unix://…` (unused with
-    /// `sentinel`).
-    pub url: String,
-    /// Password (from `password_file`); overrides one in the URL.
-    pub password: Option<String>,
-    /// PEM root certificates for `rediss://` instead of the system's trust store.
-    pub ca_pem: Option<Vec<u8>>,
-    /// Find the primary through Redis Sentinel instead of `url`.
-    pub sentinel: Option<SentinelSettings>,
-}
-
-/// Redis Sentinel: where the sentinels are and which primary to ask them for.
-#[derive(Clone, Default)]
-pub struct SentinelSettings {
-    /// The sentinels' `host:port` addresses, asked in order.
-    pub addrs: Vec<String>,
-    /// The monitored primary's name.
-    pub master_name: String,
-    /// The sentinels' own password, if they require one.
-    pub password: Option<String>,
-    /// TLS to the sentinels and the primary.
-    pub tls: bool,
-}
-
-impl std::fmt::Debug for RedisSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may hold a password: print only what identifies the server.
-        let server = self.url.rsplit_once('@').map(|(_, s)| s).unwrap_or(self.url.as_str());
-        f.debug_struct("RedisSettings").field("server", &server).finish_non_exhaustive()
-    }
-}
-
-impl RedisSettings {
-    /// A `redis::Client` for `url` (no connection is made yet); with `sentinel`, one for
-    /// the first sentinel (to check the settings).
-    pub fn client(&self) -> Result<redis::Client, String> {
-        match &self.sentinel {
-            Some(sentinel) => {
-                let first = sentinel.addrs.first().ok_or("broker.sentinels: none given")?;
-                self.client_at(first, sentinel.password.as_deref(), sentinel.tls)
-            }
-            None => self.client_for(&self.url, self.password.as_deref()),
-        }
-    }
-
-    /// A client for `host:port`, with this broker's TLS roots.
-    fn client_at(&self, addr: &str, password: Option<&str>, tls: bool) -> Result<redis::Client, String> {
-        let scheme = if tls { "rediss" } else { "redis" };
-        self.client_for(&format!("{scheme}://{addr}"), password)
-    }
-
-    fn client_for(&self, url: &str, password: Option<&str>) -> Result<redis::Client, String> {
-        let mut info = url.into_connection_info().map_err(|e| format!("broker.url: {e}"))?;
-        if let Some(password) = password {
-            let redis = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(redis);
-        }
-        match &self.ca_pem {
-            Some(pem) => {
-                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
-                redis::Client::build_with_tls(info, certs).map_err(|e| format!("broker.ca_file: {e}"))
-            }
-            None => redis::Client::open(info).map_err(|e| format!("broker.url: {e}")),
-        }
-    }
-}
 
 struct Shared {
     node: String,
@@ -173,7 +109,7 @@ impl RedisBroker {
         hub: &Arc<Hub>,
         counters: BrokerCounters,
     ) -> Result<Arc<Self>, String> {
-        settings.client()?; // unusable settings fail now, not at the first connect
+        settings.check()?; // unusable settings fail now, not at the first connect
         let shared = Arc::new(Shared {
             node: node.to_owned(),
             connected: AtomicBool::new(false),
@@ -269,7 +205,7 @@ impl Broker for RedisBroker {
 async fn publisher(
     shared: Arc<Shared>,
     mut queue: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
-    conn: watch::Receiver<Option<(u64, MultiplexedConnection)>>,
+    conn: watch::Receiver<Option<(u64, Commands)>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -286,16 +222,48 @@ async fn publisher(
             shared.count_unrelayed(batch.len() as u64);
             continue;
         };
-        let mut pipe = redis::pipe();
-        for (channel, payload) in &batch {
-            pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice()).ignore();
-        }
-        let result = tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut current)).await;
+        let result = tokio::time::timeout(IO_TIMEOUT, publish_batch(&mut current, &batch)).await;
         shared.queued.fetch_sub(bytes, Ordering::AcqRel);
         if !matches!(result, Ok(Ok(()))) {
             tracing::warn!(messages = batch.len(), "broker: PUBLISH failed; messages not relayed");
             shared.count_unrelayed(batch.len() as u64);
             shared.failed.send_replace(generation);
+        }
+    }
+}
+
+/// A message for the publisher: the Redis channel and the bytes.
+type Outgoing = (String, Vec<u8>);
+
+/// PUBLISHes `batch` in order: one pipeline (one round trip) on a single server; in a
+/// cluster one `SPUBLISH` pipeline per slot (a pipeline is routed whole to one shard), all in
+/// flight at once. What one channel is sent stays in order: a channel has one slot.
+async fn publish_batch(conn: &mut Commands, batch: &[Outgoing]) -> redis::RedisResult<()> {
+    let command = conn.publish_command();
+    let pipeline = |items: &mut dyn Iterator<Item = &Outgoing>| {
+        let mut pipe = redis::pipe();
+        for (channel, payload) in items {
+            pipe.cmd(command).arg(channel).arg(payload.as_slice()).ignore();
+        }
+        pipe
+    };
+    match conn {
+        Commands::Server(_) => pipeline(&mut batch.iter()).query_async::<()>(conn).await,
+        Commands::Cluster(cluster) => {
+            let mut by_slot: Vec<(Slot, Vec<&Outgoing>)> = Vec::new();
+            for item in batch {
+                let slot = Slot::for_key(&item.0);
+                match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+                    Some((_, items)) => items.push(item),
+                    None => by_slot.push((slot, vec![item])),
+                }
+            }
+            let sends = by_slot.into_iter().map(|(_, items)| {
+                let mut cluster = cluster.clone();
+                let pipe = pipeline(&mut items.into_iter());
+                async move { pipe.query_async::<()>(&mut cluster).await }
+            });
+            futures_util::future::join_all(sends).await.into_iter().collect()
         }
     }
 }
@@ -307,7 +275,7 @@ async fn supervise(
     settings: RedisSettings,
     hub: Weak<Hub>,
     mut interest: mpsc::UnboundedReceiver<Arc<str>>,
-    conn: watch::Sender<Option<(u64, MultiplexedConnection)>>,
+    conn: watch::Sender<Option<(u64, Commands)>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -317,18 +285,15 @@ async fn supervise(
             return;
         }
         let sentinel = settings.sentinel.is_some();
-        let connected = match settings.current_client().await {
-            Ok((client, primary)) => connect(&client, &shared.node, &hub, sentinel).await.map(|s| (s, primary)),
-            Err(why) => Err(why),
-        };
-        match connected {
+        match start_session(&settings, &shared.node, &hub).await {
             Ok((session, primary)) => {
                 backoff = BACKOFF_MIN;
                 failures = 0;
                 let generation = shared.connects.fetch_add(1, Ordering::Relaxed) + 1;
                 conn.send_replace(Some((generation, session.conn.clone())));
                 shared.connected.store(true, Ordering::Release);
-                tracing::info!(node = %shared.node, subscriptions = session.subscribed.len(), primary = primary.as_deref().unwrap_or("url"), "broker: connected to Redis");
+                let server = primary.as_deref().unwrap_or(if settings.is_cluster() { "cluster" } else { "url" });
+                tracing::info!(node = %shared.node, subscriptions = session.subscribed.len(), primary = server, "broker: connected to Redis");
                 let ended = run(&shared, generation, &hub, session, sentinel, &mut interest, &mut stop).await;
                 shared.connected.store(false, Ordering::Release);
                 conn.send_replace(None);
@@ -363,9 +328,8 @@ async fn supervise(
 }
 
 struct Session {
-    sink: PubSubSink,
-    stream: PubSubStream,
-    conn: MultiplexedConnection,
+    subscriber: Subscriber,
+    conn: Commands,
     /// Subscription names subscribed in Redis (besides the node channel and `all`).
     subscribed: HashSet<String>,
 }
@@ -373,60 +337,6 @@ struct Session {
 enum Ended {
     Stopped,
     Lost(String),
-}
-
-/// Fails unless the server `conn` is on answers `ROLE` with `master`.
-async fn check_primary(conn: &mut MultiplexedConnection) -> Result<(), String> {
-    let role = timed("ROLE", redis::cmd("ROLE").query_async::<redis::Value>(conn)).await?;
-    let first = match &role {
-        redis::Value::Array(items) => items.first(),
-        _ => None,
-    };
-    let name = match first {
-        Some(redis::Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-        Some(redis::Value::SimpleString(text)) => text.clone(),
-        _ => format!("{role:?}"),
-    };
-    if name == "master" {
-        Ok(())
-    } else {
-        Err(format!("the server is a {name}, not the primary (a failover moved it)"))
-    }
-}
-
-impl RedisSettings {
-    /// The client to connect with now and, with Sentinel, the primary's address: `url`'s, or
-    /// the primary the first sentinel that answers names.
-    pub async fn current_client(&self) -> Result<(redis::Client, Option<String>), String> {
-        let Some(sentinel) = &self.sentinel else {
-            return self.client_for(&self.url, self.password.as_deref()).map(|c| (c, None));
-        };
-        let mut why = Vec::new();
-        for addr in &sentinel.addrs {
-            let asked = async {
-                let client = self.client_at(addr, sentinel.password.as_deref(), sentinel.tls)?;
-                let mut conn = timed("connect", client.get_multiplexed_async_connection()).await?;
-                let primary: Option<(String, u16)> = timed(
-                    "SENTINEL get-master-addr-by-name",
-                    redis::cmd("SENTINEL")
-                        .arg("get-master-addr-by-name")
-                        .arg(&sentinel.master_name)
-                        .query_async(&mut conn),
-                )
-                .await?;
-                primary.ok_or_else(|| format!("does not monitor a primary named {:?}", sentinel.master_name))
-            };
-            match asked.await {
-                Ok((host, port)) => {
-                    let primary =
-                        if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-                    return Ok((self.client_at(&primary, self.password.as_deref(), sentinel.tls)?, Some(primary)));
-                }
-                Err(error) => why.push(format!("sentinel {addr}: {error}")),
-            }
-        }
-        Err(format!("no sentinel named the primary: {}", why.join("; ")))
-    }
 }
 
 async fn timed<T>(what: &str, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
@@ -437,25 +347,20 @@ async fn timed<T>(what: &str, f: impl std::future::Future<Output = redis::RedisR
     }
 }
 
-async fn connect(
-    client: &redis::Client,
+/// Connects and subscribes the node channel, `all`, and every subscription with local members.
+async fn start_session(
+    settings: &RedisSettings,
     node: &str,
     hub: &Weak<Hub>,
-    must_be_primary: bool,
-) -> Result<Session, String> {
-    let mut conn = timed("connect (publisher)", client.get_multiplexed_async_connection()).await?;
-    if must_be_primary {
-        check_primary(&mut conn).await?;
-    }
-    let pubsub = timed("connect (subscriber)", client.get_async_pubsub()).await?;
-    let (mut sink, stream) = pubsub.split();
-    timed("SUBSCRIBE", sink.subscribe(&[format!("{NODE_PREFIX}{node}"), ALL_CHANNEL.to_owned()])).await?;
+) -> Result<(Session, Option<String>), String> {
+    let Connected { commands, mut subscriber, primary } = connect(settings).await?;
+    subscriber.subscribe(&[format!("{NODE_PREFIX}{node}"), ALL_CHANNEL.to_owned()]).await?;
     let names = hub.upgrade().map(|h| h.local_subscription_names()).unwrap_or_default();
     if !names.is_empty() {
         let channels: Vec<String> = names.iter().map(|n| format!("{SUB_PREFIX}{n}")).collect();
-        timed("SUBSCRIBE", sink.subscribe(channels)).await?;
+        subscriber.subscribe(&channels).await?;
     }
-    Ok(Session { sink, stream, conn, subscribed: names.into_iter().collect() })
+    Ok((Session { subscriber, conn: commands, subscribed: names.into_iter().collect() }, primary))
 }
 
 async fn run(
@@ -473,10 +378,13 @@ async fn run(
     let mut failed = shared.failed.subscribe();
     loop {
         tokio::select! {
-            msg = poll_fn(|cx| std::pin::Pin::new(&mut session.stream).poll_next(cx)) => {
-                let Some(msg) = msg else { return Ended::Lost("subscriber connection closed".into()) };
+            received = session.subscriber.next() => {
+                let (channel, payload) = match received {
+                    Received::Message { channel, payload } => (channel, payload),
+                    Received::Lost(why) => return Ended::Lost(why),
+                };
                 let Some(hub) = hub.upgrade() else { return Ended::Stopped };
-                deliver(shared, &hub, &node_channel, msg.get_channel_name(), msg.get_payload_bytes());
+                deliver(shared, &hub, &node_channel, &channel, &payload);
             }
             name = interest.recv() => {
                 let Some(name) = name else { return Ended::Stopped };
@@ -490,12 +398,12 @@ async fn run(
                 if let Err(why) = timed("PING", redis::cmd("PING").query_async::<String>(&mut session.conn)).await {
                     return Ended::Lost(why);
                 }
-                if let Err(why) = timed("PING (subscriber)", session.sink.ping::<redis::Value>()).await {
+                if let Err(why) = session.subscriber.ping().await {
                     return Ended::Lost(why);
                 }
                 // Sentinel: a failover may have demoted this server while it stayed reachable.
                 if must_be_primary {
-                    if let Err(why) = check_primary(&mut session.conn).await {
+                    if let Err(why) = settings::check_primary(&mut session.conn).await {
                         return Ended::Lost(why);
                     }
                 }
@@ -516,10 +424,10 @@ async fn reconcile(hub: &Hub, session: &mut Session, name: &str) -> Result<(), S
     let have = session.subscribed.contains(name);
     let channel = format!("{SUB_PREFIX}{name}");
     if want && !have {
-        timed("SUBSCRIBE", session.sink.subscribe(&channel)).await?;
+        session.subscriber.subscribe(&[channel]).await?;
         session.subscribed.insert(name.to_owned());
     } else if !want && have {
-        timed("UNSUBSCRIBE", session.sink.unsubscribe(&channel)).await?;
+        session.subscriber.unsubscribe(&channel).await?;
         session.subscribed.remove(name);
     }
     Ok(())
