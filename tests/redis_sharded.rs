@@ -179,18 +179,10 @@ async fn hub_and_chat_rooms_span_nodes_over_sharded_pubsub() {
     }
 }
 
-/// The pubsub app over a Redis Cluster (a channel's keys and its shard channel share the
-/// `{channel}` hash tag): offsets, history and recovery stay exact across nodes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pubsub_app_recovery_is_exact_across_nodes_over_a_redis_cluster() {
-    let bin = require_redis!();
-    let started = Instant::now();
-    let cluster = RedisCluster::start(&bin, 3, 0).await;
-    let upstream = start_upstream().await;
-    let mut gates = Vec::new();
-    for node in ["qa", "qb", "qc"] {
-        let config = format!(
-            r#"
+/// A pubsub app at /live (history 1000, presence) on node `node` of the cluster.
+fn pubsub_config(node: &str, cluster: &RedisCluster) -> String {
+    basic_config(&format!(
+        r#"
 [limits]
 shutdown_timeout = "1s"
 
@@ -209,13 +201,14 @@ presence = true
 addr = "127.0.0.1:0"
 
 {}"#,
-            broker(node, &cluster)
-        );
-        gates.push(start_gate(&basic_config(&config), upstream.addr).await);
-    }
-    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+        broker(node, cluster)
+    ))
+}
+
+/// Waits until a subscribe on every node answers (each node's channel store is connected).
+async fn wait_pubsub_ready(addrs: &[SocketAddr]) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    for addr in &addrs {
+    for addr in addrs {
         loop {
             let mut c = Client::open(*addr, "/live").await;
             if c.call("subscribe", json!({"channel":"chat:ready"})).await.get("subscribe").is_some() {
@@ -225,6 +218,22 @@ addr = "127.0.0.1:0"
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The pubsub app over a Redis Cluster (a channel's keys and its shard channel share the
+/// `{channel}` hash tag): offsets, history and recovery stay exact across nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pubsub_app_recovery_is_exact_across_nodes_over_a_redis_cluster() {
+    let bin = require_redis!();
+    let started = Instant::now();
+    let cluster = RedisCluster::start(&bin, 3, 0).await;
+    let upstream = start_upstream().await;
+    let mut gates = Vec::new();
+    for node in ["qa", "qb", "qc"] {
+        gates.push(start_gate(&pubsub_config(node, &cluster), upstream.addr).await);
+    }
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    wait_pubsub_ready(&addrs).await;
     let api = gates[1].server.admin_addr().unwrap();
     check_exact_recovery(&addrs, addrs[0], api, 100, 3).await;
     assert_eq!(cluster.classic_subscribers("wsgate:ps:{chat:p}").await, 0, "sharded, not classic, pub/sub");
@@ -337,4 +346,112 @@ async fn a_killed_primary_is_followed_to_its_promoted_replica() {
     for gate in gates {
         gate.server.shutdown().await;
     }
+}
+
+/// Waits until the primary owning `key` is another than `old` and the cluster is ok again.
+async fn wait_failover(cluster: &RedisCluster, key: &str, old: u16) -> Duration {
+    let started = Instant::now();
+    while cluster.owner(key).await == old {
+        assert!(started.elapsed() < Duration::from_secs(30), "no failover within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.wait_ok().await;
+    started.elapsed()
+}
+
+/// Redis replicates asynchronously, so a failover can lose the newest publications: the
+/// promoted replica would hand their offsets out again, with other data. Forced here: the
+/// primary owning a channel drops its replica's link, takes three more publications the
+/// replica never sees, and is SIGKILLed. The channel must come back under a **new epoch**:
+/// the subscriber (whose node had reached offset 8) is told with the push `unsubscribe` 112,
+/// its recovery from the old position says `recovered:false`, and no (epoch, offset) ever
+/// names two different publications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_lost_publications_starts_a_new_epoch() {
+    let bin = require_redis!();
+    let mut cluster = RedisCluster::start(&bin, 3, 1).await;
+    let upstream = start_upstream().await;
+    let a = start_gate(&pubsub_config("ea", &cluster), upstream.addr).await;
+    let b = start_gate(&pubsub_config("eb", &cluster), upstream.addr).await;
+    wait_pubsub_ready(&[a.addr, b.addr]).await;
+    let mut sub = Client::open(b.addr, "/live").await;
+    let reply = sub.call("subscribe", json!({"channel":"chat:f"})).await;
+    let old_epoch = reply["subscribe"]["epoch"].as_str().expect("an epoch").to_owned();
+    let mut publisher = Client::open(a.addr, "/live").await;
+    let mut named: HashMap<(String, u64), serde_json::Value> = HashMap::new();
+    let mut publish = |reply: serde_json::Value, data: serde_json::Value| {
+        let key = (
+            reply["publish"]["epoch"].as_str().unwrap_or_default().to_owned(),
+            reply["publish"]["offset"].as_u64().unwrap_or(0),
+        );
+        if let Some(before) = named.insert(key.clone(), data.clone()) {
+            assert_eq!(before, data, "{key:?} names two publications");
+        }
+        key
+    };
+    for i in 1..=5u64 {
+        let data = json!({"n": i});
+        let r = publisher.call("publish", json!({"channel":"chat:f","data":data})).await;
+        assert_eq!(publish(r, data), (old_epoch.clone(), i));
+    }
+    // Cut the replica off once it holds offset 5, publish three it will not have, kill the
+    // primary at once.
+    let owner = cluster.owner("wsgate:ps:{chat:f}:meta").await;
+    let replica = cluster.replica_of(owner).await;
+    cluster.wait_replicated(replica, "wsgate:ps:{chat:f}:meta", "offset", "5").await;
+    // A wrong `masterauth` keeps the replica from coming back once its link is cut.
+    let mut replica_conn = common::redis::node_conn(replica).await;
+    let _: () =
+        ::redis::cmd("CONFIG").arg("SET").arg("masterauth").arg("x").query_async(&mut replica_conn).await.unwrap();
+    let _: ::redis::Value = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut common::redis::node_conn(owner).await)
+        .await
+        .unwrap();
+    for i in 6..=8u64 {
+        let data = json!({"n": i});
+        let r = publisher.call("publish", json!({"channel":"chat:f","data":data})).await;
+        assert_eq!(publish(r, data), (old_epoch.clone(), i));
+    }
+    let replicated = cluster.field(replica, "wsgate:ps:{chat:f}:meta", "offset").await;
+    assert_eq!(replicated.as_deref(), Some("5"), "the replica must lack offsets 6..=8 (it reconnected too soon)");
+    cluster.kill(owner);
+    let failover = wait_failover(&cluster, "wsgate:ps:{chat:f}:meta", owner).await;
+
+    // Publishing resumes (refused with code 100 until the nodes are back), under a new epoch.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_epoch = loop {
+        let data = json!({"n": "after"});
+        let r = publisher.call("publish", json!({"channel":"chat:f","data":data})).await;
+        if r.get("publish").is_some() {
+            let (epoch, offset) = publish(r, data);
+            assert_ne!(epoch, old_epoch, "the promoted replica lacks offsets 6..=8: a new epoch");
+            assert_eq!(offset, 1);
+            break epoch;
+        }
+        assert_eq!(common::pubsub::error_code(&r), 100, "{r}");
+        assert!(Instant::now() < deadline, "publishing never resumed: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The subscriber got 1..=8 of the old epoch, then is told to recover.
+    let mut seen = Vec::new();
+    let told = loop {
+        let push = tokio::time::timeout(Duration::from_secs(20), sub.push()).await.expect("told within 20 s");
+        if let Some(offset) = push["pub"]["offset"].as_u64() {
+            seen.push(offset);
+            continue;
+        }
+        break push;
+    };
+    assert_eq!(seen, (1..=8).collect::<Vec<_>>());
+    assert_eq!(told["channel"], "chat:f", "{told}");
+    assert_eq!(told["unsubscribe"]["code"], 112, "{told}");
+    let reply = sub.call("subscribe", json!({"channel":"chat:f","recover":true,"offset":8,"epoch":old_epoch})).await;
+    assert_eq!(reply["subscribe"]["recovered"], false, "{reply}");
+    assert_eq!(reply["subscribe"]["epoch"], new_epoch.as_str(), "{reply}");
+    eprintln!("failover with lost publications: promoted after {failover:?}; new epoch, subscriber told (112)");
+    a.server.shutdown().await;
+    b.server.shutdown().await;
 }

@@ -265,6 +265,36 @@ impl RedisCluster {
         }
     }
 
+    /// The port of a replica of the primary on `primary`.
+    pub async fn replica_of(&self, primary: u16) -> u16 {
+        for node in self.nodes.iter().filter(|n| n.is_running() && n.port != primary) {
+            let role: redis::Value = redis::cmd("ROLE").query_async(&mut node_conn(node.port).await).await.unwrap();
+            if let redis::Value::Array(items) = role {
+                let is_replica = matches!(items.first(), Some(redis::Value::BulkString(b)) if b == b"slave");
+                if is_replica && matches!(items.get(2), Some(redis::Value::Int(p)) if *p == i64::from(primary)) {
+                    return node.port;
+                }
+            }
+        }
+        panic!("no replica of {primary}")
+    }
+
+    /// `HGET key field` on the node on `port` (a replica too: `READONLY` first).
+    pub async fn field(&self, port: u16, key: &str, field: &str) -> Option<String> {
+        let mut conn = node_conn(port).await;
+        let _: () = redis::cmd("READONLY").query_async(&mut conn).await.unwrap();
+        redis::cmd("HGET").arg(key).arg(field).query_async(&mut conn).await.unwrap()
+    }
+
+    /// Waits until `HGET key field` on `port` answers `want`.
+    pub async fn wait_replicated(&self, port: u16, key: &str, field: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.field(port, key, field).await.as_deref() != Some(want) {
+            assert!(Instant::now() < deadline, "{key} {field} never reached {want} on {port}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILLs the node on `port`.
     pub fn kill(&mut self, port: u16) {
         self.nodes.iter_mut().find(|n| n.port == port).expect("a node on that port").kill();

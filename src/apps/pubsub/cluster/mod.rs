@@ -3,8 +3,10 @@
 //! reports the same offset for the same publication and a client recovers on any node.
 //!
 //! Storage, per channel `c` (the `{c}` hash tag keeps one channel's keys on one shard):
-//! - `wsgate:ps:{c}:meta`, a hash: `epoch` (random, set when the hash is created) and
-//!   `offset` (the last one given). It expires [`META_TTL`] (or `history_ttl`, if longer) after
+//! - `wsgate:ps:{c}:meta`, a hash: `epoch` (random, set when the hash is created),
+//!   `offset` (the last one given) and `replid` (the Redis replication id it was written
+//!   under: a failover or a restart changes it, and may have lost the newest publications,
+//!   so a position written under another one starts a new epoch). It expires [`META_TTL`] (or `history_ttl`, if longer) after
 //!   the last publish or subscribe; a new hash is a new epoch.
 //! - `wsgate:ps:{c}:hist`, a list of `"<offset> <unix ms> <body>"`, newest last, trimmed to the
 //!   namespace's `history` and pruned by `history_ttl`. A list with a counter, not a stream:

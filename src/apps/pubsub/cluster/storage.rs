@@ -5,15 +5,26 @@ use crate::pubsub::broker::redis::Commands;
 use serde_json::{json, Value};
 
 /// The start of both scripts: the channel's epoch, created with `ARGV[1]` (and an emptied
-/// history) when the position hash is absent — a new hash is a new epoch.
+/// history) when the position hash is absent — a new hash is a new epoch — or when it was
+/// written under another replication history than this server's. Redis replicates
+/// asynchronously: a replica promoted by a failover (Sentinel or Cluster), or a server
+/// restarted from an older snapshot, may lack the last publications, and would hand their
+/// offsets out again with other data. Its `master_replid` differs from the one stored with
+/// the position (a promotion starts a new replication id; a replica reports its primary's),
+/// so such a position starts a new epoch and clients learn `recovered:false` instead of a
+/// silent gap.
 macro_rules! epoch_prologue {
     () => {
         r"
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and redis.call('HGET', KEYS[1], 'replid') ~= replid then
+  epoch = false
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'replid', replid)
 end
 "
     };
