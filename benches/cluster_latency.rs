@@ -12,17 +12,19 @@
 //! - `cross_node`: the clients on nodes b and c (hub → Redis PUBLISH → node → queue → socket).
 //!
 //! Run: `cargo bench --bench cluster_latency` (env `SUBS`, `MESSAGES`, `RATE`, `PAYLOAD` to
-//! change the defaults 50, 2000, 500, 64). Prints one JSON object. Needs redis-server.
+//! change the defaults 50, 2000, 500, 64; `REDIS=cluster` for a 3-shard Redis Cluster, made
+//! with `redis-cli --cluster create`, instead of one server: relays use sharded pub/sub).
+//! Prints one JSON object. Needs redis-server.
 //! Everything shares this machine's cores, so absolute numbers include that contention.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::redis::{Redis, RedisCluster};
 use common::{basic_config, start_gate, start_upstream, WsClient};
 use wsgate::apps::Message;
 use wsgate::ws::codec::Incoming;
@@ -71,21 +73,23 @@ async fn run() {
         eprintln!("cluster_latency: redis-server not installed; skipped");
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = Command::new(bin)
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server starts");
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
+    let bin = std::path::Path::new(bin);
+    let cluster_mode = std::env::var("REDIS").is_ok_and(|v| v == "cluster");
+    // One server, or a 3-shard cluster; either is killed on drop.
+    let (server, cluster, broker) = if cluster_mode {
+        let cluster = RedisCluster::start(bin, 3, 0).await;
+        let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("{s:?}")).collect();
+        (None, Some(cluster), format!("cluster = [{}]", seeds.join(", ")))
+    } else {
+        let server = Redis::start(bin, &[]).await;
+        let url = format!("url = \"{}\"", server.url());
+        (Some(server), None, url)
+    };
     let upstream = start_upstream().await;
     let mut gates = Vec::new();
     for node in ["ba", "bb", "bc"] {
         let config = basic_config(&format!(
-            "\n[limits]\nshutdown_timeout = \"1s\"\n\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\nurl = \"redis://127.0.0.1:{port}\"\n"
+            "\n[limits]\nshutdown_timeout = \"1s\"\n\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\n{broker}\n"
         ));
         gates.push(start_gate(&config, upstream.addr).await);
     }
@@ -132,15 +136,10 @@ async fn run() {
         }
     }
     // Every node subscribed in Redis before the first message.
-    let redis_client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-    let mut conn = redis_client.get_multiplexed_async_connection().await.unwrap();
-    loop {
-        let n: Vec<(String, i64)> =
-            redis::cmd("PUBSUB").arg("NUMSUB").arg("wsgate:sub:bench").query_async(&mut conn).await.unwrap();
-        if n[0].1 == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    match (&server, &cluster) {
+        (Some(server), _) => server.wait_numsub("wsgate:sub:bench", 3).await,
+        (_, Some(cluster)) => cluster.wait_shard_subscribers("wsgate:sub:bench", 3).await,
+        _ => unreachable!("one of the two is running"),
     }
 
     let hub = Arc::clone(gates[0].server.hub());
@@ -172,7 +171,8 @@ async fn run() {
     }
     let errors: u64 = gates.iter().filter_map(|g| g.server.hub().broker().map(|b| b.errors())).sum();
     println!(
-        "{{\"bench\":\"cluster_latency\",\"nodes\":3,\"subscribers_per_node\":{subs},\"messages\":{messages},\"rate_per_s\":{rate},\"payload_bytes\":{payload},\"send_seconds\":{send_secs:.2},\"broker_errors\":{errors},\"single_node\":{},\"cluster_local\":{},\"cross_node\":{}}}",
+        "{{\"bench\":\"cluster_latency\",\"redis\":\"{}\",\"nodes\":3,\"subscribers_per_node\":{subs},\"messages\":{messages},\"rate_per_s\":{rate},\"payload_bytes\":{payload},\"send_seconds\":{send_secs:.2},\"broker_errors\":{errors},\"single_node\":{},\"cluster_local\":{},\"cross_node\":{}}}",
+        if cluster_mode { "cluster" } else { "server" },
         summary(alone, messages * subs),
         summary(local, messages * subs),
         summary(cross, messages * subs * 2)
@@ -180,6 +180,5 @@ async fn run() {
     for gate in gates {
         gate.server.shutdown().await;
     }
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop((server, cluster));
 }
