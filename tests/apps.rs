@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use wsgate::ws::codec::Incoming as WsIncoming;
 
 const CHAT: &str = r#"
 [apps.chat]
@@ -15,29 +14,6 @@ kind = "chat"
 urls = ["/chat/a", "/chat/b"]
 history = 3
 "#;
-
-impl WsClient {
-    /// The next text message, parsed as JSON.
-    async fn json(&mut self) -> Value {
-        loop {
-            match self.next().await {
-                Some(WsIncoming::Text(t)) => return serde_json::from_slice(&t).expect("server sends JSON"),
-                Some(WsIncoming::Ping(_) | WsIncoming::Pong(_)) => continue,
-                other => panic!("expected a text message, got {other:?}"),
-            }
-        }
-    }
-
-    async fn send_json(&mut self, v: Value) {
-        self.send_text(&v.to_string()).await
-    }
-
-    /// Nothing arrives within `wait`.
-    async fn silent(&mut self, wait: Duration) {
-        let got = tokio::time::timeout(wait, self.next()).await;
-        assert!(got.is_err(), "expected silence, got {got:?}");
-    }
-}
 
 /// Connects to a chat room and consumes the history up to `history_end`.
 async fn chat_join(addr: SocketAddr, path: &str) -> (WsClient, Vec<Value>) {

@@ -884,3 +884,61 @@ async fn chat_member_list_spans_nodes() {
         gate.server.shutdown().await;
     }
 }
+
+/// Issue 22, log-view across nodes: each node tails its own machine's files, so its lines go
+/// to its own viewers only — never relayed, never mixed into another node's view of a file
+/// with the same name (nodes tail only while they have viewers, and a relayed line would
+/// carry no sign of whose machine it came from). Two nodes on one Redis, the same app and file
+/// name, a viewer on each: each viewer gets exactly its node's lines, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logview_lines_stay_on_the_node_whose_file_they_are() {
+    use std::io::Write;
+    const LINES: usize = 50;
+    let bin = require_redis!();
+    let redis = Redis::start(&bin, &[]).await;
+    let upstream = start_upstream().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut gates = Vec::new();
+    for (node, dir) in ["la", "lb"].iter().zip(&dirs) {
+        let file = dir.path().join("app.log");
+        std::fs::write(&file, "").unwrap();
+        let config = basic_config(&format!(
+            "\n[apps.lv]\nkind = \"log-view\"\nurls = [\"/logs\"]\nfiles = [{:?}]\nrefresh = \"50ms\"\n\n[limits]\nshutdown_timeout = \"1s\"\n\n[broker]\nkind = \"redis\"\nnode = \"{node}\"\nurl = \"{}\"\n",
+            file.display().to_string(),
+            redis.url()
+        ));
+        gates.push(start_gate(&config, upstream.addr).await);
+    }
+    wait_connected(&gates, true).await;
+    let mut viewers = Vec::new();
+    for gate in &gates {
+        let mut ws = WsClient::connect(gate.addr, "/logs").await;
+        assert_eq!(ws.json().await["type"], "files");
+        ws.send_json(serde_json::json!({"type":"subscribe","file":"app.log"})).await;
+        let backlog = ws.json().await;
+        assert_eq!(backlog["backlog"], true, "{backlog}");
+        viewers.push(ws);
+    }
+    // Both nodes have a viewer of logview:lv:0, so both listen to it in Redis.
+    redis.wait_numsub("wsgate:sub:logview:lv:0", 2).await;
+    for i in 0..LINES {
+        for (node, dir) in ["la", "lb"].iter().zip(&dirs) {
+            let mut file = std::fs::OpenOptions::new().append(true).open(dir.path().join("app.log")).unwrap();
+            writeln!(file, "{node} {i}").unwrap();
+        }
+    }
+    for (node, ws) in ["la", "lb"].iter().zip(viewers.iter_mut()) {
+        let mut lines = Vec::new();
+        while lines.len() < LINES {
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.json()).await.expect("lines within 10 s");
+            assert_eq!(m["type"], "lines", "{m}");
+            lines.extend(m["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_owned()));
+        }
+        let want: Vec<String> = (0..LINES).map(|i| format!("{node} {i}")).collect();
+        assert_eq!(lines, want, "viewer on {node}: its own file's lines, in order, and no other node's");
+        expect_silence(ws, Duration::from_millis(300)).await;
+    }
+    for gate in gates {
+        gate.server.shutdown().await;
+    }
+}

@@ -445,13 +445,19 @@ impl Hub {
     /// (queued, never awaited); the returned counts are this node's, and
     /// [`Delivery::relayed`] says whether the relay took it.
     pub fn multicast(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Delivery {
+        let mut delivery = self.multicast_local(name, message, exclude);
+        delivery.relayed = self.relay(name, message, exclude);
+        delivery
+    }
+
+    /// Like [`Hub::multicast`], on this node only, never relayed: for what only this node's
+    /// members may see (log-view's lines of this machine's files).
+    pub fn multicast_local(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Delivery {
         let shared = match message {
             Message::Text(text) => SharedMessage::new(OpCode::Text, text),
             Message::Binary(data) => SharedMessage::new(OpCode::Binary, data),
         };
-        let mut delivery = self.multicast_shared(name, &Arc::new(shared), exclude);
-        delivery.relayed = self.relay(name, message, exclude);
-        delivery
+        self.multicast_shared(name, &Arc::new(shared), exclude)
     }
 
     /// Like [`Hub::multicast`] with an already-encoded frame (shared, never copied), on this

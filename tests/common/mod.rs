@@ -233,6 +233,27 @@ impl WsClient {
             }
         }
     }
+
+    /// The next text message, parsed as JSON (pings and pongs skipped).
+    pub async fn json(&mut self) -> serde_json::Value {
+        loop {
+            match self.next().await {
+                Some(WsIncoming::Text(t)) => return serde_json::from_slice(&t).expect("server sends JSON"),
+                Some(WsIncoming::Ping(_) | WsIncoming::Pong(_)) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn send_json(&mut self, v: serde_json::Value) {
+        self.send_text(&v.to_string()).await
+    }
+
+    /// Nothing arrives within `wait`.
+    pub async fn silent(&mut self, wait: Duration) {
+        let got = tokio::time::timeout(wait, self.next()).await;
+        assert!(got.is_err(), "expected silence, got {got:?}");
+    }
 }
 
 /// A hyper HTTP/1.1 client connection to `addr` (one connection, for keep-alive checks).

@@ -510,6 +510,9 @@ fn add_viewer(
     }
 }
 
+/// Hands `event` to this node's viewers. Node-local on purpose (`multicast_local`): the file
+/// is this machine's, and another node's viewers of a file with the same name would get its
+/// lines mixed into their own with no sign of where they came from.
 fn publish(config: &TailConfig, hub: &Hub, backlog: &mut VecDeque<String>, event: Event) {
     match event {
         Event::Lines(lines) => {
@@ -541,14 +544,14 @@ fn publish(config: &TailConfig, hub: &Hub, backlog: &mut VecDeque<String>, event
         }
         other => {
             let text = event_json(&config.name, &other);
-            hub.multicast(&config.subscription, &Message::Text(Bytes::from(text)), &[]);
+            hub.multicast_local(&config.subscription, &Message::Text(Bytes::from(text)), &[]);
         }
     }
 }
 
 fn send_lines(config: &TailConfig, hub: &Hub, lines: &[&str]) {
     let text = json!({"type": "lines", "file": config.name, "lines": lines}).to_string();
-    hub.multicast(&config.subscription, &Message::Text(Bytes::from(text)), &[]);
+    hub.multicast_local(&config.subscription, &Message::Text(Bytes::from(text)), &[]);
 }
 
 fn event_json(name: &str, event: &Event) -> String {
