@@ -26,26 +26,9 @@ fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The pubsub app (history 1000, no presence) with `broker` (a `[broker]` table or nothing).
 fn app(broker: &str) -> String {
-    format!(
-        r#"
-[limits]
-shutdown_timeout = "1s"
-{broker}
-[apps.live]
-kind = "pubsub"
-urls = ["/live"]
-
-[[apps.live.namespaces]]
-pattern = "chat:*"
-subscribe = "any"
-publish = "any"
-history = 1000
-
-[admin]
-addr = "127.0.0.1:0"
-"#
-    )
+    common::pubsub::live_app(broker, 1000, false)
 }
 
 fn main() {

@@ -15,38 +15,14 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::pubsub::{admin, check_exact_recovery, error_code, Client};
+use common::pubsub::{admin, check_exact_recovery, error_code, live_app, wait_ready, Client};
 use common::redis::Redis;
 use common::*;
 use serde_json::{json, Value};
 
 /// A pubsub app at /live on node `node`, channels in the Redis at `url`.
 fn node_config(node: &str, url: &str, history: usize) -> String {
-    format!(
-        r#"
-[limits]
-shutdown_timeout = "1s"
-
-[broker]
-kind = "redis"
-node = "{node}"
-url = "{url}"
-
-[apps.live]
-kind = "pubsub"
-urls = ["/live"]
-
-[[apps.live.namespaces]]
-pattern = "chat:*"
-subscribe = "any"
-publish = "any"
-history = {history}
-presence = true
-
-[admin]
-addr = "127.0.0.1:0"
-"#
-    )
+    live_app(&format!("[broker]\nkind = \"redis\"\nnode = \"{node}\"\nurl = \"{url}\"\n"), history, true)
 }
 
 async fn start_nodes(url: &str, history: usize, upstream: SocketAddr) -> Vec<Gate> {
@@ -55,22 +31,6 @@ async fn start_nodes(url: &str, history: usize, upstream: SocketAddr) -> Vec<Gat
         gates.push(start_gate(&basic_config(&node_config(node, url, history)), upstream).await);
     }
     gates
-}
-
-/// Waits until a subscribe on every node answers (each node's channel store is connected).
-async fn wait_ready(addrs: &[SocketAddr]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for addr in addrs {
-        loop {
-            let mut c = Client::open(*addr, "/live").await;
-            let reply = c.call("subscribe", json!({"channel":"chat:ready"})).await;
-            if reply.get("subscribe").is_some() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "node {addr} never reached Redis: {reply}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,17 +8,15 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::redis::{free_port, Redis};
-use common::{basic_config, start_gate, start_upstream, Gate, WsClient};
+use common::redis::{free_port, numbered_messages, steady_publisher, undelivered, Redis};
+use common::{basic_config, open_echo, start_gate, start_upstream, Gate, WsClient};
 use wsgate::apps::Message;
 use wsgate::pubsub::broker::redis::RedisSettings;
 use wsgate::pubsub::broker::{control, Control};
-use wsgate::pubsub::ChannelId;
 use wsgate::ws::codec::Incoming;
 
 const ROOM: &str = "room";
@@ -42,22 +40,6 @@ async fn wait_connected(gates: &[Gate], want: bool) {
     while !gates.iter().all(|g| g.server.hub().broker().unwrap().is_connected() == want) {
         assert!(Instant::now() < deadline, "brokers did not become connected={want} in time");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Opens a WebSocket to `gate` and returns it with the channel id the node gave it.
-async fn open(gate: &Gate) -> (WsClient, ChannelId) {
-    let before: HashSet<ChannelId> = gate.server.hub().channel_summaries().into_iter().map(|c| c.id).collect();
-    let client = WsClient::connect(gate.addr, "/websocket/echo").await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let new: Vec<ChannelId> =
-            gate.server.hub().channel_summaries().into_iter().map(|c| c.id).filter(|id| !before.contains(id)).collect();
-        if let [id] = new.as_slice() {
-            return (client, id.clone());
-        }
-        assert!(Instant::now() < deadline, "channel not registered");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -93,7 +75,7 @@ async fn cross_node_multicast_exclude_send_and_all() {
     let mut clients = Vec::new();
     for gate in &gates {
         for _ in 0..2 {
-            clients.push(open(gate).await);
+            clients.push(open_echo(gate).await);
         }
     }
     assert!(clients[2].1.as_str().starts_with("nb-"), "{}", clients[2].1);
@@ -184,8 +166,8 @@ async fn membership_churn_never_loses_the_redis_subscription() {
     let upstream = start_upstream().await;
     let gates = start_nodes(&redis.url(), upstream.addr).await;
     wait_connected(&gates, true).await;
-    let (mut a, a_id) = open(&gates[0]).await;
-    let (_b, b_id) = open(&gates[1]).await;
+    let (mut a, a_id) = open_echo(&gates[0]).await;
+    let (_b, b_id) = open_echo(&gates[1]).await;
     let hub = gates[1].server.hub();
     // Rapid first-member/last-member flips on node b; it must end subscribed, exactly once.
     for _ in 0..200 {
@@ -220,7 +202,7 @@ async fn redis_outage_local_delivery_continues_gap_counted_delivery_resumes() {
     wait_connected(&gates, true).await;
     let mut clients = Vec::new();
     for gate in &gates {
-        let (client, id) = open(gate).await;
+        let (client, id) = open_echo(gate).await;
         gate.server.hub().subscribe(&id, ROOM).unwrap();
         clients.push(client);
     }
@@ -329,8 +311,8 @@ async fn tls_and_password_file() {
     ];
     let wrong = start_gate(&broker("tw", "wrong"), upstream.addr).await;
     wait_connected(&gates, true).await;
-    let (mut client_a, a_id) = open(&gates[0]).await;
-    let (_client_b, b_id) = open(&gates[1]).await;
+    let (mut client_a, a_id) = open_echo(&gates[0]).await;
+    let (_client_b, b_id) = open_echo(&gates[1]).await;
     gates[0].server.hub().subscribe(&a_id, "secure").unwrap();
     gates[1].server.hub().subscribe(&b_id, "secure").unwrap();
     redis.wait_numsub("wsgate:sub:secure", 2).await;
@@ -378,7 +360,7 @@ async fn control_api_acts_cluster_wide_and_readyz_follows_the_broker() {
     }
     wait_connected(&gates, true).await;
     let admin_a = gates[0].server.admin_addr().unwrap();
-    let (mut client_b, id_b) = open(&gates[1]).await;
+    let (mut client_b, id_b) = open_echo(&gates[1]).await;
 
     // Node a's control API subscribes a channel that lives on node b, then publishes to it.
     let (status, body) = admin_request(admin_a, "PUT", &format!("/v1/channels/{id_b}/subscriptions/{ROOM}"), "").await;
@@ -653,28 +635,14 @@ async fn sentinel_failover_nodes_follow_the_new_primary_nothing_lost_silently() 
         gates.push(start_gate(&node_config(node, &broker), upstream.addr).await);
     }
     wait_connected(&gates, true).await;
-    let (mut client_b, id_b) = open(&gates[1]).await;
+    let (mut client_b, id_b) = open_echo(&gates[1]).await;
     gates[1].server.hub().subscribe(&id_b, ROOM).unwrap();
     primary.wait_numsub("wsgate:sub:room", 1).await;
     gates[0].server.hub().multicast(ROOM, &text("before"), &[]);
     expect_text(&mut client_b, "before").await;
 
     // Publish every 10 ms from node a while the primary dies and the replica takes over.
-    let hub_a = gates[0].server.hub().clone();
-    let publisher = tokio::spawn(async move {
-        let mut sent = 0u64;
-        let mut not_relayed = 0u64;
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(25) {
-            let delivery = hub_a.multicast(ROOM, &text(&format!("m {sent}")), &[]);
-            if delivery.relayed == Some(false) {
-                not_relayed += 1;
-            }
-            sent += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        (sent, not_relayed)
-    });
+    let publisher = steady_publisher(gates[0].server.hub().clone(), ROOM, Duration::from_secs(25));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let killed = Instant::now();
     primary.kill();
@@ -690,38 +658,20 @@ async fn sentinel_failover_nodes_follow_the_new_primary_nothing_lost_silently() 
     let followed = killed.elapsed();
 
     // Read what node b got until the publisher stops; each message once, in order.
-    let mut received = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(3), client_b.next()).await {
-            Ok(Some(Incoming::Text(t))) => {
-                let n: u64 = std::str::from_utf8(&t).unwrap().trim_start_matches("m ").parse().unwrap();
-                received.push(n);
-            }
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) if publisher.is_finished() => break,
-            Err(_) => {}
-        }
-    }
+    let received = numbered_messages(&mut client_b, &publisher).await;
     let (sent, not_relayed) = publisher.await.unwrap();
-    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates");
-    let undelivered = gates[0].server.hub().broker().unwrap().errors();
+    let counted = undelivered(&gates[0]);
     let lost = sent - received.len() as u64;
     eprintln!(
         "sentinel failover: replica promoted {promoted:?} after the kill, nodes on it {followed:?} after; \
-         sent {sent}, received {}, lost {lost}, of which refused at publish {not_relayed}; node a broker errors {undelivered}",
+         sent {sent}, received {}, lost {lost}, of which refused at publish {not_relayed}; counted undelivered {counted}",
         received.len()
     );
     assert!(received.last() == Some(&(sent - 1)), "delivery resumed on the new primary");
-    let undelivered_a = gates[0].server.metrics().render();
-    let counted: f64 = undelivered_a
-        .lines()
-        .find_map(|l| l.strip_prefix("wsgate_broker_undelivered_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
     // Every message node b did not get was counted on node a as not relayed (refused while
     // disconnected, or in a PUBLISH pipeline that failed), except what Redis had taken
     // before it died and could no longer hand to node b: at most one pipeline in flight.
-    assert!(counted as u64 + 256 >= lost, "lost {lost} but counted only {counted} as undelivered");
+    assert!(counted + 256 >= lost, "lost {lost} but counted only {counted} as undelivered");
     drop(client_b);
     for gate in gates {
         gate.server.shutdown().await;

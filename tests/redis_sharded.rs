@@ -18,12 +18,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::pubsub::{admin, check_exact_recovery, Client};
-use common::redis::RedisCluster;
+use common::pubsub::{admin, check_exact_recovery, live_app, wait_ready, Client};
+use common::redis::{numbered_messages, steady_publisher, undelivered, RedisCluster};
 use common::*;
 use serde_json::json;
 use wsgate::apps::Message;
-use wsgate::pubsub::ChannelId;
 use wsgate::ws::codec::Incoming;
 
 /// `[broker]` lines for the cluster.
@@ -68,22 +67,6 @@ async fn chat_open(addr: SocketAddr, url: &str) -> WsClient {
     let mut client = WsClient::connect(addr, url).await;
     while chat_next(&mut client).await["type"] != "history_end" {}
     client
-}
-
-/// Opens an echo WebSocket on `gate` and returns it with its channel id.
-async fn open_echo(gate: &Gate) -> (WsClient, ChannelId) {
-    let before: Vec<ChannelId> = gate.server.hub().channel_summaries().into_iter().map(|c| c.id).collect();
-    let client = WsClient::connect(gate.addr, "/websocket/echo").await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let new: Vec<ChannelId> =
-            gate.server.hub().channel_summaries().into_iter().map(|c| c.id).filter(|id| !before.contains(id)).collect();
-        if let [id] = new.as_slice() {
-            return (client, id.clone());
-        }
-        assert!(Instant::now() < deadline, "channel not registered");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn expect_text(client: &mut WsClient, want: &str) {
@@ -181,43 +164,7 @@ async fn hub_and_chat_rooms_span_nodes_over_sharded_pubsub() {
 
 /// A pubsub app at /live (history 1000, presence) on node `node` of the cluster.
 fn pubsub_config(node: &str, cluster: &RedisCluster) -> String {
-    basic_config(&format!(
-        r#"
-[limits]
-shutdown_timeout = "1s"
-
-[apps.live]
-kind = "pubsub"
-urls = ["/live"]
-
-[[apps.live.namespaces]]
-pattern = "chat:*"
-subscribe = "any"
-publish = "any"
-history = 1000
-presence = true
-
-[admin]
-addr = "127.0.0.1:0"
-
-{}"#,
-        broker(node, cluster)
-    ))
-}
-
-/// Waits until a subscribe on every node answers (each node's channel store is connected).
-async fn wait_pubsub_ready(addrs: &[SocketAddr]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for addr in addrs {
-        loop {
-            let mut c = Client::open(*addr, "/live").await;
-            if c.call("subscribe", json!({"channel":"chat:ready"})).await.get("subscribe").is_some() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "node {addr} never reached the cluster");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    basic_config(&live_app(&broker(node, cluster), 1000, true))
 }
 
 /// The pubsub app over a Redis Cluster (a channel's keys and its shard channel share the
@@ -233,7 +180,7 @@ async fn pubsub_app_recovery_is_exact_across_nodes_over_a_redis_cluster() {
         gates.push(start_gate(&pubsub_config(node, &cluster), upstream.addr).await);
     }
     let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
-    wait_pubsub_ready(&addrs).await;
+    wait_ready(&addrs).await;
     let api = gates[1].server.admin_addr().unwrap();
     check_exact_recovery(&addrs, addrs[0], api, 100, 3).await;
     assert_eq!(cluster.classic_subscribers("wsgate:ps:{chat:p}").await, 0, "sharded, not classic, pub/sub");
@@ -281,19 +228,7 @@ async fn a_killed_primary_is_followed_to_its_promoted_replica() {
     gates[0].server.hub().multicast("room", &text("before"), &[]);
     expect_text(&mut client_b, "before").await;
 
-    let hub_a = gates[0].server.hub().clone();
-    let publisher = tokio::spawn(async move {
-        let (mut sent, mut refused) = (0u64, 0u64);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(20) {
-            if hub_a.multicast("room", &text(&format!("m {sent}")), &[]).relayed == Some(false) {
-                refused += 1;
-            }
-            sent += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        (sent, refused)
-    });
+    let publisher = steady_publisher(gates[0].server.hub().clone(), "room", Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let owner = cluster.owner("wsgate:sub:room").await;
     let killed = Instant::now();
@@ -312,36 +247,17 @@ async fn a_killed_primary_is_followed_to_its_promoted_replica() {
     cluster.wait_shard_subscribers("wsgate:sub:room", 1).await;
     let followed = killed.elapsed();
 
-    let mut received = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(3), client_b.next()).await {
-            Ok(Some(Incoming::Text(t))) => {
-                let n: u64 = std::str::from_utf8(&t).unwrap().trim_start_matches("m ").parse().unwrap();
-                received.push(n);
-            }
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) if publisher.is_finished() => break,
-            Err(_) => {}
-        }
-    }
+    let received = numbered_messages(&mut client_b, &publisher).await;
     let (sent, refused) = publisher.await.unwrap();
-    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates");
     assert_eq!(received.last(), Some(&(sent - 1)), "delivery resumed on the promoted replica");
     let lost = sent - received.len() as u64;
-    let counted: f64 = gates[0]
-        .server
-        .metrics()
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix("wsgate_broker_undelivered_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    let counted = undelivered(&gates[0]);
     eprintln!(
         "cluster failover: replica promoted {promoted:?} after the kill, nodes subscribed on it {followed:?} after; \
          sent {sent}, received {}, lost {lost}, refused at publish {refused}, counted undelivered {counted}",
         received.len()
     );
-    assert!(counted as u64 + 256 >= lost, "lost {lost} but counted only {counted} as undelivered");
+    assert!(counted + 256 >= lost, "lost {lost} but counted only {counted} as undelivered");
     drop(client_b);
     for gate in gates {
         gate.server.shutdown().await;
@@ -373,7 +289,7 @@ async fn a_failover_that_lost_publications_starts_a_new_epoch() {
     let upstream = start_upstream().await;
     let a = start_gate(&pubsub_config("ea", &cluster), upstream.addr).await;
     let b = start_gate(&pubsub_config("eb", &cluster), upstream.addr).await;
-    wait_pubsub_ready(&[a.addr, b.addr]).await;
+    wait_ready(&[a.addr, b.addr]).await;
     let mut sub = Client::open(b.addr, "/live").await;
     let reply = sub.call("subscribe", json!({"channel":"chat:f"})).await;
     let old_epoch = reply["subscribe"]["epoch"].as_str().expect("an epoch").to_owned();

@@ -396,3 +396,21 @@ pub fn trusting_client_config() -> (Arc<rustls::ClientConfig>, Arc<RecordingVeri
         .with_no_client_auth();
     (Arc::new(config), verifier)
 }
+
+/// Opens a WebSocket to the echo app of `gate` and returns it with the channel id the node
+/// gave it (to subscribe it through the node's hub).
+pub async fn open_echo(gate: &Gate) -> (WsClient, wsgate::pubsub::ChannelId) {
+    use std::collections::HashSet;
+    let ids = || gate.server.hub().channel_summaries().into_iter().map(|c| c.id);
+    let before: HashSet<_> = ids().collect();
+    let client = WsClient::connect(gate.addr, "/websocket/echo").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let new: Vec<_> = ids().filter(|id| !before.contains(id)).collect();
+        if let [id] = new.as_slice() {
+            return (client, id.clone());
+        }
+        assert!(std::time::Instant::now() < deadline, "channel not registered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

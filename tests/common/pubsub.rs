@@ -203,3 +203,46 @@ pub async fn check_exact_recovery(
         }
     }
 }
+
+/// The `pubsub` app at /live as the tests run it: namespace `chat:*` (anyone subscribes and
+/// publishes, `history` publications kept, presence as given), the admin listener on a port of
+/// its own, and `broker` (a whole `[broker]` table, or nothing for one node).
+pub fn live_app(broker: &str, history: usize, presence: bool) -> String {
+    format!(
+        r#"
+[limits]
+shutdown_timeout = "1s"
+
+{broker}
+[apps.live]
+kind = "pubsub"
+urls = ["/live"]
+
+[[apps.live.namespaces]]
+pattern = "chat:*"
+subscribe = "any"
+publish = "any"
+history = {history}
+presence = {presence}
+
+[admin]
+addr = "127.0.0.1:0"
+"#
+    )
+}
+
+/// Waits until a subscribe on every node answers (each node's channel store reached Redis).
+pub async fn wait_ready(addrs: &[SocketAddr]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for addr in addrs {
+        loop {
+            let mut c = Client::open(*addr, "/live").await;
+            let reply = c.call("subscribe", json!({"channel":"chat:ready"})).await;
+            if reply.get("subscribe").is_some() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {addr} never reached Redis: {reply}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

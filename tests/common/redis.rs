@@ -300,3 +300,59 @@ impl RedisCluster {
         self.nodes.iter_mut().find(|n| n.port == port).expect("a node on that port").kill();
     }
 }
+
+/// A failover under load: node `hub` multicasts `m <n>` on `subscription` every 10 ms for
+/// `duration`. Ends with (sent, refused by the broker at publish).
+pub fn steady_publisher(
+    hub: std::sync::Arc<wsgate::pubsub::Hub>,
+    subscription: &'static str,
+    duration: Duration,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let (mut sent, mut refused) = (0u64, 0u64);
+        let started = Instant::now();
+        while started.elapsed() < duration {
+            let text = bytes::Bytes::from(format!("m {sent}"));
+            if hub.multicast(subscription, &wsgate::apps::Message::Text(text), &[]).relayed == Some(false) {
+                refused += 1;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (sent, refused)
+    })
+}
+
+/// The numbers of the `m <n>` messages `client` receives until `publisher` has finished and
+/// 3 s pass without one; checks they are in order without duplicates.
+pub async fn numbered_messages(
+    client: &mut super::WsClient,
+    publisher: &tokio::task::JoinHandle<(u64, u64)>,
+) -> Vec<u64> {
+    use wsgate::ws::codec::Incoming;
+    let mut received = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), client.next()).await {
+            Ok(Some(Incoming::Text(t))) => {
+                let n: u64 = std::str::from_utf8(&t).unwrap().trim_start_matches("m ").parse().unwrap();
+                received.push(n);
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) if publisher.is_finished() => break,
+            Err(_) => {}
+        }
+    }
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates");
+    received
+}
+
+/// A node's `wsgate_broker_undelivered_total`.
+pub fn undelivered(gate: &super::Gate) -> u64 {
+    gate.server
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("wsgate_broker_undelivered_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
