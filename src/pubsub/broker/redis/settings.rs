@@ -86,7 +86,7 @@ impl RedisSettings {
     }
 
     fn client_for(&self, url: &str, password: Option<&str>) -> Result<redis::Client, String> {
-        let mut info = url.into_connection_info().map_err(|e| format!("broker.url: {e}"))?;
+        let mut info = url.into_connection_info().map_err(|e| format!("broker.url: {e}"))?.set_tcp_settings(tcp());
         if let Some(password) = password {
             let redis = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(redis);
@@ -110,6 +110,7 @@ impl RedisSettings {
         let scheme = if cluster.tls { "rediss" } else { "redis" };
         let seeds: Vec<String> = cluster.seeds.iter().map(|s| format!("{scheme}://{s}")).collect();
         let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+            .tcp_settings(tcp())
             .connection_timeout(IO_TIMEOUT)
             .response_timeout(IO_TIMEOUT)
             // Enough to follow a MOVED after a failover; a node that stays lost is this
@@ -167,6 +168,12 @@ impl RedisSettings {
         }
         Err(format!("no sentinel named the primary: {}", why.join("; ")))
     }
+}
+
+/// TCP_NODELAY on every connection to Redis (the crate's default leaves Nagle on): a relay is
+/// one small write, and a second one while the first is unacknowledged would otherwise wait.
+fn tcp() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
 /// Where a cluster subscriber's pushes arrive.
