@@ -99,37 +99,79 @@ fn text(s: &str) -> Option<WsIncoming> {
     Some(WsIncoming::Text(Bytes::copy_from_slice(s.as_bytes())))
 }
 
-#[tokio::test]
-async fn multicast_with_exclude_send_unsubscribe_and_close_over_the_control_api() {
+/// A server with the control API, `n` echo clients and their channel ids, all subscribed to
+/// `room 1`.
+struct Room {
+    _upstream: upstream::Upstream,
+    gate: Gate,
+    admin: SocketAddr,
+    clients: Vec<WsClient>,
+    ids: Vec<String>,
+}
+
+async fn room(n: usize) -> Room {
     let up = start_upstream().await;
     let gate = start_gate(&admin_config(""), up.addr).await;
     let admin = gate.server.admin_addr().expect("admin listener bound");
-    let (mut c, ids) = connect_all(&gate, 3, None).await;
-
+    let (clients, ids) = connect_all(&gate, n, None).await;
     for id in &ids {
         let a = call(admin, "PUT", &format!("/v1/channels/{id}/subscriptions/room%201"), None, None, "").await;
         assert_eq!((a.status, a.json.clone()), (200, json!({"subscribed": true, "changed": true})), "{}", a.text);
     }
-    // Subscribing twice is idempotent (the seed delivered twice).
-    let a = call(admin, "PUT", &format!("/v1/channels/{}/subscriptions/room%201", ids[0]), None, None, "").await;
-    assert_eq!(a.json, json!({"subscribed": true, "changed": false}));
+    Room { _upstream: up, gate, admin, clients, ids }
+}
 
-    // multicast with exclude reaches exactly the other two
+impl Room {
+    async fn publish(&self, subscription: &str, body: &str) -> Value {
+        let a =
+            call(self.admin, "POST", &format!("/v1/subscriptions/{subscription}/publish"), None, None, body.to_owned())
+                .await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        a.json
+    }
+
+    async fn send(&self, to: usize, body: &str) -> Answer {
+        call(self.admin, "POST", &format!("/v1/channels/{}/send", self.ids[to]), None, None, body.to_owned()).await
+    }
+
+    async fn stop(self) {
+        drop(self.clients);
+        self.gate.server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn subscribing_twice_is_idempotent() {
+    let r = room(1).await;
+    let a = call(r.admin, "PUT", &format!("/v1/channels/{}/subscriptions/room%201", r.ids[0]), None, None, "").await;
+    assert_eq!(a.json, json!({"subscribed": true, "changed": false}));
+    // Delivered once (the seed delivered twice): the send right after is the next message.
+    assert_eq!(r.publish("room%201", "once").await, json!({"delivered": 1}));
+    r.send(0, "marker").await;
+    let mut r = r;
+    assert_eq!(r.clients[0].next().await, text("once"));
+    assert_eq!(r.clients[0].next().await, text("marker"));
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_multicast_with_exclude_reaches_exactly_the_others_text_and_binary() {
+    let mut r = room(3).await;
     let a = call(
-        admin,
+        r.admin,
         "POST",
-        &format!("/v1/subscriptions/room%201/publish?exclude={}", ids[0]),
+        &format!("/v1/subscriptions/room%201/publish?exclude={}", r.ids[0]),
         None,
         Some("text/plain"),
         "hello ✓",
     )
     .await;
     assert_eq!((a.status, a.json.clone()), (200, json!({"delivered": 2})), "{}", a.text);
-    assert_eq!(c[1].next().await, text("hello ✓"));
-    assert_eq!(c[2].next().await, text("hello ✓"));
-    // binary with application/octet-stream
+    assert_eq!(r.clients[1].next().await, text("hello ✓"));
+    assert_eq!(r.clients[2].next().await, text("hello ✓"));
+    // Binary with application/octet-stream keeps its kind.
     let a = call(
-        admin,
+        r.admin,
         "POST",
         "/v1/subscriptions/room%201/publish",
         None,
@@ -138,57 +180,71 @@ async fn multicast_with_exclude_send_unsubscribe_and_close_over_the_control_api(
     )
     .await;
     assert_eq!(a.json, json!({"delivered": 3}));
-    for client in c.iter_mut() {
+    for client in r.clients.iter_mut() {
         assert_eq!(client.next().await, Some(WsIncoming::Binary(Bytes::from_static(&[0, 255, 7]))));
     }
-    // send to one: the excluded client's first text is this one, so the text multicast above
-    // never reached it (its queue is first-in first-out).
-    let a = call(admin, "POST", &format!("/v1/channels/{}/send", ids[0]), None, None, "only you").await;
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_send_reaches_one_channel_only() {
+    let mut r = room(2).await;
+    let a = r.send(0, "only you").await;
     assert_eq!((a.status, a.json.clone()), (200, json!({"sent": true})), "{}", a.text);
-    assert_eq!(c[0].next().await, text("only you"));
+    assert_eq!(r.clients[0].next().await, text("only you"));
+    r.send(1, "marker").await;
+    assert_eq!(r.clients[1].next().await, text("marker"), "the other channel got nothing before the marker");
+    r.stop().await;
+}
 
-    // unsubscribe stops delivery
-    let a = call(admin, "DELETE", &format!("/v1/channels/{}/subscriptions/room%201", ids[2]), None, None, "").await;
+#[tokio::test]
+async fn unsubscribe_stops_delivery_and_the_listings_follow() {
+    let mut r = room(3).await;
+    let a = call(r.admin, "DELETE", &format!("/v1/channels/{}/subscriptions/room%201", r.ids[2]), None, None, "").await;
     assert_eq!(a.json, json!({"subscribed": false, "changed": true}));
-    let a = call(admin, "POST", "/v1/subscriptions/room%201/publish", None, None, "after unsubscribe").await;
-    assert_eq!(a.json, json!({"delivered": 2}));
-    assert_eq!(c[0].next().await, text("after unsubscribe"));
-    assert_eq!(c[1].next().await, text("after unsubscribe"));
-    call(admin, "POST", &format!("/v1/channels/{}/send", ids[2]), None, None, "marker").await;
-    assert_eq!(c[2].next().await, text("marker"), "the unsubscribed client got nothing before the marker");
+    assert_eq!(r.publish("room%201", "after unsubscribe").await, json!({"delivered": 2}));
+    assert_eq!(r.clients[0].next().await, text("after unsubscribe"));
+    assert_eq!(r.clients[1].next().await, text("after unsubscribe"));
+    r.send(2, "marker").await;
+    assert_eq!(r.clients[2].next().await, text("marker"), "the unsubscribed client got nothing before the marker");
 
-    let subs = get(admin, "/v1/subscriptions", None).await;
+    let subs = get(r.admin, "/v1/subscriptions", None).await;
     assert_eq!(
         subs.json,
         json!({"scope": "node", "subscriptions": [{"name": "all", "channels": 3}, {"name": "room 1", "channels": 2}]})
     );
-    let one = get(admin, &format!("/v1/channels/{}", ids[1]), None).await;
+    let one = get(r.admin, &format!("/v1/channels/{}", r.ids[1]), None).await;
     assert_eq!(one.json["subscriptions"], json!(["room 1"]));
     assert_eq!(one.json["app"], "echo");
     assert_eq!(one.json["url"], "/websocket/echo");
+    r.stop().await;
+}
 
-    // `all` reaches every WebSocket
-    let a = call(admin, "POST", "/v1/subscriptions/all/publish", None, None, "everyone").await;
-    assert_eq!(a.json, json!({"delivered": 3}));
-    for client in c.iter_mut() {
+#[tokio::test]
+async fn all_reaches_every_websocket() {
+    let mut r = room(3).await;
+    assert_eq!(r.publish("all", "everyone").await, json!({"delivered": 3}));
+    for client in r.clients.iter_mut() {
         assert_eq!(client.next().await, text("everyone"));
     }
+    r.stop().await;
+}
 
-    // closing a channel: the client gets our code and reason, and the channel leaves every
-    // subscription at once
-    let a = call(admin, "DELETE", &format!("/v1/channels/{}?code=4001&reason=see+you", ids[0]), None, None, "").await;
+#[tokio::test]
+async fn closing_a_channel_sends_our_code_and_leaves_every_subscription() {
+    let mut r = room(2).await;
+    let a =
+        call(r.admin, "DELETE", &format!("/v1/channels/{}?code=4001&reason=see+you", r.ids[0]), None, None, "").await;
     assert_eq!((a.status, a.json.clone()), (202, json!({"closing": true})), "{}", a.text);
-    match c[0].next().await {
-        Some(WsIncoming::Close(Some(frame))) => {
-            assert_eq!((frame.code, frame.reason.as_str()), (4001, "see you"))
-        }
+    match r.clients[0].next().await {
+        Some(WsIncoming::Close(Some(frame))) => assert_eq!((frame.code, frame.reason.as_str()), (4001, "see you")),
         other => panic!("expected close 4001, got {other:?}"),
     }
-    c[0].send_frame(OpCode::Close, true, &4001u16.to_be_bytes()).await;
-    c[0].expect_eof().await;
+    r.clients[0].send_frame(OpCode::Close, true, &4001u16.to_be_bytes()).await;
+    r.clients[0].expect_eof().await;
     let mut left = Value::Null;
     for _ in 0..100 {
-        left = get(admin, "/v1/subscriptions", None).await.json;
+        left = get(r.admin, "/v1/subscriptions", None).await.json;
         if left["subscriptions"][1]["channels"] == 1 {
             break;
         }
@@ -196,25 +252,44 @@ async fn multicast_with_exclude_send_unsubscribe_and_close_over_the_control_api(
     }
     assert_eq!(
         left,
-        json!({"scope": "node", "subscriptions": [{"name": "all", "channels": 2}, {"name": "room 1", "channels": 1}]})
+        json!({"scope": "node", "subscriptions": [{"name": "all", "channels": 1}, {"name": "room 1", "channels": 1}]})
     );
-    let a = call(admin, "POST", "/v1/subscriptions/room%201/publish", None, None, "last").await;
-    assert_eq!(a.json, json!({"delivered": 1}));
-    assert_eq!(c[1].next().await, text("last"));
-    let a = call(admin, "POST", &format!("/v1/channels/{}/send", ids[0]), None, None, "gone").await;
-    assert_eq!(a.status, 404);
-
-    // the hub's metrics are on /metrics
-    let m = get(admin, "/metrics", None).await;
-    assert!(m.text.contains("wsgate_multicast_total 5"), "{}", m.text);
-    assert!(m.text.contains("wsgate_multicast_deliveries_total 11"), "{}", m.text);
-    assert!(m.text.contains("wsgate_subscriptions_active 1"), "{}", m.text);
-    drop(c);
-    gate.server.shutdown().await;
+    assert_eq!(r.publish("room%201", "last").await, json!({"delivered": 1}));
+    assert_eq!(r.clients[1].next().await, text("last"));
+    assert_eq!(r.send(0, "gone").await.status, 404);
+    r.stop().await;
 }
 
 #[tokio::test]
-async fn every_control_route_answers_clear_errors_and_requires_the_token() {
+async fn control_api_multicasts_are_counted_on_metrics() {
+    let mut r = room(3).await;
+    r.publish("room%201", "one").await;
+    r.publish("all", "two").await;
+    for client in r.clients.iter_mut() {
+        assert_eq!(client.next().await, text("one"));
+        assert_eq!(client.next().await, text("two"));
+    }
+    let m = get(r.admin, "/metrics", None).await;
+    assert!(m.text.contains("wsgate_multicast_total 2"), "{}", m.text);
+    assert!(m.text.contains("wsgate_multicast_deliveries_total 6"), "{}", m.text);
+    assert!(m.text.contains("wsgate_subscriptions_active 1"), "{}", m.text);
+    r.stop().await;
+}
+
+/// A server whose control API needs the token `s3cret-token` and whose messages are at most
+/// 1 KiB, with one echo client.
+struct Guarded {
+    _upstream: upstream::Upstream,
+    _dir: tempfile::TempDir,
+    gate: Gate,
+    admin: SocketAddr,
+    client: WsClient,
+    id: String,
+}
+
+const TOKEN: Option<&str> = Some("s3cret-token");
+
+async fn guarded() -> Guarded {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
@@ -223,35 +298,52 @@ async fn every_control_route_answers_clear_errors_and_requires_the_token() {
         admin_config(&format!("token_file = \"{}\"\n[websocket]\nmax_message_size = \"1KiB\"\n", token_file.display()));
     let gate = start_gate(&cfg, up.addr).await;
     let admin = gate.server.admin_addr().unwrap();
-    let t = Some("s3cret-token");
-    let (mut c, ids) = connect_all(&gate, 1, t).await;
-    let id = &ids[0];
+    let (mut clients, mut ids) = connect_all(&gate, 1, TOKEN).await;
+    Guarded { _upstream: up, _dir: dir, gate, admin, client: clients.remove(0), id: ids.remove(0) }
+}
 
-    // the token: missing or wrong is 401 on every /v1 route; metrics and health need none
+impl Guarded {
+    async fn stop(self) {
+        drop(self.client);
+        self.gate.server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_token_guards_every_v1_route_and_health_needs_none() {
+    let g = guarded().await;
+    let id = &g.id;
     for token in [None, Some("wrong"), Some("s3cret-token2"), Some("")] {
         for (method, path) in [
             ("GET", "/v1/channels".to_owned()),
             ("POST", "/v1/subscriptions/x/publish".into()),
             ("DELETE", format!("/v1/channels/{id}")),
         ] {
-            let a = call(admin, method, &path, token, None, "x").await;
+            let a = call(g.admin, method, &path, token, None, "x").await;
             assert_eq!(a.status, 401, "{method} {path} with {token:?}");
             assert_eq!(a.headers["www-authenticate"], "Bearer realm=\"wsgate\"");
             assert!(a.json["error"].is_string());
         }
     }
-    let m = get(admin, "/metrics", None).await;
+    let m = get(g.admin, "/metrics", None).await;
     assert_eq!(m.status, 200);
     // OpenMetrics: Prometheus chooses its parser from this type (see admin::health).
     assert_eq!(m.headers["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
     assert!(m.text.contains("# TYPE wsgate_multicast counter") && m.text.ends_with("# EOF\n"), "{}", m.text);
-    let h = get(admin, "/healthz", None).await;
+    let h = get(g.admin, "/healthz", None).await;
     assert_eq!((h.status, h.text.as_str()), (200, "ok\n"));
-    let r = get(admin, "/readyz", None).await;
+    let r = get(g.admin, "/readyz", None).await;
     assert_eq!((r.status, r.json["ready"].clone()), (200, json!(true)), "{}", r.text);
-    assert_eq!(call(admin, "POST", "/healthz", None, None, "").await.status, 405);
+    assert_eq!(call(g.admin, "POST", "/healthz", None, None, "").await.status, 405);
+    // The refused requests changed nothing: the channel is still open.
+    assert_eq!(get(g.admin, &format!("/v1/channels/{id}"), TOKEN).await.status, 200);
+    g.stop().await;
+}
 
-    // 404: unknown channel (every channel route) and unknown route
+#[tokio::test]
+async fn unknown_channels_and_routes_are_404_wrong_methods_405_with_allow() {
+    let g = guarded().await;
+    let id = &g.id;
     for (method, path) in [
         ("POST", "/v1/channels/n1-404/send".to_owned()),
         ("PUT", "/v1/channels/n1-404/subscriptions/r".into()),
@@ -261,11 +353,10 @@ async fn every_control_route_answers_clear_errors_and_requires_the_token() {
         ("GET", "/v1/nothing".into()),
         ("GET", "/nothing".into()),
     ] {
-        let a = call(admin, method, &path, t, None, "x").await;
+        let a = call(g.admin, method, &path, TOKEN, None, "x").await;
         assert_eq!(a.status, 404, "{method} {path}: {}", a.text);
         assert!(a.json["error"].is_string(), "{method} {path}: JSON error");
     }
-    // 405 with Allow
     for (method, path, allow) in [
         ("GET", "/v1/subscriptions/r/publish".to_owned(), "POST"),
         ("POST", "/v1/subscriptions".into(), "GET, HEAD"),
@@ -274,15 +365,21 @@ async fn every_control_route_answers_clear_errors_and_requires_the_token() {
         ("POST", format!("/v1/channels/{id}/subscriptions/r"), "PUT, DELETE"),
         ("PUT", format!("/v1/channels/{id}"), "GET, HEAD, DELETE"),
     ] {
-        let a = call(admin, method, &path, t, None, "").await;
+        let a = call(g.admin, method, &path, TOKEN, None, "").await;
         assert_eq!(a.status, 405, "{method} {path}");
         assert_eq!(a.headers["allow"], allow, "{method} {path}");
     }
-    // 400: non-UTF-8 text, bad close code or reason, unknown parameters, reserved `all`
-    let a = call(admin, "POST", "/v1/subscriptions/r/publish", t, Some("text/plain"), vec![0xffu8, 0xfe]).await;
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400_and_change_nothing() {
+    let mut g = guarded().await;
+    let (admin, id) = (g.admin, g.id.clone());
+    let a = call(admin, "POST", "/v1/subscriptions/r/publish", TOKEN, Some("text/plain"), vec![0xffu8, 0xfe]).await;
     assert_eq!(a.status, 400);
     assert!(a.json["error"].as_str().unwrap().contains("UTF-8"));
-    assert_eq!(call(admin, "POST", &format!("/v1/channels/{id}/send"), t, None, vec![0xc3u8]).await.status, 400);
+    assert_eq!(call(admin, "POST", &format!("/v1/channels/{id}/send"), TOKEN, None, vec![0xc3u8]).await.status, 400);
     for query in [
         "code=1005".to_owned(),
         "code=999".into(),
@@ -290,33 +387,41 @@ async fn every_control_route_answers_clear_errors_and_requires_the_token() {
         "code=1000&reason=".to_owned() + &"x".repeat(124),
         "colour=red".into(),
     ] {
-        let a = call(admin, "DELETE", &format!("/v1/channels/{id}?{query}"), t, None, "").await;
+        let a = call(admin, "DELETE", &format!("/v1/channels/{id}?{query}"), TOKEN, None, "").await;
         assert_eq!(a.status, 400, "{query}: {}", a.text);
     }
-    assert_eq!(call(admin, "POST", "/v1/subscriptions/r/publish?excluded=x", t, None, "m").await.status, 400);
-    assert_eq!(call(admin, "PUT", &format!("/v1/channels/{id}/subscriptions/all"), t, None, "").await.status, 400);
-    assert_eq!(
-        call(admin, "PUT", &format!("/v1/channels/{id}/subscriptions/{}", "n".repeat(300)), t, None, "").await.status,
-        400
-    );
-    assert_eq!(call(admin, "PUT", &format!("/v1/channels/{id}/subscriptions/%FF"), t, None, "").await.status, 400);
-    // 413: over max_message_size (1 KiB here), declared or streamed
-    let a = call(admin, "POST", "/v1/subscriptions/r/publish", t, None, vec![b'a'; 1025]).await;
+    assert_eq!(call(admin, "POST", "/v1/subscriptions/r/publish?excluded=x", TOKEN, None, "m").await.status, 400);
+    assert_eq!(call(admin, "PUT", &format!("/v1/channels/{id}/subscriptions/all"), TOKEN, None, "").await.status, 400);
+    let long = format!("/v1/channels/{id}/subscriptions/{}", "n".repeat(300));
+    assert_eq!(call(admin, "PUT", &long, TOKEN, None, "").await.status, 400);
+    assert_eq!(call(admin, "PUT", &format!("/v1/channels/{id}/subscriptions/%FF"), TOKEN, None, "").await.status, 400);
+    // Nothing above reached the client or changed its subscriptions: the next message is a marker.
+    call(admin, "POST", &format!("/v1/channels/{id}/send"), TOKEN, None, "marker").await;
+    assert_eq!(g.client.next().await, text("marker"));
+    assert_eq!(get(admin, &format!("/v1/channels/{id}"), TOKEN).await.json["subscriptions"], json!([]));
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_max_message_size_are_413_and_the_limit_itself_passes() {
+    let mut g = guarded().await;
+    let (admin, id) = (g.admin, g.id.clone());
+    let a = call(admin, "POST", "/v1/subscriptions/r/publish", TOKEN, None, vec![b'a'; 1025]).await;
     assert_eq!(a.status, 413, "{}", a.text);
-    assert_eq!(
-        call(admin, "POST", &format!("/v1/channels/{id}/send"), t, Some("application/octet-stream"), vec![1u8; 4096])
-            .await
-            .status,
-        413
-    );
-    // exactly the limit is fine
-    let a = call(admin, "POST", &format!("/v1/channels/{id}/send"), t, None, vec![b'a'; 1024]).await;
+    let streamed = call(
+        admin,
+        "POST",
+        &format!("/v1/channels/{id}/send"),
+        TOKEN,
+        Some("application/octet-stream"),
+        vec![1u8; 4096],
+    )
+    .await;
+    assert_eq!(streamed.status, 413);
+    let a = call(admin, "POST", &format!("/v1/channels/{id}/send"), TOKEN, None, vec![b'a'; 1024]).await;
     assert_eq!(a.status, 200, "{}", a.text);
-    assert_eq!(c[0].next().await, Some(WsIncoming::Text(Bytes::from(vec![b'a'; 1024]))));
-    // nothing above reached the client or changed its subscriptions
-    assert_eq!(get(admin, &format!("/v1/channels/{id}"), t).await.json["subscriptions"], json!([]));
-    drop(c);
-    gate.server.shutdown().await;
+    assert_eq!(g.client.next().await, Some(WsIncoming::Text(Bytes::from(vec![b'a'; 1024]))));
+    g.stop().await;
 }
 
 #[tokio::test]
