@@ -257,7 +257,9 @@ async fn a_killed_primary_is_followed_to_its_promoted_replica() {
          sent {sent}, received {}, lost {lost}, refused at publish {refused}, counted undelivered {counted}",
         received.len()
     );
-    assert!(counted + 256 >= lost, "lost {lost} but counted only {counted} as undelivered");
+    // At most what was published (every 10 ms) while the subscription moved, plus what was counted.
+    let window = (followed.as_millis() / 10) as u64 + 5;
+    assert!(lost <= counted + window, "lost {lost}: more than the {window} published during the move");
     drop(client_b);
     for gate in gates {
         gate.server.shutdown().await;
@@ -370,4 +372,58 @@ async fn a_failover_that_lost_publications_starts_a_new_epoch() {
     eprintln!("failover with lost publications: promoted after {failover:?}; new epoch, subscriber told (112)");
     a.server.shutdown().await;
     b.server.shutdown().await;
+}
+
+/// Resharding: the slot of a subscribed room moves to another primary under a steady publish
+/// (`CLUSTER SETSLOT … IMPORTING / MIGRATING / NODE`, what `redis-cli --cluster reshard` does
+/// for a slot without keys). The old owner drops the shard subscription (`sunsubscribe`) and
+/// the node subscribes that channel again at once, at the new owner (measured: 7–11 ms; with
+/// a full reconnect and its 100 ms backoff it was 110–160 ms and 8–10 messages were lost).
+/// Delivery goes on in order, without duplicates. What is published in that window is lost to
+/// the node and not counted — Redis took it with no subscriber on the new owner yet — so the
+/// assertion bounds the loss by the window; only the pubsub app's history makes it exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resharded_slot_is_followed_to_its_new_owner() {
+    let bin = require_redis!();
+    let cluster = RedisCluster::start(&bin, 3, 0).await;
+    let upstream = start_upstream().await;
+    let mut gates = Vec::new();
+    for node in ["ma", "mb"] {
+        let config = format!("\n[limits]\nshutdown_timeout = \"1s\"\n\n{}", broker(node, &cluster));
+        gates.push(start_gate(&basic_config(&config), upstream.addr).await);
+    }
+    wait_connected(&gates).await;
+    let (mut client_b, id_b) = open_echo(&gates[1]).await;
+    gates[1].server.hub().subscribe(&id_b, "room").unwrap();
+    cluster.wait_shard_subscribers("wsgate:sub:room", 1).await;
+    gates[0].server.hub().multicast("room", &text("before"), &[]);
+    expect_text(&mut client_b, "before").await;
+
+    let publisher = steady_publisher(gates[0].server.hub().clone(), "room", Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let source = cluster.owner("wsgate:sub:room").await;
+    let target = cluster.nodes.iter().map(|n| n.port).find(|p| *p != source).expect("another primary");
+    let moved = Instant::now();
+    cluster.move_slot_of("wsgate:sub:room", source, target).await;
+    assert_eq!(cluster.owner("wsgate:sub:room").await, target);
+    cluster.wait_shard_subscribers("wsgate:sub:room", 1).await;
+    let followed = moved.elapsed();
+
+    let received = numbered_messages(&mut client_b, &publisher).await;
+    let (sent, refused) = publisher.await.unwrap();
+    assert_eq!(received.last(), Some(&(sent - 1)), "delivery resumed on the new owner");
+    let lost = sent - received.len() as u64;
+    let counted = undelivered(&gates[0]);
+    eprintln!(
+        "resharding: node subscribed on the new owner {followed:?} after the move; sent {sent}, received {}, \
+         lost {lost}, refused at publish {refused}, counted undelivered {counted}",
+        received.len()
+    );
+    // At most what was published (every 10 ms) while the subscription moved, plus what was counted.
+    let window = (followed.as_millis() / 10) as u64 + 5;
+    assert!(lost <= counted + window, "lost {lost}: more than the {window} published during the move");
+    drop(client_b);
+    for gate in gates {
+        gate.server.shutdown().await;
+    }
 }

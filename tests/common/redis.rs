@@ -295,6 +295,35 @@ impl RedisCluster {
         }
     }
 
+    /// A node's cluster id (`CLUSTER MYID`).
+    pub async fn id_of(&self, port: u16) -> String {
+        redis::cmd("CLUSTER").arg("MYID").query_async(&mut node_conn(port).await).await.unwrap()
+    }
+
+    /// Moves the (key-less) slot of `key` from the primary on `source` to the one on `target`,
+    /// as `redis-cli --cluster reshard` does, and tells every live node.
+    pub async fn move_slot_of(&self, key: &str, source: u16, target: u16) {
+        let mut conn = node_conn(source).await;
+        let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut conn).await.unwrap();
+        let (source_id, target_id) = (self.id_of(source).await, self.id_of(target).await);
+        let setslot = |state: &str, id: &str| {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+            cmd
+        };
+        let _: () = setslot("IMPORTING", &source_id).query_async(&mut node_conn(target).await).await.unwrap();
+        let _: () = setslot("MIGRATING", &target_id).query_async(&mut conn).await.unwrap();
+        let keys: Vec<String> =
+            redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(10).query_async(&mut conn).await.unwrap();
+        assert!(keys.is_empty(), "slot {slot} holds keys: {keys:?}");
+        for port in [target, source] {
+            let _: () = setslot("NODE", &target_id).query_async(&mut node_conn(port).await).await.unwrap();
+        }
+        for node in self.nodes.iter().filter(|n| n.is_running() && n.port != source && n.port != target) {
+            let _: () = setslot("NODE", &target_id).query_async(&mut node_conn(node.port).await).await.unwrap();
+        }
+    }
+
     /// SIGKILLs the node on `port`.
     pub fn kill(&mut self, port: u16) {
         self.nodes.iter_mut().find(|n| n.port == port).expect("a node on that port").kill();

@@ -121,6 +121,15 @@ async fn serve(
             received = subscriber.next() => {
                 let (channel, payload) = match received {
                     Received::Message { channel, payload } => (channel, payload),
+                    Received::Moved(channel) => {
+                        if let Err(why) = subscriber.subscribe(&[channel]).await {
+                            return Some(why);
+                        }
+                        // What was published meanwhile reached Redis but not this node: read
+                        // every channel again (gaps are filled from the history).
+                        cluster.upgrade()?.resync().await;
+                        continue;
+                    }
                     Received::Lost(why) => return Some(why),
                 };
                 let me = cluster.upgrade()?;

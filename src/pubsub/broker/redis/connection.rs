@@ -3,10 +3,12 @@
 //!
 //! On one server relays use `PUBLISH`/`SUBSCRIBE`. In a Redis Cluster they use sharded pub/sub
 //! (`SPUBLISH`/`SSUBSCRIBE`, Redis 7): a channel lives on the shard that owns its slot, so
-//! a message is not broadcast over the whole cluster bus. Any sign that a subscription may
-//! have lapsed (a node's connection closed, the server moved a subscribed slot away) is
-//! reported as [`Received::Lost`]; the caller then reconnects and subscribes everything
-//! again, as it does after losing a single server.
+//! a message is not broadcast over the whole cluster bus. A subscribed slot the server moved
+//! away (its `sunsubscribe`) is reported as [`Received::Moved`]: the caller subscribes that
+//! channel again at once, at the new owner (what is published in between is lost to this
+//! node). Any other sign that subscriptions may have lapsed (a node's connection closed) is
+//! [`Received::Lost`]: the caller reconnects and subscribes everything again, as it does
+//! after losing a single server.
 
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
@@ -76,6 +78,9 @@ pub enum Received {
         /// The message's bytes.
         payload: Vec<u8>,
     },
+    /// The cluster moved the slot of this subscribed channel (resharding, or a failover the
+    /// old owner survived): subscribe it again now, at its new owner; the rest still hold.
+    Moved(String),
     /// The subscriptions may have lapsed: reconnect and subscribe again.
     Lost(String),
 }
@@ -177,10 +182,7 @@ impl Subscriber {
                                     unconfirmed.remove(channel);
                                 }
                             } else if active.contains(channel) {
-                                return Received::Lost(format!(
-                                    "the cluster moved the slot of {:?} (failover or resharding)",
-                                    String::from_utf8_lossy(channel)
-                                ));
+                                return Received::Moved(String::from_utf8_lossy(channel).into_owned());
                             }
                         }
                     }

@@ -381,6 +381,13 @@ async fn run(
             received = session.subscriber.next() => {
                 let (channel, payload) = match received {
                     Received::Message { channel, payload } => (channel, payload),
+                    Received::Moved(channel) => {
+                        tracing::info!(node = %shared.node, %channel, "broker: the cluster moved a subscribed slot; subscribing at its new owner");
+                        if let Err(why) = session.subscriber.subscribe(&[channel]).await {
+                            return Ended::Lost(why);
+                        }
+                        continue;
+                    }
                     Received::Lost(why) => return Ended::Lost(why),
                 };
                 let Some(hub) = hub.upgrade() else { return Ended::Stopped };
