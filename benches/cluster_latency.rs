@@ -56,6 +56,30 @@ fn summary(mut v: Vec<u64>, expected: usize) -> String {
     )
 }
 
+/// The Redis the nodes share: one server or a cluster.
+enum Backend {
+    Server(Box<Redis>),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    /// The `[broker]` lines that reach it.
+    fn broker_lines(&self) -> String {
+        match self {
+            Backend::Server(server) => format!("url = \"{}\"", server.url()),
+            Backend::Cluster(cluster) => cluster.broker_line(),
+        }
+    }
+
+    /// Waits until `channel` has `want` subscribers (shard subscribers on a cluster).
+    async fn wait_subscribers(&self, channel: &str, want: i64) {
+        match self {
+            Backend::Server(server) => server.wait_numsub(channel, want).await,
+            Backend::Cluster(cluster) => cluster.wait_shard_subscribers(channel, want).await,
+        }
+    }
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(run());
@@ -76,15 +100,12 @@ async fn run() {
     let bin = std::path::Path::new(bin);
     let cluster_mode = std::env::var("REDIS").is_ok_and(|v| v == "cluster");
     // One server, or a 3-shard cluster; either is killed on drop.
-    let (server, cluster, broker) = if cluster_mode {
-        let cluster = RedisCluster::start(bin, 3, 0).await;
-        let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("{s:?}")).collect();
-        (None, Some(cluster), format!("cluster = [{}]", seeds.join(", ")))
+    let redis = if cluster_mode {
+        Backend::Cluster(RedisCluster::start(bin, 3, 0).await)
     } else {
-        let server = Redis::start(bin, &[]).await;
-        let url = format!("url = \"{}\"", server.url());
-        (Some(server), None, url)
+        Backend::Server(Box::new(Redis::start(bin, &[]).await))
     };
+    let broker = redis.broker_lines();
     let upstream = start_upstream().await;
     let mut gates = Vec::new();
     for node in ["ba", "bb", "bc"] {
@@ -136,11 +157,7 @@ async fn run() {
         }
     }
     // Every node subscribed in Redis before the first message.
-    match (&server, &cluster) {
-        (Some(server), _) => server.wait_numsub("wsgate:sub:bench", 3).await,
-        (_, Some(cluster)) => cluster.wait_shard_subscribers("wsgate:sub:bench", 3).await,
-        _ => unreachable!("one of the two is running"),
-    }
+    redis.wait_subscribers("wsgate:sub:bench", 3).await;
 
     let hub = Arc::clone(gates[0].server.hub());
     let single = Arc::clone(gates[3].server.hub());
@@ -180,5 +197,5 @@ async fn run() {
     for gate in gates {
         gate.server.shutdown().await;
     }
-    drop((server, cluster));
+    drop(redis);
 }

@@ -27,8 +27,7 @@ use wsgate::ws::codec::Incoming;
 
 /// `[broker]` lines for the cluster.
 fn broker(node: &str, cluster: &RedisCluster) -> String {
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("{s:?}")).collect();
-    format!("[broker]\nkind = \"redis\"\nnode = \"{node}\"\ncluster = [{}]\n", seeds.join(", "))
+    format!("[broker]\nkind = \"redis\"\nnode = \"{node}\"\n{}\n", cluster.broker_line())
 }
 
 async fn wait_connected(gates: &[Gate]) {
@@ -206,6 +205,44 @@ async fn pubsub_app_recovery_is_exact_across_nodes_over_a_redis_cluster() {
     }
 }
 
+/// Two nodes (`names`) on the cluster and a WebSocket on the second subscribed to `room`,
+/// with a first multicast from the first node already through.
+async fn member_of_room(cluster: &RedisCluster, names: [&str; 2]) -> (Vec<Gate>, WsClient) {
+    let upstream = start_upstream().await;
+    let mut gates = Vec::new();
+    for node in names {
+        let config = format!("\n[limits]\nshutdown_timeout = \"1s\"\n\n{}", broker(node, cluster));
+        gates.push(start_gate(&basic_config(&config), upstream.addr).await);
+    }
+    wait_connected(&gates).await;
+    let (mut client, id) = open_echo(&gates[1]).await;
+    gates[1].server.hub().subscribe(&id, "room").unwrap();
+    cluster.wait_shard_subscribers("wsgate:sub:room", 1).await;
+    gates[0].server.hub().multicast("room", &text("before"), &[]);
+    expect_text(&mut client, "before").await;
+    (gates, client)
+}
+
+/// What a steady publisher's run left: sent, received by the member, refused at publish,
+/// lost, and counted as undelivered on the publishing node.
+struct Outcome {
+    sent: u64,
+    received: usize,
+    refused: u64,
+    lost: u64,
+    counted: u64,
+}
+
+/// Reads the member's messages until the publisher is done (in order, no duplicates, the last
+/// one received: delivery resumed) and sums up.
+async fn outcome(client: &mut WsClient, publisher: tokio::task::JoinHandle<(u64, u64)>, gate: &Gate) -> Outcome {
+    let received = numbered_messages(client, &publisher).await;
+    let (sent, refused) = publisher.await.unwrap();
+    assert_eq!(received.last(), Some(&(sent - 1)), "delivery resumed");
+    let lost = sent - received.len() as u64;
+    Outcome { sent, received: received.len(), refused, lost, counted: undelivered(gate) }
+}
+
 /// Failover: 3 primaries with a replica each. The primary that owns a room's slot is
 /// SIGKILLed while node a publishes every 10 ms; the cluster promotes its replica, both nodes
 /// follow, delivery resumes. Node b's member gets each message at most once, in order, and
@@ -215,18 +252,7 @@ async fn pubsub_app_recovery_is_exact_across_nodes_over_a_redis_cluster() {
 async fn a_killed_primary_is_followed_to_its_promoted_replica() {
     let bin = require_redis!();
     let mut cluster = RedisCluster::start(&bin, 3, 1).await;
-    let upstream = start_upstream().await;
-    let mut gates = Vec::new();
-    for node in ["fa", "fb"] {
-        let config = format!("\n[limits]\nshutdown_timeout = \"1s\"\n\n{}", broker(node, &cluster));
-        gates.push(start_gate(&basic_config(&config), upstream.addr).await);
-    }
-    wait_connected(&gates).await;
-    let (mut client_b, id_b) = open_echo(&gates[1]).await;
-    gates[1].server.hub().subscribe(&id_b, "room").unwrap();
-    cluster.wait_shard_subscribers("wsgate:sub:room", 1).await;
-    gates[0].server.hub().multicast("room", &text("before"), &[]);
-    expect_text(&mut client_b, "before").await;
+    let (gates, mut client_b) = member_of_room(&cluster, ["fa", "fb"]).await;
 
     let publisher = steady_publisher(gates[0].server.hub().clone(), "room", Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -234,32 +260,18 @@ async fn a_killed_primary_is_followed_to_its_promoted_replica() {
     let killed = Instant::now();
     cluster.kill(owner);
     // The replica is promoted once the others agree the primary failed (node timeout 1 s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if cluster.owner("wsgate:sub:room").await != owner {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no failover within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let promoted = killed.elapsed();
-    cluster.wait_ok().await;
+    let promoted = wait_failover(&cluster, "wsgate:sub:room", owner).await;
     cluster.wait_shard_subscribers("wsgate:sub:room", 1).await;
     let followed = killed.elapsed();
 
-    let received = numbered_messages(&mut client_b, &publisher).await;
-    let (sent, refused) = publisher.await.unwrap();
-    assert_eq!(received.last(), Some(&(sent - 1)), "delivery resumed on the promoted replica");
-    let lost = sent - received.len() as u64;
-    let counted = undelivered(&gates[0]);
+    let Outcome { sent, received, refused, lost, counted } = outcome(&mut client_b, publisher, &gates[0]).await;
     eprintln!(
         "cluster failover: replica promoted {promoted:?} after the kill, nodes subscribed on it {followed:?} after; \
-         sent {sent}, received {}, lost {lost}, refused at publish {refused}, counted undelivered {counted}",
-        received.len()
+         sent {sent}, received {received}, lost {lost}, refused at publish {refused}, counted undelivered {counted}"
     );
-    // At most what was published (every 10 ms) while the subscription moved, plus what was counted.
-    let window = (followed.as_millis() / 10) as u64 + 5;
-    assert!(lost <= counted + window, "lost {lost}: more than the {window} published during the move");
+    // Every message node b did not get was counted on node a as not relayed, except what
+    // Redis had taken before the primary died: at most one PUBLISH batch in flight.
+    assert!(counted + 256 >= lost, "lost {lost} but counted only {counted} as undelivered");
     drop(client_b);
     for gate in gates {
         gate.server.shutdown().await;
@@ -386,18 +398,7 @@ async fn a_failover_that_lost_publications_starts_a_new_epoch() {
 async fn a_resharded_slot_is_followed_to_its_new_owner() {
     let bin = require_redis!();
     let cluster = RedisCluster::start(&bin, 3, 0).await;
-    let upstream = start_upstream().await;
-    let mut gates = Vec::new();
-    for node in ["ma", "mb"] {
-        let config = format!("\n[limits]\nshutdown_timeout = \"1s\"\n\n{}", broker(node, &cluster));
-        gates.push(start_gate(&basic_config(&config), upstream.addr).await);
-    }
-    wait_connected(&gates).await;
-    let (mut client_b, id_b) = open_echo(&gates[1]).await;
-    gates[1].server.hub().subscribe(&id_b, "room").unwrap();
-    cluster.wait_shard_subscribers("wsgate:sub:room", 1).await;
-    gates[0].server.hub().multicast("room", &text("before"), &[]);
-    expect_text(&mut client_b, "before").await;
+    let (gates, mut client_b) = member_of_room(&cluster, ["ma", "mb"]).await;
 
     let publisher = steady_publisher(gates[0].server.hub().clone(), "room", Duration::from_secs(10));
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -409,15 +410,10 @@ async fn a_resharded_slot_is_followed_to_its_new_owner() {
     cluster.wait_shard_subscribers("wsgate:sub:room", 1).await;
     let followed = moved.elapsed();
 
-    let received = numbered_messages(&mut client_b, &publisher).await;
-    let (sent, refused) = publisher.await.unwrap();
-    assert_eq!(received.last(), Some(&(sent - 1)), "delivery resumed on the new owner");
-    let lost = sent - received.len() as u64;
-    let counted = undelivered(&gates[0]);
+    let Outcome { sent, received, refused, lost, counted } = outcome(&mut client_b, publisher, &gates[0]).await;
     eprintln!(
-        "resharding: node subscribed on the new owner {followed:?} after the move; sent {sent}, received {}, \
-         lost {lost}, refused at publish {refused}, counted undelivered {counted}",
-        received.len()
+        "resharding: node subscribed on the new owner {followed:?} after the move; sent {sent}, received {received}, \
+         lost {lost}, refused at publish {refused}, counted undelivered {counted}"
     );
     // At most what was published (every 10 ms) while the subscription moved, plus what was counted.
     let window = (followed.as_millis() / 10) as u64 + 5;

@@ -194,6 +194,12 @@ impl RedisCluster {
         self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect()
     }
 
+    /// The `[broker]` line that points wsgate at this cluster: `cluster = ["host:port", …]`.
+    pub fn broker_line(&self) -> String {
+        let seeds: Vec<String> = self.seeds().iter().map(|s| format!("{s:?}")).collect();
+        format!("cluster = [{}]", seeds.join(", "))
+    }
+
     /// Waits until every live node says `cluster_state:ok` and knows all the others.
     pub async fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
