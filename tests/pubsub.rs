@@ -102,7 +102,6 @@ fn text(s: &str) -> Option<WsIncoming> {
 /// A server with the control API, `n` echo clients and their channel ids, all subscribed to
 /// `room 1`.
 struct Room {
-    _upstream: upstream::Upstream,
     gate: Gate,
     admin: SocketAddr,
     clients: Vec<WsClient>,
@@ -118,7 +117,7 @@ async fn room(n: usize) -> Room {
         let a = call(admin, "PUT", &format!("/v1/channels/{id}/subscriptions/room%201"), None, None, "").await;
         assert_eq!((a.status, a.json.clone()), (200, json!({"subscribed": true, "changed": true})), "{}", a.text);
     }
-    Room { _upstream: up, gate, admin, clients, ids }
+    Room { gate, admin, clients, ids }
 }
 
 impl Room {
@@ -279,7 +278,6 @@ async fn control_api_multicasts_are_counted_on_metrics() {
 /// A server whose control API needs the token `s3cret-token` and whose messages are at most
 /// 1 KiB, with one echo client.
 struct Guarded {
-    _upstream: upstream::Upstream,
     _dir: tempfile::TempDir,
     gate: Gate,
     admin: SocketAddr,
@@ -299,7 +297,7 @@ async fn guarded() -> Guarded {
     let gate = start_gate(&cfg, up.addr).await;
     let admin = gate.server.admin_addr().unwrap();
     let (mut clients, mut ids) = connect_all(&gate, 1, TOKEN).await;
-    Guarded { _upstream: up, _dir: dir, gate, admin, client: clients.remove(0), id: ids.remove(0) }
+    Guarded { _dir: dir, gate, admin, client: clients.remove(0), id: ids.remove(0) }
 }
 
 impl Guarded {
