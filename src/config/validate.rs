@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{is_loopback, AppConfig, AppKind, BrokerKind, Config, Issue};
+use super::{is_loopback, AppConfig, AppKind, BrokerConfig, BrokerKind, Config, Issue};
 
 /// Settings every app kind accepts.
 const COMMON_APP_KEYS: &[&str] = &["kind", "urls", "allow", "allowed_hosts", "allowed_origins", "auth", "subprotocols"];
@@ -131,83 +131,82 @@ fn limits(config: &Config, out: &mut Vec<Issue>) {
 
 fn broker(config: &Config, out: &mut Vec<Issue>) {
     let b = &config.broker;
-    let sentinel_keys = !b.sentinels.is_empty() || b.master_name.is_some() || b.sentinel_password_file.is_some();
-    if b.kind == BrokerKind::Redis && !b.cluster.is_empty() {
-        if b.url.is_some() {
-            out.push(Issue::new("broker.url", "give either url or cluster (seed nodes), not both"));
+    if b.kind == BrokerKind::Redis {
+        let sentinel_keys = !b.sentinels.is_empty() || b.master_name.is_some() || b.sentinel_password_file.is_some();
+        let url_mode = b.cluster.is_empty() && !sentinel_keys && !b.tls;
+        if !b.cluster.is_empty() {
+            redis_cluster(b, sentinel_keys, out);
+        } else if !url_mode {
+            redis_sentinel(b, out);
+        } else {
+            redis_url(b, out);
         }
-        if sentinel_keys {
-            out.push(Issue::new(
-                "broker.cluster",
-                "give either cluster or sentinels (Redis Cluster has no Sentinel), not both",
-            ));
-        }
-        host_ports("broker.cluster", &b.cluster, out);
-        if b.ca_file.is_some() && !b.tls {
+        if !url_mode && b.ca_file.is_some() && !b.tls {
             out.push(Issue::new("broker.ca_file", "only used with tls = true (or a rediss:// broker.url)"));
         }
-        return broker_node(config, out);
     }
-    let sentinel_keys = sentinel_keys || b.tls;
-    if b.kind == BrokerKind::Redis && sentinel_keys {
-        if b.url.is_some() {
-            out.push(Issue::new("broker.url", "give either url or sentinels (with master_name), not both"));
-        }
-        if b.sentinels.is_empty() {
-            out.push(Issue::new(
-                "broker.sentinels",
-                "required with master_name: the sentinels' \"host:port\" addresses",
-            ));
-        }
-        host_ports("broker.sentinels", &b.sentinels, out);
-        match b.master_name.as_deref() {
-            None | Some("") => out.push(Issue::new(
-                "broker.master_name",
-                "required with sentinels: the name the sentinels monitor the primary under",
-            )),
-            Some(name) if name.chars().any(|c| c.is_whitespace() || c.is_control()) => out.push(Issue::new(
-                "broker.master_name",
-                format!("{name:?} must not contain spaces or control characters"),
-            )),
-            Some(_) => {}
-        }
-        if b.ca_file.is_some() && !b.tls {
-            out.push(Issue::new("broker.ca_file", "only used with tls = true (or a rediss:// broker.url)"));
-        }
-    } else if b.kind == BrokerKind::Redis {
-        match config.broker.url.as_deref() {
-            None | Some("") => out
-                .push(Issue::new("broker.url", "required when broker.kind = \"redis\" (or sentinels and master_name)")),
-            Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) => out
-                .push(Issue::new(
-                    "broker.url",
-                    format!("{u:?} is not a Redis URL (redis://host:port, rediss:// or unix://)"),
-                )),
-            Some(u) => {
-                if config.broker.ca_file.is_some() && !u.starts_with("rediss://") {
-                    out.push(Issue::new("broker.ca_file", "only used with a rediss:// (TLS) broker.url"));
-                }
-                let has_password = u
-                    .split_once("://")
-                    .and_then(|(_, rest)| rest.split('/').next())
-                    .and_then(|authority| authority.rsplit_once('@'))
-                    .is_some_and(|(userinfo, _)| userinfo.contains(':'));
-                if has_password && config.broker.password_file.is_some() {
-                    out.push(Issue::new(
-                        "broker.password_file",
-                        "broker.url already holds a password: keep one of them",
-                    ));
-                }
-            }
-        }
-    }
-    broker_node(config, out);
-}
-
-fn broker_node(config: &Config, out: &mut Vec<Issue>) {
-    if let Some(node) = &config.broker.node {
+    if let Some(node) = &b.node {
         if !valid_node_name(node) {
             out.push(Issue::new("broker.node", format!("{node:?}: use 1 to 64 of A-Z a-z 0-9 . _ -")));
+        }
+    }
+}
+
+/// `[broker] cluster`: seed nodes, instead of `url` and of Sentinel.
+fn redis_cluster(b: &BrokerConfig, sentinel_keys: bool, out: &mut Vec<Issue>) {
+    if b.url.is_some() {
+        out.push(Issue::new("broker.url", "give either url or cluster (seed nodes), not both"));
+    }
+    if sentinel_keys {
+        out.push(Issue::new(
+            "broker.cluster",
+            "give either cluster or sentinels (Redis Cluster has no Sentinel), not both",
+        ));
+    }
+    host_ports("broker.cluster", &b.cluster, out);
+}
+
+/// `[broker] sentinels` and `master_name` (or `tls`, which needs one of them), instead of `url`.
+fn redis_sentinel(b: &BrokerConfig, out: &mut Vec<Issue>) {
+    if b.url.is_some() {
+        out.push(Issue::new("broker.url", "give either url or sentinels (with master_name), not both"));
+    }
+    if b.sentinels.is_empty() {
+        out.push(Issue::new("broker.sentinels", "required with master_name: the sentinels' \"host:port\" addresses"));
+    }
+    host_ports("broker.sentinels", &b.sentinels, out);
+    match b.master_name.as_deref() {
+        None | Some("") => out.push(Issue::new(
+            "broker.master_name",
+            "required with sentinels: the name the sentinels monitor the primary under",
+        )),
+        Some(name) if name.chars().any(|c| c.is_whitespace() || c.is_control()) => out
+            .push(Issue::new("broker.master_name", format!("{name:?} must not contain spaces or control characters"))),
+        Some(_) => {}
+    }
+}
+
+/// `[broker] url`: one server.
+fn redis_url(b: &BrokerConfig, out: &mut Vec<Issue>) {
+    match b.url.as_deref() {
+        None | Some("") => {
+            out.push(Issue::new("broker.url", "required when broker.kind = \"redis\" (or sentinels and master_name)"))
+        }
+        Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) => out.push(
+            Issue::new("broker.url", format!("{u:?} is not a Redis URL (redis://host:port, rediss:// or unix://)")),
+        ),
+        Some(u) => {
+            if b.ca_file.is_some() && !u.starts_with("rediss://") {
+                out.push(Issue::new("broker.ca_file", "only used with a rediss:// (TLS) broker.url"));
+            }
+            let has_password = u
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split('/').next())
+                .and_then(|authority| authority.rsplit_once('@'))
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+            if has_password && b.password_file.is_some() {
+                out.push(Issue::new("broker.password_file", "broker.url already holds a password: keep one of them"));
+            }
         }
     }
 }
@@ -438,7 +437,7 @@ fn pubsub_rules(base: &str, app: &AppConfig, out: &mut Vec<Issue>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AdminConfig, BrokerConfig, HttpUrl, ListenConfig};
+    use crate::config::{AdminConfig, HttpUrl, ListenConfig};
     use std::path::PathBuf;
     use std::time::Duration;
 
