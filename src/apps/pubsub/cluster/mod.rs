@@ -6,21 +6,23 @@
 //! - `wsgate:ps:{c}:meta`, a hash: `epoch` (random, set when the hash is created),
 //!   `offset` (the last one given) and `replid` (the Redis replication id it was written
 //!   under: a failover or a restart changes it, and may have lost the newest publications,
-//!   so a position written under another one starts a new epoch). It expires [`META_TTL`] (or `history_ttl`, if longer) after
-//!   the last publish or subscribe; a new hash is a new epoch.
+//!   so a position written under another one starts a new epoch). It expires [`META_TTL`]
+//!   (or `history_ttl`, if longer) after the last publish or subscribe; a new hash is a new
+//!   epoch.
 //! - `wsgate:ps:{c}:hist`, a list of `"<offset> <unix ms> <body>"`, newest last, trimmed to the
 //!   namespace's `history` and pruned by `history_ttl`. A list with a counter, not a stream:
 //!   reads go by offset, and the offset is the list position, which a stream id is not.
 //! - `wsgate:ps:{c}:pres`, a hash: client id → `"<node>\t<instance>\t<user>"`.
 //! - `wsgate:{nodes}:alive:<node>`: the node's instance id, refreshed every 10 s with a 30 s
 //!   expiry (and its expiry time in the sorted set `wsgate:{nodes}`; the shared hash tag keeps
-//!   the heartbeat script on one shard). Presence shows only entries whose node is alive with the same instance, so a node that
-//!   dies (SIGKILL, power loss) leaves no ghost entries beyond **30 s**; readers delete them.
+//!   the heartbeat script on one shard). Presence shows only entries whose node is alive with
+//!   the same instance, so a node that dies (SIGKILL, power loss) leaves no ghost entries
+//!   beyond **30 s**; readers delete them.
 //!
 //! A publish is one Lua script: it takes the next offset, appends to the history and
 //! PUBLISHes `P <epoch> <offset> <body>` on the Redis channel `wsgate:ps:{c}` (`SPUBLISH` on a
-//! Redis Cluster, where the channel is on its keys' shard), atomically, so
-//! every node receives publications in offset order. Join and leave pushes travel on the same
+//! Redis Cluster, where the channel is on its keys' shard), atomically, so every node receives
+//! publications in offset order. Join and leave pushes travel on the same
 //! Redis channel as `J <client> <push>` and `L <push>` (not part of the offsets).
 //!
 //! **Exactness across nodes.** Each node keeps, per channel with local members, the position

@@ -100,7 +100,7 @@ pub enum Subscriber {
         conn: ClusterConnection,
         /// Its pushes: messages, confirmations, disconnections.
         pushes: PushReceiver,
-        /// The channels subscribed (a server-sent `sunsubscribe` for one of them means lost).
+        /// The channels subscribed (a server-sent `sunsubscribe` for one of them: moved).
         active: HashSet<Vec<u8>>,
         /// Confirmations still to come of our own `SUNSUBSCRIBE`s, per channel: they arrive
         /// through the push channel, possibly after the channel was subscribed again.

@@ -25,7 +25,7 @@
 //!   [`PING_INTERVAL`] for the new one.
 //! - With Redis Cluster (`[broker] cluster`) the same channels use sharded pub/sub
 //!   (`SPUBLISH`/`SSUBSCRIBE`) through the `redis` crate's cluster client; see `connection.rs`
-//!   for how a lapsed shard subscription becomes a reconnect.
+//!   for how a moved slot is subscribed again and a lost node becomes a reconnect.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
