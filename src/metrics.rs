@@ -141,6 +141,8 @@ pub struct Metrics {
     pub broker_undelivered: Counter,
     /// Failed attempts to (re)connect to the broker.
     pub broker_connect_failures: Counter,
+    /// Messages other nodes relayed that this node never received.
+    pub broker_missed: Counter,
     /// pubsub: channels with state (history, presence or members) on this node, by namespace.
     pub pubsub_channels: Family<NamespaceLabel, Gauge>,
     /// pubsub: publications kept in histories on this node, by namespace.
@@ -191,6 +193,7 @@ impl Metrics {
             broker_errors: Counter::default(),
             broker_undelivered: Counter::default(),
             broker_connect_failures: Counter::default(),
+            broker_missed: Counter::default(),
             pubsub_channels: Family::default(),
             pubsub_history_publications: Family::default(),
             pubsub_presence_clients: Family::default(),
@@ -241,6 +244,11 @@ impl Metrics {
             "broker_connect_failures",
             "Failed attempts to connect or reconnect to the broker",
             m.broker_connect_failures.clone(),
+        );
+        r.register(
+            "broker_missed",
+            "Messages other nodes relayed that this node never received (its subscription lapsed)",
+            m.broker_missed.clone(),
         );
         r.register("pubsub_channels", "pubsub channels with state on this node", m.pubsub_channels.clone());
         r.register(

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::redis::{free_port, numbered_messages, steady_publisher, undelivered, Redis};
+use common::redis::{counter, free_port, numbered_messages, steady_publisher, undelivered, Redis};
 use common::{basic_config, open_echo, start_gate, start_upstream, Gate, WsClient};
 use wsgate::apps::Message;
 use wsgate::pubsub::broker::redis::RedisSettings;
@@ -250,6 +250,46 @@ async fn redis_outage_local_delivery_continues_gap_counted_delivery_resumes() {
         expect_text(client, "after").await;
     }
     drop(clients);
+    for gate in gates {
+        gate.server.shutdown().await;
+    }
+}
+
+/// Redis pub/sub keeps nothing: what another node publishes while this node's subscriber
+/// connection is down never reaches it. The origin numbers its publications per Redis channel,
+/// so the receiver counts exactly what it missed (`broker_missed_total`) instead of losing it
+/// silently; the origin, whose publishes Redis took, counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_receiver_misses_while_resubscribing_is_counted_exactly() {
+    let bin = require_redis!();
+    let redis = Redis::start(&bin, &[]).await;
+    let upstream = start_upstream().await;
+    let mut gates = Vec::new();
+    for node in ["ma", "mb"] {
+        gates.push(start_gate(&node_config(node, &format!("url = \"{}\"", redis.url())), upstream.addr).await);
+    }
+    wait_connected(&gates, true).await;
+    let (mut client, id) = open_echo(&gates[1]).await;
+    // Two subscriptions: node b's subscriber connection is the one with four channels (its
+    // node channel, `all`, and these), node a's has two.
+    gates[1].server.hub().subscribe(&id, ROOM).unwrap();
+    gates[1].server.hub().subscribe(&id, "other").unwrap();
+    redis.wait_numsub("wsgate:sub:other", 1).await;
+
+    let publisher = steady_publisher(gates[0].server.hub().clone(), ROOM, Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.kill_subscriber_with(4).await;
+    let received = numbered_messages(&mut client, &publisher).await;
+    let (sent, refused) = publisher.await.unwrap();
+    let missed = counter(&gates[1], "wsgate_broker_missed_total");
+    eprintln!("receiver resubscribing: sent {sent}, received {}, missed (counted) {missed}", received.len());
+    assert_eq!(refused, 0, "node a stayed connected: Redis took every publish");
+    assert_eq!(undelivered(&gates[0]), 0);
+    assert!(missed > 0, "the lapse lost messages (node b reconnects after ≥ 80 ms)");
+    assert_eq!(received.len() as u64 + missed, sent, "every message either arrived or was counted missed");
+    assert_eq!(received.last(), Some(&(sent - 1)), "delivery resumed");
+    assert_eq!(counter(&gates[0], "wsgate_broker_missed_total"), 0);
+    drop(client);
     for gate in gates {
         gate.server.shutdown().await;
     }

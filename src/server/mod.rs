@@ -254,6 +254,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
             errors: metrics.broker_errors.clone(),
             undelivered: metrics.broker_undelivered.clone(),
             connect_failures: metrics.broker_connect_failures.clone(),
+            missed: metrics.broker_missed.clone(),
         },
     )
     .map_err(StartError::Broker)?;

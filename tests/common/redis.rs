@@ -109,11 +109,33 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A command connection to this server.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let settings = self.settings.clone().unwrap_or(RedisSettings { url: self.url(), ..Default::default() });
+        settings.client().unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// Closes, server side, the subscriber connection holding exactly `subscriptions`
+    /// channels (as Redis does to a subscriber whose output buffer overflows); panics unless
+    /// there is exactly one.
+    pub async fn kill_subscriber_with(&self, subscriptions: usize) {
+        let mut conn = self.conn().await;
+        let list: String =
+            redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
+        let wanted = format!(" sub={subscriptions} ");
+        let ids: Vec<&str> = list
+            .lines()
+            .filter(|l| l.contains(&wanted))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .collect();
+        assert_eq!(ids.len(), 1, "one subscriber with {subscriptions} channels in {list}");
+        let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(ids[0]).query_async(&mut conn).await.unwrap();
+        assert_eq!(killed, 1);
+    }
+
     /// `PUBSUB NUMSUB channel`: how many connections subscribe to it.
     pub async fn numsub(&self, channel: &str) -> i64 {
-        let settings = self.settings.clone().unwrap_or(RedisSettings { url: self.url(), ..Default::default() });
-        let client = settings.client().unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = self.conn().await;
         let answer: Vec<(String, i64)> =
             redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.unwrap();
         answer[0].1
@@ -383,11 +405,17 @@ pub async fn numbered_messages(
 
 /// A node's `wsgate_broker_undelivered_total`.
 pub fn undelivered(gate: &super::Gate) -> u64 {
+    counter(gate, "wsgate_broker_undelivered_total")
+}
+
+/// A node's counter `name` (0 when absent).
+pub fn counter(gate: &super::Gate, name: &str) -> u64 {
+    let prefix = format!("{name} ");
     gate.server
         .metrics()
         .render()
         .lines()
-        .find_map(|l| l.strip_prefix("wsgate_broker_undelivered_total "))
+        .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0) as u64
 }

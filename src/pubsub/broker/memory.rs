@@ -62,7 +62,13 @@ impl MemoryBroker {
     /// there are not reported back (as with Redis).
     fn direct(&self, node: &str, id: &ChannelId, payload: Payload) -> Result<(), BrokerError> {
         let hub = self.bus.hub(node).ok_or_else(|| BrokerError::UnknownNode(node.to_owned()))?;
-        let envelope = Envelope { origin: self.node.clone(), target: id.to_string(), exclude: Vec::new(), payload };
+        let envelope = Envelope {
+            origin: self.node.clone(),
+            target: id.to_string(),
+            exclude: Vec::new(),
+            sequence: None,
+            payload,
+        };
         deliver_direct(&hub, &envelope);
         Ok(())
     }

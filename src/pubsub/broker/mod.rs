@@ -18,6 +18,7 @@
 
 pub(crate) mod memory;
 pub mod redis;
+pub mod sequence;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use super::hub::{Hub, HubError};
 pub use super::relay::{node_of, Broker, BrokerError, Control};
 use crate::config::{BrokerConfig, BrokerKind};
 use crate::pubsub::Message;
+pub use sequence::Sequence;
 
 /// The Redis channel prefix of subscriptions.
 pub const SUB_PREFIX: &str = "wsgate:sub:";
@@ -81,8 +83,9 @@ pub fn redis_settings(config: &BrokerConfig) -> Result<Option<redis::RedisSettin
     Ok(Some(settings))
 }
 
-/// The counters a broker keeps (exported as `broker_errors_total`, their sum,
-/// `broker_undelivered_total` and `broker_connect_failures_total`); cloning shares them.
+/// The counters a broker keeps (exported as `broker_errors_total`, the sum of
+/// `broker_undelivered_total` and `broker_connect_failures_total`; and
+/// `broker_missed_total`); cloning shares them.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerCounters {
     /// Every error: the sum of the two below.
@@ -91,6 +94,9 @@ pub struct BrokerCounters {
     pub undelivered: Counter,
     /// Failed attempts to connect or reconnect.
     pub connect_failures: Counter,
+    /// Messages other nodes relayed that this node never received (gaps in their numbering;
+    /// not errors of this node's sends, so not in `errors`).
+    pub missed: Counter,
 }
 
 impl BrokerCounters {
@@ -98,6 +104,11 @@ impl BrokerCounters {
     pub fn undelivered(&self, n: u64) {
         self.undelivered.inc_by(n);
         self.errors.inc_by(n);
+    }
+
+    /// Counts `n` relayed messages this node did not receive.
+    pub fn missed(&self, n: u64) {
+        self.missed.inc_by(n);
     }
 
     /// Counts one failed connection attempt.
@@ -176,9 +187,11 @@ pub(crate) fn deliver_direct(hub: &Hub, envelope: &Envelope) {
 /// The wire form of one relayed message (the payload of a Redis PUBLISH):
 ///
 /// ```text
-/// 'W' 1                  magic and version
+/// 'W' 2                  magic and version
 /// kind                   'T' text, 'B' binary; control: 'S' subscribe, 'U' unsubscribe,
 ///                        'C' close (payload: u16 BE code, then the reason)
+/// u64 BE stream          the origin's numbering of this Redis channel (0: not numbered);
+/// u64 BE number          see `sequence` (stamped by the publisher, in publishing order)
 /// u8 len, origin node
 /// u8 len, target id      (empty for multicasts)
 /// u16 BE count, then per excluded channel: u8 len, id
@@ -187,6 +200,7 @@ pub(crate) fn deliver_direct(hub: &Hub, envelope: &Envelope) {
 ///
 /// Ids and node names are at most 255 bytes (node names are limited to 64 and sequences to
 /// 20 digits); longer ones are left out of `exclude` rather than corrupt the envelope.
+/// Version 1 (no stream and number) is still read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// The node that published it (receivers ignore their own).
@@ -195,6 +209,8 @@ pub struct Envelope {
     pub target: String,
     /// Channels that must not receive it.
     pub exclude: Vec<ChannelId>,
+    /// Its place in the origin's numbering of the Redis channel, if numbered.
+    pub sequence: Option<Sequence>,
     /// What it carries.
     pub payload: Payload,
 }
@@ -212,7 +228,7 @@ pub enum Payload {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
     /// Not a wsgate envelope, or a version this node does not speak.
-    #[error("not a wsgate envelope (version 1)")]
+    #[error("not a wsgate envelope (version 1 or 2)")]
     BadHeader,
     /// Cut short.
     #[error("envelope truncated")]
@@ -251,7 +267,8 @@ impl Envelope {
     fn encode_raw(origin: &str, target: &str, exclude: &[ChannelId], kind: u8, payload: &[u8]) -> Vec<u8> {
         let exclude: Vec<&str> = exclude.iter().map(|c| c.as_str()).filter(|s| s.len() <= 255).collect();
         let mut out = Vec::with_capacity(8 + origin.len() + target.len() + payload.len() + exclude.len() * 20);
-        out.extend_from_slice(&[b'W', 1, kind]);
+        out.extend_from_slice(&[b'W', 2, kind]);
+        out.extend_from_slice(&[0; 16]); // stream and number: see `stamp`
         for s in [origin, target] {
             let s = &s.as_bytes()[..s.len().min(255)];
             out.push(s.len() as u8);
@@ -267,15 +284,31 @@ impl Envelope {
         out
     }
 
+    /// Writes `seq` into an encoded envelope (the publisher numbers messages as it sends them,
+    /// so numbers follow the order Redis receives them in).
+    pub fn stamp(bytes: &mut [u8], seq: Sequence) {
+        if let Some(field) = bytes.get_mut(3..19) {
+            field[..8].copy_from_slice(&seq.stream.to_be_bytes());
+            field[8..].copy_from_slice(&seq.number.to_be_bytes());
+        }
+    }
+
     /// Decodes an envelope received from the broker. Text is checked for UTF-8 here, because
     /// anything with access to Redis can publish.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let mut rest = bytes;
         let header = take(&mut rest, 3)?;
-        if header[0] != b'W' || header[1] != 1 {
+        if header[0] != b'W' || !matches!(header[1], 1 | 2) {
             return Err(EnvelopeError::BadHeader);
         }
         let kind = header[2];
+        let sequence = if header[1] == 2 {
+            let field = take(&mut rest, 16)?;
+            let word = |at: usize| u64::from_be_bytes(field[at..at + 8].try_into().unwrap_or_default());
+            Some(Sequence { stream: word(0), number: word(8) }).filter(|s| s.stream != 0)
+        } else {
+            None
+        };
         let origin = short_str(&mut rest)?.to_owned();
         let target = short_str(&mut rest)?.to_owned();
         let count = take(&mut rest, 2)?;
@@ -300,7 +333,7 @@ impl Envelope {
             }
             _ => return Err(EnvelopeError::BadHeader),
         };
-        Ok(Envelope { origin, target, exclude, payload })
+        Ok(Envelope { origin, target, exclude, sequence, payload })
     }
 }
 
@@ -360,5 +393,21 @@ mod tests {
         bad.push(0xff);
         assert_eq!(Envelope::decode(&bad), Err(EnvelopeError::InvalidUtf8));
         assert_eq!(Envelope::decode(b"X1T"), Err(EnvelopeError::BadHeader));
+        assert_eq!(Envelope::decode(b"W\x03T"), Err(EnvelopeError::BadHeader));
+    }
+
+    #[test]
+    fn envelopes_carry_the_stamped_sequence_and_version_1_is_still_read() {
+        let msg = Message::Text(Bytes::from_static(b"hi"));
+        let mut bytes = Envelope::encode("n1", "", &[], &msg);
+        assert_eq!(Envelope::decode(&bytes).unwrap().sequence, None, "not numbered until stamped");
+        let seq = Sequence { stream: 0x0102_0304_0506_0708, number: 42 };
+        Envelope::stamp(&mut bytes, seq);
+        let env = Envelope::decode(&bytes).unwrap();
+        assert_eq!((env.sequence, env.payload), (Some(seq), Payload::Message(msg.clone())));
+        // Version 1, as nodes before numbering wrote it.
+        let v1 = [b"W\x01T\x02n1\x00\x00\x00".as_slice(), b"hi"].concat();
+        let env = Envelope::decode(&v1).unwrap();
+        assert_eq!((env.origin.as_str(), env.sequence, env.payload), ("n1", None, Payload::Message(msg)));
     }
 }

@@ -17,7 +17,9 @@
 //!   exponential backoff (100 ms doubling to 5 s, ±20 % jitter) and resubscribes everything
 //!   the hub has. What could not be relayed meanwhile is counted (`broker_errors_total`).
 //!   Messages published by other nodes while this one was disconnected are not replayed:
-//!   Redis pub/sub has no history.
+//!   Redis pub/sub has no history. They are counted, though: the publisher numbers what it
+//!   sends per Redis channel and receivers count the numbers they never saw
+//!   (`broker_missed_total`; see [`sequence`](super::sequence)).
 //! - With Redis Sentinel (`[broker] sentinels`, `master_name`) every (re)connect first asks
 //!   the sentinels, in order, for the current primary (`SENTINEL get-master-addr-by-name`)
 //!   and checks with `ROLE` that it is one; the liveness check repeats `ROLE`, so a primary
@@ -41,6 +43,7 @@ mod settings;
 pub use connection::{connect, Commands, Connected, Received, Subscriber};
 pub use settings::{ClusterSettings, RedisSettings, SentinelSettings};
 
+use super::sequence::{GapDetector, Numbering};
 use super::{
     deliver_direct, Broker, BrokerCounters, BrokerError, Control, Envelope, Payload, ALL_CHANNEL, NODE_PREFIX,
     SUB_PREFIX,
@@ -209,6 +212,7 @@ async fn publisher(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut numbering = Numbering::default();
     loop {
         batch.clear();
         tokio::select! {
@@ -222,11 +226,18 @@ async fn publisher(
             shared.count_unrelayed(batch.len() as u64);
             continue;
         };
+        for (channel, payload) in batch.iter_mut() {
+            Envelope::stamp(payload, numbering.next(channel));
+        }
         let result = tokio::time::timeout(IO_TIMEOUT, publish_batch(&mut current, &batch)).await;
         shared.queued.fetch_sub(bytes, Ordering::AcqRel);
         if !matches!(result, Ok(Ok(()))) {
             tracing::warn!(messages = batch.len(), "broker: PUBLISH failed; messages not relayed");
             shared.count_unrelayed(batch.len() as u64);
+            // Counted here; new streams keep receivers from counting them again as gaps.
+            for (channel, _) in &batch {
+                numbering.forget(channel);
+            }
             shared.failed.send_replace(generation);
         }
     }
@@ -280,11 +291,12 @@ async fn supervise(
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u64;
+    // Kept across reconnects: what other nodes published meanwhile shows as gaps.
+    let mut gaps = GapDetector::default();
     loop {
         if *stop.borrow() {
             return;
         }
-        let sentinel = settings.sentinel.is_some();
         match start_session(&settings, &shared.node, &hub).await {
             Ok((session, primary)) => {
                 backoff = BACKOFF_MIN;
@@ -294,7 +306,10 @@ async fn supervise(
                 shared.connected.store(true, Ordering::Release);
                 let server = primary.as_deref().unwrap_or(if settings.is_cluster() { "cluster" } else { "url" });
                 tracing::info!(node = %shared.node, subscriptions = session.subscribed.len(), primary = server, "broker: connected to Redis");
-                let ended = run(&shared, generation, &hub, session, sentinel, &mut interest, &mut stop).await;
+                gaps.retain(|channel| {
+                    channel.strip_prefix(SUB_PREFIX).is_none_or(|name| session.subscribed.contains(name))
+                });
+                let ended = run(&shared, generation, &hub, session, &mut gaps, &mut interest, &mut stop).await;
                 shared.connected.store(false, Ordering::Release);
                 conn.send_replace(None);
                 match ended {
@@ -332,6 +347,8 @@ struct Session {
     conn: Commands,
     /// Subscription names subscribed in Redis (besides the node channel and `all`).
     subscribed: HashSet<String>,
+    /// Sentinel: the server must stay the primary (checked with every PING).
+    must_be_primary: bool,
 }
 
 enum Ended {
@@ -360,7 +377,13 @@ async fn start_session(
         let channels: Vec<String> = names.iter().map(|n| format!("{SUB_PREFIX}{n}")).collect();
         subscriber.subscribe(&channels).await?;
     }
-    Ok((Session { subscriber, conn: commands, subscribed: names.into_iter().collect() }, primary))
+    let session = Session {
+        subscriber,
+        conn: commands,
+        subscribed: names.into_iter().collect(),
+        must_be_primary: settings.sentinel.is_some(),
+    };
+    Ok((session, primary))
 }
 
 async fn run(
@@ -368,7 +391,7 @@ async fn run(
     generation: u64,
     hub: &Weak<Hub>,
     mut session: Session,
-    must_be_primary: bool,
+    gaps: &mut GapDetector,
     interest: &mut mpsc::UnboundedReceiver<Arc<str>>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
@@ -391,12 +414,12 @@ async fn run(
                     Received::Lost(why) => return Ended::Lost(why),
                 };
                 let Some(hub) = hub.upgrade() else { return Ended::Stopped };
-                deliver(shared, &hub, &node_channel, &channel, &payload);
+                deliver(shared, &hub, &node_channel, &channel, &payload, gaps);
             }
             name = interest.recv() => {
                 let Some(name) = name else { return Ended::Stopped };
                 let Some(hub) = hub.upgrade() else { return Ended::Stopped };
-                if let Err(why) = reconcile(&hub, &mut session, &name).await {
+                if let Err(why) = reconcile(&hub, &mut session, gaps, &name).await {
                     return Ended::Lost(why);
                 }
             }
@@ -409,7 +432,7 @@ async fn run(
                     return Ended::Lost(why);
                 }
                 // Sentinel: a failover may have demoted this server while it stayed reachable.
-                if must_be_primary {
+                if session.must_be_primary {
                     if let Err(why) = settings::check_primary(&mut session.conn).await {
                         return Ended::Lost(why);
                     }
@@ -426,7 +449,7 @@ async fn run(
 }
 
 /// Makes Redis's subscription to `name` match the hub's membership now.
-async fn reconcile(hub: &Hub, session: &mut Session, name: &str) -> Result<(), String> {
+async fn reconcile(hub: &Hub, session: &mut Session, gaps: &mut GapDetector, name: &str) -> Result<(), String> {
     let want = hub.has_local_members(name);
     let have = session.subscribed.contains(name);
     let channel = format!("{SUB_PREFIX}{name}");
@@ -436,12 +459,14 @@ async fn reconcile(hub: &Hub, session: &mut Session, name: &str) -> Result<(), S
     } else if !want && have {
         session.subscriber.unsubscribe(&channel).await?;
         session.subscribed.remove(name);
+        gaps.forget(&channel);
     }
     Ok(())
 }
 
-/// Hands one received message to the hub's node-local fan-out (encoding it once here).
-fn deliver(shared: &Shared, hub: &Hub, node_channel: &str, channel: &str, payload: &[u8]) {
+/// Hands one received message to the hub's node-local fan-out (encoding it once here), after
+/// counting the messages of its origin on this channel that never arrived.
+fn deliver(shared: &Shared, hub: &Hub, node_channel: &str, channel: &str, payload: &[u8], gaps: &mut GapDetector) {
     let envelope = match Envelope::decode(payload) {
         Ok(e) => e,
         Err(error) => {
@@ -451,6 +476,13 @@ fn deliver(shared: &Shared, hub: &Hub, node_channel: &str, channel: &str, payloa
     };
     if envelope.origin == shared.node {
         return; // delivered locally when it was published
+    }
+    if let Some(seq) = envelope.sequence {
+        let missed = gaps.observe(channel, &envelope.origin, seq);
+        if missed > 0 {
+            shared.counters.missed(missed);
+            tracing::warn!(node = %shared.node, origin = %envelope.origin, channel, missed, "broker: messages relayed by another node never arrived (subscriber connection lapsed)");
+        }
     }
     if channel == node_channel {
         deliver_direct(hub, &envelope);
@@ -502,29 +534,63 @@ mod tests {
             hub.subscribe(h.id(), "room").unwrap();
         }
         let node_channel = "wsgate:node:me";
+        let mut gaps = GapDetector::default();
         let msg = Message::Text(Bytes::from_static(b"hi"));
         let excluded = chans[2].0.id().clone();
-        deliver(&shared, &hub, node_channel, "wsgate:sub:room", &Envelope::encode("other", "", &[excluded], &msg));
+        deliver(
+            &shared,
+            &hub,
+            node_channel,
+            "wsgate:sub:room",
+            &Envelope::encode("other", "", &[excluded], &msg),
+            &mut gaps,
+        );
         let (a, b, c) = (frames(&mut chans[0].1), frames(&mut chans[1].1), frames(&mut chans[2].1));
         assert_eq!((a.len(), b.len(), c.len()), (1, 1, 0));
         assert_eq!(a[0].as_ptr(), b[0].as_ptr(), "one encoding shared by the node's members");
 
         // Its own publications, garbage and control on subscription channels are ignored.
-        deliver(&shared, &hub, node_channel, "wsgate:sub:room", &Envelope::encode("me", "", &[], &msg));
-        deliver(&shared, &hub, node_channel, "wsgate:sub:room", b"\x00garbage");
+        deliver(&shared, &hub, node_channel, "wsgate:sub:room", &Envelope::encode("me", "", &[], &msg), &mut gaps);
+        deliver(&shared, &hub, node_channel, "wsgate:sub:room", b"\x00garbage", &mut gaps);
         let close = Control::Close { code: 4000, reason: String::new() };
         let target = chans[0].0.id().to_string();
-        deliver(&shared, &hub, node_channel, "wsgate:sub:room", &Envelope::encode_control("other", &target, &close));
+        deliver(
+            &shared,
+            &hub,
+            node_channel,
+            "wsgate:sub:room",
+            &Envelope::encode_control("other", &target, &close),
+            &mut gaps,
+        );
         assert!(chans.iter_mut().all(|(_, q)| frames(q).is_empty()));
         assert!(!chans[0].0.is_closing());
 
         // On the node channel: a send to one channel, and control operations.
-        deliver(&shared, &hub, node_channel, node_channel, &Envelope::encode("other", &target, &[], &msg));
+        deliver(&shared, &hub, node_channel, node_channel, &Envelope::encode("other", &target, &[], &msg), &mut gaps);
         assert_eq!(frames(&mut chans[0].1).len(), 1);
         assert!(frames(&mut chans[1].1).is_empty());
-        deliver(&shared, &hub, node_channel, ALL_CHANNEL, &Envelope::encode("other", "", &[], &msg));
+        deliver(&shared, &hub, node_channel, ALL_CHANNEL, &Envelope::encode("other", "", &[], &msg), &mut gaps);
         assert!(chans.iter_mut().all(|(_, q)| frames(q).len() == 1), "`all` reaches every channel");
-        deliver(&shared, &hub, node_channel, node_channel, &Envelope::encode_control("other", &target, &close));
+        deliver(
+            &shared,
+            &hub,
+            node_channel,
+            node_channel,
+            &Envelope::encode_control("other", &target, &close),
+            &mut gaps,
+        );
         assert!(chans[0].0.is_closing());
+
+        // Numbered messages: a jump in one origin's numbers on a channel is counted as missed.
+        let numbered = |number| {
+            let mut bytes = Envelope::encode("other", "", &[], &msg);
+            Envelope::stamp(&mut bytes, crate::pubsub::broker::Sequence { stream: 5, number });
+            bytes
+        };
+        for number in [1, 2, 5, 6] {
+            deliver(&shared, &hub, node_channel, "wsgate:sub:room", &numbered(number), &mut gaps);
+        }
+        assert_eq!(shared.counters.missed.get(), 2, "3 and 4 never arrived");
+        assert_eq!(frames(&mut chans[1].1).len(), 4, "what did arrive is delivered");
     }
 }
