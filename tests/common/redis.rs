@@ -105,6 +105,11 @@ impl Redis {
         }
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -418,4 +423,92 @@ pub fn counter(gate: &super::Gate, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0) as u64
+}
+
+/// The bare Redis hop, for benchmarks: a publisher and a subscriber on plain tokio sockets
+/// speaking RESP (no client library, no driver task), so its latency is what Redis and the
+/// loopback cost a Rust client on this machine. Messages are 20 digits of send time (ns since
+/// `base`); the subscriber task returns one latency per message.
+pub struct RawHop {
+    publisher: tokio::net::TcpStream,
+    command: &'static [u8],
+    channel: String,
+    base: Instant,
+}
+
+impl RawHop {
+    /// Subscribes `channel` at `address` (`SSUBSCRIBE` when `sharded`: `address` must be the
+    /// node owning its slot) and starts the reader, which ends after `expected` messages or 5 s
+    /// of silence.
+    pub async fn start(
+        address: &str,
+        channel: &str,
+        sharded: bool,
+        base: Instant,
+        expected: usize,
+    ) -> (RawHop, tokio::task::JoinHandle<Vec<u64>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let connect = || async {
+            let s = tokio::net::TcpStream::connect(address).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            s
+        };
+        let (publisher, mut subscriber) = (connect().await, connect().await);
+        let (subscribe, push_kind, command): (&str, &str, &'static [u8]) =
+            if sharded { ("SSUBSCRIBE", "smessage", b"SPUBLISH") } else { ("SUBSCRIBE", "message", b"PUBLISH") };
+        subscriber.write_all(&resp(&[subscribe.as_bytes(), channel.as_bytes()])).await.unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut have = 0;
+        while !buf[..have].ends_with(b":1\r\n") {
+            have += subscriber.read(&mut buf[have..]).await.unwrap();
+        }
+        // One push: *3 $len kind $len channel $20 digits — a fixed length.
+        let push = resp(&[push_kind.as_bytes(), channel.as_bytes(), &[b'0'; 20]]).len();
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::with_capacity(expected);
+            let mut have = 0;
+            while out.len() < expected {
+                match tokio::time::timeout(Duration::from_secs(5), subscriber.read(&mut buf[have..])).await {
+                    Ok(Ok(n)) if n > 0 => have += n,
+                    _ => break,
+                }
+                let now = base.elapsed().as_nanos() as u64;
+                let mut at = 0;
+                while have - at >= push {
+                    let digits = &buf[at + push - 22..at + push - 2];
+                    let sent: u64 = std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).unwrap_or(now);
+                    out.push(now.saturating_sub(sent));
+                    at += push;
+                }
+                buf.copy_within(at..have, 0);
+                have -= at;
+            }
+            out
+        });
+        (RawHop { publisher, command, channel: channel.to_owned(), base }, reader)
+    }
+
+    /// Publishes the current time and waits for Redis's reply.
+    pub async fn publish(&mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let now = format!("{:020}", self.base.elapsed().as_nanos());
+        let command = resp(&[self.command, self.channel.as_bytes(), now.as_bytes()]);
+        self.publisher.write_all(&command).await.unwrap();
+        let mut reply = [0u8; 64];
+        let mut got = 0;
+        while !reply[..got].ends_with(b"\r\n") {
+            got += self.publisher.read(&mut reply[got..]).await.unwrap();
+        }
+    }
+}
+
+/// A RESP array of bulk strings.
+fn resp(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", parts.len()).into_bytes();
+    for part in parts {
+        out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
 }
