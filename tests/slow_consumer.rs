@@ -106,27 +106,7 @@ async fn run(policy: &str, subscribers: usize) {
     for _ in 1..subscribers {
         healthy.push(WsClient::connect(server.addr, "/websocket/echo").await);
     }
-    // Subscribe everybody to `feed` through the control API.
-    let mut ids: HashMap<SocketAddr, String> = HashMap::new();
-    for _ in 0..200 {
-        let (_, list, _) = request(&mut admin, "GET", "/v1/channels", Bytes::new()).await;
-        ids = list["channels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| (c["peer"].as_str().unwrap().parse().unwrap(), c["id"].as_str().unwrap().to_owned()))
-            .collect();
-        if ids.len() == subscribers {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(ids.len(), subscribers);
-    for id in ids.values() {
-        let (status, _, text) =
-            request(&mut admin, "PUT", &format!("/v1/channels/{id}/subscriptions/feed"), Bytes::new()).await;
-        assert_eq!(status, 200, "{text}");
-    }
+    subscribe_all(&mut admin, subscribers).await;
 
     // Healthy readers check the order of everything they get.
     let progress: Arc<Vec<AtomicU64>> = Arc::new((0..healthy.len()).map(|_| AtomicU64::new(0)).collect());
@@ -256,6 +236,87 @@ async fn run(policy: &str, subscribers: usize) {
                 }
             }
             assert_eq!(got + events, COUNT, "every message was either delivered or counted as dropped");
+        }
+    }
+}
+
+/// Subscribes every open channel (`subscribers` of them, once all are open) to `feed`
+/// through the control API.
+async fn subscribe_all(admin: &mut Sender, subscribers: usize) {
+    let mut ids: HashMap<SocketAddr, String> = HashMap::new();
+    for _ in 0..200 {
+        let (_, list, _) = request(admin, "GET", "/v1/channels", Bytes::new()).await;
+        ids = list["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["peer"].as_str().unwrap().parse().unwrap(), c["id"].as_str().unwrap().to_owned()))
+            .collect();
+        if ids.len() == subscribers {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ids.len(), subscribers);
+    for id in ids.values() {
+        let (status, _, text) =
+            request(admin, "PUT", &format!("/v1/channels/{id}/subscriptions/feed"), Bytes::new()).await;
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
+/// Back-pressure (DESIGN §6, `pubsub::window`): a publisher running ahead of every subscriber's
+/// writer is answered only as the writers take frames — at most 4 multicasts of a
+/// subscription queued, or 20 ms per publish — instead of queueing all it sends; and nothing
+/// it published is lost. The subscribers read nothing until the publisher is done (small
+/// receive buffers, so their writers block early); `send_queue` is large enough that the
+/// slow-consumer policy never applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_ahead_of_every_subscriber_is_held_back_and_loses_nothing() {
+    const BIG: usize = 256 * 1024;
+    const N: u64 = 80;
+    let big = |seq: u64| {
+        let mut data = vec![(seq % 251) as u8; BIG];
+        data[..8].copy_from_slice(&seq.to_be_bytes());
+        Bytes::from(data)
+    };
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_binary(
+        &dir,
+        up.addr,
+        "[admin]\naddr = \"127.0.0.1:0\"\n[websocket]\nsend_queue = \"64MiB\"\nmax_message_size = \"1MiB\"\nping_interval = \"10m\"\nidle_timeout = \"20m\"\n",
+    );
+    let mut admin = admin_client(server.admin).await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        clients.push(WsClient::connect_stream(socket.connect(server.addr).await.unwrap(), "/websocket/echo").await);
+    }
+    subscribe_all(&mut admin, 2).await;
+
+    let started = Instant::now();
+    for seq in 0..N {
+        let (status, answer, text) = request(&mut admin, "POST", "/v1/subscriptions/feed/publish", big(seq)).await;
+        assert_eq!((status, answer["delivered"].as_u64()), (200, Some(2)), "{text}");
+    }
+    let held = started.elapsed();
+    eprintln!("{N} x {BIG} B to 2 subscribers that read nothing: the publisher was answered in {held:?}");
+    // Queued without back-pressure, these 20 MiB are accepted in well under 400 ms; held back,
+    // every publish past the socket buffers and the window waits for a writer (20 ms at most).
+    assert!(held >= Duration::from_millis(400), "the publisher was not held back: {held:?}");
+    for (i, mut client) in clients.into_iter().enumerate() {
+        for expected in 0..N {
+            match tokio::time::timeout(TIMEOUT, client.next()).await {
+                Ok(Some(WsIncoming::Binary(data))) => {
+                    assert_eq!(data.len(), BIG);
+                    let seq = u64::from_be_bytes(data[..8].try_into().unwrap());
+                    assert_eq!(seq, expected, "client {i}: every message, in order");
+                    assert!(data[8..] == vec![(seq % 251) as u8; BIG - 8][..], "payload intact");
+                }
+                other => panic!("client {i}: expected message {expected}, got {other:?}"),
+            }
         }
     }
 }

@@ -154,7 +154,8 @@ async fn publish(state: &AdminState, name: &str, req: Request<Incoming>) -> Resp
             return response;
         }
     }
-    let delivery = state.hub.multicast(name, &message, &exclude);
+    // Answered once the subscription's writers keep up (pubsub::window): back-pressure.
+    let delivery = state.publish_window.publish(&state.hub, name, &message, &exclude).await;
     let mut answer = json!({ "delivered": delivery.delivered });
     if let Some(relayed) = delivery.relayed {
         answer["relayed"] = relayed.into();

@@ -118,6 +118,9 @@ pub struct AdminState {
     pub max_body: usize,
     /// What `/readyz` checks.
     pub readiness: health::Readiness,
+    /// Back-pressure on `POST /v1/subscriptions/{name}/publish` (a publisher running ahead
+    /// of the members' writers waits).
+    pub publish_window: crate::pubsub::PublishWindow,
 }
 
 impl std::fmt::Debug for AdminState {

@@ -190,6 +190,14 @@ fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
 }
 
 /// Encodes a message as one complete server frame (done once per multicast).
+/// `message` encoded once for sharing between members ([`Hub::multicast_shared`]).
+pub(crate) fn shared_message(message: &Message) -> SharedMessage {
+    match message {
+        Message::Text(text) => SharedMessage::new(OpCode::Text, text),
+        Message::Binary(data) => SharedMessage::new(OpCode::Binary, data),
+    }
+}
+
 pub(crate) fn encode(message: &Message) -> Bytes {
     match message {
         Message::Text(text) => server_frame(OpCode::Text, text),
@@ -453,11 +461,7 @@ impl Hub {
     /// Like [`Hub::multicast`], on this node only, never relayed: for what only this node's
     /// members may see (log-view's lines of this machine's files).
     pub fn multicast_local(&self, name: &str, message: &Message, exclude: &[ChannelId]) -> Delivery {
-        let shared = match message {
-            Message::Text(text) => SharedMessage::new(OpCode::Text, text),
-            Message::Binary(data) => SharedMessage::new(OpCode::Binary, data),
-        };
-        self.multicast_shared(name, &Arc::new(shared), exclude)
+        self.multicast_shared(name, &Arc::new(shared_message(message)), exclude)
     }
 
     /// Like [`Hub::multicast`] with an already-encoded frame (shared, never copied), on this

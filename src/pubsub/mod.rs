@@ -9,7 +9,9 @@ pub(crate) mod hub;
 mod message;
 pub(crate) mod outbox;
 pub mod relay;
+pub mod window;
 
 pub use channel::{ChannelHandle, ChannelId, SendError};
 pub use hub::{Delivery, Hub, HubError, RelayObserver, ALL};
 pub use message::Message;
+pub use window::PublishWindow;

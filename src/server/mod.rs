@@ -313,6 +313,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
                 upstream_timeout: config.upstream.connect_timeout.min(Duration::from_secs(1)),
                 broker: state.hub.broker().cloned(),
             },
+            publish_window: crate::pubsub::PublishWindow::default(),
         });
         // Logged as `admin=`, not `addr=`: scripts find the public listener by `addr=`.
         tracing::info!(admin = %addr, token = admin_state.token.is_some(), "admin listener (metrics, health, control API)");
