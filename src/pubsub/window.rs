@@ -10,8 +10,9 @@
 //! still find several frames to send in one write.
 //!
 //! A multicast is tracked by the [`SharedMessage`] all its members' queues share: each queue
-//! holds a reference until its writer takes the frame, so the reference count says how many
-//! members still have it queued, at no cost on the delivery path. Slow consumers must not
+//! holds a reference until its writer takes the frame, so the reference count (read through a
+//! weak reference) says how many members still have it queued, at no cost on the delivery
+//! path. Slow consumers must not
 //! hold everyone back: a multicast counts as settled when at most 1/16 of its members still
 //! have it, and no publish waits longer than its `max_wait` (20 ms by default; the
 //! slow-consumer policy deals with members that stay behind). Paced publishing, where writers keep up,
@@ -22,7 +23,7 @@
 //! fewer frames per write, for a bounded queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::channel::ChannelId;
@@ -35,16 +36,18 @@ use crate::ws::deflate::SharedMessage;
 /// that is not enough the window forgets everything (only back-pressure is lost, no message).
 const MAX_TRACKED: usize = 10_000;
 
-/// One multicast still queued somewhere: the shared message and how many holders (besides
-/// the window) may remain for it to count as settled.
+/// One multicast still queued somewhere: the shared message and how many holders may remain
+/// for it to count as settled. Weak: the window never keeps a message's bytes alive (a
+/// subscription published to once and then never again would otherwise hold its last
+/// multicasts until the next publish).
 struct InFlight {
-    message: Arc<SharedMessage>,
+    message: Weak<SharedMessage>,
     tolerated: usize,
 }
 
 impl InFlight {
     fn settled(&self) -> bool {
-        Arc::strong_count(&self.message) <= 1 + self.tolerated
+        self.message.strong_count() <= self.tolerated
     }
 }
 
@@ -83,7 +86,9 @@ impl PublishWindow {
         let mut delivery = hub.multicast_shared(name, &shared, exclude);
         delivery.relayed = hub.relay(name, message, exclude);
         let tolerated = delivery.delivered / 16;
-        if let Some(oldest) = self.admit(name, InFlight { message: shared, tolerated }) {
+        let message = Arc::downgrade(&shared);
+        drop(shared); // from here on, only the members' queues hold it
+        if let Some(oldest) = self.admit(name, InFlight { message, tolerated }) {
             self.settle(&oldest).await;
         }
         delivery
@@ -210,6 +215,27 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_millis(20), "waited {:?}", started.elapsed());
         drop(stalled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_keeps_no_message_alive() {
+        let hub = Hub::new();
+        let ids = ChannelIdGenerator::new("n");
+        let mut members: Vec<_> = (0..2).map(|_| open(&hub, &ids)).collect();
+        for (handle, _) in &members {
+            hub.subscribe(handle.id(), "room").unwrap();
+        }
+        let window = PublishWindow::new(4, Duration::from_millis(20));
+        for n in 0..3 {
+            window.publish(&hub, "room", &text(n), &[]).await;
+        }
+        assert_eq!(window.tracked(), 1);
+        // The writers take everything; nobody publishes to "room" again.
+        for (_, queue) in &mut members {
+            assert_eq!(queued(queue), 3);
+        }
+        let in_flight = lock(&window.in_flight);
+        assert!(in_flight["room"].iter().all(|m| m.message.strong_count() == 0), "messages freed, not held");
     }
 
     #[tokio::test]
