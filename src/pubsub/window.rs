@@ -147,12 +147,22 @@ impl PublishWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::channel::{ChannelIdGenerator, ChannelQueue};
+    use crate::pubsub::channel::{ChannelHandle, ChannelIdGenerator, ChannelQueue};
     use crate::pubsub::hub::test_support::open;
     use bytes::Bytes;
 
     fn text(n: usize) -> Message {
         Message::Text(Bytes::from(n.to_string()))
+    }
+
+    /// `n` channels of `hub`, all in subscription "room", with their queues.
+    fn room_of(hub: &Hub, n: usize) -> Vec<(ChannelHandle, ChannelQueue)> {
+        let ids = ChannelIdGenerator::new("n");
+        let members: Vec<_> = (0..n).map(|_| open(hub, &ids)).collect();
+        for (handle, _) in &members {
+            hub.subscribe(handle.id(), "room").unwrap();
+        }
+        members
     }
 
     fn queued(queue: &mut ChannelQueue) -> usize {
@@ -166,11 +176,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_publisher_ahead_of_every_member_waits_and_nothing_is_lost() {
         let hub = Hub::new();
-        let ids = ChannelIdGenerator::new("n");
-        let mut members: Vec<_> = (0..4).map(|_| open(&hub, &ids)).collect();
-        for (handle, _) in &members {
-            hub.subscribe(handle.id(), "room").unwrap();
-        }
+        let mut members = room_of(&hub, 4);
         let window = PublishWindow::new(2, Duration::from_millis(20));
         let started = tokio::time::Instant::now();
         for n in 0..2 {
@@ -198,11 +204,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_few_stalled_members_do_not_hold_the_publisher() {
         let hub = Hub::new();
-        let ids = ChannelIdGenerator::new("n");
-        let members: Vec<_> = (0..32).map(|_| open(&hub, &ids)).collect();
-        for (handle, _) in &members {
-            hub.subscribe(handle.id(), "room").unwrap();
-        }
+        let members = room_of(&hub, 32);
         // 30 members drain their queues as writers do; 2 (1/16) never do.
         let (stalled, draining): (Vec<_>, Vec<_>) = members.into_iter().enumerate().partition(|(i, _)| *i < 2);
         for (_, (_, mut queue)) in draining {
@@ -220,11 +222,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_window_keeps_no_message_alive() {
         let hub = Hub::new();
-        let ids = ChannelIdGenerator::new("n");
-        let mut members: Vec<_> = (0..2).map(|_| open(&hub, &ids)).collect();
-        for (handle, _) in &members {
-            hub.subscribe(handle.id(), "room").unwrap();
-        }
+        let mut members = room_of(&hub, 2);
         let window = PublishWindow::new(4, Duration::from_millis(20));
         for n in 0..3 {
             window.publish(&hub, "room", &text(n), &[]).await;
