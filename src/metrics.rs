@@ -119,6 +119,9 @@ pub struct Metrics {
     pub multicast_deliveries: Counter,
     /// Time to fan one multicast out to every member's queue.
     pub multicast_duration: Histogram,
+    /// How long control-API publishes were held back by the publish window (only those that
+    /// waited).
+    pub publish_backpressure: Histogram,
     /// Slow-consumer policy actions.
     pub slow_consumer_events: Family<ActionLabel, Counter>,
     /// Subscriptions with at least one member.
@@ -182,6 +185,7 @@ impl Metrics {
             multicast: Counter::default(),
             multicast_deliveries: Counter::default(),
             multicast_duration: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
+            publish_backpressure: Histogram::new(exponential_buckets(1e-4, 2.0, 9)),
             slow_consumer_events: Family::default(),
             subscriptions_active: Gauge::default(),
             proxy_requests: Family::default(),
@@ -217,6 +221,11 @@ impl Metrics {
             "multicast_duration_seconds",
             "Time to queue one multicast to every member",
             m.multicast_duration.clone(),
+        );
+        r.register(
+            "publish_backpressure_seconds",
+            "Time control-API publishes waited for the subscription's writers to catch up (publishes that waited)",
+            m.publish_backpressure.clone(),
         );
         r.register("slow_consumer_events", "Slow-consumer policy actions", m.slow_consumer_events.clone());
         r.register("subscriptions_active", "Subscriptions with at least one member", m.subscriptions_active.clone());

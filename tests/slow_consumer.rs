@@ -306,6 +306,13 @@ async fn a_publisher_ahead_of_every_subscriber_is_held_back_and_loses_nothing() 
     // Queued without back-pressure, these 20 MiB are accepted in well under 400 ms; held back,
     // every publish past the socket buffers and the window waits for a writer (20 ms at most).
     assert!(held >= Duration::from_millis(400), "the publisher was not held back: {held:?}");
+    let (_, _, metrics) = request(&mut admin, "GET", "/metrics", Bytes::new()).await;
+    let waited: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wsgate_publish_backpressure_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(waited >= 20, "publishes that waited are counted: {waited}");
     for (i, mut client) in clients.into_iter().enumerate() {
         for expected in 0..N {
             match tokio::time::timeout(TIMEOUT, client.next()).await {

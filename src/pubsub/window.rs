@@ -89,7 +89,12 @@ impl PublishWindow {
         let message = Arc::downgrade(&shared);
         drop(shared); // from here on, only the members' queues hold it
         if let Some(oldest) = self.admit(name, InFlight { message, tolerated }) {
-            self.settle(&oldest).await;
+            let started = tokio::time::Instant::now();
+            if self.settle(&oldest).await {
+                if let Some(metrics) = hub.metrics() {
+                    metrics.publish_backpressure.observe(started.elapsed().as_secs_f64());
+                }
+            }
         }
         delivery
     }
@@ -123,8 +128,8 @@ impl PublishWindow {
     }
 
     /// Waits until `oldest` is settled or `max_wait` has passed: yielding first (the writers
-    /// usually take a frame within a few polls), then in 1 ms sleeps.
-    async fn settle(&self, oldest: &InFlight) {
+    /// usually take a frame within a few polls), then in 1 ms sleeps. Whether it waited.
+    async fn settle(&self, oldest: &InFlight) -> bool {
         let deadline = tokio::time::Instant::now() + self.max_wait;
         let mut polls = 0u32;
         while !oldest.settled() && tokio::time::Instant::now() < deadline {
@@ -135,6 +140,7 @@ impl PublishWindow {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
+        polls > 0
     }
 
     /// Subscriptions with multicasts tracked (for tests).
