@@ -16,6 +16,7 @@
 //! needed one). TLS, HTTP/2 (RFC 8441) and any connection that does not downcast to a plain
 //! TCP stream keep the queued path.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -125,14 +126,18 @@ impl SessionIo {
 }
 
 /// Runs a session: with the direct-write path over plain TCP, else as before.
-pub(crate) async fn run(
+///
+/// Not an `async fn`: the set-up is synchronous, and the session's future is the loops' own.
+/// As an `async fn` it would keep its arguments in its state for the whole connection beside
+/// the copies the loops hold (an idle connection's largest allocation is this future).
+pub(crate) fn run(
     io: SessionIo,
     channel: ChannelHandle,
     queue: ChannelQueue,
     app: Arc<dyn App>,
     config: SessionConfig,
     shutdown: watch::Receiver<bool>,
-) -> SessionEnd {
+) -> impl Future<Output = SessionEnd> {
     let (reader, writer) = match io {
         SessionIo::Tcp(stream, pending) => {
             let socket = Arc::new(DirectSocket::new(
@@ -154,7 +159,7 @@ pub(crate) async fn run(
     };
     // One session type for both: two separately awaited session futures would both be laid
     // out in this state machine (measured: 5 KiB instead of 2.2 KiB per connection).
-    loops::run(reader, writer, channel, queue, app, config, shutdown).await
+    loops::run(reader, writer, channel, queue, app, config, shutdown)
 }
 
 /// A session's reading side: the shared socket, or a half of hyper's upgraded connection

@@ -10,6 +10,7 @@
 //! Closing (RFC 6455 §7): after a Close has been written the writer half-closes TCP; after a
 //! protocol error no more input is read (§7.1.7 "fail the connection").
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,7 +80,8 @@ pub(crate) enum SessionEnd {
 /// (the connection is chosen by [`super::direct::run`]: a shared plain TCP socket, or the
 /// halves of any other stream). `shutdown` turning `true` closes the session with 1001 (going
 /// away).
-pub(crate) async fn run<R, W>(
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments in every idle session")]
+pub(crate) fn run<R, W>(
     reader: R,
     writer: W,
     channel: ChannelHandle,
@@ -87,122 +89,132 @@ pub(crate) async fn run<R, W>(
     app: Arc<dyn App>,
     config: SessionConfig,
     shutdown: watch::Receiver<bool>,
-) -> SessionEnd
+) -> impl Future<Output = SessionEnd>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let reader_done = ReaderDone::default();
-    let pong = LatestPong::default();
-    app.on_open(&channel);
-    let write_half =
-        write_loop(writer, queue, &reader_done, config.close_timeout, &config.metrics, config.deflate, &pong);
-    let read_half = async {
-        let end = read_loop(reader, &channel, &*app, &config, shutdown, &pong).await;
-        reader_done.set();
+    // An `async` block, not an `async fn`: the block uses the arguments where they were
+    // captured, while an `async fn` also keeps a moved copy of each for the session's life.
+    async move {
+        let reader_done = ReaderDone::default();
+        let pong = LatestPong::default();
+        app.on_open(&channel);
+        let write_half =
+            write_loop(writer, queue, &reader_done, config.close_timeout, &config.metrics, config.deflate, &pong);
+        let read_half = async {
+            let end = read_loop(reader, &channel, &*app, &config, shutdown, &pong).await;
+            reader_done.set();
+            end
+        };
+        // Each half is polled only when its own waker fired (a delivery does not poll the reader).
+        let (read_half, write_half) = (std::pin::pin!(read_half), std::pin::pin!(write_half));
+        let (end, ()) = super::halves::join_halves(read_half, write_half).await;
+        let close_code = match &end {
+            SessionEnd::PeerClosed(c) => *c,
+            SessionEnd::Closed(c) => Some(*c),
+            SessionEnd::Dropped => Some(code::ABNORMAL),
+        };
+        // Make later sends fail fast; the writer is gone.
+        channel.close(code::GOING_AWAY, "");
+        app.on_close(&channel, close_code);
         end
-    };
-    // Each half is polled only when its own waker fired (a delivery does not poll the reader).
-    let (read_half, write_half) = (std::pin::pin!(read_half), std::pin::pin!(write_half));
-    let (end, ()) = super::halves::join_halves(read_half, write_half).await;
-    let close_code = match &end {
-        SessionEnd::PeerClosed(c) => *c,
-        SessionEnd::Closed(c) => Some(*c),
-        SessionEnd::Dropped => Some(code::ABNORMAL),
-    };
-    // Make later sends fail fast; the writer is gone.
-    channel.close(code::GOING_AWAY, "");
-    app.on_close(&channel, close_code);
-    end
+    }
 }
 
-async fn read_loop<R>(
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments in every idle session")]
+fn read_loop<'a, R>(
     mut reader: R,
-    channel: &ChannelHandle,
-    app: &dyn App,
-    config: &SessionConfig,
+    channel: &'a ChannelHandle,
+    app: &'a dyn App,
+    config: &'a SessionConfig,
     mut shutdown: watch::Receiver<bool>,
-    pong: &LatestPong,
-) -> SessionEnd
+    pong: &'a LatestPong,
+) -> impl Future<Output = SessionEnd> + 'a
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + 'a,
 {
-    let ctx = ReadContext { channel, app, config, pong };
-    let mut decoder = Decoder::new(DecoderConfig { role: Role::Server, max_message_size: config.max_message_size });
-    // RFC 7692 §6: RSV1 marks a compressed message once the extension is negotiated.
-    decoder.set_rsv1_allowed(config.deflate.is_some());
-    // Created on the first compressed message, not at the handshake: zlib's inflate state is
-    // ≈ 18 KiB and most subscribers (browsers always negotiate deflate) never send one.
-    let mut inflater: Option<Box<Inflater>> = None;
-    // Small at first: most connections are idle most of the time (memory per idle connection
-    // is a benchmark figure); grown in READ_CHUNK steps once data flows.
-    let mut buf = BytesMut::with_capacity(IDLE_READ_BUFFER);
-    let mut last_received = Instant::now();
-    // One timer serves both the keepalive ping (every `ping_interval` while open) and the
-    // close deadline (once closing): one timer entry per connection instead of two.
-    let timer = sleep_until(crate::time::deadline(config.ping_interval));
-    tokio::pin!(timer);
-    // Set once we have sent a Close: from then on we only wait for the peer's.
-    let mut closing: Option<(u16, Instant)> = None;
-    let mut shutdown_seen = *shutdown.borrow();
-    if shutdown_seen {
-        channel.close(code::GOING_AWAY, "server shutting down");
-        closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
-    }
-
-    loop {
-        // Handle every complete event already buffered before reading more.
-        if let Some(end) = handle_buffered(&ctx, &mut decoder, &mut buf, &mut inflater, closing.map(|(code, _)| code)) {
-            return end;
+    // An `async` block for the reason given at `run`.
+    async move {
+        let ctx = ReadContext { channel, app, config, pong };
+        let mut decoder = Decoder::new(DecoderConfig { role: Role::Server, max_message_size: config.max_message_size });
+        // RFC 7692 §6: RSV1 marks a compressed message once the extension is negotiated.
+        decoder.set_rsv1_allowed(config.deflate.is_some());
+        // Created on the first compressed message, not at the handshake: zlib's inflate state is
+        // ≈ 18 KiB and most subscribers (browsers always negotiate deflate) never send one.
+        let mut inflater: Option<Box<Inflater>> = None;
+        // Small at first: most connections are idle most of the time (memory per idle connection
+        // is a benchmark figure); grown in READ_CHUNK steps once data flows.
+        let mut buf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+        let mut last_received = Instant::now();
+        // One timer serves both the keepalive ping (every `ping_interval` while open) and the
+        // close deadline (once closing): one timer entry per connection instead of two.
+        let timer = sleep_until(crate::time::deadline(config.ping_interval));
+        tokio::pin!(timer);
+        // Set once we have sent a Close: from then on we only wait for the peer's.
+        let mut closing: Option<(u16, Instant)> = None;
+        let mut shutdown_seen = *shutdown.borrow();
+        if shutdown_seen {
+            channel.close(code::GOING_AWAY, "server shutting down");
+            closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
         }
 
-        if let Some((_, deadline)) = closing {
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
+        loop {
+            // Handle every complete event already buffered before reading more.
+            if let Some(end) =
+                handle_buffered(&ctx, &mut decoder, &mut buf, &mut inflater, closing.map(|(code, _)| code))
+            {
+                return end;
             }
-        }
-        if buf.capacity() - buf.len() < IDLE_READ_BUFFER {
-            buf.reserve(READ_CHUNK);
-        }
-        tokio::select! {
-            read = reader.read_buf(&mut buf) => match read {
-                Ok(0) | Err(_) => {
-                    return match closing {
-                        Some((code, _)) => SessionEnd::Closed(code),
-                        None => SessionEnd::Dropped,
-                    };
-                }
-                Ok(_) => last_received = Instant::now(),
-            },
-            changed = shutdown.changed(), if !shutdown_seen => {
-                shutdown_seen = true;
-                if (changed.is_err() || *shutdown.borrow()) && closing.is_none() {
-                    channel.close(code::GOING_AWAY, "server shutting down");
-                    closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
+
+            if let Some((_, deadline)) = closing {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
                 }
             }
-            _ = &mut timer => {
-                if let Some((code, _)) = closing {
-                    // The close deadline passed without the peer's Close.
-                    return SessionEnd::Closed(code);
-                }
-                let quiet = last_received.elapsed();
-                if quiet >= config.idle_timeout {
-                    channel.close(code::GOING_AWAY, "idle timeout");
-                    closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
-                } else if quiet >= config.ping_interval {
-                    let _ = channel.send_control(server_frame(OpCode::Ping, b""));
-                }
-                timer.as_mut().reset(crate::time::deadline(config.ping_interval));
+            if buf.capacity() - buf.len() < IDLE_READ_BUFFER {
+                buf.reserve(READ_CHUNK);
             }
-            // The app, the control API or the slow-consumer policy started a close: start the
-            // close deadline now rather than at the next ping tick.
-            _ = channel.closing(), if closing.is_none() => {}
-        }
-        if channel.is_closing() && closing.is_none() {
-            // The app or the slow-consumer policy started the close: wait for the answer.
-            let started = channel.close_code().unwrap_or(code::POLICY);
-            closing = Some((started, crate::time::deadline(config.close_timeout)));
+            tokio::select! {
+                read = reader.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => {
+                        return match closing {
+                            Some((code, _)) => SessionEnd::Closed(code),
+                            None => SessionEnd::Dropped,
+                        };
+                    }
+                    Ok(_) => last_received = Instant::now(),
+                },
+                changed = shutdown.changed(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    if (changed.is_err() || *shutdown.borrow()) && closing.is_none() {
+                        channel.close(code::GOING_AWAY, "server shutting down");
+                        closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
+                    }
+                }
+                _ = &mut timer => {
+                    if let Some((code, _)) = closing {
+                        // The close deadline passed without the peer's Close.
+                        return SessionEnd::Closed(code);
+                    }
+                    let quiet = last_received.elapsed();
+                    if quiet >= config.idle_timeout {
+                        channel.close(code::GOING_AWAY, "idle timeout");
+                        closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
+                    } else if quiet >= config.ping_interval {
+                        let _ = channel.send_control(server_frame(OpCode::Ping, b""));
+                    }
+                    timer.as_mut().reset(crate::time::deadline(config.ping_interval));
+                }
+                // The app, the control API or the slow-consumer policy started a close: start the
+                // close deadline now rather than at the next ping tick.
+                _ = channel.closing(), if closing.is_none() => {}
+            }
+            if channel.is_closing() && closing.is_none() {
+                // The app or the slow-consumer policy started the close: wait for the answer.
+                let started = channel.close_code().unwrap_or(code::POLICY);
+                closing = Some((started, crate::time::deadline(config.close_timeout)));
+            }
         }
     }
 }
@@ -351,83 +363,89 @@ fn starts_message(frame: &Bytes) -> bool {
     matches!(frame.first().map(|b| b & 0x0F), Some(0x1) | Some(0x2))
 }
 
-async fn write_loop<W>(
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments in every idle session")]
+fn write_loop<'a, W>(
     mut writer: W,
     mut queue: ChannelQueue,
-    done: &ReaderDone,
+    done: &'a ReaderDone,
     close_timeout: Duration,
-    metrics: &AppCounters,
+    metrics: &'a AppCounters,
     deflate: Option<DeflateParams>,
-    pong: &LatestPong,
-) where
-    W: AsyncWrite + Unpin,
+    pong: &'a LatestPong,
+) -> impl Future<Output = ()> + 'a
+where
+    W: AsyncWrite + Unpin + 'a,
 {
-    // Allocated on first use and given back after a burst: an idle connection holds no batch.
-    let mut items: Vec<Outbound> = Vec::new();
-    let mut batch: Vec<Bytes> = Vec::new();
-    loop {
-        let first = tokio::select! {
-            biased;
-            item = queue.rx.recv() => item,
-            _ = reader_done(done) => {
-                // Boxed, like the other close-path waits: rare, and inline it would grow
-                // every idle session's state.
-                return Box::pin(write_close_after_reader(&mut writer, &mut queue, close_timeout, metrics)).await;
-            }
-        };
-        let Some(first) = first else { return };
-        items.push(first);
-        // Everything else already queued goes into the same vectored write (one lock).
-        queue.rx.drain_into(&mut items, MAX_BATCH - 1);
-        let Batch { reserved, messages, head_len, close } = assemble(&mut items, &mut batch, pong, deflate.as_ref());
-        let wire: usize = batch.iter().map(Bytes::len).sum();
-        let result = {
-            let write = write_all_vectored(&mut writer, &mut batch);
-            tokio::pin!(write);
-            tokio::select! {
-                result = &mut write => result,
-                // The reader has finished (peer gone, or closing): finish this write only if
-                // the peer still reads, so a dead peer cannot hold the session open.
-                _ = reader_done(done) => match Box::pin(tokio::time::timeout(close_timeout, &mut write)).await {
-                    Ok(result) => result,
-                    Err(_) => return,
-                },
-            }
-        };
-        queue.budget.release(reserved);
-        if result.is_err() {
-            return;
-        }
-        // After a burst, and after the handshake's write (the 101 and the app's first
-        // messages): most connections then sit idle, holding no buffer.
-        if batch.capacity() > KEEP_BATCH_CAPACITY || head_len > 0 {
-            batch = Vec::new();
-            items = Vec::new();
-            if head_len > 0 {
-                queue.rx.release_if_empty();
-            }
-        }
-        metrics.messages_sent.inc_by(messages);
-        metrics.bytes_sent.inc_by((wire - head_len) as u64);
-        if let Some(frame) = close {
-            let reader_finished = done.done.load(Ordering::Acquire);
-            let _ = Box::pin(tokio::time::timeout(close_timeout, async {
-                writer.write_all(&frame).await?;
-                writer.flush().await?;
-                if reader_finished {
-                    // The peer's Close is in (or the peer is gone): the session ends now and
-                    // dropping the socket closes it; a half-close first would be one more
-                    // system call per connection for nothing.
-                    return Ok(());
+    // An `async` block for the reason given at `run`.
+    async move {
+        // Allocated on first use and given back after a burst: an idle connection holds no batch.
+        let mut items: Vec<Outbound> = Vec::new();
+        let mut batch: Vec<Bytes> = Vec::new();
+        loop {
+            let first = tokio::select! {
+                biased;
+                item = queue.rx.recv() => item,
+                _ = reader_done(done) => {
+                    // Boxed, like the other close-path waits: rare, and inline it would grow
+                    // every idle session's state.
+                    return Box::pin(write_close_after_reader(&mut writer, &mut queue, close_timeout, metrics)).await;
                 }
-                // §7.1.1: the server closes the TCP connection first; half-close now, the
-                // reader keeps waiting for the peer's Close.
-                writer.shutdown().await
-            }))
-            .await;
-            // Nothing else may follow a Close; wait for the reader to finish.
-            reader_done(done).await;
-            return;
+            };
+            let Some(first) = first else { return };
+            items.push(first);
+            // Everything else already queued goes into the same vectored write (one lock).
+            queue.rx.drain_into(&mut items, MAX_BATCH - 1);
+            let Batch { reserved, messages, head_len, close } =
+                assemble(&mut items, &mut batch, pong, deflate.as_ref());
+            let wire: usize = batch.iter().map(Bytes::len).sum();
+            let result = {
+                let write = write_all_vectored(&mut writer, &mut batch);
+                tokio::pin!(write);
+                tokio::select! {
+                    result = &mut write => result,
+                    // The reader has finished (peer gone, or closing): finish this write only if
+                    // the peer still reads, so a dead peer cannot hold the session open.
+                    _ = reader_done(done) => match Box::pin(tokio::time::timeout(close_timeout, &mut write)).await {
+                        Ok(result) => result,
+                        Err(_) => return,
+                    },
+                }
+            };
+            queue.budget.release(reserved);
+            if result.is_err() {
+                return;
+            }
+            // After a burst, and after the handshake's write (the 101 and the app's first
+            // messages): most connections then sit idle, holding no buffer.
+            if batch.capacity() > KEEP_BATCH_CAPACITY || head_len > 0 {
+                batch = Vec::new();
+                items = Vec::new();
+                if head_len > 0 {
+                    queue.rx.release_if_empty();
+                }
+            }
+            metrics.messages_sent.inc_by(messages);
+            metrics.bytes_sent.inc_by((wire - head_len) as u64);
+            if let Some(frame) = close {
+                let reader_finished = done.done.load(Ordering::Acquire);
+                let _ = Box::pin(tokio::time::timeout(close_timeout, async {
+                    writer.write_all(&frame).await?;
+                    writer.flush().await?;
+                    if reader_finished {
+                        // The peer's Close is in (or the peer is gone): the session ends now and
+                        // dropping the socket closes it; a half-close first would be one more
+                        // system call per connection for nothing.
+                        return Ok(());
+                    }
+                    // §7.1.1: the server closes the TCP connection first; half-close now, the
+                    // reader keeps waiting for the peer's Close.
+                    writer.shutdown().await
+                }))
+                .await;
+                // Nothing else may follow a Close; wait for the reader to finish.
+                reader_done(done).await;
+                return;
+            }
         }
     }
 }
