@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::redis::{RawHop, Redis, RedisCluster};
+use common::redis::{send_stamp, since_stamp, RawHop, Redis, RedisCluster};
 use common::{basic_config, start_gate, start_upstream, WsClient};
 use wsgate::apps::Message;
 use wsgate::ws::codec::Incoming;
@@ -54,6 +54,13 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// A message of `payload` bytes: its send time, then padding.
+fn stamped(base: Instant, payload: usize) -> Message {
+    let mut text = send_stamp(base);
+    text.extend(std::iter::repeat_n('x', payload - text.len()));
+    Message::Text(Bytes::from(text))
 }
 
 /// CPU time in ns: this process's and the Redis servers'.
@@ -243,10 +250,7 @@ async fn run() {
                         Ok(Some(Incoming::Text(t))) => {
                             received.fetch_add(1, Ordering::Relaxed);
                             if latencies.len() < messages {
-                                let now = base.elapsed().as_nanos() as u64;
-                                let sent: u64 =
-                                    std::str::from_utf8(&t[..20]).ok().and_then(|s| s.parse().ok()).unwrap_or(now);
-                                latencies.push(now.saturating_sub(sent));
+                                latencies.push(since_stamp(base, &t));
                             }
                             if latencies.len() == messages {
                                 if let Some(done) = done.take() {
@@ -283,11 +287,8 @@ async fn run() {
             hop.publish().await;
             continue;
         }
-        // 20 digits of send time, then padding to the payload size.
-        let mut text = format!("{:020}", base.elapsed().as_nanos() as u64);
-        text.extend(std::iter::repeat_n('x', payload - 20));
         let hub = if tick % 3 == 0 { &hub } else { &single };
-        hub.multicast("bench", &Message::Text(Bytes::from(text)), &[]);
+        hub.multicast("bench", &stamped(base, payload), &[]);
     }
     let send_secs = started.elapsed().as_secs_f64();
 
@@ -317,9 +318,7 @@ async fn run() {
             let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
             for _ in 0..messages {
                 ticker.tick().await;
-                let mut text = format!("{:020}", base.elapsed().as_nanos() as u64);
-                text.extend(std::iter::repeat_n('x', payload - 20));
-                from.multicast("bench", &Message::Text(Bytes::from(text)), &[]);
+                from.multicast("bench", &stamped(base, payload), &[]);
             }
             let deadline = Instant::now() + Duration::from_secs(10);
             while received.load(Ordering::Relaxed) < want && Instant::now() < deadline {

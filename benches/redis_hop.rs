@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::{RawHop, Redis};
+use common::redis::{send_stamp, since_stamp, RawHop, Redis};
 use futures_util::StreamExt;
 
 fn env(name: &str, default: usize) -> usize {
@@ -53,19 +53,6 @@ async fn run() {
     }
 }
 
-/// The send time, as 20 digits of nanoseconds since `base`.
-fn stamp(base: Instant) -> String {
-    format!("{:020}", base.elapsed().as_nanos())
-}
-
-fn latency(base: Instant, payload: &[u8]) -> u64 {
-    let now = base.elapsed().as_nanos() as u64;
-    std::str::from_utf8(payload.get(..20).unwrap_or(&[]))
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map_or(0, |sent| now - sent)
-}
-
 async fn crate_client(redis: &Redis, messages: usize, rate: usize) -> Vec<u64> {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut publisher = client.get_multiplexed_async_connection().await.unwrap();
@@ -77,7 +64,7 @@ async fn crate_client(redis: &Redis, messages: usize, rate: usize) -> Vec<u64> {
         let mut out = Vec::with_capacity(messages);
         while out.len() < messages {
             match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
-                Ok(Some(msg)) => out.push(latency(base, msg.get_payload_bytes())),
+                Ok(Some(msg)) => out.push(since_stamp(base, msg.get_payload_bytes())),
                 _ => break,
             }
         }
@@ -86,7 +73,7 @@ async fn crate_client(redis: &Redis, messages: usize, rate: usize) -> Vec<u64> {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     for _ in 0..messages {
         ticker.tick().await;
-        let _: i64 = redis::cmd("PUBLISH").arg("hop").arg(stamp(base)).query_async(&mut publisher).await.unwrap();
+        let _: i64 = redis::cmd("PUBLISH").arg("hop").arg(send_stamp(base)).query_async(&mut publisher).await.unwrap();
     }
     reader.await.unwrap()
 }

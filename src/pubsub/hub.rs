@@ -189,7 +189,6 @@ fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
     (hasher.finish() as usize) % SHARDS
 }
 
-/// Encodes a message as one complete server frame (done once per multicast).
 /// `message` encoded once for sharing between members ([`Hub::multicast_shared`]).
 pub(crate) fn shared_message(message: &Message) -> SharedMessage {
     match message {
@@ -198,6 +197,7 @@ pub(crate) fn shared_message(message: &Message) -> SharedMessage {
     }
 }
 
+/// Encodes a message as one complete server frame (done once per multicast).
 pub(crate) fn encode(message: &Message) -> Bytes {
     match message {
         Message::Text(text) => server_frame(OpCode::Text, text),

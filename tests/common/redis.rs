@@ -425,6 +425,19 @@ pub fn counter(gate: &super::Gate, name: &str) -> u64 {
         .unwrap_or(0.0) as u64
 }
 
+/// A benchmark message's send time: 20 digits of nanoseconds since `base`.
+pub fn send_stamp(base: Instant) -> String {
+    format!("{:020}", base.elapsed().as_nanos())
+}
+
+/// Nanoseconds from the send time at the start of `message` (as [`send_stamp`] writes it) to
+/// now; 0 when it is not there.
+pub fn since_stamp(base: Instant, message: &[u8]) -> u64 {
+    let now = base.elapsed().as_nanos() as u64;
+    let sent = std::str::from_utf8(message.get(..20).unwrap_or_default()).ok().and_then(|s| s.parse::<u64>().ok());
+    sent.map_or(0, |sent| now.saturating_sub(sent))
+}
+
 /// The bare Redis hop, for benchmarks: a publisher and a subscriber on plain tokio sockets
 /// speaking RESP (no client library, no driver task), so its latency is what Redis and the
 /// loopback cost a Rust client on this machine. Messages are 20 digits of send time (ns since
@@ -472,12 +485,9 @@ impl RawHop {
                     Ok(Ok(n)) if n > 0 => have += n,
                     _ => break,
                 }
-                let now = base.elapsed().as_nanos() as u64;
                 let mut at = 0;
                 while have - at >= push {
-                    let digits = &buf[at + push - 22..at + push - 2];
-                    let sent: u64 = std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).unwrap_or(now);
-                    out.push(now.saturating_sub(sent));
+                    out.push(since_stamp(base, &buf[at + push - 22..at + push - 2]));
                     at += push;
                 }
                 buf.copy_within(at..have, 0);
@@ -491,8 +501,7 @@ impl RawHop {
     /// Publishes the current time and waits for Redis's reply.
     pub async fn publish(&mut self) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let now = format!("{:020}", self.base.elapsed().as_nanos());
-        let command = resp(&[self.command, self.channel.as_bytes(), now.as_bytes()]);
+        let command = resp(&[self.command, self.channel.as_bytes(), send_stamp(self.base).as_bytes()]);
         self.publisher.write_all(&command).await.unwrap();
         let mut reply = [0u8; 64];
         let mut got = 0;

@@ -75,23 +75,20 @@ impl GapDetector {
             Some(origins) => origins,
             None => self.last.entry(channel.to_owned()).or_default(),
         };
-        let missed = match origins.get_mut(origin) {
-            Some(last) => {
-                let missed = if last.stream == seq.stream && seq.number > last.number {
-                    seq.number - last.number - 1
-                } else {
-                    0 // a new stream; or an older number, which Redis never delivers late
-                };
-                *last = seq;
-                return missed;
-            }
-            None => 0,
-        };
+        if let Some(last) = origins.get_mut(origin) {
+            let missed = if last.stream == seq.stream && seq.number > last.number {
+                seq.number - last.number - 1
+            } else {
+                0 // a new stream; or an older number, which Redis never delivers late
+            };
+            *last = seq;
+            return missed;
+        }
         if origins.len() >= MAX_ORIGINS_PER_CHANNEL {
             origins.clear();
         }
         origins.insert(origin.to_owned(), seq);
-        missed
+        0 // the first message seen from this origin here: nothing to compare with
     }
 
     /// Forgets `channel` (unsubscribed: what is published until it is subscribed again is

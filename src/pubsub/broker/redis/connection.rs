@@ -6,9 +6,9 @@
 //! a message is not broadcast over the whole cluster bus. A subscribed slot the server moved
 //! away (its `sunsubscribe`) is reported as [`Received::Moved`]: the caller subscribes that
 //! channel again at once, at the new owner (what is published in between is lost to this
-//! node, and counted there as missed: see `sequence`). Any other sign that subscriptions may have lapsed (a node's connection closed) is
-//! [`Received::Lost`]: the caller reconnects and subscribes everything again, as it does
-//! after losing a single server.
+//! node, and counted there as missed: see `sequence`). Any other sign that subscriptions may
+//! have lapsed (a node's connection closed) is [`Received::Lost`]: the caller reconnects and
+//! subscribes everything again, as it does after losing a single server.
 
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
