@@ -357,6 +357,21 @@ impl Hub {
         Ok(())
     }
 
+    /// Starts closing every open channel with `code` and `reason` (the server's shutdown);
+    /// returns how many. Each session then runs its closing handshake as for any other close.
+    pub fn close_all(&self, code: u16, reason: &str) -> usize {
+        // Collected first: a close runs the channel's queue and must not run under a hub lock.
+        let handles: Vec<ChannelHandle> = self
+            .channels
+            .iter()
+            .flat_map(|shard| read(shard).values().map(|e| e.handle.clone()).collect::<Vec<_>>())
+            .collect();
+        for handle in &handles {
+            handle.close(code, reason);
+        }
+        handles.len()
+    }
+
     /// The handle of an open channel.
     pub fn channel(&self, id: &str) -> Option<ChannelHandle> {
         let id = ChannelId::from(id);

@@ -196,6 +196,10 @@ impl RunningServer {
         let timeout = state.runtime.load().config.limits.shutdown_timeout;
         let hub = state.hub.clone();
         drop((state, listeners, reload_lock));
+        // Signalled before the sweep: a WebSocket registered after the sweep sees the signal
+        // at its start (`upgrade::run_session`), one registered before is closed by it.
+        drain.signal();
+        hub.close_all(crate::ws::close::code::GOING_AWAY, SHUTDOWN_REASON);
         let finished = drain.drain(timeout).await;
         if let Some(broker) = hub.broker() {
             broker.close();
@@ -499,6 +503,9 @@ async fn handle(
 
 /// Bytes of an abandoned upstream response read to its end so that its connection returns
 /// to the pool; a longer one closes its connection instead.
+/// The reason of the 1001 Close every WebSocket gets when the server shuts down.
+pub(crate) const SHUTDOWN_REASON: &str = "server shutting down";
+
 const ABANDONED_DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Forwards an HTTP/2 request in a task of its own. A client may reset its stream at any

@@ -43,6 +43,11 @@ impl Drain {
         DrainWatch { signal: self.signal.subscribe(), _tracker: self.tracker.clone() }
     }
 
+    /// Signals shutdown: every watch sees it from now on. [`Drain::drain`] signals too.
+    pub(crate) fn signal(&self) {
+        self.signal.send_replace(true);
+    }
+
     /// Signals shutdown and waits until every watch is dropped or `deadline` passes. Returns
     /// `true` when everything finished in time.
     pub(crate) async fn drain(self, deadline: Duration) -> bool {

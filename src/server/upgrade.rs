@@ -173,9 +173,17 @@ pub(super) async fn decide<B>(
 /// Runs an accepted WebSocket over `io` (the connection after the 101) until it ends: the
 /// app's metrics, the hub's registration, the session. `slot` (and the state with its drain
 /// watch) live as long as the session.
-pub(super) async fn run_session(state: Arc<State>, slot: Arc<ConnectionSlot>, start: SessionStart, io: SessionIo) {
+///
+/// The set-up runs when this is called, not when the future is first polled, and the future
+/// holds only what the end of the session needs: it is the session task's own state, kept for
+/// the life of every idle connection (an `async fn` would also keep `start` and `io` in it).
+pub(super) fn run_session(
+    state: Arc<State>,
+    slot: Arc<ConnectionSlot>,
+    start: SessionStart,
+    io: SessionIo,
+) -> impl std::future::Future<Output = ()> {
     let SessionStart { route, channel, queue, session_config, h2, decided: _ } = start;
-    let shutdown = state.drain.receiver();
     tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), http = if h2 { "2" } else { "1.1" }, deflate = session_config.deflate.is_some(), "WebSocket open");
     // The app's handles, resolved once per route (no label lookup per connection).
     let active = session_config.metrics.connections_active.clone();
@@ -187,14 +195,25 @@ pub(super) async fn run_session(state: Arc<State>, slot: Arc<ConnectionSlot>, st
         // sweep could not see the channel yet (RFC 6455 §7.4.1, 1001 going away).
         channel.close(crate::ws::close::code::GOING_AWAY, "app removed");
     }
+    if state.drain.is_signalled() {
+        // Shutdown began while this upgrade was in flight: its sweep of the hub (after the
+        // signal) may have run before the registration above.
+        channel.close(crate::ws::close::code::GOING_AWAY, super::SHUTDOWN_REASON);
+    }
+    let id = channel.id().clone();
     // Boxed: inline, the session's state machine would be laid out twice in this task's
     // (measured by the direct-write work: 5.0 KiB instead of 2.6 KiB per connection).
-    let end = Box::pin(direct::run(io, channel.clone(), queue, route.app.clone(), session_config, shutdown)).await;
-    // Before unregistering: whoever sees the channel gone sees the gauge down.
-    active.dec();
-    state.hub.unregister(channel.id());
-    tracing::debug!(app = %route.name, channel = %channel.id(), ?end, "WebSocket closed");
-    drop(slot);
+    let session = Box::pin(direct::run(io, channel, queue, route.app.clone(), session_config));
+    let app_name = route.name.clone();
+    drop(route);
+    async move {
+        let end = session.await;
+        // Before unregistering: whoever sees the channel gone sees the gauge down.
+        active.dec();
+        state.hub.unregister(&id);
+        tracing::debug!(app = %app_name, channel = %id, ?end, "WebSocket closed");
+        drop(slot);
+    }
 }
 
 /// The `auth` subrequest step (DESIGN §3), run before [`accept`] for apps with `auth`:

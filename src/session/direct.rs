@@ -28,7 +28,6 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use super::loops::{self, SessionConfig, SessionEnd};
 use crate::apps::App;
@@ -136,7 +135,6 @@ pub(crate) fn run(
     queue: ChannelQueue,
     app: Arc<dyn App>,
     config: SessionConfig,
-    shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = SessionEnd> {
     let (reader, writer) = match io {
         SessionIo::Tcp(stream, pending) => {
@@ -159,7 +157,7 @@ pub(crate) fn run(
     };
     // One session type for both: two separately awaited session futures would both be laid
     // out in this state machine (measured: 5 KiB instead of 2.2 KiB per connection).
-    loops::run(reader, writer, channel, queue, app, config, shutdown)
+    loops::run(reader, writer, channel, queue, app, config)
 }
 
 /// A session's reading side: the shared socket, or a half of hyper's upgraded connection

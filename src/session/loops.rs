@@ -14,11 +14,12 @@ use std::future::Future;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, Notify};
+use futures_util::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 
 use crate::apps::{App, Message};
@@ -78,8 +79,8 @@ pub(crate) enum SessionEnd {
 
 /// Runs one WebSocket session over its connection's reading and writing sides until it ends
 /// (the connection is chosen by [`super::direct::run`]: a shared plain TCP socket, or the
-/// halves of any other stream). `shutdown` turning `true` closes the session with 1001 (going
-/// away).
+/// halves of any other stream). The server's shutdown closes the channel (1001, going away),
+/// as any other close decided outside the session.
 #[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments in every idle session")]
 pub(crate) fn run<R, W>(
     reader: R,
@@ -88,7 +89,6 @@ pub(crate) fn run<R, W>(
     queue: ChannelQueue,
     app: Arc<dyn App>,
     config: SessionConfig,
-    shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = SessionEnd>
 where
     R: AsyncRead + Unpin,
@@ -103,7 +103,7 @@ where
         let write_half =
             write_loop(writer, queue, &reader_done, config.close_timeout, &config.metrics, config.deflate, &pong);
         let read_half = async {
-            let end = read_loop(reader, &channel, &*app, &config, shutdown, &pong).await;
+            let end = read_loop(reader, &channel, &*app, &config, &pong).await;
             reader_done.set();
             end
         };
@@ -128,7 +128,6 @@ fn read_loop<'a, R>(
     channel: &'a ChannelHandle,
     app: &'a dyn App,
     config: &'a SessionConfig,
-    mut shutdown: watch::Receiver<bool>,
     pong: &'a LatestPong,
 ) -> impl Future<Output = SessionEnd> + 'a
 where
@@ -143,9 +142,9 @@ where
         // Created on the first compressed message, not at the handshake: zlib's inflate state is
         // ≈ 18 KiB and most subscribers (browsers always negotiate deflate) never send one.
         let mut inflater: Option<Box<Inflater>> = None;
-        // Small at first: most connections are idle most of the time (memory per idle connection
-        // is a benchmark figure); grown in READ_CHUNK steps once data flows.
-        let mut buf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+        // No memory until bytes come, none again once the connection is quiet (see `read_some`);
+        // grown in READ_CHUNK steps while a frame is arriving.
+        let mut buf = BytesMut::new();
         let mut last_received = Instant::now();
         // One timer serves both the keepalive ping (every `ping_interval` while open) and the
         // close deadline (once closing): one timer entry per connection instead of two.
@@ -153,11 +152,6 @@ where
         tokio::pin!(timer);
         // Set once we have sent a Close: from then on we only wait for the peer's.
         let mut closing: Option<(u16, Instant)> = None;
-        let mut shutdown_seen = *shutdown.borrow();
-        if shutdown_seen {
-            channel.close(code::GOING_AWAY, "server shutting down");
-            closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
-        }
 
         loop {
             // Handle every complete event already buffered before reading more.
@@ -172,11 +166,12 @@ where
                     timer.as_mut().reset(deadline);
                 }
             }
-            if buf.capacity() - buf.len() < IDLE_READ_BUFFER {
+            if !buf.is_empty() && buf.capacity() - buf.len() < MIN_READ_ROOM {
+                // Part of a frame is in: room for the rest.
                 buf.reserve(READ_CHUNK);
             }
             tokio::select! {
-                read = reader.read_buf(&mut buf) => match read {
+                read = read_some(&mut reader, &mut buf) => match read {
                     Ok(0) | Err(_) => {
                         return match closing {
                             Some((code, _)) => SessionEnd::Closed(code),
@@ -185,17 +180,15 @@ where
                     }
                     Ok(_) => last_received = Instant::now(),
                 },
-                changed = shutdown.changed(), if !shutdown_seen => {
-                    shutdown_seen = true;
-                    if (changed.is_err() || *shutdown.borrow()) && closing.is_none() {
-                        channel.close(code::GOING_AWAY, "server shutting down");
-                        closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
-                    }
-                }
                 _ = &mut timer => {
                     if let Some((code, _)) = closing {
                         // The close deadline passed without the peer's Close.
                         return SessionEnd::Closed(code);
+                    }
+                    if buf.is_empty() {
+                        // Quiet or not, nothing is half-received: an idle connection holds no
+                        // read buffer (the next bytes get one sized for them).
+                        buf = BytesMut::new();
                     }
                     let quiet = last_received.elapsed();
                     if quiet >= config.idle_timeout {
@@ -206,12 +199,12 @@ where
                     }
                     timer.as_mut().reset(crate::time::deadline(config.ping_interval));
                 }
-                // The app, the control API or the slow-consumer policy started a close: start the
-                // close deadline now rather than at the next ping tick.
+                // The app, the control API, the slow-consumer policy or the server's shutdown
+                // started a close: start the close deadline now rather than at the next tick.
                 _ = channel.closing(), if closing.is_none() => {}
             }
             if channel.is_closing() && closing.is_none() {
-                // The app or the slow-consumer policy started the close: wait for the answer.
+                // Someone else started the close: wait for the answer.
                 let started = channel.close_code().unwrap_or(code::POLICY);
                 closing = Some((started, crate::time::deadline(config.close_timeout)));
             }
@@ -347,10 +340,40 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
-/// Read buffer of a connection that has not received much yet.
-const IDLE_READ_BUFFER: usize = 512;
-/// How much the read buffer grows by when it is nearly full.
+/// Reads into `buf` when it has at least this much room; into the stack buffer otherwise.
+const MIN_READ_ROOM: usize = 512;
+/// The stack buffer a connection without a read buffer reads into.
+const STACK_READ: usize = 2 * 1024;
+/// How much the read buffer grows by while a frame is arriving.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// Reads what the connection has into `buf` (`Ok(0)`: the peer closed).
+///
+/// A connection that has nothing buffered and no room reads into a buffer on the stack and
+/// copies what came into `buf`, sized for it (at least [`MIN_READ_ROOM`]): so a connection that
+/// never sends anything holds no read buffer at all, and one that went quiet lets its buffer
+/// go at the next keepalive tick (see `read_loop`). While bytes keep coming, reads go straight
+/// into `buf`.
+fn read_some<'a, R: AsyncRead + Unpin>(
+    reader: &'a mut R,
+    buf: &'a mut BytesMut,
+) -> impl Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if buf.capacity() - buf.len() >= MIN_READ_ROOM {
+            return std::pin::pin!(reader.read_buf(&mut *buf)).poll(cx);
+        }
+        let mut stack = [0u8; STACK_READ];
+        let mut read = ReadBuf::new(&mut stack);
+        std::pin::Pin::new(&mut *reader).poll_read(cx, &mut read).map_ok(|()| {
+            let filled = read.filled();
+            if buf.capacity() - buf.len() < filled.len() {
+                buf.reserve(filled.len().max(MIN_READ_ROOM));
+            }
+            buf.extend_from_slice(filled);
+            filled.len()
+        })
+    })
+}
 
 /// Frames written per vectored write at most.
 const MAX_BATCH: usize = 64;
@@ -629,31 +652,95 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(writer: &mut W, batch: &mut V
 }
 
 /// Set by the reader half when it has finished; the writer half waits on it. Both halves run
-/// in one task, so this is a flag and a `Notify` on the session's stack rather than a channel
-/// (which would be one more allocation per connection).
+/// in one task, so this is a flag and the writer's waker in the session's state rather than a
+/// channel (one more allocation per connection) or a `Notify` (whose waiting future is 104
+/// bytes of every idle connection's state; this wait is 8).
 #[derive(Default)]
 struct ReaderDone {
     done: AtomicBool,
-    changed: Notify,
+    writer: AtomicWaker,
 }
 
 impl ReaderDone {
     fn set(&self) {
         self.done.store(true, Ordering::Release);
-        self.changed.notify_waiters();
+        self.writer.wake();
     }
 }
 
-/// Resolves once the reader has finished.
-async fn reader_done(done: &ReaderDone) {
-    loop {
-        // Registered before the check: `notify_waiters` only wakes registered waiters.
-        let changed = done.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
+/// Resolves once the reader has finished (waited on by the writer only).
+fn reader_done(done: &ReaderDone) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
         if done.done.load(Ordering::Acquire) {
-            return;
+            return Poll::Ready(());
         }
-        changed.await;
+        // Registered before the second check: a `set` in between wakes this waker.
+        done.writer.register(cx.waker());
+        if done.done.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_holds_no_read_buffer() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut buf = BytesMut::new();
+        let waiting = tokio::time::timeout(Duration::from_millis(20), read_some(&mut server, &mut buf)).await;
+        assert!(waiting.is_err(), "nothing to read yet");
+        assert_eq!(buf.capacity(), 0, "waiting allocated a read buffer");
+
+        client.write_all(b"0123456789").await.unwrap();
+        assert_eq!(read_some(&mut server, &mut buf).await.unwrap(), 10);
+        assert_eq!(&buf[..], b"0123456789");
+        assert!(buf.capacity() >= MIN_READ_ROOM, "the next bytes are read in place");
+    }
+
+    #[tokio::test]
+    async fn bytes_read_through_the_stack_buffer_arrive_whole_and_in_order() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let sent: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        drop(client);
+        let mut buf = BytesMut::new();
+        let mut received = Vec::new();
+        loop {
+            // Taking everything out each time keeps `buf` empty: every read starts without room.
+            match read_some(&mut server, &mut buf).await.unwrap() {
+                0 => break,
+                _ => received.extend_from_slice(&buf.split()),
+            }
+        }
+        assert_eq!(received, sent);
+    }
+
+    #[tokio::test]
+    async fn a_partial_frame_is_read_into_the_buffer_in_place() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client.write_all(&[7u8; 3000]).await.unwrap();
+        drop(client);
+        let mut buf = BytesMut::new();
+        // Half a frame kept in `buf` (as the decoder does), the read loop's growth step, then
+        // the rest is read straight into the buffer.
+        let mut total = 0;
+        loop {
+            if !buf.is_empty() && buf.capacity() - buf.len() < MIN_READ_ROOM {
+                buf.reserve(READ_CHUNK);
+            }
+            match read_some(&mut server, &mut buf).await.unwrap() {
+                0 => break,
+                n => total += n,
+            }
+        }
+        assert_eq!(total, 3000);
+        assert_eq!(buf.len(), 3000);
+        assert!(buf.iter().all(|b| *b == 7));
     }
 }
