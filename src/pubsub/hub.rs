@@ -15,7 +15,7 @@
 //!   slow-consumer events; `subscriptions_active` follows every membership change.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Instant;
@@ -23,6 +23,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::channel::{ChannelHandle, ChannelId, SendError};
+use super::name_set::NameSet;
 use super::relay::{self, Broker, BrokerError};
 use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
@@ -104,7 +105,7 @@ pub struct ChannelSummary {
 
 struct ChannelEntry {
     handle: ChannelHandle,
-    subscriptions: BTreeSet<Arc<str>>,
+    subscriptions: NameSet,
 }
 
 /// One named subscription: who is in it, and the order of its fan-outs.
@@ -323,7 +324,7 @@ impl Hub {
         if let Some(metrics) = &self.metrics {
             channel.attach_metrics(metrics.clone());
         }
-        let entry = ChannelEntry { handle: channel.clone(), subscriptions: BTreeSet::new() };
+        let entry = ChannelEntry { handle: channel.clone(), subscriptions: NameSet::default() };
         write(self.channel_shard(channel.id())).insert(channel.id().clone(), entry);
     }
 
@@ -331,7 +332,7 @@ impl Hub {
     pub fn unregister(&self, id: &ChannelId) {
         let Some(entry) = write(self.channel_shard(id)).remove(id) else { return };
         let had_subscriptions = !entry.subscriptions.is_empty();
-        for name in entry.subscriptions {
+        for name in entry.subscriptions.into_vec() {
             self.remove_member(&name, id);
         }
         if had_subscriptions {
@@ -383,7 +384,10 @@ impl Hub {
         if name == ALL {
             return Err(HubError::Reserved);
         }
-        let name: Arc<str> = name.into();
+        // The subscription's own name when it exists: each member's set shares it instead of
+        // holding a copy (memory per idle connection).
+        let existing = read(self.subscription_shard(name)).get_key_value(name).map(|(key, _)| key.clone());
+        let name: Arc<str> = existing.unwrap_or_else(|| name.into());
         let handle = {
             let mut channels = write(self.channel_shard(id));
             let entry = channels.get_mut(id).ok_or_else(|| HubError::UnknownChannel(id.to_string()))?;

@@ -7,6 +7,7 @@ pub mod channel;
 pub(crate) mod delivery_mode;
 pub(crate) mod hub;
 mod message;
+mod name_set;
 pub(crate) mod outbox;
 pub mod relay;
 pub mod window;
