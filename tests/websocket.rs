@@ -105,3 +105,36 @@ async fn plain_get_on_an_app_url_without_a_page_goes_to_the_upstream() {
     assert_eq!(resp.status, 404, "the upstream's answer");
     gate.server.shutdown().await;
 }
+
+/// RFC 6455 §4.1: a client may send frames right behind its upgrade request, before it has
+/// seen the 101. They arrive in the same read as the request (the bytes the HTTP side read
+/// past the head), and the session must take them before anything from the socket — on the
+/// fast path and through hyper alike.
+#[tokio::test]
+async fn frames_sent_right_behind_the_upgrade_request_are_taken_in_order() {
+    let up = start_upstream().await;
+    for fast_path in [true, false] {
+        let config = basic_config("").replace("[upstream]\n", &format!("[upstream]\nfast_path = {fast_path}\n"));
+        let gate = start_gate(&config, up.addr).await;
+        let big: String = "x".repeat(5000);
+        let mut wire = upgrade_request("/websocket/echo", "").into_bytes();
+        for (opcode, payload) in
+            [(OpCode::Text, "first".as_bytes()), (OpCode::Ping, b"p"), (OpCode::Text, big.as_bytes())]
+        {
+            let mut frame = bytes::BytesMut::new();
+            wsgate::ws::codec::encode_frame(&mut frame, opcode, true, false, payload, Some([9, 8, 7, 6]));
+            wire.extend_from_slice(&frame);
+        }
+        let mut stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+        let response = raw_request(&mut stream, &wire).await;
+        assert_eq!(response.status, 101, "fast_path={fast_path}: {}", response.head);
+        let mut ws = WsClient::from_parts(stream, response.rest);
+        assert_eq!(ws.next().await, Some(WsIncoming::Text("first".into())), "fast_path={fast_path}");
+        assert_eq!(ws.next().await, Some(WsIncoming::Pong("p".into())), "fast_path={fast_path}");
+        assert_eq!(ws.next().await, Some(WsIncoming::Text(big.clone().into())), "fast_path={fast_path}");
+        // and the socket itself afterwards
+        ws.send_text("after").await;
+        assert_eq!(ws.next().await, Some(WsIncoming::Text("after".into())), "fast_path={fast_path}");
+        gate.server.shutdown().await;
+    }
+}

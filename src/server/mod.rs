@@ -96,8 +96,8 @@ pub struct AppRoute {
     pub auth: Option<auth::AuthCheck>,
     /// Subprotocols the app speaks, in order of preference.
     pub subprotocols: Vec<String>,
-    /// Session limits and timers.
-    pub session: SessionConfig,
+    /// Session limits and timers (shared by the route's sessions).
+    pub session: Arc<SessionConfig>,
     /// Outbound queue budget in bytes.
     pub send_queue: usize,
     /// Slow-consumer policy.
@@ -375,13 +375,13 @@ fn build_runtime(
             allowed_origins: app_config.allowed_origins(ws).to_vec(),
             auth: app_config.auth.clone().map(|url| auth::AuthCheck::new(url, config.upstream.connect_timeout)),
             subprotocols: app_config.subprotocols.clone(),
-            session: SessionConfig {
+            session: Arc::new(SessionConfig {
                 max_message_size: ws.max_message_size,
                 ping_interval: ws.ping_interval,
                 idle_timeout: ws.idle_timeout,
                 metrics: metrics.app_counters(name),
                 ..SessionConfig::default()
-            },
+            }),
             send_queue: ws.send_queue,
             slow_consumer: ws.slow_consumer,
             compression: ws.compression,

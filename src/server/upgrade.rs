@@ -14,8 +14,7 @@ use crate::metrics::ReasonLabel;
 use crate::proxy::ClientInfo;
 use crate::pubsub::channel::{ChannelHandle, ChannelInfo, ChannelQueue};
 use crate::session::direct::{self, SessionIo};
-use crate::session::SessionConfig;
-use crate::ws::deflate::negotiate_server;
+use crate::ws::deflate::{negotiate_server, DeflateParams};
 use crate::ws::handshake::{
     accept_key, extended_connect_response_headers, response_headers, select_protocol, validate_extended_connect,
     validate_upgrade, HandshakeError,
@@ -64,7 +63,8 @@ pub(super) struct SessionStart {
     route: Arc<AppRoute>,
     channel: ChannelHandle,
     queue: ChannelQueue,
-    session_config: SessionConfig,
+    /// permessage-deflate as negotiated for this connection (RFC 7692), if it was.
+    deflate: Option<DeflateParams>,
     /// RFC 8441 (HTTP/2) rather than an HTTP/1.1 upgrade.
     h2: bool,
     /// The app's `pre_accept` hook admitted it.
@@ -126,8 +126,7 @@ pub(super) async fn decide<B>(
     let protocol = select_protocol(&upgrade.protocols, &route.subprotocols).map(str::to_owned);
     // RFC 7692: the first acceptable permessage-deflate offer, unless compression is off.
     let deflate = if route.compression { negotiate_server(&upgrade.extensions) } else { None };
-    let mut session_config = route.session.clone();
-    session_config.deflate = deflate.as_ref().map(|(params, _)| *params);
+    let negotiated = deflate.as_ref().map(|(params, _)| *params);
 
     let info = ChannelInfo {
         id: state.ids.next_id(),
@@ -167,7 +166,7 @@ pub(super) async fn decide<B>(
     if let Some(Ok(value)) = deflate.map(|(_, answer)| http::HeaderValue::from_str(&answer)) {
         response.headers_mut().insert(http::header::SEC_WEBSOCKET_EXTENSIONS, value);
     }
-    (response, Some(SessionStart { route, channel, queue, session_config, h2, decided }))
+    (response, Some(SessionStart { route, channel, queue, deflate: negotiated, h2, decided }))
 }
 
 /// Runs an accepted WebSocket over `io` (the connection after the 101) until it ends: the
@@ -183,8 +182,9 @@ pub(super) fn run_session(
     start: SessionStart,
     io: SessionIo,
 ) -> impl std::future::Future<Output = ()> {
-    let SessionStart { route, channel, queue, session_config, h2, decided: _ } = start;
-    tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), http = if h2 { "2" } else { "1.1" }, deflate = session_config.deflate.is_some(), "WebSocket open");
+    let SessionStart { route, channel, queue, deflate, h2, decided: _ } = start;
+    let session_config = route.session.clone();
+    tracing::debug!(app = %route.name, channel = %channel.id(), peer = %channel.peer(), http = if h2 { "2" } else { "1.1" }, deflate = deflate.is_some(), "WebSocket open");
     // The app's handles, resolved once per route (no label lookup per connection).
     let active = session_config.metrics.connections_active.clone();
     session_config.metrics.connections_total.inc();
@@ -203,7 +203,7 @@ pub(super) fn run_session(
     let id = channel.id().clone();
     // Boxed: inline, the session's state machine would be laid out twice in this task's
     // (measured by the direct-write work: 5.0 KiB instead of 2.6 KiB per connection).
-    let session = Box::pin(direct::run(io, channel, queue, route.app.clone(), session_config));
+    let session = Box::pin(direct::run(io, channel, queue, route.app.clone(), session_config, deflate));
     let app_name = route.name.clone();
     drop(route);
     async move {

@@ -31,7 +31,8 @@ use crate::ws::codec::{
 };
 use crate::ws::deflate::{DeflateParams, InflateError, Inflater};
 
-/// Per-session limits and timers.
+/// Per-session limits and timers: one per app route, shared by its sessions (an `Arc` in each
+/// idle connection rather than a copy of these 100-odd bytes).
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// Largest message accepted from the client; larger ones close with 1009.
@@ -44,8 +45,6 @@ pub struct SessionConfig {
     pub close_timeout: Duration,
     /// The app's message and byte counters (detached counters by default).
     pub metrics: AppCounters,
-    /// permessage-deflate parameters negotiated for this connection (RFC 7692), if any.
-    pub deflate: Option<DeflateParams>,
 }
 
 /// How long we wait for the peer's Close after sending ours.
@@ -61,7 +60,6 @@ impl Default for SessionConfig {
             idle_timeout: ws.idle_timeout,
             close_timeout: CLOSE_TIMEOUT,
             metrics: AppCounters::default(),
-            deflate: None,
         }
     }
 }
@@ -88,7 +86,8 @@ pub(crate) fn run<R, W>(
     channel: ChannelHandle,
     queue: ChannelQueue,
     app: Arc<dyn App>,
-    config: SessionConfig,
+    config: Arc<SessionConfig>,
+    deflate: Option<DeflateParams>,
 ) -> impl Future<Output = SessionEnd>
 where
     R: AsyncRead + Unpin,
@@ -100,10 +99,9 @@ where
         let reader_done = ReaderDone::default();
         let pong = LatestPong::default();
         app.on_open(&channel);
-        let write_half =
-            write_loop(writer, queue, &reader_done, config.close_timeout, &config.metrics, config.deflate, &pong);
+        let write_half = write_loop(writer, queue, &reader_done, &config, deflate, &pong);
         let read_half = async {
-            let end = read_loop(reader, &channel, &*app, &config, &pong).await;
+            let end = read_loop(reader, &channel, &*app, &config, deflate, &pong).await;
             reader_done.set();
             end
         };
@@ -128,17 +126,20 @@ fn read_loop<'a, R>(
     channel: &'a ChannelHandle,
     app: &'a dyn App,
     config: &'a SessionConfig,
+    deflate: Option<DeflateParams>,
     pong: &'a LatestPong,
 ) -> impl Future<Output = SessionEnd> + 'a
 where
     R: AsyncRead + Unpin + 'a,
 {
+    // Built here, not in the block: the block would keep both the arguments and these copies.
+    let ctx = ReadContext { channel, app, config, deflate, pong };
     // An `async` block for the reason given at `run`.
     async move {
-        let ctx = ReadContext { channel, app, config, pong };
-        let mut decoder = Decoder::new(DecoderConfig { role: Role::Server, max_message_size: config.max_message_size });
+        let mut decoder =
+            Decoder::new(DecoderConfig { role: Role::Server, max_message_size: ctx.config.max_message_size });
         // RFC 7692 §6: RSV1 marks a compressed message once the extension is negotiated.
-        decoder.set_rsv1_allowed(config.deflate.is_some());
+        decoder.set_rsv1_allowed(ctx.deflate.is_some());
         // Created on the first compressed message, not at the handshake: zlib's inflate state is
         // ≈ 18 KiB and most subscribers (browsers always negotiate deflate) never send one.
         let mut inflater: Option<Box<Inflater>> = None;
@@ -148,7 +149,7 @@ where
         let mut last_received = Instant::now();
         // One timer serves both the keepalive ping (every `ping_interval` while open) and the
         // close deadline (once closing): one timer entry per connection instead of two.
-        let timer = sleep_until(crate::time::deadline(config.ping_interval));
+        let timer = sleep_until(crate::time::deadline(ctx.config.ping_interval));
         tokio::pin!(timer);
         // Set once we have sent a Close: from then on we only wait for the peer's.
         let mut closing: Option<(u16, Instant)> = None;
@@ -191,22 +192,22 @@ where
                         buf = BytesMut::new();
                     }
                     let quiet = last_received.elapsed();
-                    if quiet >= config.idle_timeout {
-                        channel.close(code::GOING_AWAY, "idle timeout");
-                        closing = Some((code::GOING_AWAY, crate::time::deadline(config.close_timeout)));
-                    } else if quiet >= config.ping_interval {
-                        let _ = channel.send_control(server_frame(OpCode::Ping, b""));
+                    if quiet >= ctx.config.idle_timeout {
+                        ctx.channel.close(code::GOING_AWAY, "idle timeout");
+                        closing = Some((code::GOING_AWAY, crate::time::deadline(ctx.config.close_timeout)));
+                    } else if quiet >= ctx.config.ping_interval {
+                        let _ = ctx.channel.send_control(server_frame(OpCode::Ping, b""));
                     }
-                    timer.as_mut().reset(crate::time::deadline(config.ping_interval));
+                    timer.as_mut().reset(crate::time::deadline(ctx.config.ping_interval));
                 }
                 // The app, the control API, the slow-consumer policy or the server's shutdown
                 // started a close: start the close deadline now rather than at the next tick.
-                _ = channel.closing(), if closing.is_none() => {}
+                _ = ctx.channel.closing(), if closing.is_none() => {}
             }
-            if channel.is_closing() && closing.is_none() {
+            if ctx.channel.is_closing() && closing.is_none() {
                 // Someone else started the close: wait for the answer.
-                let started = channel.close_code().unwrap_or(code::POLICY);
-                closing = Some((started, crate::time::deadline(config.close_timeout)));
+                let started = ctx.channel.close_code().unwrap_or(code::POLICY);
+                closing = Some((started, crate::time::deadline(ctx.config.close_timeout)));
             }
         }
     }
@@ -217,6 +218,8 @@ struct ReadContext<'a> {
     channel: &'a ChannelHandle,
     app: &'a dyn App,
     config: &'a SessionConfig,
+    /// permessage-deflate parameters negotiated for this connection (RFC 7692), if any.
+    deflate: Option<DeflateParams>,
     pong: &'a LatestPong,
 }
 
@@ -289,7 +292,7 @@ fn on_data(
 ) -> Result<(), SessionEnd> {
     ctx.config.metrics.messages_received.inc();
     ctx.config.metrics.bytes_received.inc_by(data.len() as u64);
-    let data = inflate_if_compressed(decoder, ctx.config, inflater, data, text).map_err(|code| {
+    let data = inflate_if_compressed(decoder, ctx.config, ctx.deflate, inflater, data, text).map_err(|code| {
         ctx.channel.close(code, close_reason(code));
         SessionEnd::Closed(code)
     })?;
@@ -306,6 +309,7 @@ fn on_data(
 fn inflate_if_compressed(
     decoder: &Decoder,
     config: &SessionConfig,
+    deflate: Option<DeflateParams>,
     slot: &mut Option<Box<Inflater>>,
     payload: Bytes,
     text: bool,
@@ -315,7 +319,7 @@ fn inflate_if_compressed(
     }
     // RSV1 is only allowed once deflate was negotiated; treat the impossible case as a
     // protocol error.
-    let params = config.deflate.ok_or(code::PROTOCOL)?;
+    let params = deflate.ok_or(code::PROTOCOL)?;
     let inflater = slot.get_or_insert_with(|| Box::new(Inflater::new(&params, config.max_message_size)));
     let plain = inflater.inflate(&payload).map_err(|error| match error {
         InflateError::TooBig { .. } => code::TOO_BIG,
@@ -391,8 +395,7 @@ fn write_loop<'a, W>(
     mut writer: W,
     mut queue: ChannelQueue,
     done: &'a ReaderDone,
-    close_timeout: Duration,
-    metrics: &'a AppCounters,
+    config: &'a SessionConfig,
     deflate: Option<DeflateParams>,
     pong: &'a LatestPong,
 ) -> impl Future<Output = ()> + 'a
@@ -411,7 +414,7 @@ where
                 _ = reader_done(done) => {
                     // Boxed, like the other close-path waits: rare, and inline it would grow
                     // every idle session's state.
-                    return Box::pin(write_close_after_reader(&mut writer, &mut queue, close_timeout, metrics)).await;
+                    return Box::pin(write_close_after_reader(&mut writer, &mut queue, config.close_timeout, &config.metrics)).await;
                 }
             };
             let Some(first) = first else { return };
@@ -428,7 +431,7 @@ where
                     result = &mut write => result,
                     // The reader has finished (peer gone, or closing): finish this write only if
                     // the peer still reads, so a dead peer cannot hold the session open.
-                    _ = reader_done(done) => match Box::pin(tokio::time::timeout(close_timeout, &mut write)).await {
+                    _ = reader_done(done) => match Box::pin(tokio::time::timeout(config.close_timeout, &mut write)).await {
                         Ok(result) => result,
                         Err(_) => return,
                     },
@@ -447,11 +450,11 @@ where
                     queue.rx.release_if_empty();
                 }
             }
-            metrics.messages_sent.inc_by(messages);
-            metrics.bytes_sent.inc_by((wire - head_len) as u64);
+            config.metrics.messages_sent.inc_by(messages);
+            config.metrics.bytes_sent.inc_by((wire - head_len) as u64);
             if let Some(frame) = close {
                 let reader_finished = done.done.load(Ordering::Acquire);
-                let _ = Box::pin(tokio::time::timeout(close_timeout, async {
+                let _ = Box::pin(tokio::time::timeout(config.close_timeout, async {
                     writer.write_all(&frame).await?;
                     writer.flush().await?;
                     if reader_finished {
@@ -571,14 +574,15 @@ struct LatestPong(std::sync::Mutex<PongState>);
 
 #[derive(Default)]
 struct PongState {
-    /// Pong frames in the channel's queue.
-    queued: usize,
-    /// The answer to a Ping that arrived while the queue was full.
-    latest: Option<Bytes>,
+    /// Pong frames in the channel's queue (at most [`MAX_QUEUED_PONGS`]).
+    queued: u8,
+    /// The answer to a Ping that arrived while the queue was full. Boxed: only a ping flood
+    /// sets it, and inline it would be 24 more bytes of every idle session.
+    latest: Option<Box<Bytes>>,
 }
 
 /// Pongs a session queues before it answers only the latest Ping.
-const MAX_QUEUED_PONGS: usize = 16;
+const MAX_QUEUED_PONGS: u8 = 16;
 
 impl LatestPong {
     /// Records the answer to the latest Ping; returns it when it must be queued now, `None`
@@ -591,7 +595,7 @@ impl LatestPong {
             state.latest = None;
             Some(frame)
         } else {
-            state.latest = Some(frame);
+            state.latest = Some(Box::new(frame));
             None
         }
     }
@@ -606,7 +610,7 @@ impl LatestPong {
         let mut state = crate::locks::lock(&self.0);
         state.queued = state.queued.saturating_sub(1);
         match state.queued {
-            0 => state.latest.take().unwrap_or(frame),
+            0 => state.latest.take().map_or(frame, |latest| *latest),
             _ => frame,
         }
     }
