@@ -66,7 +66,7 @@ fn drain(queues: &mut [ChannelQueue]) -> usize {
                     first = Some(frame.as_ptr());
                     distinct += 1;
                 }
-                queue.budget.release(frame.len());
+                queue.budget().release(frame.len());
             }
         }
     }

@@ -76,7 +76,7 @@ fn drain(queues: &mut [ChannelQueue]) {
     for queue in queues {
         while let Ok(item) = queue.rx.try_recv() {
             if let Some(frame) = item.plain_frame() {
-                queue.budget.release(frame.len());
+                queue.budget().release(frame.len());
             }
         }
     }

@@ -83,7 +83,6 @@ struct Inner {
     url: Arc<str>,
     peer: SocketAddr,
     tx: OutboxSender,
-    budget: Arc<ByteBudget>,
     policy: SlowConsumerPolicy,
     closing: AtomicBool,
     /// The code of the Close this side sent first (0: none yet, or one without a code).
@@ -112,8 +111,13 @@ impl fmt::Debug for ChannelHandle {
 pub struct ChannelQueue {
     /// Frames to write, in order.
     pub rx: OutboxReceiver,
+}
+
+impl ChannelQueue {
     /// The byte budget shared with the handle; the writer releases what it has written.
-    pub budget: Arc<ByteBudget>,
+    pub fn budget(&self) -> &ByteBudget {
+        self.rx.budget()
+    }
 }
 
 /// Who a new channel is, for [`ChannelHandle::new`].
@@ -132,15 +136,13 @@ pub struct ChannelInfo {
 impl ChannelHandle {
     /// Creates a channel with a queue of `send_queue` bytes and the given slow-consumer policy.
     pub fn new(info: ChannelInfo, send_queue: usize, policy: SlowConsumerPolicy) -> (Self, ChannelQueue) {
-        let (tx, rx) = outbox();
-        let budget = Arc::new(ByteBudget::new(send_queue));
+        let (tx, rx) = outbox(send_queue);
         let inner = Inner {
             id: info.id,
             app: info.app,
             url: info.url,
             peer: info.peer,
             tx,
-            budget: budget.clone(),
             policy,
             closing: AtomicBool::new(false),
             close_code: AtomicU32::new(0),
@@ -148,7 +150,7 @@ impl ChannelHandle {
             dropped: AtomicU64::new(0),
             metrics: OnceLock::new(),
         };
-        (Self(Arc::new(inner)), ChannelQueue { rx, budget })
+        (Self(Arc::new(inner)), ChannelQueue { rx })
     }
 
     /// The channel's id.
@@ -184,7 +186,7 @@ impl ChannelHandle {
 
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.0.budget.queued()
+        self.0.tx.budget().queued()
     }
 
     /// Frames dropped under the `drop` policy so far.
@@ -241,7 +243,7 @@ impl ChannelHandle {
         // direct writes off in the outbox, and a message that slips in between `close` and
         // its Close being queued simply goes out before the Close. That saves a fan-out one
         // cold cache line per member (perf).
-        if direct && self.0.tx.try_direct(message, &self.0.budget) {
+        if direct && self.0.tx.try_direct(message, self.0.tx.budget()) {
             return Ok(());
         }
         self.enqueue(message.plain().len(), Outbound::Message(message.clone()))
@@ -252,7 +254,7 @@ impl ChannelHandle {
         if self.0.closing.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
-        if !self.0.budget.try_reserve(len) {
+        if !self.0.tx.budget().try_reserve(len) {
             return match self.0.policy {
                 SlowConsumerPolicy::Drop => {
                     self.0.dropped.fetch_add(1, Ordering::Relaxed);
@@ -268,7 +270,7 @@ impl ChannelHandle {
             };
         }
         if self.0.tx.send(item).is_err() {
-            self.0.budget.release(len);
+            self.0.tx.budget().release(len);
             return Err(SendError::Closed);
         }
         Ok(())
@@ -290,9 +292,9 @@ impl ChannelHandle {
 
     /// Queues `item` (`len` bytes) past the budget's limit: counted, never refused by it.
     fn enqueue_unbudgeted(&self, len: usize, item: Outbound) -> Result<(), SendError> {
-        self.0.budget.force_reserve(len);
+        self.0.tx.budget().force_reserve(len);
         self.0.tx.send(item).map_err(|_| {
-            self.0.budget.release(len);
+            self.0.tx.budget().release(len);
             SendError::Closed
         })
     }

@@ -107,25 +107,42 @@ impl State {
     }
 }
 
-type Shared = Arc<Mutex<State>>;
+/// What both halves share: the queue and its byte budget, in one allocation (one per open
+/// connection: memory per idle connection is a benchmark figure).
+struct SharedOutbox {
+    state: Mutex<State>,
+    budget: ByteBudget,
+}
 
-/// Creates an empty outbox: the sending half (one per channel, shared by its handles) and
-/// the receiving half (the session's writer).
-pub(crate) fn outbox() -> (OutboxSender, OutboxReceiver) {
-    let shared = Arc::new(Mutex::new(State {
-        items: VecDeque::new(),
-        waker: None,
-        direct: None,
-        sender_gone: false,
-        receiver_gone: false,
-        writer_busy: false,
-        direct_closed: false,
-    }));
+type Shared = Arc<SharedOutbox>;
+
+/// Creates an empty outbox whose queue may hold `send_queue` bytes: the sending half (one per
+/// channel, shared by its handles) and the receiving half (the session's writer).
+pub(crate) fn outbox(send_queue: usize) -> (OutboxSender, OutboxReceiver) {
+    let shared = Arc::new(SharedOutbox {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            waker: None,
+            direct: None,
+            sender_gone: false,
+            receiver_gone: false,
+            writer_busy: false,
+            direct_closed: false,
+        }),
+        budget: ByteBudget::new(send_queue),
+    });
     (OutboxSender(shared.clone()), OutboxReceiver(shared))
 }
 
 /// The producing half. Dropping it ends the receiver's stream once the queue is drained.
 pub(crate) struct OutboxSender(Shared);
+
+impl OutboxSender {
+    /// The queue's byte budget (reserved by senders, released by the writer).
+    pub(crate) fn budget(&self) -> &ByteBudget {
+        &self.0.budget
+    }
+}
 
 /// The item could not be queued because the receiver is gone (the item is dropped).
 #[derive(Debug)]
@@ -144,7 +161,7 @@ impl OutboxSender {
     /// Appends `item`; fails only when the receiver is gone.
     pub(crate) fn send(&self, item: Outbound) -> Result<(), Disconnected> {
         let (waker, _socket) = {
-            let mut state = lock(&self.0);
+            let mut state = lock(&self.0.state);
             if state.receiver_gone {
                 return Err(Disconnected);
             }
@@ -173,14 +190,14 @@ impl OutboxSender {
     /// `budget`, released by the writer like any queued bytes). `false` when nothing was
     /// written: the caller queues the message as usual.
     pub(crate) fn try_direct(&self, message: &SharedMessage, budget: &ByteBudget) -> bool {
-        let mut state = lock(&self.0);
+        let mut state = lock(&self.0.state);
         let Some(socket) = state.direct_ready() else { return false };
         let frame = if socket.deflates() {
             // Compressing (once per message, shared) can take a while: not under the lock.
             let socket = socket.clone();
             drop(state);
             let frame = socket.frame_for(message);
-            state = lock(&self.0);
+            state = lock(&self.0.state);
             if state.direct_ready().is_none() {
                 return false;
             }
@@ -226,14 +243,14 @@ impl OutboxSender {
 
     /// Whether the receiver is gone (the session's writer has finished).
     pub(crate) fn is_closed(&self) -> bool {
-        lock(&self.0).receiver_gone
+        lock(&self.0.state).receiver_gone
     }
 }
 
 impl Drop for OutboxSender {
     fn drop(&mut self) {
         let waker = {
-            let mut state = lock(&self.0);
+            let mut state = lock(&self.0.state);
             state.sender_gone = true;
             state.waker.take()
         };
@@ -247,10 +264,17 @@ impl Drop for OutboxSender {
 pub struct OutboxReceiver(Shared);
 
 impl OutboxReceiver {
+    /// The queue's byte budget: the writer releases what it has written.
+    pub fn budget(&self) -> &ByteBudget {
+        &self.0.budget
+    }
+}
+
+impl OutboxReceiver {
     /// The next item; `None` once the queue is empty and the sender is gone.
     pub async fn recv(&mut self) -> Option<Outbound> {
         poll_fn(|cx| {
-            let mut state = lock(&self.0);
+            let mut state = lock(&self.0.state);
             if let Some(item) = state.items.pop_front() {
                 state.writer_busy = true;
                 return Poll::Ready(Some(item));
@@ -271,7 +295,7 @@ impl OutboxReceiver {
     /// Lets deliveries write straight to `socket` (the session's own) from now on, unless a
     /// Close is already queued or the receiver is gone.
     pub(crate) fn attach_direct(&self, socket: Arc<dyn DirectSink>) {
-        let mut state = lock(&self.0);
+        let mut state = lock(&self.0.state);
         if !state.direct_closed && !state.receiver_gone {
             state.direct = Some(socket);
         }
@@ -279,7 +303,7 @@ impl OutboxReceiver {
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
-        let mut state = lock(&self.0);
+        let mut state = lock(&self.0.state);
         match state.items.pop_front() {
             Some(item) => {
                 state.writer_busy = true;
@@ -293,7 +317,7 @@ impl OutboxReceiver {
     /// Gives the queue's memory back if nothing is queued (after the handshake's first write,
     /// before the connection settles into being idle).
     pub fn release_if_empty(&mut self) {
-        let mut state = lock(&self.0);
+        let mut state = lock(&self.0.state);
         if state.items.is_empty() {
             state.items = VecDeque::new();
         }
@@ -301,7 +325,7 @@ impl OutboxReceiver {
 
     /// Moves up to `max` queued items into `into` under one lock; returns how many.
     pub fn drain_into(&mut self, into: &mut Vec<Outbound>, max: usize) -> usize {
-        let mut state = lock(&self.0);
+        let mut state = lock(&self.0.state);
         let n = state.items.len().min(max);
         into.extend(state.items.drain(..n));
         state.writer_busy |= n > 0;
@@ -316,7 +340,7 @@ impl OutboxReceiver {
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
         let (items, socket) = {
-            let mut state = lock(&self.0);
+            let mut state = lock(&self.0.state);
             state.receiver_gone = true;
             state.waker = None;
             // The session is ending and will close its socket: no direct write from now on.
@@ -347,7 +371,7 @@ mod tests {
 
     #[test]
     fn keeps_order_and_reports_empty_then_disconnected() {
-        let (tx, mut rx) = outbox();
+        let (tx, mut rx) = outbox(1 << 20);
         tx.send(frame(1)).unwrap();
         tx.send(frame(2)).unwrap();
         assert_eq!(byte(rx.try_recv().unwrap()), 1);
@@ -361,7 +385,7 @@ mod tests {
 
     #[test]
     fn send_fails_once_the_receiver_is_gone() {
-        let (tx, rx) = outbox();
+        let (tx, rx) = outbox(1 << 20);
         assert!(!tx.is_closed());
         drop(rx);
         assert!(tx.is_closed());
@@ -370,7 +394,7 @@ mod tests {
 
     #[test]
     fn drain_takes_at_most_max_and_releases_a_big_ring() {
-        let (tx, mut rx) = outbox();
+        let (tx, mut rx) = outbox(1 << 20);
         for i in 0..200u8 {
             tx.send(frame(i)).unwrap();
         }
@@ -379,12 +403,12 @@ mod tests {
         assert_eq!(byte(batch.remove(0)), 0);
         batch.clear();
         assert_eq!(rx.drain_into(&mut batch, 1000), 136);
-        assert_eq!(lock(&rx.0).items.capacity(), 0);
+        assert_eq!(lock(&rx.0.state).items.capacity(), 0);
     }
 
     #[tokio::test]
     async fn recv_waits_for_a_send_and_ends_when_the_sender_goes() {
-        let (tx, mut rx) = outbox();
+        let (tx, mut rx) = outbox(1 << 20);
         let waiter = tokio::spawn(async move {
             let first = rx.recv().await.map(byte);
             let end = rx.recv().await.is_none();

@@ -84,6 +84,8 @@ pub enum StartError {
 pub struct AppRoute {
     /// The app's name in the configuration.
     pub name: Arc<str>,
+    /// Its URLs as configured (a channel on one of them shares the string).
+    pub urls: Vec<Arc<str>>,
     /// Its behaviour.
     pub app: Arc<dyn App>,
     /// Client address allow list (empty = all).
@@ -104,6 +106,14 @@ pub struct AppRoute {
     pub slow_consumer: SlowConsumerPolicy,
     /// Whether permessage-deflate is negotiated (`[websocket] compression`).
     pub compression: bool,
+}
+
+impl AppRoute {
+    /// The path a channel connected to, as the route's own string when it is one of the
+    /// configured URLs (no copy per connection), else a new one.
+    pub(crate) fn url_of(&self, path: &str) -> Arc<str> {
+        self.urls.iter().find(|url| ***url == *path).cloned().unwrap_or_else(|| path.into())
+    }
 }
 
 impl std::fmt::Debug for AppRoute {
@@ -368,6 +378,7 @@ fn build_runtime(
         let ws = &config.websocket;
         let route = Arc::new(AppRoute {
             name: name.as_str().into(),
+            urls: app_config.urls.iter().map(|url| url.as_str().into()).collect(),
             app,
             allow: app_config.allow().into_owned(),
             host_rule: (!app_config.allow().is_empty())

@@ -71,7 +71,7 @@ pub(super) fn serve(
     let info = ChannelInfo {
         id: state.ids.next_id(),
         app: route.name.clone(),
-        url: req.uri().path().into(),
+        url: route.url_of(req.uri().path()),
         peer: client.peer,
     };
     let (channel, queue) = ChannelHandle::new(info, route.send_queue, route.slow_consumer);
@@ -155,7 +155,7 @@ impl Stream {
                 Outbound::Rest(b) | Outbound::Head(b) => b.len(),
                 Outbound::Close { .. } => return None,
             };
-            self.queue.budget.release(reserved);
+            self.queue.budget().release(reserved);
             let Some(frame) = item.plain_frame() else { continue };
             let Some(payload) = text_payload(&frame) else { continue };
             let out = self.encoder.encode(payload);

@@ -131,7 +131,7 @@ pub(super) async fn decide<B>(
     let info = ChannelInfo {
         id: state.ids.next_id(),
         app: route.name.clone(),
-        url: req.uri().path().into(),
+        url: route.url_of(req.uri().path()),
         peer: client.peer,
     };
     // Borrowed, not cloned: most apps have no pre-accept hook and never look at it.

@@ -372,7 +372,7 @@ mod tests {
     #[tokio::test]
     async fn writes_only_when_nothing_is_queued_and_the_writer_is_idle() {
         let (socket, mut peer, messages, bytes) = pair().await;
-        let (tx, mut rx) = outbox();
+        let (tx, mut rx) = outbox(1 << 20);
         let budget = ByteBudget::new(1 << 20);
         let m = message("hello");
         assert!(!tx.try_direct(&m, &budget), "no socket attached yet");
@@ -395,7 +395,7 @@ mod tests {
     #[tokio::test]
     async fn a_partial_write_queues_the_rest_and_reserves_it() {
         let (socket, mut peer, _messages, bytes) = pair().await;
-        let (tx, mut rx) = outbox();
+        let (tx, mut rx) = outbox(1 << 20);
         rx.attach_direct(socket);
         let budget = ByteBudget::new(1 << 30);
         let big = message(&"x".repeat(256 << 10));
@@ -428,7 +428,7 @@ mod tests {
     #[tokio::test]
     async fn a_close_or_the_end_of_the_writer_turns_it_off_for_good() {
         let (socket, _peer, _, _) = pair().await;
-        let (tx, mut rx) = outbox();
+        let (tx, mut rx) = outbox(1 << 20);
         rx.attach_direct(socket.clone());
         let budget = ByteBudget::new(1 << 20);
         let m = message("x");
@@ -440,7 +440,7 @@ mod tests {
         assert!(!tx.try_direct(&m, &budget), "not even when attached again");
         assert_eq!(Arc::strong_count(&socket), 1, "the outbox let go of the socket");
 
-        let (tx, rx) = outbox();
+        let (tx, rx) = outbox(1 << 20);
         rx.attach_direct(socket.clone());
         drop(rx);
         assert!(!tx.try_direct(&m, &budget));

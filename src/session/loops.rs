@@ -437,7 +437,7 @@ where
                     },
                 }
             };
-            queue.budget.release(reserved);
+            queue.budget().release(reserved);
             if result.is_err() {
                 return;
             }
@@ -547,7 +547,7 @@ async fn write_close_after_reader<W>(
             if tokio::time::timeout(close_timeout, writer.write_all(bytes)).await.map_or(true, |r| r.is_err()) {
                 return;
             }
-            queue.budget.release(bytes.len());
+            queue.budget().release(bytes.len());
             if matches!(item, Outbound::Rest(_)) {
                 metrics.bytes_sent.inc_by(bytes.len() as u64);
             }
