@@ -512,11 +512,11 @@ async fn handle(
     Ok(response)
 }
 
-/// Bytes of an abandoned upstream response read to its end so that its connection returns
-/// to the pool; a longer one closes its connection instead.
 /// The reason of the 1001 Close every WebSocket gets when the server shuts down.
 pub(crate) const SHUTDOWN_REASON: &str = "server shutting down";
 
+/// Bytes of an abandoned upstream response read to its end so that its connection returns
+/// to the pool; a longer one closes its connection instead.
 const ABANDONED_DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Forwards an HTTP/2 request in a task of its own. A client may reset its stream at any
