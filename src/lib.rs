@@ -27,6 +27,7 @@ pub mod metrics;
 mod prefixed;
 pub mod proxy;
 pub mod pubsub;
+mod raised_flag;
 pub mod reload_status;
 pub mod server;
 mod session;

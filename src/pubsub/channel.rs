@@ -5,17 +5,17 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 
 use super::budget::{ByteBudget, SlowConsumerPolicy};
 pub use super::outbox::Outbound;
 use super::outbox::{outbox, OutboxReceiver, OutboxSender};
 use super::Message;
 use crate::metrics::{ActionLabel, Metrics};
+use crate::raised_flag::RaisedFlag;
 use crate::ws::close::code;
 use crate::ws::codec::OpCode;
 use crate::ws::deflate::SharedMessage;
@@ -84,13 +84,10 @@ struct Inner {
     peer: SocketAddr,
     tx: OutboxSender,
     policy: SlowConsumerPolicy,
-    closing: AtomicBool,
+    /// Up once a close has started; the session waits on it in [`ChannelHandle::closing`].
+    closing: RaisedFlag,
     /// The code of the Close this side sent first (0: none yet, or one without a code).
     close_code: AtomicU32,
-    /// The session waiting in [`ChannelHandle::closing`], woken when `closing` is set. One
-    /// waker, not a `Notify`: only the session waits, and its wait is part of every idle
-    /// connection's state (a `Notified` is 88 bytes, this wait 8).
-    closing_waker: AtomicWaker,
     dropped: AtomicU64,
     /// Set when the channel joins a hub that has metrics; slow-consumer events are counted
     /// wherever the overflowing send came from (multicast, unicast, an app's own reply).
@@ -144,9 +141,8 @@ impl ChannelHandle {
             peer: info.peer,
             tx,
             policy,
-            closing: AtomicBool::new(false),
+            closing: RaisedFlag::default(),
             close_code: AtomicU32::new(0),
-            closing_waker: AtomicWaker::new(),
             dropped: AtomicU64::new(0),
             metrics: OnceLock::new(),
         };
@@ -196,7 +192,7 @@ impl ChannelHandle {
 
     /// Whether the channel is closing or closed.
     pub fn is_closing(&self) -> bool {
-        self.0.closing.load(Ordering::Acquire) || self.0.tx.is_closed()
+        self.0.closing.is_raised() || self.0.tx.is_closed()
     }
 
     /// Resolves once a close has been started on this channel (by an app, the control API,
@@ -204,18 +200,7 @@ impl ChannelHandle {
     /// selects on it so a close decided elsewhere starts its close timeout at once, even while
     /// the peer is silent. One waiter at a time: a second one takes the wake-up over.
     pub fn closing(&self) -> impl std::future::Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.0.closing.load(Ordering::Acquire) {
-                return std::task::Poll::Ready(());
-            }
-            // Registered before the second check: a close in between wakes this waker.
-            self.0.closing_waker.register(cx.waker());
-            if self.0.closing.load(Ordering::Acquire) {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
+        self.0.closing.raised()
     }
 
     /// Queues a complete pre-encoded frame (shared bytes; no copy). Applies the slow-consumer
@@ -251,7 +236,7 @@ impl ChannelHandle {
 
     fn enqueue(&self, len: usize, item: Outbound) -> Result<(), SendError> {
         // The flag only: a writer that is gone is seen by `send` below, in the same lock.
-        if self.0.closing.load(Ordering::Acquire) {
+        if self.0.closing.is_raised() {
             return Err(SendError::Closed);
         }
         if !self.0.tx.budget().try_reserve(len) {
@@ -284,7 +269,7 @@ impl ChannelHandle {
 
     /// Queues a control frame (ping/pong), which is never subject to the budget policy.
     pub(crate) fn send_control(&self, frame: Bytes) -> Result<(), SendError> {
-        if self.0.closing.load(Ordering::Acquire) {
+        if self.0.closing.is_raised() {
             return Err(SendError::Closed);
         }
         self.enqueue_unbudgeted(frame.len(), Outbound::Frame(frame))
@@ -321,12 +306,13 @@ impl ChannelHandle {
     /// Starts the closing handshake with `code` and `reason`; later sends fail with `Closed`.
     /// Only the first call has an effect.
     pub fn close(&self, code: u16, reason: &str) {
-        if self.0.closing.swap(true, Ordering::AcqRel) {
+        if !self.0.closing.raise() {
             return;
         }
         self.0.close_code.store(u32::from(code), Ordering::Release);
         let _ = self.0.tx.send(Outbound::Close { code: Some(code), reason: reason.to_owned() });
-        self.0.closing_waker.wake();
+        // Woken last: the session reads the code when it wakes.
+        self.0.closing.wake();
     }
 
     /// The code of the Close this side started with [`ChannelHandle::close`], if it did.
@@ -337,11 +323,11 @@ impl ChannelHandle {
     /// Answers the peer's Close (RFC 6455 §5.5.1: echo its status code) unless we already sent
     /// one. Returns whether an answer was queued.
     pub(crate) fn answer_close(&self, peer_code: Option<u16>) -> bool {
-        if self.0.closing.swap(true, Ordering::AcqRel) {
+        if !self.0.closing.raise() {
             return false;
         }
         let queued = self.0.tx.send(Outbound::Close { code: peer_code, reason: String::new() }).is_ok();
-        self.0.closing_waker.wake();
+        self.0.closing.wake();
         queued
     }
 }

@@ -12,19 +12,17 @@
 
 use std::future::Future;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 
 use crate::apps::{App, Message};
 use crate::metrics::AppCounters;
 use crate::pubsub::channel::{ChannelHandle, ChannelQueue, Outbound};
+use crate::raised_flag::RaisedFlag;
 use crate::ws::close::code;
 use crate::ws::codec::{
     close_frame_payload, encode_frame, server_frame, Decoder, DecoderConfig, Incoming, OpCode, Role,
@@ -96,13 +94,15 @@ where
     // An `async` block, not an `async fn`: the block uses the arguments where they were
     // captured, while an `async fn` also keeps a moved copy of each for the session's life.
     async move {
-        let reader_done = ReaderDone::default();
+        // Raised by the reader half when it has finished; the writer half waits on it.
+        let reader_done = RaisedFlag::default();
         let pong = LatestPong::default();
         app.on_open(&channel);
         let write_half = write_loop(writer, queue, &reader_done, &config, deflate, &pong);
         let read_half = async {
             let end = read_loop(reader, &channel, &*app, &config, deflate, &pong).await;
-            reader_done.set();
+            reader_done.raise();
+            reader_done.wake();
             end
         };
         // Each half is polled only when its own waker fired (a delivery does not poll the reader).
@@ -394,7 +394,7 @@ fn starts_message(frame: &Bytes) -> bool {
 fn write_loop<'a, W>(
     mut writer: W,
     mut queue: ChannelQueue,
-    done: &'a ReaderDone,
+    done: &'a RaisedFlag,
     config: &'a SessionConfig,
     deflate: Option<DeflateParams>,
     pong: &'a LatestPong,
@@ -411,7 +411,7 @@ where
             let first = tokio::select! {
                 biased;
                 item = queue.rx.recv() => item,
-                _ = reader_done(done) => {
+                _ = done.raised() => {
                     // Boxed, like the other close-path waits: rare, and inline it would grow
                     // every idle session's state.
                     return Box::pin(write_close_after_reader(&mut writer, &mut queue, config.close_timeout, &config.metrics)).await;
@@ -431,7 +431,7 @@ where
                     result = &mut write => result,
                     // The reader has finished (peer gone, or closing): finish this write only if
                     // the peer still reads, so a dead peer cannot hold the session open.
-                    _ = reader_done(done) => match Box::pin(tokio::time::timeout(config.close_timeout, &mut write)).await {
+                    _ = done.raised() => match Box::pin(tokio::time::timeout(config.close_timeout, &mut write)).await {
                         Ok(result) => result,
                         Err(_) => return,
                     },
@@ -453,7 +453,7 @@ where
             config.metrics.messages_sent.inc_by(messages);
             config.metrics.bytes_sent.inc_by((wire - head_len) as u64);
             if let Some(frame) = close {
-                let reader_finished = done.done.load(Ordering::Acquire);
+                let reader_finished = done.is_raised();
                 let _ = Box::pin(tokio::time::timeout(config.close_timeout, async {
                     writer.write_all(&frame).await?;
                     writer.flush().await?;
@@ -469,7 +469,7 @@ where
                 }))
                 .await;
                 // Nothing else may follow a Close; wait for the reader to finish.
-                reader_done(done).await;
+                done.raised().await;
                 return;
             }
         }
@@ -653,39 +653,6 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(writer: &mut W, batch: &mut V
     }
     batch.clear();
     writer.flush().await
-}
-
-/// Set by the reader half when it has finished; the writer half waits on it. Both halves run
-/// in one task, so this is a flag and the writer's waker in the session's state rather than a
-/// channel (one more allocation per connection) or a `Notify` (whose waiting future is 104
-/// bytes of every idle connection's state; this wait is 8).
-#[derive(Default)]
-struct ReaderDone {
-    done: AtomicBool,
-    writer: AtomicWaker,
-}
-
-impl ReaderDone {
-    fn set(&self) {
-        self.done.store(true, Ordering::Release);
-        self.writer.wake();
-    }
-}
-
-/// Resolves once the reader has finished (waited on by the writer only).
-fn reader_done(done: &ReaderDone) -> impl Future<Output = ()> + '_ {
-    std::future::poll_fn(move |cx| {
-        if done.done.load(Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        // Registered before the second check: a `set` in between wakes this waker.
-        done.writer.register(cx.waker());
-        if done.done.load(Ordering::Acquire) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
 }
 
 #[cfg(test)]
