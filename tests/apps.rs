@@ -342,11 +342,7 @@ async fn follow_rotation_truncation_and_copytruncate(extra: &str) {
     append(&dir.path().join("later.log"), "born\n");
     assert_eq!(collect_lines(&mut ws, 1).await.0, ["born"]);
     let metrics = gate.server.metrics().render();
-    let sent: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("wsgate_logview_lines_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let sent = series_value(&metrics, "wsgate_logview_lines_total");
     assert!(sent >= 4, "logview_lines_total counts the lines read: {sent}");
     // Closing the clients first lets the drain finish at once.
     drop((ws, other));

@@ -86,8 +86,7 @@ fn seq_of(event: &WsIncoming) -> u64 {
 }
 
 fn slow_consumer_events(metrics: &str, action: &str) -> u64 {
-    let prefix = format!("wsgate_slow_consumer_events_total{{action=\"{action}\"}} ");
-    metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse().ok()).unwrap_or(0)
+    series_value(metrics, &format!("wsgate_slow_consumer_events_total{{action=\"{action}\"}}"))
 }
 
 async fn run(policy: &str, subscribers: usize) {
@@ -307,11 +306,7 @@ async fn a_publisher_ahead_of_every_subscriber_is_held_back_and_loses_nothing() 
     // every publish past the socket buffers and the window waits for a writer (20 ms at most).
     assert!(held >= Duration::from_millis(400), "the publisher was not held back: {held:?}");
     let (_, _, metrics) = request(&mut admin, "GET", "/metrics", Bytes::new()).await;
-    let waited: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("wsgate_publish_backpressure_seconds_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let waited = series_value(&metrics, "wsgate_publish_backpressure_seconds_count");
     assert!(waited >= 20, "publishes that waited are counted: {waited}");
     for (i, mut client) in clients.into_iter().enumerate() {
         for expected in 0..N {

@@ -330,6 +330,14 @@ pub fn spawn_binary(dir: &tempfile::TempDir, upstream: SocketAddr, extra: &str) 
     Spawned { child, addr, admin }
 }
 
+/// The value of `series` (a metric name with its labels, as rendered) in a Prometheus text
+/// exposition; 0 when absent.
+pub fn series_value(rendered: &str, series: &str) -> u64 {
+    let prefix = format!("{series} ");
+    rendered.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+        as u64
+}
+
 /// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
 pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

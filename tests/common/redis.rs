@@ -415,14 +415,7 @@ pub fn undelivered(gate: &super::Gate) -> u64 {
 
 /// A node's counter `name` (0 when absent).
 pub fn counter(gate: &super::Gate, name: &str) -> u64 {
-    let prefix = format!("{name} ");
-    gate.server
-        .metrics()
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
+    super::series_value(&gate.server.metrics().render(), name)
 }
 
 /// A benchmark message's send time: 20 digits of nanoseconds since `base`.
